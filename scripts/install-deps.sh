@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# System packages nacrithfs needs on Debian 12: cmake + libclang (llama.cpp build),
+# fuse3 (fusermount3 for clean unmounts), python3-pip (fetching the model wheel), and
+# the classical compressors and fio used by the benchmarks. Idempotent.
+set -euo pipefail
+pkgs=(cmake libclang-dev clang fuse3 python3 python3-pip unzip gzip bzip2 xz-utils zstd brotli fio pkg-config)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] || { echo "install-deps: Rust (cargo >= 1.80) is required; see https://rustup.rs" >&2; exit 1; }
+fi

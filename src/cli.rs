@@ -1,0 +1,273 @@
+//! The `nacrithfs` command line: argument types, commands, and exit codes.
+
+use crate::engine::{CompressOptions, Engine, EngineConfig};
+use crate::format::{Blob, ExtentKind};
+use crate::model::{resolve_model_path, Model, ModelError, ModelOptions, Window};
+use clap::{Args, Parser, Subcommand};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser, Debug)]
+#[command(name = "nacrithfs", version, about = "Neural lossless compression (SmolLM2 + arithmetic coding) and a compressing FUSE filesystem")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Compress one file into an NC06 blob (verified by decoding before it is written).
+    Compress {
+        /// Input file, or - for stdin.
+        input: PathBuf,
+        /// Output file, or - for stdout (default: INPUT.nc06).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Target size of independently coded text chunks, in bytes.
+        #[arg(long, default_value_t = crate::DEFAULT_CHUNK_SIZE)]
+        chunk_size: usize,
+        /// Model context window per stream, in tokens.
+        #[arg(long, default_value_t = Window::default().ctx)]
+        ctx: u32,
+        /// Tokens dropped from a full window.
+        #[arg(long, default_value_t = Window::default().slide)]
+        slide: u32,
+        /// Skip decoding the blob back before writing it (faster, not recommended).
+        #[arg(long)]
+        no_verify: bool,
+        /// Overwrite OUTPUT if it exists.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Decompress an NC06 blob.
+    Decompress {
+        /// Input blob, or - for stdin.
+        input: PathBuf,
+        /// Output file, or - for stdout (default: INPUT without .nc06).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Overwrite OUTPUT if it exists.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show a blob's header, extents, chunks and fingerprint.
+    Info {
+        blob: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// GGUF model (default: $NACRITHFS_MODEL, else ~/.cache/nacrithfs/SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, global = true)]
+    pub model: Option<PathBuf>,
+    /// Streams decoded together per model call.
+    #[arg(long, default_value_t = crate::DEFAULT_STREAMS)]
+    pub streams: u32,
+    /// llama.cpp threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// A command failure with the exit code it maps to (sysexits.h).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{path}: {source}")]
+    NoInput { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    CantCreate { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{what}: {source}")]
+    Codec { what: String, source: crate::Error },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 64,
+            CliError::NoInput { .. } => 66,
+            CliError::CantCreate { .. } => 73,
+            CliError::Io(_) => 74,
+            CliError::Codec { source: crate::Error::Model(_), .. } => 69,
+            CliError::Codec { source: crate::Error::VerifyFailed { .. }, .. } => 70,
+            CliError::Codec { .. } => 65,
+            CliError::Model(_) => 69,
+        }
+    }
+}
+
+fn is_dash(p: &Path) -> bool {
+    p.as_os_str() == "-"
+}
+
+fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
+    let mut buf = Vec::new();
+    if is_dash(path) {
+        std::io::stdin().lock().read_to_end(&mut buf)?;
+        return Ok(buf);
+    }
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .map_err(|source| CliError::NoInput { path: path.to_path_buf(), source })?;
+    Ok(buf)
+}
+
+/// Writes `data` to `path` through a temporary file in the same directory, renamed
+/// into place only once complete and synced, so a crash never leaves a partial output.
+pub fn write_atomic(path: &Path, data: &[u8], force: bool) -> Result<(), CliError> {
+    if is_dash(path) {
+        let mut out = std::io::stdout().lock();
+        out.write_all(data)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let cant = |source| CliError::CantCreate { path: path.to_path_buf(), source };
+    if !force && path.exists() {
+        return Err(cant(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists (use --force to overwrite)")));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new().prefix(".nacrithfs-").suffix(".tmp").tempfile_in(&dir).map_err(cant)?;
+    tmp.write_all(data).map_err(cant)?;
+    tmp.as_file().sync_all().map_err(cant)?;
+    tmp.persist(path).map_err(|e| cant(e.error))?;
+    Ok(())
+}
+
+fn load_engine(args: &ModelArgs) -> Result<Engine, CliError> {
+    let path = resolve_model_path(args.model.clone())?;
+    let model = Model::load(&path, &ModelOptions { threads: args.threads, ..Default::default() })?;
+    Ok(Engine::new(Arc::new(model), EngineConfig { streams: args.streams.max(1) }))
+}
+
+fn spinner(what: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} tokens ({per_sec}, {elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    pb
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Compress { input, output, model, chunk_size, ctx, slide, no_verify, force } => {
+            let window = Window { ctx, slide };
+            if !window.is_valid() {
+                return Err(CliError::Usage(format!("invalid window: --ctx {ctx} --slide {slide}")));
+            }
+            if chunk_size < 64 {
+                return Err(CliError::Usage("--chunk-size must be at least 64".into()));
+            }
+            let output = output.unwrap_or_else(|| {
+                if is_dash(&input) { PathBuf::from("-") } else { PathBuf::from(format!("{}.nc06", input.display())) }
+            });
+            let data = read_input(&input)?;
+            let engine = load_engine(&model)?;
+            let opts = CompressOptions { chunk_size, window, verify: !no_verify, ..Default::default() };
+            let pb = spinner("compressing");
+            let inc = |n: u64| pb.inc(n);
+            let c = engine
+                .compress(&data, &opts, Some(&inc))
+                .map_err(|source| CliError::Codec { what: input.display().to_string(), source })?;
+            pb.finish_and_clear();
+            write_atomic(&output, &c.blob, force)?;
+            let s = &c.stats;
+            log::info!(
+                "{}: {} -> {} bytes ({:.3} bits/byte), {} tokens in {} chunks, encode {:.1}s, verify {:.1}s",
+                input.display(),
+                s.original,
+                s.compressed,
+                if s.original > 0 { s.compressed as f64 * 8.0 / s.original as f64 } else { 0.0 },
+                s.tokens,
+                s.chunks,
+                s.encode_secs,
+                s.verify_secs
+            );
+            Ok(())
+        }
+        Command::Decompress { input, output, model, force } => {
+            let output = match output {
+                Some(o) => o,
+                None if is_dash(&input) => PathBuf::from("-"),
+                None => match input.to_str().and_then(|s| s.strip_suffix(".nc06")) {
+                    Some(stem) if !stem.is_empty() => PathBuf::from(stem),
+                    _ => return Err(CliError::Usage(format!("{}: no .nc06 suffix; name the output with -o", input.display()))),
+                },
+            };
+            let data = read_input(&input)?;
+            let what = input.display().to_string();
+            // Parse first: bad input is reported before the model is loaded.
+            let blob = Blob::parse(&data).map_err(|e| CliError::Codec { what: what.clone(), source: e.into() })?;
+            drop(blob);
+            let engine = load_engine(&model)?;
+            let pb = spinner("decompressing");
+            let inc = |n: u64| pb.inc(n);
+            let out = engine.decompress(&data, Some(&inc)).map_err(|source| CliError::Codec { what, source })?;
+            pb.finish_and_clear();
+            write_atomic(&output, &out, force)
+        }
+        Command::Info { blob: path, model } => {
+            let data = read_input(&path)?;
+            let what = path.display().to_string();
+            let blob = Blob::parse(&data).map_err(|e| CliError::Codec { what, source: e.into() })?;
+            print_info(&path, &data, &blob, &model);
+            Ok(())
+        }
+    }
+}
+
+fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
+    let h = &blob.header;
+    let text: u64 = blob.extents.iter().filter(|e| e.kind == ExtentKind::Text).map(|e| e.len).sum();
+    println!("file:         {}", path.display());
+    println!("format:       NC06 version {}", crate::format::VERSION);
+    println!("original:     {} bytes (crc32c {:08x})", h.original_len, h.original_crc);
+    println!(
+        "compressed:   {} bytes, ratio {:.3}, {:.4} bits/byte",
+        data.len(),
+        if data.is_empty() { 0.0 } else { h.original_len as f64 / data.len() as f64 },
+        if h.original_len > 0 { data.len() as f64 * 8.0 / h.original_len as f64 } else { 0.0 }
+    );
+    println!("fingerprint:  {}", h.fingerprint);
+    println!("flags:        {:#06x}", h.flags.0);
+    println!("window:       {} tokens, slide {}; temperature {}; chunk size {}", h.window.ctx, h.window.slide, h.temperature, h.chunk_size);
+    println!("extents:      {} ({} text bytes, {} binary bytes)", blob.extents.len(), text, h.original_len - text);
+    let tokens: u64 = blob.chunks.iter().map(|c| c.tokens as u64).sum();
+    let stream: u64 = blob.chunks.iter().map(|c| c.stream_len as u64).sum();
+    println!(
+        "text chunks:  {} ({} tokens, {} stream bytes{})",
+        blob.chunks.len(),
+        tokens,
+        stream,
+        if text > 0 { format!(", {:.4} bits/byte of text", stream as f64 * 8.0 / text as f64) } else { String::new() }
+    );
+    for f in blob.frames.iter().enumerate() {
+        println!("binary frame: {} {} -> {} bytes ({})", f.0, f.1.raw_len, f.1.stored_len, f.1.method.name());
+    }
+    if let Ok(p) = resolve_model_path(model.model.clone()) {
+        if let Ok(m) = Model::load(&p, &ModelOptions::default()) {
+            let ok = m.fingerprint() == h.fingerprint || blob.chunks.is_empty();
+            println!("this build:   {} ({})", m.fingerprint(), if ok { "can decode" } else { "DIFFERENT: cannot decode the text" });
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Entropy coding: a 32-bit binary arithmetic coder driven by 24-bit integer CDFs.
+//!
+//! Everything here is integer arithmetic or plain IEEE-754 f32 operations in a fixed
+//! order, so an encoder and a decoder on any machine agree to the bit once they are
+//! handed the same logits.
+
+mod arith;
+mod cdf;
+
+pub use arith::{Decoder, Encoder};
+pub use cdf::{fixed_sum, softmax_into, Cdf, PRECISION_BITS, TOTAL};

@@ -1,0 +1,110 @@
+//! The two kinds of engine job: coding known tokens, and decoding them back.
+
+use super::Job;
+use crate::Error;
+use crate::codec::{Cdf, Decoder, Encoder};
+
+/// The tokens of one text chunk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenStream(pub Vec<u32>);
+
+/// One chunk's arithmetic-coded stream.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CodedStream {
+    pub bytes: Vec<u8>,
+    pub tokens: u32,
+    /// Ideal code length under the quantised CDFs, in bits (for measuring the coder).
+    pub ideal_bits: f64,
+}
+
+pub(crate) struct EncodeJob<'a> {
+    tokens: &'a [u32],
+    next: usize,
+    enc: Option<Encoder>,
+    ideal_bits: f64,
+    out: Option<CodedStream>,
+}
+
+impl<'a> EncodeJob<'a> {
+    pub fn new(tokens: &'a [u32]) -> Self {
+        let mut j = EncodeJob { tokens, next: 0, enc: Some(Encoder::new()), ideal_bits: 0.0, out: None };
+        if tokens.is_empty() {
+            j.finish();
+        }
+        j
+    }
+
+    fn finish(&mut self) {
+        if let Some(enc) = self.enc.take() {
+            self.out = Some(CodedStream { bytes: enc.finish(), tokens: self.tokens.len() as u32, ideal_bits: self.ideal_bits });
+        }
+    }
+
+    pub fn into_stream(mut self) -> CodedStream {
+        self.finish();
+        self.out.take().unwrap_or_default()
+    }
+}
+
+impl Job for EncodeJob<'_> {
+    fn len(&self) -> u32 {
+        self.tokens.len() as u32
+    }
+    fn done(&self) -> u32 {
+        self.next as u32
+    }
+    fn input(&self, bos: u32) -> u32 {
+        if self.next == 0 { bos } else { self.tokens[self.next - 1] }
+    }
+    fn code(&mut self, cdf: &Cdf) -> Result<u32, Error> {
+        let t = self.tokens[self.next];
+        if t as usize >= cdf.len() {
+            return Err(Error::Corrupt(format!("token {t} outside the model's vocabulary")));
+        }
+        let (lo, hi) = cdf.range(t as usize);
+        self.ideal_bits -= cdf.prob(t as usize).log2();
+        if let Some(enc) = self.enc.as_mut() {
+            enc.encode(lo, hi);
+        }
+        self.next += 1;
+        if self.next == self.tokens.len() {
+            self.finish();
+        }
+        Ok(t)
+    }
+}
+
+pub(crate) struct DecodeJob<'a> {
+    dec: Decoder<'a>,
+    len: u32,
+    out: Vec<u32>,
+}
+
+impl<'a> DecodeJob<'a> {
+    pub fn new(stream: &'a [u8], tokens: u32) -> Self {
+        DecodeJob { dec: Decoder::new(stream), len: tokens, out: Vec::with_capacity(tokens as usize) }
+    }
+
+    pub fn into_tokens(self) -> TokenStream {
+        TokenStream(self.out)
+    }
+}
+
+impl Job for DecodeJob<'_> {
+    fn len(&self) -> u32 {
+        self.len
+    }
+    fn done(&self) -> u32 {
+        self.out.len() as u32
+    }
+    fn input(&self, bos: u32) -> u32 {
+        self.out.last().copied().unwrap_or(bos)
+    }
+    fn code(&mut self, cdf: &Cdf) -> Result<u32, Error> {
+        let s = cdf.find(self.dec.target());
+        let (lo, hi) = cdf.range(s);
+        self.dec.consume(lo, hi);
+        self.out.push(s as u32);
+        Ok(s as u32)
+    }
+}

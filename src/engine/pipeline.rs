@@ -1,0 +1,273 @@
+//! Whole files: segmentation, tokenizer round-trip checks, binary frames beside the
+//! model streams, verification by decoding, and the NC06 container around it all.
+
+use super::jobs::{DecodeJob, EncodeJob};
+use super::{CodedStream, Engine, Job, Progress, TokenStream};
+use crate::format::{
+    compress_frame, decompress_frame, segment, Blob, ChunkEntry, Extent, ExtentKind, Flags, FrameEntry, Header,
+    Index, SegmentOptions, FRAME_SIZE,
+};
+use crate::model::Window;
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Instant;
+
+/// Choices that shape the blob (and are recorded in it where the decoder needs them).
+#[derive(Clone, Debug)]
+pub struct CompressOptions {
+    pub chunk_size: usize,
+    pub window: Window,
+    pub temperature: f32,
+    /// Decode every chunk back and compare before returning the blob.
+    pub verify: bool,
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        CompressOptions { chunk_size: crate::DEFAULT_CHUNK_SIZE, window: Window::default(), temperature: 1.0, verify: true }
+    }
+}
+
+/// What compressing one file did.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub original: u64,
+    pub compressed: u64,
+    pub text_bytes: u64,
+    pub binary_bytes: u64,
+    pub tokens: u64,
+    pub chunks: usize,
+    pub frames: usize,
+    /// Ideal code length of the tokens under the quantised CDFs, in bits.
+    pub ideal_bits: f64,
+    /// Bytes of all chunk streams.
+    pub stream_bytes: u64,
+    pub encode_secs: f64,
+    pub verify_secs: f64,
+}
+
+pub struct Compressed {
+    pub blob: Vec<u8>,
+    pub stats: Stats,
+}
+
+/// An extent being built: its kind and its byte range in the input.
+struct Piece {
+    kind: ExtentKind,
+    range: Range<usize>,
+}
+
+impl Engine {
+    /// Compresses `data` into an NC06 blob. With `opts.verify` the blob is returned only
+    /// after every chunk decoded back to its exact input.
+    pub fn compress(&self, data: &[u8], opts: &CompressOptions, progress: Option<Progress<'_>>) -> Result<Compressed> {
+        let seg_opts = SegmentOptions { chunk_size: opts.chunk_size, ..Default::default() };
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut tokens: Vec<TokenStream> = Vec::new();
+        for s in segment(data, &seg_opts) {
+            let toks = match s.kind {
+                ExtentKind::Text => self.model.tokenize_exact(&data[s.range.clone()]),
+                ExtentKind::Binary => None,
+            };
+            let kind = if toks.is_some() { ExtentKind::Text } else { ExtentKind::Binary };
+            if kind == ExtentKind::Text {
+                tokens.push(TokenStream(toks.unwrap_or_default()));
+            } else if s.kind == ExtentKind::Text {
+                log::debug!("text at {:?} does not survive the tokenizer round trip; storing it as binary", s.range);
+            }
+            match pieces.last_mut() {
+                Some(last) if kind == ExtentKind::Binary && last.kind == ExtentKind::Binary => last.range.end = s.range.end,
+                _ => pieces.push(Piece { kind, range: s.range }),
+            }
+        }
+        let binary: Vec<u8> = pieces
+            .iter()
+            .filter(|p| p.kind == ExtentKind::Binary)
+            .flat_map(|p| data[p.range.clone()].iter().copied())
+            .collect();
+
+        let t0 = Instant::now();
+        let (frames, coded) = std::thread::scope(|scope| {
+            let frames = scope.spawn(|| {
+                binary
+                    .chunks(FRAME_SIZE)
+                    .map(|raw| {
+                        let (method, stored) = compress_frame(raw);
+                        (FrameEntry { method, raw_len: raw.len() as u32, stored_len: stored.len() as u32, crc: crc32c::crc32c(raw) }, stored)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let coded = self.encode(&tokens, opts.window, opts.temperature, progress);
+            (frames.join(), coded)
+        });
+        let frames = frames.map_err(|_| Error::Corrupt("binary frame compressor panicked".into()))?;
+        let coded = coded?;
+        let encode_secs = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        if opts.verify {
+            let streams: Vec<(&[u8], u32)> = coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
+            let back = self.decode_streams(&streams, opts.window, opts.temperature, progress)?;
+            for (i, (b, t)) in back.iter().zip(&tokens).enumerate() {
+                if b != t {
+                    return Err(Error::VerifyFailed { chunk: i });
+                }
+            }
+        }
+        let verify_secs = t1.elapsed().as_secs_f64();
+
+        let mut text_chunks = pieces.iter().filter(|p| p.kind == ExtentKind::Text);
+        let chunks: Vec<ChunkEntry> = coded
+            .iter()
+            .map(|c| {
+                let range = text_chunks.next().map(|p| p.range.clone()).unwrap_or_default();
+                ChunkEntry { tokens: c.tokens, stream_len: c.bytes.len() as u32, crc: crc32c::crc32c(&data[range]) }
+            })
+            .collect();
+        let mut payload: Vec<u8> = Vec::new();
+        for c in &coded {
+            payload.extend_from_slice(&c.bytes);
+        }
+        for (_, stored) in &frames {
+            payload.extend_from_slice(stored);
+        }
+        let blob = Blob {
+            header: Header {
+                flags: Flags(Flags::LLM),
+                original_len: data.len() as u64,
+                original_crc: crc32c::crc32c(data),
+                fingerprint: self.model.fingerprint(),
+                window: opts.window,
+                temperature: opts.temperature,
+                chunk_size: opts.chunk_size as u32,
+            },
+            extents: pieces.iter().map(|p| Extent { kind: p.kind, len: p.range.len() as u64 }).collect(),
+            chunks,
+            frames: frames.iter().map(|(f, _)| *f).collect(),
+            payload,
+        };
+        let bytes = blob.to_bytes();
+        // The container must read back as written before anyone trusts it.
+        if Blob::parse(&bytes)? != blob {
+            return Err(Error::Corrupt("container did not read back as written".into()));
+        }
+        let stats = Stats {
+            original: data.len() as u64,
+            compressed: bytes.len() as u64,
+            text_bytes: pieces.iter().filter(|p| p.kind == ExtentKind::Text).map(|p| p.range.len() as u64).sum(),
+            binary_bytes: binary.len() as u64,
+            tokens: tokens.iter().map(|t| t.0.len() as u64).sum(),
+            chunks: coded.len(),
+            frames: frames.len(),
+            ideal_bits: coded.iter().map(|c| c.ideal_bits).sum(),
+            stream_bytes: coded.iter().map(|c| c.bytes.len() as u64).sum(),
+            encode_secs,
+            verify_secs,
+        };
+        Ok(Compressed { blob: bytes, stats })
+    }
+
+    /// Arithmetic-codes token streams, all in lockstep.
+    pub fn encode(&self, streams: &[TokenStream], window: Window, temperature: f32, progress: Option<Progress<'_>>) -> Result<Vec<CodedStream>> {
+        let mut jobs: Vec<EncodeJob> = streams.iter().map(|t| EncodeJob::new(&t.0)).collect();
+        {
+            let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
+            self.run(&mut refs, window, temperature, progress)?;
+        }
+        Ok(jobs.into_iter().map(EncodeJob::into_stream).collect())
+    }
+
+    /// Decodes `(stream, token count)` pairs, all in lockstep.
+    pub fn decode_streams(&self, streams: &[(&[u8], u32)], window: Window, temperature: f32, progress: Option<Progress<'_>>) -> Result<Vec<TokenStream>> {
+        let mut jobs: Vec<DecodeJob> = streams.iter().map(|(b, n)| DecodeJob::new(b, *n)).collect();
+        {
+            let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
+            self.run(&mut refs, window, temperature, progress)?;
+        }
+        Ok(jobs.into_iter().map(DecodeJob::into_tokens).collect())
+    }
+
+    /// Refuses blobs whose text was coded by another model or build.
+    pub fn check_fingerprint(&self, blob: &Blob) -> Result<()> {
+        let ours = self.model.fingerprint();
+        if !blob.chunks.is_empty() && blob.header.fingerprint != ours {
+            return Err(Error::FingerprintMismatch { blob: blob.header.fingerprint, ours });
+        }
+        Ok(())
+    }
+
+    /// Decompresses a whole blob, checking every checksum.
+    pub fn decompress(&self, bytes: &[u8], progress: Option<Progress<'_>>) -> Result<Vec<u8>> {
+        let blob = Blob::parse(bytes)?;
+        let index = blob.index();
+        let (_, out) = self.decompress_range(&blob, &index, 0, blob.header.original_len, progress)?;
+        if crc32c::crc32c(&out) != blob.header.original_crc {
+            return Err(Error::FileChecksum);
+        }
+        Ok(out)
+    }
+
+    /// Decodes only the extents overlapping `[start, end)` of the original file.
+    /// Returns the offset of the first decoded byte and the bytes of those whole extents.
+    pub fn decompress_range(&self, blob: &Blob, index: &Index, start: u64, end: u64, progress: Option<Progress<'_>>) -> Result<(u64, Vec<u8>)> {
+        let ext = index.overlapping(start, end);
+        let Some(first) = index.extents.get(ext.start) else {
+            return Ok((start.min(blob.header.original_len), Vec::new()));
+        };
+        let base = first.orig_offset;
+        let texts: Vec<usize> = index.extents[ext.clone()].iter().filter(|e| e.kind == ExtentKind::Text).map(|e| e.chunk).collect();
+        if !texts.is_empty() {
+            self.check_fingerprint(blob)?;
+        }
+        let streams: Vec<(&[u8], u32)> = texts.iter().map(|&c| (blob.chunk_stream(index, c), blob.chunks[c].tokens)).collect();
+        let decoded = self.decode_streams(&streams, blob.header.window, blob.header.temperature, progress)?;
+        let mut text_bytes: HashMap<usize, Vec<u8>> = HashMap::new();
+        for (&c, toks) in texts.iter().zip(decoded) {
+            let mut bytes = Vec::new();
+            self.model.detokenize_into(&toks.0, &mut bytes);
+            if crc32c::crc32c(&bytes) != blob.chunks[c].crc {
+                return Err(Error::ChunkChecksum { chunk: c });
+            }
+            text_bytes.insert(c, bytes);
+        }
+        let mut frames: HashMap<usize, Vec<u8>> = HashMap::new();
+        let mut out = Vec::new();
+        for e in &index.extents[ext] {
+            match e.kind {
+                ExtentKind::Text => {
+                    let bytes = text_bytes.remove(&e.chunk).unwrap_or_default();
+                    if bytes.len() as u64 != e.len {
+                        return Err(Error::ChunkChecksum { chunk: e.chunk });
+                    }
+                    out.extend_from_slice(&bytes);
+                }
+                ExtentKind::Binary => {
+                    let (mut off, end) = (e.binary_offset, e.binary_offset + e.len);
+                    while off < end {
+                        let f = (off / FRAME_SIZE as u64) as usize;
+                        let raw = match frames.entry(f) {
+                            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(v) => v.insert(self.frame(blob, index, f)?),
+                        };
+                        let in_frame = (off - f as u64 * FRAME_SIZE as u64) as usize;
+                        let take = ((end - off) as usize).min(raw.len() - in_frame);
+                        out.extend_from_slice(&raw[in_frame..in_frame + take]);
+                        off += take as u64;
+                    }
+                }
+            }
+        }
+        Ok((base, out))
+    }
+
+    fn frame(&self, blob: &Blob, index: &Index, f: usize) -> Result<Vec<u8>> {
+        let entry = blob.frames.get(f).ok_or_else(|| Error::Frame { frame: f, why: "missing".into() })?;
+        let raw = decompress_frame(entry.method, blob.frame_bytes(index, f), entry.raw_len as usize)
+            .map_err(|why| Error::Frame { frame: f, why })?;
+        if crc32c::crc32c(&raw) != entry.crc {
+            return Err(Error::Frame { frame: f, why: "checksum mismatch".into() });
+        }
+        Ok(raw)
+    }
+}

@@ -1,0 +1,15 @@
+//! The NC06 container: how a compressed file is laid out on disk (see docs/FORMAT.md),
+//! how input bytes are cut into text and binary extents, and the classical codec for
+//! the binary ones. Nothing here runs the model.
+
+mod binary;
+mod container;
+mod segment;
+mod varint;
+
+pub use binary::{compress_frame, decompress_frame, Method, FRAME_SIZE};
+pub use container::{
+    Blob, ChunkEntry, Extent, ExtentKind, FormatError, FrameEntry, Header, Index, IndexedExtent, Flags,
+    HEADER_PREFIX_LEN, MAGIC, VERSION,
+};
+pub use segment::{segment, SegmentOptions, Segment};
