@@ -29,22 +29,18 @@ pub struct CdfError {
 
 const LANES: usize = 8;
 
-/// 2^x for x <= 0: the nearest integer goes into the exponent bits, the remaining
-/// fraction in [-0.5, 0.5] through a degree-6 Taylor polynomial (relative error < 2e-7).
-/// Inputs under -125 give 0.
+/// 2^x for x <= 0, branch-free so the loops around it vectorise: the nearest integer
+/// (found with the 1.5 * 2^23 rounding trick) goes into the exponent bits, the fraction
+/// in [-0.5, 0.5] through a degree-6 Taylor polynomial (relative error < 2e-7).
+/// Inputs under -125 (and NaN) are clamped to -125, i.e. about 2.4e-38.
 #[inline(always)]
 fn exp2_neg(x: f32) -> f32 {
-    if x < -125.0 || x.is_nan() {
-        return 0.0;
-    }
-    // round(x) without a libm call: truncate x - 0.5 toward zero, step down if needed.
-    let y = x - 0.5;
-    let mut i = y as i32;
-    if (i as f32) > y {
-        i -= 1;
-    }
-    let i = i + 1;
-    let f = x - i as f32; // in [-0.5, 0.5]
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    let x = x.max(-125.0); // f32::max returns the non-NaN operand
+    let t = x + ROUND;
+    let r = t - ROUND; // x rounded to the nearest integer
+    let i = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let f = x - r;
     const C: [f32; 6] = [
         0.693_147_18,
         0.240_226_51,
@@ -54,7 +50,7 @@ fn exp2_neg(x: f32) -> f32 {
         0.000_154_035_3,
     ];
     let p = 1.0 + f * (C[0] + f * (C[1] + f * (C[2] + f * (C[3] + f * (C[4] + f * C[5])))));
-    p * f32::from_bits(((i + 127) as u32) << 23)
+    p * f32::from_bits((i.wrapping_add(127) as u32) << 23)
 }
 
 /// Writes softmax(`logits` / `temperature`) (unnormalised: the maximum maps to 1.0) into
@@ -62,37 +58,32 @@ fn exp2_neg(x: f32) -> f32 {
 pub fn softmax_into(logits: &[f32], temperature: f32, out: &mut Vec<f32>) -> f32 {
     out.clear();
     out.resize(logits.len(), 0.0);
-    let mut max = f32::NEG_INFINITY;
-    for &l in logits {
-        // NaN logits compare false and are ignored here; they become 0 below.
-        if l > max {
-            max = l;
-        }
-    }
+    let max = lane_max(logits);
     if !max.is_finite() {
         // Degenerate model output: fall back to uniform, identically on both sides.
         out.iter_mut().for_each(|p| *p = 1.0);
         return logits.len() as f32;
     }
     let k = std::f32::consts::LOG2_E / temperature;
-    let mut lanes = [0.0f32; LANES];
-    let mut chunks = out.chunks_exact_mut(LANES);
-    let mut lchunks = logits.chunks_exact(LANES);
-    for (o, l) in (&mut chunks).zip(&mut lchunks) {
+    for (o, &l) in out.iter_mut().zip(logits) {
+        *o = exp2_neg((l - max) * k);
+    }
+    fixed_sum(out)
+}
+
+/// The maximum of `v` (NaN ignored), through eight fixed lanes so it vectorises.
+fn lane_max(v: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = v.chunks_exact(LANES);
+    for c in &mut chunks {
         for j in 0..LANES {
-            let x = (l[j] - max) * k;
-            let e = exp2_neg(x);
-            o[j] = e;
-            lanes[j] += e;
+            lanes[j] = lanes[j].max(c[j]);
         }
     }
-    for (j, (o, l)) in chunks.into_remainder().iter_mut().zip(lchunks.remainder()).enumerate() {
-        let x = (l - max) * k;
-        let e = exp2_neg(x);
-        *o = e;
-        lanes[j] += e;
+    for (j, &x) in chunks.remainder().iter().enumerate() {
+        lanes[j] = lanes[j].max(x);
     }
-    lane_sum(&lanes)
+    lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
 #[inline]
@@ -133,29 +124,35 @@ impl Cdf {
         }
         let spare = (TOTAL - n as u32) as f32;
         let scale = if sum > 0.0 && sum.is_finite() { spare / sum } else { 0.0 };
+        const CAP: f32 = TOTAL as f32;
         self.cum.clear();
-        self.cum.reserve(n + 1);
-        self.cum.push(0);
-        let mut acc: u32 = 0;
-        let mut best = 0usize;
-        let mut best_f = 0u32;
-        for (s, &x) in w.iter().enumerate() {
-            // `as u32` saturates: NaN -> 0, too large -> u32::MAX (clamped below).
-            let f = 1 + ((x * scale) as u32).min(TOTAL);
-            if f > best_f {
-                best_f = f;
+        self.cum.resize(n + 1, 0);
+        // Counts first (vectorises), then the running sum.
+        for (c, &x) in self.cum[1..].iter_mut().zip(w) {
+            // f32::min/max return the non-NaN operand, so NaN weights become CAP.
+            let v = (x * scale).min(CAP).max(0.0);
+            // SAFETY: v is finite and in [0, 2^24] after the clamps above.
+            *c = 1 + unsafe { v.to_int_unchecked::<i32>() } as u32;
+        }
+        // Running sum, and the heaviest symbol (the first of equals), which absorbs the
+        // rounding slack below: it holds at least spare / n counts.
+        let mut acc = 0u64;
+        let (mut best, mut best_c) = (0usize, 0u32);
+        for (s, c) in self.cum[1..].iter_mut().enumerate() {
+            if *c > best_c {
+                best_c = *c;
                 best = s;
             }
-            acc = acc.saturating_add(f);
-            self.cum.push(acc);
+            acc += *c as u64;
+            *c = acc as u32;
         }
-        // Float rounding leaves the total a little off 2^24: settle it on the largest symbol.
         let diff = TOTAL as i64 - acc as i64;
         if diff != 0 {
-            let new_best = best_f as i64 + diff;
-            if new_best < 1 {
-                // Only reachable with pathological inputs; fall back to uniform-ish counts.
-                let uniform: Vec<u32> = (0..n).map(|i| TOTAL / n as u32 + u32::from((i as u32) < TOTAL % n as u32)).collect();
+            let best_f = self.cum[best + 1].wrapping_sub(self.cum[best]) as i64;
+            if acc > 2 * TOTAL as u64 || best_f + diff < 1 {
+                // Only reachable when `sum` is not the sum of `w`: fall back to uniform.
+                let uniform: Vec<u32> =
+                    (0..n).map(|i| TOTAL / n as u32 + u32::from((i as u32) < TOTAL % n as u32)).collect();
                 self.set_freqs(&uniform);
                 return Ok(());
             }
@@ -163,7 +160,7 @@ impl Cdf {
                 *c = (*c as i64 + diff) as u32;
             }
         }
-        debug_assert_eq!(*self.cum.last().unwrap(), TOTAL);
+        debug_assert_eq!(self.cum[n], TOTAL);
         Ok(())
     }
 
@@ -232,7 +229,8 @@ mod tests {
             x += 0.013;
         }
         assert_eq!(exp2_neg(0.0), 1.0);
-        assert_eq!(exp2_neg(-200.0), 0.0);
+        assert!(exp2_neg(-200.0) < 1e-37);
+        assert!(exp2_neg(f32::NAN) < 1e-37);
     }
 
     #[test]

@@ -89,6 +89,7 @@ impl Engine {
         let mut queue = pending.into_iter();
         let mut feeds = Vec::with_capacity(n_seq as usize);
         let mut order = Vec::with_capacity(n_seq as usize);
+        let (mut t_model, mut t_cpu, mut steps) = (0f64, 0f64, 0u64);
         loop {
             feeds.clear();
             order.clear();
@@ -107,9 +108,14 @@ impl Engine {
                 order.push(seq);
             }
             if feeds.is_empty() {
+                log::debug!("engine: {steps} calls, model {t_model:.2}s, predictor+coder {t_cpu:.2}s, {n_seq} streams");
                 return Ok(());
             }
+            let t = std::time::Instant::now();
             session.decode(&feeds)?;
+            let t2 = std::time::Instant::now();
+            t_model += (t2 - t).as_secs_f64();
+            steps += 1;
             for (i, &seq) in order.iter().enumerate() {
                 let Some(s) = slots[seq].as_mut() else { continue };
                 let cdf = s.predictor.predict(session.logits(i));
@@ -121,6 +127,7 @@ impl Engine {
                     slots[seq] = None;
                 }
             }
+            t_cpu += t2.elapsed().as_secs_f64();
             if let Some(p) = progress {
                 p(order.len() as u64);
             }

@@ -1,0 +1,129 @@
+//! Round trips through the real model and llama.cpp: every kind of input, chunk-level
+//! random access, batch-versus-alone determinism, window sliding, and corrupt blobs.
+
+mod common;
+
+use common::{engine, noise, ENGLISH, MULTILINGUAL};
+use nacrithfs::engine::CompressOptions;
+use nacrithfs::format::{Blob, ExtentKind};
+use nacrithfs::model::Window;
+use nacrithfs::Error;
+
+fn roundtrip(data: &[u8], opts: &CompressOptions, enc_streams: u32, dec_streams: u32) -> Blob {
+    let c = engine(enc_streams).compress(data, opts, None).expect("compress");
+    let back = engine(dec_streams).decompress(&c.blob, None).expect("decompress");
+    assert!(back == data, "round trip changed the data");
+    Blob::parse(&c.blob).expect("parse")
+}
+
+fn kinds(b: &Blob) -> Vec<ExtentKind> {
+    b.extents.iter().map(|e| e.kind).collect()
+}
+
+#[test]
+fn english_compresses_well_and_the_coder_is_near_ideal() {
+    let data = ENGLISH.as_bytes();
+    let c = engine(4).compress(data, &CompressOptions::default(), None).unwrap();
+    let s = &c.stats;
+    let coded_bits = s.stream_bytes as f64 * 8.0;
+    // The coder adds at most its flush bits and byte padding to the ideal code length.
+    assert!(coded_bits <= s.ideal_bits * 1.001 + 16.0 * s.chunks as f64, "coded {coded_bits} vs ideal {}", s.ideal_bits);
+    let bpb = c.blob.len() as f64 * 8.0 / data.len() as f64;
+    assert!(bpb < 2.0, "{bpb} bits/byte");
+    assert_eq!(engine(1).decompress(&c.blob, None).unwrap(), data);
+}
+
+#[test]
+fn multilingual_utf8_is_coded_by_the_model() {
+    let b = roundtrip(MULTILINGUAL.as_bytes(), &CompressOptions::default(), 2, 1);
+    assert_eq!(kinds(&b), vec![ExtentKind::Text]);
+}
+
+#[test]
+fn source_code_roundtrips() {
+    let src = include_str!("../src/format/varint.rs");
+    let end = (0..=900).rev().find(|&i| src.is_char_boundary(i)).unwrap();
+    let b = roundtrip(&src.as_bytes()[..end], &CompressOptions::default(), 2, 2);
+    assert_eq!(kinds(&b), vec![ExtentKind::Text]);
+}
+
+#[test]
+fn every_byte_value_and_binary_with_embedded_text() {
+    let mut data: Vec<u8> = (0..=255u8).chain(0..=255u8).collect();
+    data.extend_from_slice(&ENGLISH.as_bytes()[..400]);
+    data.extend(noise(700, 7));
+    data.extend_from_slice(&ENGLISH.as_bytes()[400..700]);
+    data.extend((0..=255u8).rev());
+    let b = roundtrip(&data, &CompressOptions::default(), 4, 1);
+    let k = kinds(&b);
+    assert!(k.contains(&ExtentKind::Binary) && k.iter().filter(|&&x| x == ExtentKind::Text).count() >= 2, "{k:?}");
+}
+
+#[test]
+fn empty_and_tiny_inputs() {
+    for data in [&b""[..], b"a", b"\xff", b"\x04", b"\n", "é".as_bytes()] {
+        roundtrip(data, &CompressOptions::default(), 1, 1);
+    }
+}
+
+#[test]
+fn chunks_coded_in_a_batch_decode_alone_and_the_reverse() {
+    // ~1.3 KB cut into 64-byte chunks: over 20 streams coded side by side.
+    let data = ENGLISH.as_bytes();
+    let opts = CompressOptions { chunk_size: 64, ..Default::default() };
+    let c = engine(32).compress(data, &opts, None).unwrap();
+    let blob = Blob::parse(&c.blob).unwrap();
+    assert!(blob.chunks.len() >= 20, "{} chunks", blob.chunks.len());
+    let idx = blob.index();
+    // One chunk in the middle, decoded by itself in a single-stream context.
+    let alone = engine(1);
+    let e = idx.extents[idx.extents.len() / 2];
+    let (off, bytes) = alone.decompress_range(&blob, &idx, e.orig_offset + 1, e.orig_offset + 2, None).unwrap();
+    assert_eq!(off, e.orig_offset);
+    assert_eq!(bytes, &data[off as usize..(off + e.len) as usize]);
+    // The reverse: coded one stream at a time, decoded 32 at a time.
+    let c1 = engine(1).compress(data, &CompressOptions { verify: false, ..opts.clone() }, None).unwrap();
+    assert_eq!(c1.blob, c.blob, "batch composition changed the coded bytes");
+    assert_eq!(engine(32).decompress(&c1.blob, None).unwrap(), data);
+}
+
+#[test]
+fn sliding_window_is_deterministic() {
+    // A 48-token window sliding by 16: many slides per chunk, in a batch and alone.
+    let data = &ENGLISH.as_bytes()[..700];
+    let opts = CompressOptions { chunk_size: 350, window: Window { ctx: 48, slide: 16 }, ..Default::default() };
+    let b = roundtrip(data, &opts, 3, 1);
+    assert_eq!(b.header.window, Window { ctx: 48, slide: 16 });
+}
+
+#[test]
+fn blobs_of_another_model_or_build_are_refused() {
+    let data = &ENGLISH.as_bytes()[..200];
+    let e = engine(1);
+    let c = e.compress(data, &CompressOptions { verify: false, ..Default::default() }, None).unwrap();
+    let mut blob = Blob::parse(&c.blob).unwrap();
+    blob.header.fingerprint.backend[0] ^= 1;
+    match e.decompress(&blob.to_bytes(), None) {
+        Err(Error::FingerprintMismatch { .. }) => {}
+        other => panic!("expected a fingerprint mismatch, got {:?}", other.map(|v| v.len())),
+    }
+}
+
+#[test]
+fn corrupt_streams_fail_cleanly_never_with_wrong_bytes() {
+    let data = &ENGLISH.as_bytes()[..300];
+    let e = engine(1);
+    let c = e.compress(data, &CompressOptions { verify: false, ..Default::default() }, None).unwrap();
+    let n = c.blob.len();
+    for pos in [n - 1, n - 5, n / 2 + 20] {
+        let mut bad = c.blob.clone();
+        bad[pos] ^= 0x5a;
+        match e.decompress(&bad, None) {
+            Err(_) => {}
+            Ok(v) => assert_eq!(v, data, "corruption at {pos} produced wrong bytes"),
+        }
+    }
+    for cut in [n - 1, n / 2, 10, 0] {
+        assert!(e.decompress(&c.blob[..cut], None).is_err());
+    }
+}

@@ -1,0 +1,36 @@
+//! Shared set-up for tests that run the real model.
+#![allow(dead_code)]
+
+use nacrithfs::engine::{Engine, EngineConfig};
+use nacrithfs::model::{resolve_model_path, Model, ModelOptions};
+use std::sync::{Arc, OnceLock};
+
+/// The real default model, loaded once per test binary. A missing model fails loudly:
+/// CI fetches it with scripts/fetch-model.sh, so its absence is a set-up bug.
+pub fn model() -> Arc<Model> {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
+            Arc::new(Model::load(&path, &ModelOptions::default()).expect("model loads"))
+        })
+        .clone()
+}
+
+pub fn engine(streams: u32) -> Engine {
+    Engine::new(model(), EngineConfig { streams })
+}
+
+pub const ENGLISH: &str = include_str!("../data/english.txt");
+pub const MULTILINGUAL: &str = include_str!("../data/multilingual.txt");
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 56) as u8
+        })
+        .collect()
+}
