@@ -3,7 +3,7 @@
 # fuse3 (fusermount3 for clean unmounts), python3-pip (fetching the model wheel), and
 # the classical compressors and fio used by the benchmarks. Idempotent.
 set -euo pipefail
-pkgs=(cmake libclang-dev clang fuse3 python3 python3-pip unzip gzip bzip2 xz-utils zstd brotli fio pkg-config)
+pkgs=(cmake libclang-dev clang fuse3 python3 python3-pip unzip gzip bzip2 xz-utils zstd brotli fio pkg-config time bc)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

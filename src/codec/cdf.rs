@@ -34,7 +34,7 @@ const LANES: usize = 8;
 /// in [-0.5, 0.5] through a degree-6 Taylor polynomial (relative error < 2e-7).
 /// Inputs under -125 (and NaN) are clamped to -125, i.e. about 2.4e-38.
 #[inline(always)]
-fn exp2_neg(x: f32) -> f32 {
+pub fn exp2_neg(x: f32) -> f32 {
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
     let x = x.max(-125.0); // f32::max returns the non-NaN operand
     let t = x + ROUND;
@@ -51,6 +51,24 @@ fn exp2_neg(x: f32) -> f32 {
     ];
     let p = 1.0 + f * (C[0] + f * (C[1] + f * (C[2] + f * (C[3] + f * (C[4] + f * C[5])))));
     p * f32::from_bits((i.wrapping_add(127) as u32) << 23)
+}
+
+/// log2(x) for x > 0 from the exponent bits and a polynomial in the mantissa
+/// (absolute error < 1e-4 bits); deterministic, unlike the platform's `log2`.
+/// Non-positive or NaN inputs give -126.
+#[inline]
+pub fn log2_pos(x: f32) -> f32 {
+    if !(x >= f32::MIN_POSITIVE) {
+        return -126.0;
+    }
+    let bits = x.to_bits();
+    let e = ((bits >> 23) & 0xff) as i32 - 127;
+    // Mantissa m in [1, 2); use log2(m) = 2 * atanh((m - 1) / (m + 1)) / ln 2.
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let z = (m - 1.0) / (m + 1.0);
+    let z2 = z * z;
+    let series = z * (2.0 + z2 * (0.666_666_7 + z2 * (0.4 + z2 * (0.285_714_3 + z2 * 0.222_222_2))));
+    e as f32 + series * std::f32::consts::LOG2_E
 }
 
 /// Writes softmax(`logits` / `temperature`) (unnormalised: the maximum maps to 1.0) into
@@ -86,30 +104,28 @@ fn lane_max(v: &[f32]) -> f32 {
     lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
-#[inline]
-fn lane_sum(l: &[f32; LANES]) -> f32 {
-    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
-}
-
-/// Sums `v` in the same fixed lane order as [`softmax_into`].
+/// Sums `v` through eight fixed f64 lanes: a fixed order (so encoder and decoder agree)
+/// and f64 accumulation (an f32 sum of 49,152 similar terms is off by ~1e-3, which the
+/// CDF would dump on one symbol).
 pub fn fixed_sum(v: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
+    let mut lanes = [0.0f64; LANES];
     let mut chunks = v.chunks_exact(LANES);
     for c in &mut chunks {
         for j in 0..LANES {
-            lanes[j] += c[j];
+            lanes[j] += c[j] as f64;
         }
     }
-    for (j, x) in chunks.remainder().iter().enumerate() {
-        lanes[j] += x;
+    for (j, &x) in chunks.remainder().iter().enumerate() {
+        lanes[j] += x as f64;
     }
-    lane_sum(&lanes)
+    (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))) as f32
 }
 
 impl Cdf {
     /// Quantises non-negative weights `w` whose sum is `sum` (as returned by
-    /// [`softmax_into`] or [`fixed_sum`]). Every symbol gets `1 + floor(w * scale)` counts;
-    /// rounding slack goes to (or comes from) the most probable symbol.
+    /// [`softmax_into`] or [`fixed_sum`]). Every symbol gets `1 + round(w * scale)` counts
+    /// (rounding, not flooring, so the total lands within a few counts of 2^24); the
+    /// slack goes to (or comes from) the most probable symbol.
     pub fn from_weights(w: &[f32], sum: f32) -> Result<Cdf, CdfError> {
         let mut cdf = Cdf::default();
         cdf.set_weights(w, sum)?;
@@ -130,7 +146,7 @@ impl Cdf {
         // Counts first (vectorises), then the running sum.
         for (c, &x) in self.cum[1..].iter_mut().zip(w) {
             // f32::min/max return the non-NaN operand, so NaN weights become CAP.
-            let v = (x * scale).min(CAP).max(0.0);
+            let v = (x * scale + 0.5).min(CAP).max(0.0);
             // SAFETY: v is finite and in [0, 2^24] after the clamps above.
             *c = 1 + unsafe { v.to_int_unchecked::<i32>() } as u32;
         }
@@ -231,6 +247,18 @@ mod tests {
         assert_eq!(exp2_neg(0.0), 1.0);
         assert!(exp2_neg(-200.0) < 1e-37);
         assert!(exp2_neg(f32::NAN) < 1e-37);
+    }
+
+    #[test]
+    fn log2_is_accurate() {
+        let mut x = 1e-30f32;
+        while x < 1e30 {
+            let err = (log2_pos(x) as f64 - (x as f64).log2()).abs();
+            assert!(err < 1e-4, "x={x} err={err}");
+            x *= 1.37;
+        }
+        assert_eq!(log2_pos(0.0), -126.0);
+        assert_eq!(log2_pos(f32::NAN), -126.0);
     }
 
     #[test]

@@ -8,4 +8,4 @@ mod arith;
 mod cdf;
 
 pub use arith::{Decoder, Encoder};
-pub use cdf::{fixed_sum, softmax_into, Cdf, PRECISION_BITS, TOTAL};
+pub use cdf::{exp2_neg, fixed_sum, log2_pos, softmax_into, Cdf, PRECISION_BITS, TOTAL};

@@ -13,7 +13,7 @@ pub use pipeline::{CompressOptions, Compressed, Stats};
 
 use crate::codec::Cdf;
 use crate::model::{Model, Window};
-use crate::model::Predictor;
+use crate::model::{Predictor, PredictorConfig};
 use crate::Error;
 use std::sync::Arc;
 
@@ -28,6 +28,16 @@ pub(crate) trait Job {
     fn input(&self, bos: u32) -> u32;
     /// Codes the next token with `cdf`, returning it.
     fn code(&mut self, cdf: &Cdf) -> Result<u32, Error>;
+}
+
+/// What one [`Engine::run`] did.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    pub tokens: u64,
+    /// Tokens coded without the model's logits (confidence skip).
+    pub skipped: u64,
+    pub model_secs: f64,
+    pub cpu_secs: f64,
 }
 
 /// Engine settings that do not change what is coded.
@@ -70,12 +80,12 @@ impl Engine {
         &self,
         jobs: &mut [&mut dyn Job],
         window: Window,
-        temperature: f32,
+        predictor: PredictorConfig,
         progress: Option<Progress<'_>>,
-    ) -> Result<(), Error> {
+    ) -> Result<RunStats, Error> {
         let pending: Vec<usize> = (0..jobs.len()).filter(|&j| jobs[j].len() > 0).collect();
         if pending.is_empty() {
-            return Ok(());
+            return Ok(RunStats::default());
         }
         let n_seq = (self.config.streams.max(1) as usize).min(pending.len()) as u32;
         let mut session = self.model.session(n_seq, window)?;
@@ -84,19 +94,21 @@ impl Engine {
             job: usize,
             pos: u32,
             predictor: Predictor,
+            wants_logits: bool,
         }
         let mut slots: Vec<Option<Slot>> = (0..n_seq).map(|_| None).collect();
         let mut queue = pending.into_iter();
         let mut feeds = Vec::with_capacity(n_seq as usize);
         let mut order = Vec::with_capacity(n_seq as usize);
         let (mut t_model, mut t_cpu, mut steps) = (0f64, 0f64, 0u64);
+        let mut stats = RunStats::default();
         loop {
             feeds.clear();
             order.clear();
             for (seq, slot) in slots.iter_mut().enumerate() {
                 if slot.is_none() {
                     if let Some(job) = queue.next() {
-                        *slot = Some(Slot { job, pos: 0, predictor: Predictor::new(self.model.n_vocab(), temperature) });
+                        *slot = Some(Slot { job, pos: 0, predictor: Predictor::new(self.model.n_vocab(), predictor), wants_logits: true });
                     }
                 }
                 let Some(s) = slot else { continue };
@@ -104,12 +116,19 @@ impl Engine {
                     s.pos = session.slide(seq as u32, s.pos)?;
                 }
                 let token = jobs[s.job].input(bos);
-                feeds.push(crate::model::Feed { seq: seq as u32, token, pos: s.pos });
+                s.wants_logits = s.predictor.prepare();
+                feeds.push(crate::model::Feed { seq: seq as u32, token, pos: s.pos, logits: s.wants_logits });
                 order.push(seq);
             }
             if feeds.is_empty() {
-                log::debug!("engine: {steps} calls, model {t_model:.2}s, predictor+coder {t_cpu:.2}s, {n_seq} streams");
-                return Ok(());
+                log::debug!(
+                    "engine: {steps} calls, {} tokens ({} skipped), model {t_model:.2}s, predictor+coder {t_cpu:.2}s, {n_seq} streams",
+                    stats.tokens,
+                    stats.skipped
+                );
+                stats.model_secs = t_model;
+                stats.cpu_secs = t_cpu;
+                return Ok(stats);
             }
             let t = std::time::Instant::now();
             session.decode(&feeds)?;
@@ -118,11 +137,14 @@ impl Engine {
             steps += 1;
             for (i, &seq) in order.iter().enumerate() {
                 let Some(s) = slots[seq].as_mut() else { continue };
-                let cdf = s.predictor.predict(session.logits(i));
+                let logits = s.wants_logits.then(|| session.logits(i));
+                let cdf = s.predictor.predict(logits);
                 let token = jobs[s.job].code(cdf)?;
                 s.predictor.update(token);
                 s.pos += 1;
+                stats.tokens += 1;
                 if jobs[s.job].done() == jobs[s.job].len() {
+                    stats.skipped += s.predictor.skipped();
                     session.clear(seq as u32)?;
                     slots[seq] = None;
                 }

@@ -7,7 +7,7 @@ use crate::format::{
     compress_frame, decompress_frame, segment, Blob, ChunkEntry, Extent, ExtentKind, Flags, FrameEntry, Header,
     Index, SegmentOptions, FRAME_SIZE,
 };
-use crate::model::Window;
+use crate::model::{PredictorConfig, Window};
 use crate::{Error, Result};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -19,13 +19,27 @@ pub struct CompressOptions {
     pub chunk_size: usize,
     pub window: Window,
     pub temperature: f32,
+    /// Which predictors run (see [`Flags`]).
+    pub flags: Flags,
     /// Decode every chunk back and compare before returning the blob.
     pub verify: bool,
 }
 
+impl CompressOptions {
+    fn predictor(&self) -> PredictorConfig {
+        PredictorConfig { flags: self.flags, temperature: self.temperature }
+    }
+}
+
 impl Default for CompressOptions {
     fn default() -> Self {
-        CompressOptions { chunk_size: crate::DEFAULT_CHUNK_SIZE, window: Window::default(), temperature: 1.0, verify: true }
+        CompressOptions {
+            chunk_size: crate::DEFAULT_CHUNK_SIZE,
+            window: Window::default(),
+            temperature: 1.0,
+            flags: Flags(Flags::DEFAULT),
+            verify: true,
+        }
     }
 }
 
@@ -45,6 +59,10 @@ pub struct Stats {
     pub stream_bytes: u64,
     pub encode_secs: f64,
     pub verify_secs: f64,
+    /// Tokens coded without asking the model (confidence skip).
+    pub skipped: u64,
+    /// Seconds inside llama.cpp decode calls while encoding.
+    pub model_secs: f64,
 }
 
 pub struct Compressed {
@@ -98,17 +116,17 @@ impl Engine {
                     })
                     .collect::<Vec<_>>()
             });
-            let coded = self.encode(&tokens, opts.window, opts.temperature, progress);
+            let coded = self.encode(&tokens, opts.window, opts.predictor(), progress);
             (frames.join(), coded)
         });
         let frames = frames.map_err(|_| Error::Corrupt("binary frame compressor panicked".into()))?;
-        let coded = coded?;
+        let (coded, run) = coded?;
         let encode_secs = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
         if opts.verify {
             let streams: Vec<(&[u8], u32)> = coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back = self.decode_streams(&streams, opts.window, opts.temperature, progress)?;
+            let back = self.decode_streams(&streams, opts.window, opts.predictor(), progress)?;
             for (i, (b, t)) in back.iter().zip(&tokens).enumerate() {
                 if b != t {
                     return Err(Error::VerifyFailed { chunk: i });
@@ -134,7 +152,7 @@ impl Engine {
         }
         let blob = Blob {
             header: Header {
-                flags: Flags(Flags::LLM),
+                flags: opts.flags,
                 original_len: data.len() as u64,
                 original_crc: crc32c::crc32c(data),
                 fingerprint: self.model.fingerprint(),
@@ -164,26 +182,28 @@ impl Engine {
             stream_bytes: coded.iter().map(|c| c.bytes.len() as u64).sum(),
             encode_secs,
             verify_secs,
+            skipped: run.skipped,
+            model_secs: run.model_secs,
         };
         Ok(Compressed { blob: bytes, stats })
     }
 
     /// Arithmetic-codes token streams, all in lockstep.
-    pub fn encode(&self, streams: &[TokenStream], window: Window, temperature: f32, progress: Option<Progress<'_>>) -> Result<Vec<CodedStream>> {
+    pub fn encode(&self, streams: &[TokenStream], window: Window, predictor: PredictorConfig, progress: Option<Progress<'_>>) -> Result<(Vec<CodedStream>, super::RunStats)> {
         let mut jobs: Vec<EncodeJob> = streams.iter().map(|t| EncodeJob::new(&t.0)).collect();
-        {
+        let stats = {
             let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-            self.run(&mut refs, window, temperature, progress)?;
-        }
-        Ok(jobs.into_iter().map(EncodeJob::into_stream).collect())
+            self.run(&mut refs, window, predictor, progress)?
+        };
+        Ok((jobs.into_iter().map(EncodeJob::into_stream).collect(), stats))
     }
 
     /// Decodes `(stream, token count)` pairs, all in lockstep.
-    pub fn decode_streams(&self, streams: &[(&[u8], u32)], window: Window, temperature: f32, progress: Option<Progress<'_>>) -> Result<Vec<TokenStream>> {
+    pub fn decode_streams(&self, streams: &[(&[u8], u32)], window: Window, predictor: PredictorConfig, progress: Option<Progress<'_>>) -> Result<Vec<TokenStream>> {
         let mut jobs: Vec<DecodeJob> = streams.iter().map(|(b, n)| DecodeJob::new(b, *n)).collect();
         {
             let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-            self.run(&mut refs, window, temperature, progress)?;
+            self.run(&mut refs, window, predictor, progress)?;
         }
         Ok(jobs.into_iter().map(DecodeJob::into_tokens).collect())
     }
@@ -221,7 +241,8 @@ impl Engine {
             self.check_fingerprint(blob)?;
         }
         let streams: Vec<(&[u8], u32)> = texts.iter().map(|&c| (blob.chunk_stream(index, c), blob.chunks[c].tokens)).collect();
-        let decoded = self.decode_streams(&streams, blob.header.window, blob.header.temperature, progress)?;
+        let predictor = PredictorConfig { flags: blob.header.flags, temperature: blob.header.temperature };
+        let decoded = self.decode_streams(&streams, blob.header.window, predictor, progress)?;
         let mut text_bytes: HashMap<usize, Vec<u8>> = HashMap::new();
         for (&c, toks) in texts.iter().zip(decoded) {
             let mut bytes = Vec::new();

@@ -17,11 +17,29 @@ const MAX_CHUNK: u64 = 64 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Flags(pub u16);
 
+impl std::fmt::Display for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = [(Self::LLM, "llm"), (Self::NGRAM, "ngram"), (Self::MATCH, "match"), (Self::BIAS, "bias"), (Self::SKIP, "skip")];
+        let on: Vec<&str> = names.iter().filter(|(b, _)| self.has(*b)).map(|(_, n)| *n).collect();
+        write!(f, "{}", on.join(","))
+    }
+}
+
 impl Flags {
     /// Text chunks are coded by the language model (always set by this version).
     pub const LLM: u16 = 1 << 0;
+    /// Token N-gram of orders 1..4 mixed in.
+    pub const NGRAM: u16 = 1 << 1;
+    /// Match model (orders 4..8) mixed in.
+    pub const MATCH: u16 = 1 << 2;
+    /// Adaptive bias head over the vocabulary.
+    pub const BIAS: u16 = 1 << 3;
+    /// Confidence skip: the model is not asked when the N-gram is sure.
+    pub const SKIP: u16 = 1 << 4;
     /// Bits this version understands; any other set bit is refused.
-    pub const KNOWN: u16 = Self::LLM;
+    pub const KNOWN: u16 = Self::LLM | Self::NGRAM | Self::MATCH | Self::BIAS | Self::SKIP;
+    /// What compression uses unless told otherwise (see docs/BENCHMARKS.md, ablation).
+    pub const DEFAULT: u16 = Self::LLM;
 
     pub fn has(self, bit: u16) -> bool {
         self.0 & bit != 0
@@ -231,7 +249,7 @@ impl Blob {
             return Err(FormatError::HeaderChecksum);
         }
         // Only now, with the header known to be intact, interpret what it says.
-        if flags.0 & !Flags::KNOWN != 0 {
+        if flags.0 & !Flags::KNOWN != 0 || !flags.has(Flags::LLM) {
             return Err(FormatError::UnknownFlags(flags.0));
         }
         let window = Window { ctx: ctx.min(u32::MAX as u64) as u32, slide: slide.min(u32::MAX as u64) as u32 };

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 /// Version of everything after the logits (softmax, CDF, coder). Part of the backend
 /// descriptor, so changing that code changes the fingerprint.
-const PREDICTOR_VERSION: u32 = 1;
+const PREDICTOR_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -251,6 +251,8 @@ pub struct Feed {
     pub seq: u32,
     pub token: u32,
     pub pos: u32,
+    /// Whether this row's logits are wanted (rows without skip the output layer).
+    pub logits: bool,
 }
 
 impl<'m> Session<'m> {
@@ -270,14 +272,15 @@ impl<'m> Session<'m> {
         for f in feeds {
             debug_assert!(f.seq < self.n_seq && f.pos < self.window.ctx);
             self.batch
-                .add(LlamaToken(f.token as i32), f.pos as i32, &[f.seq as i32], true)
+                .add(LlamaToken(f.token as i32), f.pos as i32, &[f.seq as i32], f.logits)
                 .map_err(|e| ModelError::Decode(e.to_string()))?;
             self.rows.push(f.seq);
         }
         self.ctx.decode(&mut self.batch).map_err(|e| ModelError::Decode(e.to_string()))
     }
 
-    /// Logits after the `i`-th feed of the last [`Session::decode`].
+    /// Logits after the `i`-th feed of the last [`Session::decode`] (which must have
+    /// asked for them).
     pub fn logits(&self, i: usize) -> &[f32] {
         self.ctx.get_logits_ith(i as i32)
     }

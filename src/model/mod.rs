@@ -1,13 +1,14 @@
 //! The language model: llama.cpp through `llama-cpp-2`, pinned to the settings under
 //! which its logits are bit-identical across runs, thread counts and batch compositions.
 
+pub mod ensemble;
 mod fingerprint;
 mod llama;
 mod predictor;
 
 pub use fingerprint::Fingerprint;
 pub use llama::{Feed, Model, ModelError, ModelOptions, Session, Window};
-pub use predictor::Predictor;
+pub use predictor::{Predictor, PredictorConfig};
 
 use std::path::PathBuf;
 
