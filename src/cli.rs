@@ -1,7 +1,7 @@
 //! The `nacrithfs` command line: argument types, commands, and exit codes.
 
 use crate::engine::{CompressOptions, Engine, EngineConfig};
-use crate::format::{Blob, ExtentKind};
+use crate::format::{Blob, ExtentKind, Flags};
 use crate::model::{resolve_model_path, Model, ModelError, ModelOptions, Window};
 use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Read, Write};
@@ -35,6 +35,10 @@ pub enum Command {
         /// Tokens dropped from a full window.
         #[arg(long, default_value_t = Window::default().slide)]
         slide: u32,
+        /// Predictors for text, comma-separated: llm (always), ngram, match, bias, skip;
+        /// or "raw" for the model alone.
+        #[arg(long, default_value = "llm")]
+        predictors: String,
         /// Skip decoding the blob back before writing it (faster, not recommended).
         #[arg(long)]
         no_verify: bool,
@@ -61,6 +65,42 @@ pub enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Mount BACKING on MNT: files written to MNT are stored in BACKING, compressed in
+    /// the background. Runs in the foreground until unmounted or sent SIGINT/SIGTERM.
+    Mount {
+        backing: PathBuf,
+        mountpoint: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Files compressed at once.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Memory for decoded extents of compressed files, in MiB.
+        #[arg(long, default_value_t = 64)]
+        cache_mb: usize,
+        /// Let other users access the mount (and unmount it when the daemon dies).
+        #[arg(long)]
+        allow_other: bool,
+    },
+    /// Show a mount's compression counters.
+    Status { mountpoint: PathBuf },
+    /// Block until a mount has nothing queued or compressing, then show its counters.
+    Wait {
+        mountpoint: PathBuf,
+        /// Give up (non-zero exit) after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+}
+
+/// Maps a mount failure onto the command line's exit codes.
+fn mount_error(e: crate::fs::mount::MountError) -> CliError {
+    use crate::fs::mount::MountError;
+    match e {
+        MountError::Model(m) => CliError::Model(m),
+        MountError::Setup(msg) => CliError::Usage(msg),
+        MountError::Io { what, source } => CliError::Io(std::io::Error::new(source.kind(), format!("{what}: {source}"))),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -170,7 +210,8 @@ fn spinner(what: &str) -> indicatif::ProgressBar {
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Compress { input, output, model, chunk_size, ctx, slide, no_verify, force } => {
+        Command::Compress { input, output, model, chunk_size, ctx, slide, predictors, no_verify, force } => {
+            let flags = parse_predictors(&predictors)?;
             let window = Window { ctx, slide };
             if !window.is_valid() {
                 return Err(CliError::Usage(format!("invalid window: --ctx {ctx} --slide {slide}")));
@@ -183,7 +224,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             });
             let data = read_input(&input)?;
             let engine = load_engine(&model)?;
-            let opts = CompressOptions { chunk_size, window, verify: !no_verify, ..Default::default() };
+            let opts = CompressOptions { chunk_size, window, flags, verify: !no_verify, ..Default::default() };
             let pb = spinner("compressing");
             let inc = |n: u64| pb.inc(n);
             let c = engine
@@ -193,14 +234,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             write_atomic(&output, &c.blob, force)?;
             let s = &c.stats;
             log::info!(
-                "{}: {} -> {} bytes ({:.3} bits/byte), {} tokens in {} chunks, encode {:.1}s, verify {:.1}s",
+                "{}: {} -> {} bytes ({:.4} bits/byte), {} tokens in {} chunks ({} skipped), encode {:.1}s (model {:.1}s), verify {:.1}s",
                 input.display(),
                 s.original,
                 s.compressed,
                 if s.original > 0 { s.compressed as f64 * 8.0 / s.original as f64 } else { 0.0 },
                 s.tokens,
                 s.chunks,
+                s.skipped,
                 s.encode_secs,
+                s.model_secs,
                 s.verify_secs
             );
             Ok(())
@@ -226,6 +269,36 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             pb.finish_and_clear();
             write_atomic(&output, &out, force)
         }
+        Command::Mount { backing, mountpoint, model, workers, cache_mb, allow_other } => {
+            // Checked before the model is loaded, so a bad path fails fast.
+            crate::fs::mount::preflight(&backing, &mountpoint).map_err(mount_error)?;
+            let path = resolve_model_path(model.model.clone())?;
+            let args = crate::fs::mount::MountArgs {
+                backing,
+                mountpoint,
+                model: path,
+                // The daemon runs several model contexts at once (compressions and reads);
+                // OpenMP spin-waits collapse when oversubscribed, so "all cores" means one
+                // thread per context here.
+                model_options: ModelOptions { threads: model.threads.max(1), ..Default::default() },
+                streams: model.streams,
+                workers,
+                cache_mb,
+                allow_other,
+            };
+            crate::fs::mount::run(args).map_err(mount_error)
+        }
+        Command::Status { mountpoint } => {
+            let s = crate::fs::mount::status(&mountpoint).map_err(mount_error)?;
+            println!("{s}");
+            Ok(())
+        }
+        Command::Wait { mountpoint, timeout } => {
+            let t = timeout.map(std::time::Duration::from_secs);
+            let s = crate::fs::mount::wait(&mountpoint, t).map_err(mount_error)?;
+            println!("{s}");
+            Ok(())
+        }
         Command::Info { blob: path, model } => {
             let data = read_input(&path)?;
             let what = path.display().to_string();
@@ -234,6 +307,22 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
     }
+}
+
+/// Parses `--predictors`.
+fn parse_predictors(list: &str) -> Result<Flags, CliError> {
+    let mut f = Flags::LLM;
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        f |= match name {
+            "raw" | "llm" => Flags::LLM,
+            "ngram" => Flags::NGRAM,
+            "match" => Flags::MATCH,
+            "bias" => Flags::BIAS,
+            "skip" => Flags::SKIP | Flags::NGRAM,
+            other => return Err(CliError::Usage(format!("unknown predictor {other:?} (llm, ngram, match, bias, skip, raw)"))),
+        };
+    }
+    Ok(Flags(f))
 }
 
 fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
@@ -249,7 +338,7 @@ fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
         if h.original_len > 0 { data.len() as f64 * 8.0 / h.original_len as f64 } else { 0.0 }
     );
     println!("fingerprint:  {}", h.fingerprint);
-    println!("flags:        {:#06x}", h.flags.0);
+    println!("predictors:   {} (flags {:#06x})", h.flags, h.flags.0);
     println!("window:       {} tokens, slide {}; temperature {}; chunk size {}", h.window.ctx, h.window.slide, h.temperature, h.chunk_size);
     println!("extents:      {} ({} text bytes, {} binary bytes)", blob.extents.len(), text, h.original_len - text);
     let tokens: u64 = blob.chunks.iter().map(|c| c.tokens as u64).sum();

@@ -7,7 +7,9 @@ pub mod codec;
 pub mod engine;
 mod error;
 pub mod format;
+pub mod fs;
 pub mod model;
+pub mod store;
 
 pub use error::{Error, Result};
 

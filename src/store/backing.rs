@@ -1,0 +1,312 @@
+//! The backing directory: where each file lives, how a blob is told from plaintext,
+//! atomic replacement of a file's content, and start-up recovery.
+//!
+//! Layout: `MNT/a/b.txt` is `BACKING/a/b.txt`. A regular file is either plaintext or an
+//! NC06 blob; blobs carry the xattr `user.nacrithfs.state=nc06`, set on the temporary
+//! file before it is renamed into place, so the marker and the content change in one
+//! atomic `rename(2)`. A file without the marker is plaintext, whatever its first bytes
+//! are (a plaintext file that starts with "NC06" is never mistaken for a blob, and files
+//! put into BACKING by other tools are simply plaintext, compressed at the next mount).
+//!
+//! Internal state lives in `BACKING/.nacrithfs/`: `tmp/` holds temporary files being
+//! written (a crash leaves at most some of them, deleted at the next mount), and
+//! `status.json` the daemon's last published counters. Every content change is one
+//! `rename(2)` of a complete, fsynced temporary file over the target, so there is no
+//! multi-step operation to journal: after a crash each file is either its old or its new
+//! content, never both or neither.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Name of the internal directory at the root of BACKING (hidden from the mount).
+pub const INTERNAL_DIR: &str = ".nacrithfs";
+/// The xattr that marks a blob.
+pub const STATE_XATTR: &str = "user.nacrithfs.state";
+/// Value of [`STATE_XATTR`] on a blob.
+pub const STATE_BLOB: &[u8] = b"nc06";
+/// Prefix of every xattr name reserved for nacrithfs (hidden from the mount).
+pub const RESERVED_XATTR_PREFIX: &[u8] = b"user.nacrithfs.";
+
+/// The backing directory of one mount.
+#[derive(Debug)]
+pub struct Backing {
+    root: PathBuf,
+    tmp: PathBuf,
+    seq: AtomicU64,
+}
+
+fn ctx(what: impl std::fmt::Display, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+impl Backing {
+    /// Opens `root` as a backing directory, creating the internal directories.
+    pub fn open(root: &Path) -> io::Result<Backing> {
+        let root = root.canonicalize().map_err(|e| ctx(root.display(), e))?;
+        let tmp = root.join(INTERNAL_DIR).join("tmp");
+        // Private: temporary files hold plaintext of files whatever their modes.
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&tmp).map_err(|e| ctx(tmp.display(), e))?;
+        Ok(Backing { root, tmp, seq: AtomicU64::new(0) })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The absolute backing path of a path relative to the mount root.
+    pub fn path(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    /// Deletes leftovers of interrupted writes: every temporary file. Returns how many.
+    pub fn clean_tmp(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for e in std::fs::read_dir(&self.tmp).map_err(|e| ctx(self.tmp.display(), e))? {
+            let e = e?;
+            let p = e.path();
+            let r = if e.file_type()?.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            r.map_err(|e| ctx(p.display(), e))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Every regular plaintext file under the root (relative paths), skipping the
+    /// internal directory: the files a previous session left to compress.
+    pub fn plaintext_files(&self) -> io::Result<Vec<PathBuf>> {
+        let mut out = Vec::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let dir = self.path(&rel);
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) => {
+                    log::warn!("recovery: cannot list {}: {e}", dir.display());
+                    continue;
+                }
+            };
+            for e in rd {
+                let e = e?;
+                if rel.as_os_str().is_empty() && e.file_name() == INTERNAL_DIR {
+                    continue;
+                }
+                let child = rel.join(e.file_name());
+                let ft = e.file_type()?;
+                if ft.is_dir() {
+                    stack.push(child);
+                } else if ft.is_file() && !is_blob_path(&self.path(&child))? {
+                    out.push(child);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Creates a new temporary file under `.nacrithfs/tmp`.
+    pub fn temp_file(&self) -> io::Result<(PathBuf, File)> {
+        loop {
+            let n = self.seq.fetch_add(1, Ordering::Relaxed);
+            let p = self.tmp.join(format!("{}-{n}.tmp", std::process::id()));
+            match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p) {
+                Ok(f) => return Ok((p, f)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(ctx(p.display(), e)),
+            }
+        }
+    }
+
+    /// Writes `data` to a new temporary file with the metadata of `like` (mode, owner,
+    /// times, user xattrs) and, for a blob, the blob marker; fsyncs it. The caller
+    /// renames it into place with [`Backing::commit`].
+    pub fn prepare(&self, data: &[u8], like: &File, blob: bool) -> io::Result<(PathBuf, File)> {
+        let (path, mut f) = self.temp_file()?;
+        let r = (|| {
+            f.write_all(data)?;
+            copy_metadata(like, &f)?;
+            if blob {
+                fset_xattr(&f, STATE_XATTR, STATE_BLOB)?;
+            }
+            f.sync_all()?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => Ok((path, f)),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(ctx(format!("writing {}", path.display()), e))
+            }
+        }
+    }
+
+    /// Renames a prepared temporary file over `target` and syncs the directory.
+    pub fn commit(&self, tmp: &Path, target: &Path) -> io::Result<()> {
+        std::fs::rename(tmp, target).map_err(|e| ctx(format!("rename {} -> {}", tmp.display(), target.display()), e))?;
+        if let Some(dir) = target.parent() {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `json` as `.nacrithfs/status.json` (atomically).
+    pub fn publish_status(&self, json: &str) {
+        let dst = self.root.join(INTERNAL_DIR).join("status.json");
+        let r = self.temp_file().and_then(|(p, mut f)| {
+            f.write_all(json.as_bytes())?;
+            std::fs::rename(&p, &dst)
+        });
+        if let Err(e) = r {
+            log::debug!("cannot publish status: {e}");
+        }
+    }
+}
+
+/// Copies mode, owner, access/modification times and the user's xattrs.
+fn copy_metadata(from: &File, to: &File) -> io::Result<()> {
+    let md = from.metadata()?;
+    for name in flist_xattr(from)? {
+        if name.as_bytes().starts_with(RESERVED_XATTR_PREFIX) {
+            continue;
+        }
+        if let Some(v) = fget_xattr(from, &name)? {
+            fset_xattr(to, &name, &v)?;
+        }
+    }
+    // Owner first: chown clears set-id bits, chmod then restores them.
+    let r = unsafe { libc::fchown(to.as_raw_fd(), md.uid(), md.gid()) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EPERM) {
+            return Err(e);
+        }
+    }
+    cvt(unsafe { libc::fchmod(to.as_raw_fd(), (md.mode() & 0o7777) as libc::mode_t) })?;
+    let ts = [
+        libc::timespec { tv_sec: md.atime(), tv_nsec: md.atime_nsec() },
+        libc::timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() },
+    ];
+    cvt(unsafe { libc::futimens(to.as_raw_fd(), ts.as_ptr()) })?;
+    Ok(())
+}
+
+pub(crate) fn cvt(r: libc::c_int) -> io::Result<()> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn cstr(p: &OsStr) -> io::Result<CString> {
+    CString::new(p.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Whether the file at `path` (not following symlinks) is a blob.
+pub fn is_blob_path(path: &Path) -> io::Result<bool> {
+    Ok(lget_xattr(path, OsStr::new(STATE_XATTR))?.as_deref() == Some(STATE_BLOB))
+}
+
+/// Whether an open file is a blob.
+pub fn is_blob_file(f: &File) -> io::Result<bool> {
+    Ok(fget_xattr(f, OsStr::new(STATE_XATTR))?.as_deref() == Some(STATE_BLOB))
+}
+
+fn absent(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP))
+}
+
+/// Reads an xattr with a size probe; `None` when it does not exist.
+fn get_with(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Result<Option<Vec<u8>>> {
+    loop {
+        let n = call(std::ptr::null_mut(), 0);
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if absent(&e) { Ok(None) } else { Err(e) };
+        }
+        let mut buf = vec![0u8; n as usize];
+        let m = call(buf.as_mut_ptr().cast(), buf.len());
+        if m < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ERANGE) {
+                continue;
+            }
+            return if absent(&e) { Ok(None) } else { Err(e) };
+        }
+        buf.truncate(m as usize);
+        return Ok(Some(buf));
+    }
+}
+
+pub fn lget_xattr(path: &Path, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    let (p, n) = (cstr(path.as_os_str())?, cstr(name)?);
+    get_with(|buf, len| unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf, len) })
+}
+
+pub fn fget_xattr(f: &File, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    let n = cstr(name)?;
+    get_with(|buf, len| unsafe { libc::fgetxattr(f.as_raw_fd(), n.as_ptr(), buf, len) })
+}
+
+pub fn fset_xattr(f: &File, name: impl AsRef<OsStr>, value: &[u8]) -> io::Result<()> {
+    let n = cstr(name.as_ref())?;
+    cvt(unsafe { libc::fsetxattr(f.as_raw_fd(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+}
+
+pub fn lset_xattr(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let (p, n) = (cstr(path.as_os_str())?, cstr(name)?);
+    cvt(unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
+}
+
+pub fn lremove_xattr(path: &Path, name: &OsStr) -> io::Result<()> {
+    let (p, n) = (cstr(path.as_os_str())?, cstr(name)?);
+    cvt(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
+}
+
+fn split_names(raw: Vec<u8>) -> Vec<OsString> {
+    raw.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| OsString::from_vec(s.to_vec())).collect()
+}
+
+pub fn llist_xattr(path: &Path) -> io::Result<Vec<OsString>> {
+    let p = cstr(path.as_os_str())?;
+    Ok(split_names(get_with(|buf, len| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) })?.unwrap_or_default()))
+}
+
+pub fn flist_xattr(f: &File) -> io::Result<Vec<OsString>> {
+    Ok(split_names(get_with(|buf, len| unsafe { libc::flistxattr(f.as_raw_fd(), buf.cast(), len) })?.unwrap_or_default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_marker_and_metadata_survive_prepare_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backing::open(dir.path()).unwrap();
+        let target = dir.path().join("f");
+        std::fs::write(&target, b"NC06 but plaintext").unwrap();
+        assert!(!is_blob_path(&target).unwrap(), "content never decides the state");
+        let src = File::open(&target).unwrap();
+        fset_xattr(&src, "user.keep", b"v").unwrap();
+        let (tmp, _) = b.prepare(b"blob", &src, true).unwrap();
+        b.commit(&tmp, &target).unwrap();
+        assert!(is_blob_path(&target).unwrap());
+        assert_eq!(lget_xattr(&target, OsStr::new("user.keep")).unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(std::fs::read(&target).unwrap(), b"blob");
+        b.temp_file().unwrap();
+        assert_eq!(b.clean_tmp().unwrap(), 1);
+        assert!(b.plaintext_files().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,310 @@
+//! The real filesystem: the `nacrithfs` binary mounted with FUSE over a temporary
+//! backing directory, with the real model. Needs root and /dev/fuse (as CI has); a
+//! missing model fails loudly (CI fetches it).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const ENGLISH: &str = include_str!("data/english.txt");
+const MULTILINGUAL: &str = include_str!("data/multilingual.txt");
+
+/// Mounts compete for two cores; one test at a time keeps timings sane.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_nacrithfs"))
+}
+
+fn model_present() {
+    nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh (the fs tests need the real model)");
+}
+
+fn sh(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+fn is_mountpoint(p: &Path) -> bool {
+    Command::new("mountpoint").arg("-q").arg(p).status().is_ok_and(|s| s.success())
+}
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (s >> 56) as u8
+        })
+        .collect()
+}
+
+/// A running daemon; always unmounted on drop.
+struct Mount {
+    child: Option<Child>,
+    mnt: PathBuf,
+}
+
+impl Mount {
+    fn start(backing: &Path, mnt: &Path) -> Mount {
+        let child = bin()
+            .args(["mount", backing.to_str().unwrap(), mnt.to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn nacrithfs mount");
+        let mut m = Mount { child: Some(child), mnt: mnt.to_path_buf() };
+        let t = Instant::now();
+        while !is_mountpoint(mnt) {
+            if let Some(Ok(Some(st))) = m.child.as_mut().map(|c| c.try_wait()) {
+                panic!("mount exited early: {st}");
+            }
+            assert!(t.elapsed() < Duration::from_secs(60), "mount not ready after 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        m
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// SIGTERM, then the daemon must unmount and exit 0.
+    fn stop(mut self) {
+        let mut child = self.child.take().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        let st = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "daemon did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(st.success(), "daemon exit: {st}");
+        assert!(!is_mountpoint(&self.mnt), "still mounted after SIGTERM");
+    }
+
+    fn wait(&self) -> String {
+        let out = bin().args(["wait", self.mnt.to_str().unwrap(), "--timeout", "240"]).output().expect("wait");
+        assert!(out.status.success(), "wait: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn force_unmount(mnt: &Path) {
+    if is_mountpoint(mnt) || std::fs::metadata(mnt).is_err() {
+        let _ = Command::new("fusermount3").arg("-u").arg(mnt).stderr(Stdio::null()).status();
+        if is_mountpoint(mnt) || std::fs::metadata(mnt).is_err() {
+            let _ = Command::new("umount").arg("-l").arg(mnt).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        force_unmount(&self.mnt);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Dirs {
+    _root: tempfile::TempDir,
+    src: PathBuf,
+    backing: PathBuf,
+    mnt: PathBuf,
+}
+
+fn dirs() -> Dirs {
+    let root = tempfile::tempdir().unwrap();
+    let (src, backing, mnt) = (root.path().join("src"), root.path().join("backing"), root.path().join("mnt"));
+    for d in [&src, &backing, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    Dirs { _root: root, src, backing, mnt }
+}
+
+fn cut(s: &str, n: usize) -> &str {
+    let mut n = n.min(s.len());
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    &s[..n]
+}
+
+fn diff(a: &Path, b: &Path) {
+    let out = sh("diff", &["-r", "--no-dereference", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert!(out.status.success(), "diff -r --no-dereference {} {}:\n{}{}", a.display(), b.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+fn head4(p: &Path) -> Vec<u8> {
+    let mut b = std::fs::read(p).unwrap();
+    b.truncate(4);
+    b
+}
+
+#[test]
+fn copy_compress_remount_and_modify() {
+    model_present();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let d = dirs();
+    let tree = d.src.join("tree");
+    std::fs::create_dir_all(tree.join("docs/deep/er")).unwrap();
+    std::fs::write(tree.join("docs/english.txt"), cut(ENGLISH, 700)).unwrap();
+    std::fs::write(tree.join("docs/deep/utf8.txt"), cut(MULTILINGUAL, 250)).unwrap();
+    std::fs::write(tree.join("noise.bin"), noise(1500, 7)).unwrap();
+    std::fs::write(tree.join("docs/deep/er/empty"), b"").unwrap();
+    std::os::unix::fs::symlink("docs/english.txt", tree.join("link")).unwrap();
+
+    let m = Mount::start(&d.backing, &d.mnt);
+    assert!(sh("cp", &["-a", tree.to_str().unwrap(), d.mnt.to_str().unwrap()]).status.success());
+    let mtree = d.mnt.join("tree");
+    diff(&tree, &mtree);
+    // Internal state is unreachable through the mount.
+    assert!(!d.mnt.join(".nacrithfs").exists());
+    assert!(std::fs::create_dir(d.mnt.join(".nacrithfs")).is_err());
+    let names: Vec<_> = std::fs::read_dir(&d.mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("tree")]);
+    let summary = m.wait();
+    eprintln!("after cp: {summary}");
+
+    let btree = d.backing.join("tree");
+    for f in ["docs/english.txt", "docs/deep/utf8.txt", "noise.bin"] {
+        assert_eq!(head4(&btree.join(f)), b"NC06", "{f} is not a blob");
+    }
+    for f in ["docs/english.txt", "docs/deep/utf8.txt"] {
+        let (orig, stored) = (std::fs::metadata(tree.join(f)).unwrap().len(), std::fs::metadata(btree.join(f)).unwrap().len());
+        assert!(stored < orig, "{f}: blob {stored} bytes is not smaller than {orig}");
+        assert_eq!(std::fs::metadata(mtree.join(f)).unwrap().len(), orig, "{f}: size through the mount");
+    }
+    assert_eq!(std::fs::metadata(btree.join("docs/deep/er/empty")).unwrap().len(), 0);
+    diff(&tree, &mtree);
+    m.stop();
+
+    // Cold: a new daemon decodes from the blobs; two readers at once.
+    let m = Mount::start(&d.backing, &d.mnt);
+    let en = mtree.join("docs/english.txt");
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let p = en.clone();
+            std::thread::spawn(move || std::fs::read(p).unwrap())
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap(), cut(ENGLISH, 700).as_bytes());
+    }
+    diff(&tree, &mtree);
+
+    // Modify compressed files, mirroring every change in the source tree.
+    let both = |f: &dyn Fn(&Path)| {
+        f(&tree);
+        f(&mtree);
+    };
+    both(&|t| std::fs::create_dir(t.join("moved")).unwrap());
+    both(&|t| std::fs::rename(t.join("docs/deep/utf8.txt"), t.join("moved/utf8.txt")).unwrap());
+    both(&|t| std::fs::rename(t.join("noise.bin"), t.join("docs/english.txt")).unwrap()); // over an existing file
+    both(&|t| {
+        let f = std::fs::OpenOptions::new().write(true).open(t.join("moved/utf8.txt")).unwrap();
+        f.set_len(100).unwrap();
+    });
+    both(&|t| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(t.join("moved/utf8.txt")).unwrap();
+        f.write_all(b"\nappended line\n").unwrap();
+    });
+    // Unlink while open: the data stays readable through the open file.
+    {
+        use std::io::Read;
+        let mut f = std::fs::File::open(mtree.join("docs/english.txt")).unwrap();
+        std::fs::remove_file(mtree.join("docs/english.txt")).unwrap();
+        std::fs::remove_file(tree.join("docs/english.txt")).unwrap();
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).unwrap();
+        assert_eq!(buf, noise(1500, 7));
+    }
+    // Hard links share an inode and count right.
+    both(&|t| std::fs::hard_link(t.join("moved/utf8.txt"), t.join("hard")).unwrap());
+    let (a, b) = (std::fs::metadata(mtree.join("moved/utf8.txt")).unwrap(), std::fs::metadata(mtree.join("hard")).unwrap());
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    both(&|t| std::fs::remove_file(t.join("hard")).unwrap());
+    assert_eq!(std::fs::metadata(mtree.join("moved/utf8.txt")).unwrap().nlink(), 1);
+    diff(&tree, &mtree);
+    m.wait();
+    assert_eq!(head4(&btree.join("moved/utf8.txt")), b"NC06");
+    m.stop();
+
+    let m = Mount::start(&d.backing, &d.mnt);
+    diff(&tree, &mtree);
+    m.stop();
+}
+
+#[test]
+fn kill_9_while_compressing_then_recover() {
+    model_present();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let d = dirs();
+    let text = cut(ENGLISH, 700);
+    let m = Mount::start(&d.backing, &d.mnt);
+    std::fs::write(d.mnt.join("a.txt"), text).unwrap();
+    std::fs::write(d.mnt.join("b.txt"), cut(MULTILINGUAL, 250)).unwrap();
+    std::fs::write(d.src.join("a.txt"), text).unwrap();
+    std::fs::write(d.src.join("b.txt"), cut(MULTILINGUAL, 250)).unwrap();
+    // Kill as soon as a compression is under way.
+    let t = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(d.mnt.join(".nacrithfs-status")).unwrap();
+        if s.contains("\"compressing\":1") || t.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(m.pid() as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(300));
+    force_unmount(&d.mnt);
+    drop(m);
+    assert!(!is_mountpoint(&d.mnt));
+
+    let m = Mount::start(&d.backing, &d.mnt);
+    diff(&d.src, &d.mnt);
+    m.wait();
+    for f in ["a.txt", "b.txt"] {
+        assert_eq!(head4(&d.backing.join(f)), b"NC06");
+    }
+    let tmp = std::fs::read_dir(d.backing.join(".nacrithfs/tmp")).unwrap().count();
+    assert_eq!(tmp, 0, "temporary files left behind");
+    m.stop();
+    let m = Mount::start(&d.backing, &d.mnt);
+    diff(&d.src, &d.mnt);
+    m.stop();
+}
+
+#[test]
+fn mount_refuses_bad_setups() {
+    model_present();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let d = dirs();
+    let one_line_failure = |args: &[&str], what: &str| {
+        let out = bin().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: succeeded");
+        assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
+        assert!(err.starts_with("nacrithfs: "), "{what}: {err}");
+    };
+    let (b, mnt) = (d.backing.to_str().unwrap(), d.mnt.to_str().unwrap());
+    one_line_failure(&["mount", "/nonexistent/backing", mnt], "missing backing");
+    std::fs::write(d.src.join("x"), b"x").unwrap();
+    one_line_failure(&["mount", b, d.src.to_str().unwrap()], "non-empty mount point");
+    one_line_failure(&["mount", b, mnt, "--model", "/nonexistent/model.gguf"], "missing model");
+    let m = Mount::start(&d.backing, &d.mnt);
+    one_line_failure(&["mount", b, mnt], "busy mount point");
+    one_line_failure(&["status", d.src.to_str().unwrap()], "status of a non-mount");
+    let out = bin().args(["status", mnt]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("queued 0"));
+    m.stop();
+}

@@ -1,0 +1,312 @@
+//! Reference tests of the filesystem core (no FUSE, no model): random sequences of
+//! create/write/truncate/rename/unlink/mkdir/read/compress run against the core over a
+//! real temporary backing directory, and against an in-memory model of the tree. The
+//! codec is a cheap stand-in (zstd in a fake header, tiny extents) — this tests the
+//! layer above the codec; tests/fs_mount.rs runs the real model.
+
+use nacrithfs::fs::core::{Core, CoreConfig, Ino, Kind, SetAttr, ROOT_INO};
+use nacrithfs::store::{Backing, StandInCodec};
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Entry {
+    Dir,
+    File(Vec<u8>),
+}
+
+const PATHS: &[&str] = &["a", "b", "d", "d/a", "d/b", "e", "e/c", "d/e"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Create(usize),
+    Mkdir(usize),
+    Write(usize, u16, Vec<u8>),
+    Truncate(usize, u16),
+    Rename(usize, usize),
+    Unlink(usize),
+    Rmdir(usize),
+    Read(usize),
+    Compress,
+    /// Write through a handle opened before the file was compressed.
+    WriteAcrossCompress(usize, Vec<u8>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let p = 0..PATHS.len();
+    prop_oneof![
+        3 => p.clone().prop_map(Op::Create),
+        2 => p.clone().prop_map(Op::Mkdir),
+        4 => (p.clone(), 0u16..300, proptest::collection::vec(any::<u8>(), 0..120)).prop_map(|(a, o, d)| Op::Write(a, o, d)),
+        2 => (p.clone(), 0u16..200).prop_map(|(a, s)| Op::Truncate(a, s)),
+        2 => (p.clone(), p.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
+        1 => p.clone().prop_map(Op::Unlink),
+        1 => p.clone().prop_map(Op::Rmdir),
+        3 => p.clone().prop_map(Op::Read),
+        2 => Just(Op::Compress),
+        1 => (p, proptest::collection::vec(any::<u8>(), 1..40)).prop_map(|(a, d)| Op::WriteAcrossCompress(a, d)),
+    ]
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    core: Arc<Core>,
+    model: BTreeMap<String, Entry>,
+}
+
+fn split(p: &str) -> (&str, &str) {
+    match p.rsplit_once('/') {
+        Some((d, n)) => (d, n),
+        None => ("", p),
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = Backing::open(dir.path()).unwrap();
+        let core = Core::new(backing, Arc::new(StandInCodec { extent: 7 }), CoreConfig { cache_bytes: 256 }).unwrap();
+        Harness { _dir: dir, core: Arc::new(core), model: BTreeMap::new() }
+    }
+
+    fn resolve(&self, path: &str) -> Option<Ino> {
+        let mut ino = ROOT_INO;
+        for c in path.split('/').filter(|c| !c.is_empty()) {
+            ino = self.core.lookup(ino, OsStr::new(c)).ok()?.ino;
+        }
+        Some(ino)
+    }
+
+    fn parent_ok(&self, path: &str) -> bool {
+        let (d, _) = split(path);
+        d.is_empty() || self.model.get(d) == Some(&Entry::Dir)
+    }
+
+    fn read_all(&self, ino: Ino) -> Vec<u8> {
+        let (fh, _) = self.core.open(ino, libc::O_RDONLY).unwrap();
+        let mut out = Vec::new();
+        loop {
+            let chunk = self.core.read(fh, out.len() as u64, 50).unwrap();
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend(chunk);
+        }
+        self.core.release(fh);
+        out
+    }
+
+    /// Writes at `off` (at the end if `None`); with `across`, the queue is drained
+    /// while the handle is open, which must not compress the file under the writer.
+    fn write_file(&mut self, i: usize, off: Option<usize>, data: &[u8], across: bool) {
+        let p = PATHS[i];
+        let Some(ino) = self.resolve(p) else { return };
+        let Some(Entry::File(content)) = self.model.get_mut(p) else { return };
+        let off = off.unwrap_or(content.len());
+        let c = &self.core;
+        let (fh, _) = c.open(ino, libc::O_RDWR).unwrap();
+        if across {
+            c.drain();
+        }
+        assert_eq!(c.write(fh, off as u64, data).unwrap() as usize, data.len());
+        c.release(fh);
+        if content.len() < off + data.len() {
+            content.resize(off + data.len(), 0);
+        }
+        content[off..off + data.len()].copy_from_slice(data);
+    }
+
+    fn apply(&mut self, op: &Op) {
+        let c = self.core.clone();
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        match op {
+            Op::Create(i) => {
+                let p = PATHS[*i];
+                let (d, n) = split(p);
+                let r = self.resolve(d).map(|pi| c.create(pi, OsStr::new(n), 0o644, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, uid, gid));
+                if self.parent_ok(p) && !self.model.contains_key(p) {
+                    let (_, fh, _) = r.expect("parent").expect("create");
+                    c.release(fh);
+                    self.model.insert(p.into(), Entry::File(Vec::new()));
+                } else {
+                    assert!(!matches!(r, Some(Ok(_))), "create {p} should fail");
+                }
+            }
+            Op::Mkdir(i) => {
+                let p = PATHS[*i];
+                let (d, n) = split(p);
+                let r = self.resolve(d).map(|pi| c.mkdir(pi, OsStr::new(n), 0o755, uid, gid));
+                if self.parent_ok(p) && !self.model.contains_key(p) {
+                    assert_eq!(r.expect("parent").expect("mkdir").kind, Kind::Dir);
+                    self.model.insert(p.into(), Entry::Dir);
+                } else {
+                    assert!(!matches!(r, Some(Ok(_))), "mkdir {p} should fail");
+                }
+            }
+            Op::Write(i, off, data) => self.write_file(*i, Some(*off as usize), data, false),
+            Op::WriteAcrossCompress(i, data) => self.write_file(*i, None, data, true),
+            Op::Truncate(i, size) => {
+                let p = PATHS[*i];
+                if !matches!(self.model.get(p), Some(Entry::File(_))) {
+                    return;
+                }
+                let ino = self.resolve(p).expect("file exists");
+                let Some(Entry::File(content)) = self.model.get_mut(p) else { return };
+                let a = c.setattr(ino, &SetAttr { size: Some(*size as u64), ..Default::default() }).unwrap();
+                assert_eq!(a.size, *size as u64);
+                content.resize(*size as usize, 0);
+            }
+            Op::Rename(a, b) => {
+                let (pa, pb) = (PATHS[*a], PATHS[*b]);
+                // Only the cases whose outcome is simple to model.
+                let src_file = matches!(self.model.get(pa), Some(Entry::File(_)));
+                let src_dir = self.model.get(pa) == Some(&Entry::Dir);
+                let dst = self.model.get(pb).cloned();
+                let ok = self.parent_ok(pb)
+                    && pa != pb
+                    && ((src_file && !matches!(dst, Some(Entry::Dir))) || (src_dir && dst.is_none() && !pb.starts_with(&format!("{pa}/"))));
+                if !ok {
+                    return;
+                }
+                let ((da, na), (db, nb)) = (split(pa), split(pb));
+                let (ia, ib) = (self.resolve(da).unwrap(), self.resolve(db).unwrap());
+                c.rename(ia, OsStr::new(na), ib, OsStr::new(nb), 0).expect("rename");
+                let moved: Vec<(String, Entry)> =
+                    self.model.iter().filter(|(k, _)| *k == pa || k.starts_with(&format!("{pa}/"))).map(|(k, v)| (k.clone(), v.clone())).collect();
+                for (k, _) in &moved {
+                    self.model.remove(k);
+                }
+                for (k, v) in moved {
+                    self.model.insert(format!("{pb}{}", &k[pa.len()..]), v);
+                }
+            }
+            Op::Unlink(i) => {
+                let p = PATHS[*i];
+                let (d, n) = split(p);
+                let r = self.resolve(d).map(|pi| c.unlink(pi, OsStr::new(n)));
+                if matches!(self.model.get(p), Some(Entry::File(_))) {
+                    r.unwrap().expect("unlink");
+                    self.model.remove(p);
+                } else {
+                    assert!(!matches!(r, Some(Ok(_))), "unlink {p} should fail");
+                }
+            }
+            Op::Rmdir(i) => {
+                let p = PATHS[*i];
+                let (d, n) = split(p);
+                let r = self.resolve(d).map(|pi| c.rmdir(pi, OsStr::new(n)));
+                let empty = !self.model.keys().any(|k| k.starts_with(&format!("{p}/")));
+                if self.model.get(p) == Some(&Entry::Dir) && empty {
+                    r.unwrap().expect("rmdir");
+                    self.model.remove(p);
+                } else {
+                    assert!(!matches!(r, Some(Ok(_))), "rmdir {p} should fail");
+                }
+            }
+            Op::Read(i) => {
+                let p = PATHS[*i];
+                match self.model.get(p) {
+                    Some(Entry::File(content)) => {
+                        let ino = self.resolve(p).unwrap();
+                        assert_eq!(c.getattr(ino).unwrap().size, content.len() as u64, "size of {p}");
+                        assert_eq!(&self.read_all(ino), content, "content of {p}");
+                    }
+                    Some(Entry::Dir) => assert_eq!(c.getattr(self.resolve(p).unwrap()).unwrap().kind, Kind::Dir),
+                    None => assert!(self.resolve(p).is_none(), "{p} should not exist"),
+                }
+            }
+            Op::Compress => {
+                c.drain();
+                let st = c.status();
+                assert_eq!((st.queued, st.compressing, st.writing, st.failed), (0, 0, 0, 0));
+            }
+        }
+    }
+
+    fn check_all(&self) {
+        for (p, e) in &self.model {
+            let ino = self.resolve(p).unwrap_or_else(|| panic!("{p} missing"));
+            if let Entry::File(content) = e {
+                assert_eq!(&self.read_all(ino), content, "content of {p}");
+                assert_eq!(self.core.getattr(ino).unwrap().size, content.len() as u64);
+            }
+        }
+        // Listings match the model, and never show internal state.
+        for dir in std::iter::once("").chain(self.model.iter().filter(|(_, e)| **e == Entry::Dir).map(|(k, _)| k.as_str())) {
+            let ino = self.resolve(dir).unwrap();
+            let fh = self.core.opendir(ino).unwrap();
+            let mut got: Vec<String> = self
+                .core
+                .readdir(fh, 0)
+                .unwrap()
+                .into_iter()
+                .map(|(_, e)| e.name.to_string_lossy().into_owned())
+                .filter(|n| n != "." && n != "..")
+                .collect();
+            self.core.releasedir(fh);
+            got.sort();
+            let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+            let want: Vec<String> =
+                self.model.keys().filter_map(|k| k.strip_prefix(&prefix)).filter(|r| !r.is_empty() && !r.contains('/')).map(String::from).collect();
+            assert_eq!(got, want, "listing of {dir:?}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #[test]
+    fn core_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let mut h = Harness::new();
+        for op in &ops {
+            h.apply(op);
+        }
+        h.check_all();
+        h.apply(&Op::Compress);
+        h.check_all();
+        // Every non-empty file is a blob now, its marker hidden from listxattr.
+        for (p, e) in &h.model {
+            if let Entry::File(content) = e {
+                let ino = h.resolve(p).unwrap();
+                let xattrs = h.core.listxattr(ino).unwrap();
+                prop_assert!(!String::from_utf8_lossy(&xattrs).contains("nacrithfs"));
+                let raw = std::fs::read(h.core.backing().path(std::path::Path::new(p))).unwrap();
+                prop_assert_eq!(raw.starts_with(b"FAKE"), !content.is_empty(), "{} stored state", p);
+            }
+        }
+    }
+}
+
+#[test]
+fn hidden_names_and_unlink_while_open() {
+    let h = Harness::new();
+    let c = &h.core;
+    assert!(c.lookup(ROOT_INO, OsStr::new(".nacrithfs")).is_err());
+    assert!(c.mkdir(ROOT_INO, OsStr::new(".nacrithfs"), 0o755, 0, 0).is_err());
+    assert!(c.setxattr(ROOT_INO, OsStr::new("user.nacrithfs.state"), b"nc06", 0).is_err());
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (a, fh, _) = c.create(ROOT_INO, OsStr::new("f"), 0o600, libc::O_RDWR, uid, gid).unwrap();
+    c.write(fh, 0, b"hello world").unwrap();
+    c.release(fh);
+    c.drain();
+    assert_eq!(c.status().compressed, 1);
+    // Opened compressed, unlinked, still readable; a hard link keeps the inode.
+    let l = c.link(a.ino, ROOT_INO, OsStr::new("g")).unwrap();
+    assert_eq!((l.ino, l.nlink), (a.ino, 2));
+    let (fh, reply) = c.open(a.ino, libc::O_RDONLY).unwrap();
+    assert!(reply.keep_cache);
+    c.unlink(ROOT_INO, OsStr::new("f")).unwrap();
+    c.unlink(ROOT_INO, OsStr::new("g")).unwrap();
+    assert_eq!(c.read(fh, 6, 100).unwrap(), b"world");
+    c.release(fh);
+    // A recovery queues plaintext left behind and deletes temporary files.
+    std::fs::write(h.core.backing().path(std::path::Path::new("plain")), b"left over").unwrap();
+    std::fs::write(h.core.backing().root().join(".nacrithfs/tmp/junk.tmp"), b"x").unwrap();
+    assert_eq!(c.recover().unwrap(), (1, 1));
+    c.drain();
+    let ino = h.resolve("plain").unwrap();
+    assert_eq!(h.read_all(ino), b"left over");
+    assert!(std::fs::read(h.core.backing().path(std::path::Path::new("plain"))).unwrap().starts_with(b"FAKE"));
+}
