@@ -65,6 +65,26 @@ pub enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Measure the engine: tokens/s and KB/s of compress and decompress at several
+    /// stream counts, beside llama.cpp's raw lockstep decode rate for the same calls.
+    BenchEngine {
+        /// English text to cut the streams from.
+        file: PathBuf,
+        /// Stream counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+        streams_list: Vec<u32>,
+        /// Tokens coded by each stream.
+        #[arg(long, default_value_t = 256)]
+        tokens_per_stream: usize,
+        /// Predictors, as for compress.
+        #[arg(long, default_value = "llm")]
+        predictors: String,
+        /// Also write the rows as CSV here.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
     /// Mount BACKING on MNT: files written to MNT are stored in BACKING, compressed in
     /// the background. Runs in the foreground until unmounted or sent SIGINT/SIGTERM.
     Mount {
@@ -72,9 +92,9 @@ pub enum Command {
         mountpoint: PathBuf,
         #[command(flatten)]
         model: ModelArgs,
-        /// Files compressed at once.
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
+        /// Files compressed at once; their chunks share the model workers' streams.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
         /// Memory for decoded extents of compressed files, in MiB.
         #[arg(long, default_value_t = 64)]
         cache_mb: usize,
@@ -111,9 +131,13 @@ pub struct ModelArgs {
     /// Streams decoded together per model call.
     #[arg(long, default_value_t = crate::DEFAULT_STREAMS)]
     pub streams: u32,
-    /// llama.cpp threads (0: all cores).
+    /// llama.cpp threads per worker (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Model workers, each with its own llama.cpp context of --streams sequences. One
+    /// context already uses every CPU core; use one per GPU.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
 }
 
 /// A command failure with the exit code it maps to (sysexits.h).
@@ -191,7 +215,7 @@ pub fn write_atomic(path: &Path, data: &[u8], force: bool) -> Result<(), CliErro
 fn load_engine(args: &ModelArgs) -> Result<Engine, CliError> {
     let path = resolve_model_path(args.model.clone())?;
     let model = Model::load(&path, &ModelOptions { threads: args.threads, ..Default::default() })?;
-    Ok(Engine::new(Arc::new(model), EngineConfig { streams: args.streams.max(1) }))
+    Ok(Engine::new(Arc::new(model), EngineConfig { streams: args.streams.max(1), workers: args.workers.max(1) }))
 }
 
 fn spinner(what: &str) -> indicatif::ProgressBar {
@@ -269,7 +293,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             pb.finish_and_clear();
             write_atomic(&output, &out, force)
         }
-        Command::Mount { backing, mountpoint, model, workers, cache_mb, allow_other } => {
+        Command::Mount { backing, mountpoint, model, jobs, cache_mb, allow_other } => {
             // Checked before the model is loaded, so a bad path fails fast.
             crate::fs::mount::preflight(&backing, &mountpoint).map_err(mount_error)?;
             let path = resolve_model_path(model.model.clone())?;
@@ -277,12 +301,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 backing,
                 mountpoint,
                 model: path,
-                // The daemon runs several model contexts at once (compressions and reads);
-                // OpenMP spin-waits collapse when oversubscribed, so "all cores" means one
-                // thread per context here.
-                model_options: ModelOptions { threads: model.threads.max(1), ..Default::default() },
+                model_options: ModelOptions { threads: model.threads, ..Default::default() },
                 streams: model.streams,
-                workers,
+                workers: model.workers,
+                jobs,
                 cache_mb,
                 allow_other,
             };
@@ -297,6 +319,45 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let t = timeout.map(std::time::Duration::from_secs);
             let s = crate::fs::mount::wait(&mountpoint, t).map_err(mount_error)?;
             println!("{s}");
+            Ok(())
+        }
+        Command::BenchEngine { file, streams_list, tokens_per_stream, predictors, csv, model } => {
+            let flags = parse_predictors(&predictors)?;
+            let text = read_input(&file)?;
+            let engine = load_engine(&model)?;
+            let predictor = crate::model::PredictorConfig { flags, temperature: 1.0 };
+            println!("| streams | mode | tokens | seconds | tokens/s | KB/s | % of raw | model s | predictor+coder s | bits/byte | RSS MiB |");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
+            let mut raw_rate = 0.0;
+            let rows = crate::engine::bench::run(engine.model().clone(), &text, &streams_list, tokens_per_stream.max(1), predictor, |r| {
+                if r.mode == "raw" {
+                    raw_rate = r.tokens_per_s();
+                }
+                println!(
+                    "| {} | {} | {} | {:.2} | {:.1} | {:.3} | {:.0} % | {:.2} | {:.2} | {} | {:.0} |",
+                    r.streams,
+                    r.mode,
+                    r.tokens,
+                    r.seconds,
+                    r.tokens_per_s(),
+                    r.kb_per_s(),
+                    100.0 * r.tokens_per_s() / raw_rate.max(1e-9),
+                    r.model_secs,
+                    r.cpu_secs,
+                    r.bits_per_byte.map(|b| format!("{b:.3}")).unwrap_or_default(),
+                    r.rss_mib
+                );
+            })
+            .map_err(|source| CliError::Codec { what: file.display().to_string(), source })?;
+            if let Some(path) = csv {
+                let mut out = String::from(crate::engine::bench::BenchRow::CSV_HEADER);
+                out.push('\n');
+                for r in &rows {
+                    out.push_str(&r.csv());
+                    out.push('\n');
+                }
+                write_atomic(&path, out.as_bytes(), true)?;
+            }
             Ok(())
         }
         Command::Info { blob: path, model } => {

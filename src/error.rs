@@ -21,6 +21,8 @@ pub enum Error {
     VerifyFailed { chunk: usize },
     #[error("corrupt stream: {0}")]
     Corrupt(String),
+    #[error("inference engine: {0}")]
+    Engine(String),
 }
 
 impl Error {

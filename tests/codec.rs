@@ -88,6 +88,29 @@ fn chunks_coded_in_a_batch_decode_alone_and_the_reverse() {
 }
 
 #[test]
+fn concurrent_requests_share_the_pool_and_code_the_same_bytes() {
+    // Three callers at once on one engine: their chunks (and a different window for one
+    // of them) interleave in the workers' contexts; each blob must equal the one coded
+    // alone, and decode back.
+    let data = ENGLISH.as_bytes();
+    let inputs: Vec<(&[u8], CompressOptions)> = vec![
+        (&data[..400], CompressOptions { chunk_size: 100, verify: false, ..Default::default() }),
+        (&data[400..700], CompressOptions { chunk_size: 150, verify: false, ..Default::default() }),
+        (&data[700..900], CompressOptions { chunk_size: 100, verify: false, window: Window { ctx: 48, slide: 16 }, ..Default::default() }),
+    ];
+    let shared = nacrithfs::engine::Engine::new(common::model(), nacrithfs::engine::EngineConfig { streams: 6, workers: 2 });
+    let together: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let hs: Vec<_> = inputs.iter().map(|(d, o)| s.spawn(|| shared.compress(d, o, None).unwrap().blob)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let alone = engine(1);
+    for ((d, o), blob) in inputs.iter().zip(&together) {
+        assert_eq!(&alone.compress(d, o, None).unwrap().blob, blob, "sharing the pool changed the coded bytes");
+        assert_eq!(shared.decompress(blob, None).unwrap(), *d);
+    }
+}
+
+#[test]
 fn sliding_window_is_deterministic() {
     // A 48-token window sliding by 16: many slides per chunk, in a batch and alone.
     let data = &ENGLISH.as_bytes()[..700];

@@ -116,17 +116,18 @@ impl Encoder {
     }
 }
 
-/// Arithmetic decoder over a byte slice; reads zeros past its end.
-pub struct Decoder<'a> {
+/// Arithmetic decoder over a byte buffer (borrowed or owned, so a decoding job can own
+/// its stream and move between threads); reads zeros past its end.
+pub struct Decoder<B: AsRef<[u8]>> {
     low: u64,
     high: u64,
     value: u64,
-    data: &'a [u8],
+    data: B,
     bit_pos: u64,
 }
 
-impl<'a> Decoder<'a> {
-    pub fn new(data: &'a [u8]) -> Self {
+impl<B: AsRef<[u8]>> Decoder<B> {
+    pub fn new(data: B) -> Self {
         let mut d = Decoder { low: 0, high: MASK, value: 0, data, bit_pos: 0 };
         for _ in 0..32 {
             d.value = (d.value << 1) | d.next_bit();
@@ -137,7 +138,7 @@ impl<'a> Decoder<'a> {
     #[inline]
     fn next_bit(&mut self) -> u64 {
         let byte = (self.bit_pos >> 3) as usize;
-        let bit = match self.data.get(byte) {
+        let bit = match self.data.as_ref().get(byte) {
             Some(b) => (b >> (7 - (self.bit_pos & 7))) & 1,
             None => 0,
         };
@@ -183,7 +184,7 @@ impl<'a> Decoder<'a> {
 
     /// Bits of real input consumed beyond the stream's end (a sign of truncation when large).
     pub fn overrun_bits(&self) -> u64 {
-        self.bit_pos.saturating_sub(self.data.len() as u64 * 8)
+        self.bit_pos.saturating_sub(self.data.as_ref().len() as u64 * 8)
     }
 }
 

@@ -1,8 +1,9 @@
-//! The two kinds of engine job: coding known tokens, and decoding them back.
+//! The two kinds of engine job: coding known tokens, and decoding them back. Jobs own
+//! their data so they can be handed to a model worker on another thread.
 
 use super::Job;
-use crate::Error;
 use crate::codec::{Cdf, Decoder, Encoder};
+use crate::Error;
 
 /// The tokens of one text chunk.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -17,18 +18,18 @@ pub struct CodedStream {
     pub ideal_bits: f64,
 }
 
-pub(crate) struct EncodeJob<'a> {
-    tokens: &'a [u32],
+pub(crate) struct EncodeJob {
+    tokens: Vec<u32>,
     next: usize,
     enc: Option<Encoder>,
     ideal_bits: f64,
     out: Option<CodedStream>,
 }
 
-impl<'a> EncodeJob<'a> {
-    pub fn new(tokens: &'a [u32]) -> Self {
+impl EncodeJob {
+    pub fn new(tokens: Vec<u32>) -> Self {
         let mut j = EncodeJob { tokens, next: 0, enc: Some(Encoder::new()), ideal_bits: 0.0, out: None };
-        if tokens.is_empty() {
+        if j.tokens.is_empty() {
             j.finish();
         }
         j
@@ -46,7 +47,7 @@ impl<'a> EncodeJob<'a> {
     }
 }
 
-impl Job for EncodeJob<'_> {
+impl Job for EncodeJob {
     fn len(&self) -> u32 {
         self.tokens.len() as u32
     }
@@ -74,15 +75,19 @@ impl Job for EncodeJob<'_> {
     }
 }
 
-pub(crate) struct DecodeJob<'a> {
-    dec: Decoder<'a>,
+pub(crate) struct DecodeJob {
+    dec: Decoder<Vec<u8>>,
     len: u32,
     out: Vec<u32>,
 }
 
-impl<'a> DecodeJob<'a> {
-    pub fn new(stream: &'a [u8], tokens: u32) -> Self {
+impl DecodeJob {
+    pub fn new(stream: Vec<u8>, tokens: u32) -> Self {
         DecodeJob { dec: Decoder::new(stream), len: tokens, out: Vec::with_capacity(tokens as usize) }
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.out
     }
 
     pub fn into_tokens(self) -> TokenStream {
@@ -90,7 +95,7 @@ impl<'a> DecodeJob<'a> {
     }
 }
 
-impl Job for DecodeJob<'_> {
+impl Job for DecodeJob {
     fn len(&self) -> u32 {
         self.len
     }
@@ -106,5 +111,38 @@ impl Job for DecodeJob<'_> {
         self.dec.consume(lo, hi);
         self.out.push(s as u32);
         Ok(s as u32)
+    }
+}
+
+/// Either kind of job, as the worker pool carries them.
+pub(crate) enum Work {
+    Encode(EncodeJob),
+    Decode(DecodeJob),
+}
+
+impl Job for Work {
+    fn len(&self) -> u32 {
+        match self {
+            Work::Encode(j) => j.len(),
+            Work::Decode(j) => j.len(),
+        }
+    }
+    fn done(&self) -> u32 {
+        match self {
+            Work::Encode(j) => j.done(),
+            Work::Decode(j) => j.done(),
+        }
+    }
+    fn input(&self, bos: u32) -> u32 {
+        match self {
+            Work::Encode(j) => j.input(bos),
+            Work::Decode(j) => j.input(bos),
+        }
+    }
+    fn code(&mut self, cdf: &Cdf) -> Result<u32, Error> {
+        match self {
+            Work::Encode(j) => j.code(cdf),
+            Work::Decode(j) => j.code(cdf),
+        }
     }
 }

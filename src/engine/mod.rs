@@ -1,21 +1,26 @@
 //! Running the model over many token streams at once.
 //!
-//! One llama.cpp context holds up to `streams` sequences. Every decode call carries
-//! exactly one token for each active stream (the determinism rule), so chunks of one
-//! file, or of many files, are coded side by side; when a stream ends its sequence is
-//! cleared and the next waiting stream takes its place (continuous batching).
+//! An [`Engine`] owns a pool of model workers ([`pool`]); each holds one llama.cpp
+//! context with up to `streams` sequences and every decode call carries exactly one
+//! token for each active stream (the determinism rule). Every caller — compression,
+//! verification, decompression, from any thread — hands its chunks to the same pool, so
+//! chunks of one file and of different files are coded side by side.
 
+pub mod bench;
 mod jobs;
 mod pipeline;
+mod pool;
 
 pub use jobs::{CodedStream, TokenStream};
 pub use pipeline::{CompressOptions, Compressed, Stats};
 
 use crate::codec::Cdf;
-use crate::model::{Model, Window};
-use crate::model::{Predictor, PredictorConfig};
+use crate::model::{Model, PredictorConfig, Window};
 use crate::Error;
-use std::sync::Arc;
+use jobs::Work;
+use pool::{Pool, Reply, Task};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 
 /// What the engine runs: a stream that feeds the model one token at a time and codes
 /// one token from each prediction.
@@ -45,18 +50,23 @@ pub struct RunStats {
 pub struct EngineConfig {
     /// Sequences per llama.cpp context, i.e. streams decoded per call.
     pub streams: u32,
+    /// Model workers, each with its own context (one per GPU; one on a CPU, where a
+    /// single context already uses every core).
+    pub workers: usize,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { streams: crate::DEFAULT_STREAMS }
+        EngineConfig { streams: crate::DEFAULT_STREAMS, workers: 1 }
     }
 }
 
-/// The model plus how to drive it.
+/// The model plus the workers that drive it.
 pub struct Engine {
     model: Arc<Model>,
     config: EngineConfig,
+    /// Started on first use, so an engine that only reads headers costs nothing.
+    pool: OnceLock<Result<Pool, String>>,
 }
 
 /// Called with the number of tokens coded since the last call.
@@ -64,7 +74,7 @@ pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
 impl Engine {
     pub fn new(model: Arc<Model>, config: EngineConfig) -> Engine {
-        Engine { model, config }
+        Engine { model, config, pool: OnceLock::new() }
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -75,84 +85,72 @@ impl Engine {
         &self.config
     }
 
-    /// Runs `jobs` to completion, at most `config.streams` at a time.
+    fn pool(&self) -> Result<&Pool, Error> {
+        self.pool
+            .get_or_init(|| Pool::start(self.model.clone(), self.config.workers, self.config.streams).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| Error::Engine(e.clone()))
+    }
+
+    /// Runs `works` to completion on the worker pool and gives them back in order.
+    /// The first failure cancels the request's other tasks and is returned.
     pub(crate) fn run(
         &self,
-        jobs: &mut [&mut dyn Job],
+        mut works: Vec<Work>,
         window: Window,
         predictor: PredictorConfig,
         progress: Option<Progress<'_>>,
-    ) -> Result<RunStats, Error> {
-        let pending: Vec<usize> = (0..jobs.len()).filter(|&j| jobs[j].len() > 0).collect();
-        if pending.is_empty() {
-            return Ok(RunStats::default());
+    ) -> Result<(Vec<Work>, RunStats), Error> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut slots: Vec<Option<Work>> = Vec::with_capacity(works.len());
+        let mut tasks = Vec::new();
+        for (id, work) in works.drain(..).enumerate() {
+            if work.len() == 0 {
+                slots.push(Some(work));
+            } else {
+                slots.push(None);
+                tasks.push(Task { id, work, window, predictor, reply: tx.clone(), cancel: cancel.clone() });
+            }
         }
-        let n_seq = (self.config.streams.max(1) as usize).min(pending.len()) as u32;
-        let mut session = self.model.session(n_seq, window)?;
-        let bos = self.model.bos();
-        struct Slot {
-            job: usize,
-            pos: u32,
-            predictor: Predictor,
-            wants_logits: bool,
-        }
-        let mut slots: Vec<Option<Slot>> = (0..n_seq).map(|_| None).collect();
-        let mut queue = pending.into_iter();
-        let mut feeds = Vec::with_capacity(n_seq as usize);
-        let mut order = Vec::with_capacity(n_seq as usize);
-        let (mut t_model, mut t_cpu, mut steps) = (0f64, 0f64, 0u64);
+        drop(tx);
         let mut stats = RunStats::default();
-        loop {
-            feeds.clear();
-            order.clear();
-            for (seq, slot) in slots.iter_mut().enumerate() {
-                if slot.is_none() {
-                    if let Some(job) = queue.next() {
-                        *slot = Some(Slot { job, pos: 0, predictor: Predictor::new(self.model.n_vocab(), predictor), wants_logits: true });
+        if tasks.is_empty() {
+            return Ok((slots.into_iter().flatten().collect(), stats));
+        }
+        self.pool()?.submit(tasks)?;
+        let mut first_err = None;
+        // Ends when every task has reported and dropped its reply sender.
+        for reply in rx {
+            match reply {
+                Reply::Progress(n) => {
+                    stats.tokens += n;
+                    if let Some(p) = progress {
+                        p(n);
                     }
                 }
-                let Some(s) = slot else { continue };
-                if s.pos == window.ctx {
-                    s.pos = session.slide(seq as u32, s.pos)?;
+                Reply::Done { id, result, cost } => {
+                    stats.model_secs += cost.model_secs;
+                    stats.cpu_secs += cost.cpu_secs;
+                    stats.skipped += cost.skipped;
+                    match result {
+                        Ok(w) => slots[id] = Some(w),
+                        Err(e) => {
+                            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                            first_err.get_or_insert(e);
+                        }
+                    }
                 }
-                let token = jobs[s.job].input(bos);
-                s.wants_logits = s.predictor.prepare();
-                feeds.push(crate::model::Feed { seq: seq as u32, token, pos: s.pos, logits: s.wants_logits });
-                order.push(seq);
-            }
-            if feeds.is_empty() {
-                log::debug!(
-                    "engine: {steps} calls, {} tokens ({} skipped), model {t_model:.2}s, predictor+coder {t_cpu:.2}s, {n_seq} streams",
-                    stats.tokens,
-                    stats.skipped
-                );
-                stats.model_secs = t_model;
-                stats.cpu_secs = t_cpu;
-                return Ok(stats);
-            }
-            let t = std::time::Instant::now();
-            session.decode(&feeds)?;
-            let t2 = std::time::Instant::now();
-            t_model += (t2 - t).as_secs_f64();
-            steps += 1;
-            for (i, &seq) in order.iter().enumerate() {
-                let Some(s) = slots[seq].as_mut() else { continue };
-                let logits = s.wants_logits.then(|| session.logits(i));
-                let cdf = s.predictor.predict(logits);
-                let token = jobs[s.job].code(cdf)?;
-                s.predictor.update(token);
-                s.pos += 1;
-                stats.tokens += 1;
-                if jobs[s.job].done() == jobs[s.job].len() {
-                    stats.skipped += s.predictor.skipped();
-                    session.clear(seq as u32)?;
-                    slots[seq] = None;
-                }
-            }
-            t_cpu += t2.elapsed().as_secs_f64();
-            if let Some(p) = progress {
-                p(order.len() as u64);
             }
         }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let n = slots.len();
+        let out: Vec<Work> = slots.into_iter().flatten().collect();
+        if out.len() != n {
+            return Err(Error::Engine("a model worker stopped before finishing its streams".into()));
+        }
+        Ok((out, stats))
     }
 }

@@ -1,8 +1,8 @@
 //! Whole files: segmentation, tokenizer round-trip checks, binary frames beside the
 //! model streams, verification by decoding, and the NC06 container around it all.
 
-use super::jobs::{DecodeJob, EncodeJob};
-use super::{CodedStream, Engine, Job, Progress, TokenStream};
+use super::jobs::{DecodeJob, EncodeJob, Work};
+use super::{CodedStream, Engine, Progress, TokenStream};
 use crate::format::{
     compress_frame, decompress_frame, segment, Blob, ChunkEntry, Extent, ExtentKind, Flags, FrameEntry, Header,
     Index, SegmentOptions, FRAME_SIZE,
@@ -190,22 +190,28 @@ impl Engine {
 
     /// Arithmetic-codes token streams, all in lockstep.
     pub fn encode(&self, streams: &[TokenStream], window: Window, predictor: PredictorConfig, progress: Option<Progress<'_>>) -> Result<(Vec<CodedStream>, super::RunStats)> {
-        let mut jobs: Vec<EncodeJob> = streams.iter().map(|t| EncodeJob::new(&t.0)).collect();
-        let stats = {
-            let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-            self.run(&mut refs, window, predictor, progress)?
-        };
-        Ok((jobs.into_iter().map(EncodeJob::into_stream).collect(), stats))
+        let works = streams.iter().map(|t| Work::Encode(EncodeJob::new(t.0.clone()))).collect();
+        let (done, stats) = self.run(works, window, predictor, progress)?;
+        let coded = done
+            .into_iter()
+            .map(|w| match w {
+                Work::Encode(j) => Ok(j.into_stream()),
+                Work::Decode(_) => Err(Error::Engine("encode returned a decode job".into())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((coded, stats))
     }
 
     /// Decodes `(stream, token count)` pairs, all in lockstep.
     pub fn decode_streams(&self, streams: &[(&[u8], u32)], window: Window, predictor: PredictorConfig, progress: Option<Progress<'_>>) -> Result<Vec<TokenStream>> {
-        let mut jobs: Vec<DecodeJob> = streams.iter().map(|(b, n)| DecodeJob::new(b, *n)).collect();
-        {
-            let mut refs: Vec<&mut dyn Job> = jobs.iter_mut().map(|j| j as &mut dyn Job).collect();
-            self.run(&mut refs, window, predictor, progress)?;
-        }
-        Ok(jobs.into_iter().map(DecodeJob::into_tokens).collect())
+        let works = streams.iter().map(|(b, n)| Work::Decode(DecodeJob::new(b.to_vec(), *n))).collect();
+        let (done, _) = self.run(works, window, predictor, progress)?;
+        done.into_iter()
+            .map(|w| match w {
+                Work::Decode(j) => Ok(j.into_tokens()),
+                Work::Encode(_) => Err(Error::Engine("decode returned an encode job".into())),
+            })
+            .collect()
     }
 
     /// Refuses blobs whose text was coded by another model or build.

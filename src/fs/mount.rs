@@ -36,7 +36,10 @@ pub struct MountArgs {
     pub model: PathBuf,
     pub model_options: ModelOptions,
     pub streams: u32,
+    /// Model workers (llama.cpp contexts).
     pub workers: usize,
+    /// Files compressed at once.
+    pub jobs: usize,
     pub cache_mb: usize,
     pub allow_other: bool,
 }
@@ -109,14 +112,14 @@ pub fn run(args: MountArgs) -> Result<(), MountError> {
     // Modes from the kernel are final (it applied the caller's umask); ours must not apply.
     unsafe { libc::umask(0) };
     let model = Model::load(&args.model, &args.model_options)?;
-    let engine = Arc::new(Engine::new(Arc::new(model), EngineConfig { streams: args.streams.max(1) }));
+    let engine = Arc::new(Engine::new(Arc::new(model), EngineConfig { streams: args.streams.max(1), workers: args.workers.max(1) }));
     let backing = Backing::open(&backing_dir).map_err(|e| MountError::Io { what: "backing directory".into(), source: e })?;
     let core = Core::new(backing, Arc::new(Nc06Codec::new(engine)), CoreConfig { cache_bytes: args.cache_mb.max(1) << 20 })
         .map_err(|e| setup(format!("backing directory: {e}")))?;
     let core = Arc::new(core);
     let (cleaned, queued) = core.recover().map_err(|e| setup(format!("recovery: {e}")))?;
     log::info!("recovery: {cleaned} temporary files deleted, {queued} plaintext files queued");
-    for i in 0..args.workers.max(1) {
+    for i in 0..args.jobs.max(1) {
         let c = core.clone();
         std::thread::Builder::new()
             .name(format!("compress-{i}"))

@@ -101,6 +101,8 @@ pub struct Model {
     bos: u32,
     n_vocab: usize,
     threads: i32,
+    /// Layers run on a GPU (so a decode call is fast and the CPU side matters).
+    offloaded: bool,
 }
 
 impl Model {
@@ -113,11 +115,8 @@ impl Model {
         let vocab = inner.vocab();
         let n_vocab = vocab.n_tokens().max(0) as usize;
         let bos = vocab.bos().0.max(0) as u32;
-        let descriptor = format!(
-            "llama-cpp-sys-2 0.1.160; predictor {PREDICTOR_VERSION}; gpu {}; {}",
-            backend.supports_gpu_offload() && opts.gpu_layers > 0,
-            system_info()
-        );
+        let offloaded = backend.supports_gpu_offload() && opts.gpu_layers > 0;
+        let descriptor = format!("llama-cpp-sys-2 0.1.160; predictor {PREDICTOR_VERSION}; gpu {offloaded}; {}", system_info());
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         } else {
@@ -131,6 +130,7 @@ impl Model {
             bos,
             n_vocab,
             threads: threads.min(256) as i32,
+            offloaded,
         })
     }
 
@@ -149,6 +149,11 @@ impl Model {
 
     pub fn n_vocab(&self) -> usize {
         self.n_vocab
+    }
+
+    /// Whether the model runs on a GPU.
+    pub fn offloaded(&self) -> bool {
+        self.offloaded
     }
 
     /// The token every sequence starts from; the first real token is predicted after it.

@@ -18,7 +18,7 @@ pub fn model() -> Arc<Model> {
 }
 
 pub fn engine(streams: u32) -> Engine {
-    Engine::new(model(), EngineConfig { streams })
+    Engine::new(model(), EngineConfig { streams, workers: 1 })
 }
 
 pub const ENGLISH: &str = include_str!("../data/english.txt");
