@@ -91,6 +91,9 @@ pub enum Command {
         #[arg(long)]
         timeout: Option<u64>,
     },
+    /// Compare nacrithfs with gzip, bzip2, xz, zstd and brotli on the same files: tables,
+    /// CSV/JSON and PNG plots (see docs/BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Maps a mount failure onto the command line's exit codes.
@@ -299,6 +302,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{s}");
             Ok(())
         }
+        Command::Bench(args) => Ok(crate::bench::run(args)?),
         Command::Info { blob: path, model } => {
             let data = read_input(&path)?;
             let what = path.display().to_string();
