@@ -17,7 +17,7 @@ fn bench_tiny_file_writes_table_csv_json_and_plot() {
     std::fs::write(&input, &ENGLISH.as_bytes()[..200]).unwrap();
     let out_dir = dir.path().join("out");
     let out = bin()
-        .args(["bench", input.to_str().unwrap(), "--no-ensemble", "--min-secs", "0.05", "--out", out_dir.to_str().unwrap()])
+        .args(["bench", input.to_str().unwrap(), "--no-ensemble", "--min-secs", "0.05", "--threads", "1", "--out", out_dir.to_str().unwrap()])
         .output()
         .expect("spawn nacrithfs bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -60,4 +60,9 @@ fn plot_engine_alone_draws_throughput_and_bad_csv_fails_cleanly() {
     let out = bin().args(["bench", "--plot-engine", csv.to_str().unwrap(), "--out", dir.path().to_str().unwrap()]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("engine.csv:2: streams") && !stderr.contains("panicked"), "{stderr}");
+
+    // A missing input fails at once, with the CLI's "no input" code, before any model.
+    let missing = dir.path().join("missing.txt");
+    let out = bin().args(["bench", missing.to_str().unwrap(), "--out", dir.path().to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(66), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -53,6 +53,8 @@ pub struct BenchArgs {
 pub enum BenchError {
     #[error("{0}")]
     Usage(String),
+    #[error("{}: {source}", path.display())]
+    NoInput { path: PathBuf, source: std::io::Error },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{tool}: {why}")]
@@ -71,6 +73,7 @@ impl From<BenchError> for CliError {
     fn from(e: BenchError) -> CliError {
         match e {
             BenchError::Usage(m) => CliError::Usage(m),
+            BenchError::NoInput { path, source } => CliError::NoInput { path, source },
             BenchError::Model(m) => CliError::Model(m),
             BenchError::Codec { what, source } => CliError::Codec { what, source },
             BenchError::RoundTrip { compressor, file } => {
@@ -194,6 +197,11 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     if files.is_empty() {
         return Err(BenchError::Usage(format!("no FILES given and none of {} exists", DEFAULT_FILES.join(", "))));
     }
+    // Read every input first, so a bad path fails before minutes of measuring.
+    let inputs = files
+        .iter()
+        .map(|p| std::fs::read(p).map(|d| (p, d)).map_err(|source| BenchError::NoInput { path: p.clone(), source }))
+        .collect::<Result<Vec<_>, _>>()?;
     let tmp = tempfile::tempdir().map_err(io_err("temporary directory"))?;
     let mut report = Report { nacrithfs_version: env!("CARGO_PKG_VERSION").into(), machine: machine(), min_secs: args.min_secs, ..Default::default() };
     let mut externals = Vec::new();
@@ -219,16 +227,15 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         nacrith.push(("nacrithfs ensemble", Flags::KNOWN));
     }
 
-    for path in &files {
-        let data = std::fs::read(path).map_err(io_err(path.display()))?;
+    for (path, data) in &inputs {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
         let mut f = FileReport {
             file: name.clone(),
             path: path.display().to_string(),
             bytes: data.len() as u64,
-            h0: entropy(&data, 0),
-            h1: entropy(&data, 1),
-            h2: entropy(&data, 2),
+            h0: entropy(data, 0),
+            h1: entropy(data, 1),
+            h2: entropy(data, 2),
             results: Vec::new(),
         };
         for (x, program) in &externals {
@@ -237,7 +244,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         }
         for (label, flags) in &nacrith {
             eprintln!("bench: {name}: {label}");
-            f.results.push(bench_nacrithfs(&engine, label, *flags, &data, &name, args.min_secs)?);
+            f.results.push(bench_nacrithfs(&engine, label, *flags, data, &name, args.min_secs)?);
         }
         report.files.push(f);
     }
