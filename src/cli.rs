@@ -111,6 +111,9 @@ pub enum Command {
         #[arg(long)]
         timeout: Option<u64>,
     },
+    /// Compare nacrithfs with gzip, bzip2, xz, zstd and brotli on the same files: tables,
+    /// CSV/JSON and PNG plots (see docs/BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Maps a mount failure onto the command line's exit codes.
@@ -213,9 +216,16 @@ pub fn write_atomic(path: &Path, data: &[u8], force: bool) -> Result<(), CliErro
 }
 
 fn load_engine(args: &ModelArgs) -> Result<Engine, CliError> {
-    let path = resolve_model_path(args.model.clone())?;
-    let model = Model::load(&path, &ModelOptions { threads: args.threads, ..Default::default() })?;
-    Ok(Engine::new(Arc::new(model), EngineConfig { streams: args.streams.max(1), workers: args.workers.max(1) }))
+    Ok(args.engine()?)
+}
+
+impl ModelArgs {
+    /// Loads the model these arguments name and wraps it in an engine.
+    pub fn engine(&self) -> Result<Engine, ModelError> {
+        let path = resolve_model_path(self.model.clone())?;
+        let model = Model::load(&path, &ModelOptions { threads: self.threads, ..Default::default() })?;
+        Ok(Engine::new(Arc::new(model), EngineConfig { streams: self.streams.max(1), workers: self.workers.max(1) }))
+    }
 }
 
 fn spinner(what: &str) -> indicatif::ProgressBar {
@@ -360,6 +370,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Bench(args) => Ok(crate::bench::run(args)?),
         Command::Info { blob: path, model } => {
             let data = read_input(&path)?;
             let what = path.display().to_string();

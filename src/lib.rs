@@ -2,6 +2,7 @@
 //! llama.cpp, 24-bit CDFs, a 32-bit arithmetic coder) in the NC06 container, and a FUSE
 //! filesystem that stores every file that way.
 
+pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod engine;
