@@ -19,7 +19,7 @@
 //! can write; modifications without a handle (truncate by path) run under the lock.
 
 use super::error::{io_ctx, FsError, FsResult};
-use crate::store::backing::{self, cvt, Backing, INTERNAL_DIR, RESERVED_XATTR_PREFIX};
+use crate::store::backing::{self, cvt, BPath, Backing, INTERNAL_DIR, RESERVED_XATTR_PREFIX};
 use crate::store::{Codec, OpenBlob, WorkQueue};
 use lru::LruCache;
 use std::collections::HashMap;
@@ -342,7 +342,7 @@ fn timespec(t: Option<SetTime>) -> libc::timespec {
 
 /// Where a node's metadata is: its backing path, or (unlinked) its open file.
 enum Target {
-    Path(PathBuf),
+    Path(BPath),
     Orphan(Arc<File>),
 }
 
@@ -461,8 +461,9 @@ impl Core {
         Ok(parts.iter().rev().collect())
     }
 
-    fn path_of(&self, t: &Table, ino: Ino) -> FsResult<PathBuf> {
-        Ok(self.backing.path(&Self::rel_path(t, ino)?))
+    fn path_of(&self, t: &Table, ino: Ino) -> FsResult<BPath> {
+        let rel = Self::rel_path(t, ino)?;
+        self.backing.sys_path(&rel).map_err(io_ctx(&rel))
     }
 
     fn target(&self, t: &Table, ino: Ino) -> FsResult<Target> {
@@ -643,7 +644,7 @@ impl Core {
     }
 
     /// Registers a just-created entry and counts the kernel's lookup.
-    fn created(&self, parent: Ino, name: &OsStr, path: &Path, uid: u32, gid: u32) -> FsResult<Attr> {
+    fn created(&self, parent: Ino, name: &OsStr, path: &BPath, uid: u32, gid: u32) -> FsResult<Attr> {
         chown_quiet(path, uid, gid)?;
         let ino = {
             let mut t = lock(&self.table);
@@ -654,7 +655,7 @@ impl Core {
             }
             ino
         };
-        self.attr_of(ino, &Target::Path(path.to_path_buf()))
+        self.attr_of(ino, &Target::Path(path.clone()))
     }
 
     pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
@@ -1181,7 +1182,7 @@ impl Core {
 
     // ----- xattrs (ours hidden) -----
 
-    fn xattr_path(&self, ino: Ino) -> FsResult<PathBuf> {
+    fn xattr_path(&self, ino: Ino) -> FsResult<BPath> {
         if ino == STATUS_INO {
             return Err(FsError::new("no xattrs on the status file", libc::ENOTSUP));
         }
