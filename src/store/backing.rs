@@ -84,8 +84,30 @@ pub struct Backing {
     seq: AtomicU64,
 }
 
+/// An io::Error with what it was about, keeping the OS error number (which
+/// `io::Error::new` alone would drop, turning ENOSPC into EIO for the caller).
+#[derive(Debug)]
+struct Context {
+    msg: String,
+    errno: Option<i32>,
+}
+
+impl std::fmt::Display for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Context {}
+
 fn ctx(what: impl std::fmt::Display, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
+    let errno = os_errno(&e);
+    io::Error::new(e.kind(), Context { msg: format!("{what}: {e}"), errno })
+}
+
+/// The OS error number of `e`, also through the context added by this module.
+pub fn os_errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| e.get_ref()?.downcast_ref::<Context>()?.errno)
 }
 
 impl Backing {
