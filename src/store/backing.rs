@@ -23,7 +23,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Name of the internal directory at the root of BACKING (hidden from the mount).
 pub const INTERNAL_DIR: &str = ".nacrithfs";
@@ -244,7 +244,9 @@ impl Backing {
 
     /// Renames a prepared temporary file over `target` and syncs the directory.
     pub fn commit(&self, tmp: &Path, target: &Path) -> io::Result<()> {
+        fault_pause("before-rename", target);
         std::fs::rename(tmp, target).map_err(|e| ctx(format!("rename {} -> {}", tmp.display(), target.display()), e))?;
+        fault_pause("after-rename", target);
         if let Some(dir) = target.parent() {
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
@@ -262,6 +264,27 @@ impl Backing {
         });
         if let Err(e) = r {
             log::debug!("cannot publish status: {e}");
+        }
+    }
+}
+
+/// Crash-test hook: with `NACRITHFS_FAULT=POINT:MS` in the daemon's environment, every
+/// [`Backing::commit`] sleeps MS milliseconds at POINT (`before-rename`: the temporary
+/// file is complete and synced, the target unchanged; `after-rename`: the target is
+/// replaced, the directory not yet synced, the inode table not yet updated) after
+/// logging it, so tests/crash.rs can kill -9 the daemon exactly there. Unset, as always
+/// outside those tests, it costs one initialised `OnceLock` read per commit.
+fn fault_pause(point: &str, target: &Path) {
+    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let spec = SPEC.get_or_init(|| {
+        let v = std::env::var("NACRITHFS_FAULT").ok()?;
+        let (p, ms) = v.split_once(':')?;
+        Some((p.to_owned(), ms.parse().ok()?))
+    });
+    if let Some((p, ms)) = spec {
+        if p == point {
+            log::warn!("NACRITHFS_FAULT: pausing {ms} ms {point} of {}", target.display());
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
     }
 }
