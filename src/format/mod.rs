@@ -4,6 +4,8 @@
 
 mod binary;
 mod container;
+#[doc(hidden)]
+pub mod fuzzing;
 mod segment;
 mod varint;
 

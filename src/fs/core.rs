@@ -19,8 +19,8 @@
 //! can write; modifications without a handle (truncate by path) run under the lock.
 
 use super::error::{io_ctx, FsError, FsResult};
-use crate::store::backing::{self, cvt, Backing, INTERNAL_DIR, RESERVED_XATTR_PREFIX};
-use crate::store::{Codec, OpenBlob, WorkQueue};
+use crate::store::backing::{self, cvt, BPath, Backing, INTERNAL_DIR, RESERVED_XATTR_PREFIX};
+use crate::store::{Codec, CodecError, OpenBlob, WorkQueue};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -342,7 +342,7 @@ fn timespec(t: Option<SetTime>) -> libc::timespec {
 
 /// Where a node's metadata is: its backing path, or (unlinked) its open file.
 enum Target {
-    Path(PathBuf),
+    Path(BPath),
     Orphan(Arc<File>),
 }
 
@@ -461,8 +461,9 @@ impl Core {
         Ok(parts.iter().rev().collect())
     }
 
-    fn path_of(&self, t: &Table, ino: Ino) -> FsResult<PathBuf> {
-        Ok(self.backing.path(&Self::rel_path(t, ino)?))
+    fn path_of(&self, t: &Table, ino: Ino) -> FsResult<BPath> {
+        let rel = Self::rel_path(t, ino)?;
+        self.backing.sys_path(&rel).map_err(io_ctx(&rel))
     }
 
     fn target(&self, t: &Table, ino: Ino) -> FsResult<Target> {
@@ -508,7 +509,18 @@ impl Core {
         parent == ROOT_INO && (name == INTERNAL_DIR || name == STATUS_NAME)
     }
 
+    /// One path component as the kernel sends it: never empty, `.`, `..` or with a `/`.
+    /// Checked anyway, so no request can make a backing path leave its parent.
+    fn check_name(name: &OsStr) -> FsResult<()> {
+        let b = name.as_bytes();
+        if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+            return Err(FsError::new("not a plain file name", libc::EINVAL));
+        }
+        Ok(())
+    }
+
     fn check_new_name(parent: Ino, name: &OsStr) -> FsResult<()> {
+        Self::check_name(name)?;
         if Self::is_reserved(parent, name) {
             return Err(FsError::new("name reserved by nacrithfs", libc::EPERM));
         }
@@ -538,8 +550,25 @@ impl Core {
         }
     }
 
+    /// The backing path of a node, for log lines.
+    fn describe(&self, ino: Ino) -> String {
+        let t = lock(&self.table);
+        match Self::rel_path(&t, ino) {
+            Ok(rel) => self.backing.path(&rel).display().to_string(),
+            Err(_) => format!("inode {ino} (unlinked)"),
+        }
+    }
+
+    /// Names the file in a codec failure, so the log line says which blob is damaged.
+    fn name_codec_err(&self, ino: Ino, e: FsError) -> FsError {
+        match e {
+            FsError::Codec(c) => named(self.describe(ino))(c),
+            e => e,
+        }
+    }
+
     /// The original length of the blob `f` (cached by [`BlobKey`]).
-    fn blob_len(&self, f: &File, md: &Metadata) -> FsResult<u64> {
+    fn blob_len(&self, f: &File, md: &Metadata, name: &Path) -> FsResult<u64> {
         let key = blob_key(md);
         if let Some(&len) = lock(&self.headers).get(&key) {
             return Ok(len);
@@ -549,9 +578,9 @@ impl Core {
             let mut buf = vec![0u8; want];
             let n = read_full_at(f, &mut buf, 0).map_err(io_ctx("reading blob header"))?;
             buf.truncate(n);
-            match self.codec.original_len(&buf)? {
+            match self.codec.original_len(&buf).map_err(named(name.display()))? {
                 Some(len) => break len,
-                None if n < want => return Err(FsError::new("blob header truncated", libc::EIO)),
+                None if n < want => return Err(named(name.display())(CodecError::eio("blob header truncated"))),
                 None => want *= 4,
             }
         };
@@ -577,7 +606,16 @@ impl Core {
                 (None, Target::Orphan(f)) => f.clone(),
             };
             if backing::is_blob_file(&f).map_err(io_ctx("fgetxattr"))? {
-                size = self.blob_len(&f, &md)?;
+                let name = match target {
+                    Target::Path(p) => p.to_path_buf(),
+                    Target::Orphan(_) => PathBuf::from("(unlinked file)"),
+                };
+                // A blob whose header is unreadable keeps its stored size, so it can
+                // still be looked up, renamed, replaced and removed; reads of it fail.
+                match self.blob_len(&f, &md, &name) {
+                    Ok(len) => size = len,
+                    Err(e) => log::warn!("{e}"),
+                }
             }
         }
         Ok(Self::attr_from(ino, &md, size))
@@ -618,6 +656,7 @@ impl Core {
         if Self::is_reserved(parent, name) {
             return Err(FsError::noent());
         }
+        Self::check_name(name)?;
         let (ino, path) = {
             let mut t = lock(&self.table);
             let path = self.path_of(&t, parent)?.join(name);
@@ -643,7 +682,7 @@ impl Core {
     }
 
     /// Registers a just-created entry and counts the kernel's lookup.
-    fn created(&self, parent: Ino, name: &OsStr, path: &Path, uid: u32, gid: u32) -> FsResult<Attr> {
+    fn created(&self, parent: Ino, name: &OsStr, path: &BPath, uid: u32, gid: u32) -> FsResult<Attr> {
         chown_quiet(path, uid, gid)?;
         let ino = {
             let mut t = lock(&self.table);
@@ -654,7 +693,7 @@ impl Core {
             }
             ino
         };
-        self.attr_of(ino, &Target::Path(path.to_path_buf()))
+        self.attr_of(ino, &Target::Path(path.clone()))
     }
 
     pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
@@ -712,6 +751,7 @@ impl Core {
         if Self::is_reserved(parent, name) {
             return Err(FsError::new("name reserved by nacrithfs", libc::EPERM));
         }
+        Self::check_name(name)?;
         let mut t = lock(&self.table);
         let path = self.path_of(&t, parent)?.join(name);
         let md = std::fs::symlink_metadata(&path).map_err(io_ctx(&path))?;
@@ -728,6 +768,8 @@ impl Core {
         if Self::is_reserved(parent, name) || Self::is_reserved(newparent, newname) {
             return Err(FsError::new("name reserved by nacrithfs", libc::EPERM));
         }
+        Self::check_name(name)?;
+        Self::check_name(newname)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if flags & !(libc::RENAME_EXCHANGE | libc::RENAME_NOREPLACE) != 0 {
             return Err(FsError::new("unsupported rename flags", libc::EINVAL));
@@ -818,24 +860,30 @@ impl Core {
         fh
     }
 
+    /// Opens a node's backing file (never through a symlink), read-write when allowed.
+    fn open_backing(&self, t: &Table, ino: Ino) -> FsResult<(BPath, File)> {
+        let path = self.path_of(t, ino)?;
+        let f = match OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+            Ok(f) => f,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::ETXTBSY)) => {
+                OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(io_ctx(&path))?
+            }
+            Err(e) => return Err(io_ctx(&path)(e)),
+        };
+        Ok((path, f))
+    }
+
     /// The node's content, opening it from the backing file if no handle holds it.
     fn load_content(&self, t: &mut Table, ino: Ino) -> FsResult<Content> {
         if let Some(c) = t.nodes.get(&ino).and_then(|n| n.content.clone()) {
             return Ok(c);
         }
-        let path = self.path_of(t, ino)?;
-        let f = match OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
-            Ok(f) => f,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::ETXTBSY)) => {
-                File::open(&path).map_err(io_ctx(&path))?
-            }
-            Err(e) => return Err(io_ctx(&path)(e)),
-        };
+        let (path, f) = self.open_backing(t, ino)?;
         let c = if backing::is_blob_file(&f).map_err(io_ctx(&path))? {
             let md = f.metadata().map_err(io_ctx(&path))?;
             let mut bytes = Vec::with_capacity(md.len() as usize);
             (&f).read_to_end(&mut bytes).map_err(io_ctx(&path))?;
-            Content::Blob { blob: self.codec.open(bytes)?, key: blob_key(&md), file: Arc::new(f) }
+            Content::Blob { blob: self.codec.open(bytes).map_err(named(path.display()))?, key: blob_key(&md), file: Arc::new(f) }
         } else {
             Content::Plain(Arc::new(f))
         };
@@ -847,6 +895,7 @@ impl Core {
 
     pub fn open(&self, ino: Ino, flags: i32) -> FsResult<(u64, OpenReply)> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let trunc = write && flags & libc::O_TRUNC != 0;
         if ino == STATUS_INO {
             if write {
                 return Err(FsError::new("the status file is read-only", libc::EACCES));
@@ -862,7 +911,8 @@ impl Core {
                 Some(Kind::File) => {}
                 Some(_) => return Err(FsError::new("not a regular file", libc::ENXIO)),
             }
-            let c = self.load_content(&mut t, ino)?;
+            // O_TRUNC replaces the content without reading it (a damaged blob too).
+            let c = if trunc { None } else { Some(self.load_content(&mut t, ino)?) };
             if let Some(n) = t.nodes.get_mut(&ino) {
                 n.opens += 1;
                 n.writers += write as u32;
@@ -870,14 +920,14 @@ impl Core {
             c
         };
         let fh = self.new_handle(Handle::File { ino, write });
-        if write && flags & libc::O_TRUNC != 0 {
+        if trunc {
             if let Err(e) = self.truncate(ino, 0) {
                 self.release(fh);
                 return Err(e);
             }
             return Ok((fh, OpenReply::default()));
         }
-        Ok((fh, OpenReply { keep_cache: matches!(content, Content::Blob { .. }), direct_io: false }))
+        Ok((fh, OpenReply { keep_cache: matches!(content, Some(Content::Blob { .. })), direct_io: false }))
     }
 
     pub fn create(&self, parent: Ino, name: &OsStr, mode: u32, flags: i32, uid: u32, gid: u32) -> FsResult<(Attr, u64, OpenReply)> {
@@ -931,7 +981,7 @@ impl Core {
                 buf.truncate(n);
                 Ok(buf)
             }
-            Content::Blob { blob, key, .. } => self.read_blob(&*blob, key, offset, size as u64),
+            Content::Blob { blob, key, .. } => self.read_blob(&*blob, key, offset, size as u64).map_err(|e| self.name_codec_err(ino, e)),
         }
     }
 
@@ -1002,7 +1052,7 @@ impl Core {
                 }
             };
             log::debug!("inode {ino}: decoding for write");
-            let data = blob.decode(0..blob.extents().len())?;
+            let data = blob.decode(0..blob.extents().len()).map_err(|e| self.name_codec_err(ino, e.into()))?;
             let mut t = lock(&self.table);
             if let Some(Some(Content::Blob { key: k, .. })) = t.nodes.get(&ino).map(|n| &n.content) {
                 if *k == key {
@@ -1022,6 +1072,11 @@ impl Core {
             f.write_all_at(data, 0).map_err(io_ctx("pwrite"))?;
             return Ok(());
         };
+        self.replace_blob_file(t, ino, like, data)
+    }
+
+    /// Replaces the blob file `like` of node `ino` with plaintext `data` (under the lock).
+    fn replace_blob_file(&self, t: &mut Table, ino: Ino, like: &Arc<File>, data: &[u8]) -> FsResult<()> {
         let orphan = t.nodes.get(&ino).is_some_and(|n| n.links.is_empty());
         let md = like.metadata().map_err(io_ctx("fstat"))?;
         if md.nlink() > 1 && !orphan {
@@ -1067,9 +1122,16 @@ impl Core {
                 n.gen += 1;
                 n.dirty = true;
             }
-            return match self.load_content(&mut t, ino)? {
-                Content::Plain(f) => f.set_len(0).map_err(io_ctx("truncate")),
-                Content::Blob { .. } => self.replace_with_plain(&mut t, ino, &[]),
+            return match self.load_content(&mut t, ino) {
+                Ok(Content::Plain(f)) => f.set_len(0).map_err(io_ctx("truncate")),
+                Ok(Content::Blob { .. }) => self.replace_with_plain(&mut t, ino, &[]),
+                Err(FsError::Codec(e)) => {
+                    // A blob that does not even parse: emptying it needs none of it.
+                    log::warn!("{e}; truncated to empty");
+                    let (_, f) = self.open_backing(&t, ino)?;
+                    self.replace_blob_file(&mut t, ino, &Arc::new(f), &[])
+                }
+                Err(e) => Err(e),
             };
         }
         let f = self.ensure_plain(ino)?;
@@ -1079,8 +1141,19 @@ impl Core {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let ino = self.handle_ino(fh, true)?;
         let f = self.ensure_plain(ino)?;
-        f.write_all_at(data, offset).map_err(io_ctx("pwrite"))?;
-        Ok(data.len() as u32)
+        // A write that fills the disk part-way is a short write (as on ext4): the caller
+        // learns how much landed, and its next write gets ENOSPC.
+        let mut n = 0;
+        while n < data.len() {
+            match f.write_at(&data[n..], offset + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) if n > 0 => break,
+                Err(e) => return Err(io_ctx("pwrite")(e)),
+            }
+        }
+        Ok(n as u32)
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
@@ -1181,7 +1254,7 @@ impl Core {
 
     // ----- xattrs (ours hidden) -----
 
-    fn xattr_path(&self, ino: Ino) -> FsResult<PathBuf> {
+    fn xattr_path(&self, ino: Ino) -> FsResult<BPath> {
         if ino == STATUS_INO {
             return Err(FsError::new("no xattrs on the status file", libc::ENOTSUP));
         }
@@ -1254,7 +1327,7 @@ impl Core {
     pub fn worker(&self) {
         while let Some(ino) = self.queue.pop() {
             if let Err(e) = self.compress_one(ino) {
-                log::warn!("inode {ino}: compression failed, the file stays plaintext: {e}");
+                log::warn!("{}: compression failed, the file stays plaintext: {e}", self.describe(ino));
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 if let Some(n) = lock(&self.table).nodes.get_mut(&ino) {
                     n.dirty = false;
@@ -1379,6 +1452,14 @@ fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize>
         }
     }
     Ok(n)
+}
+
+/// Prefixes a codec failure with the file it concerns.
+fn named(what: impl std::fmt::Display) -> impl FnOnce(CodecError) -> FsError {
+    move |mut e| {
+        e.msg = format!("{what}: {}", e.msg);
+        FsError::Codec(e)
+    }
 }
 
 /// Gives a new entry the caller's owner; a non-root daemon cannot, and keeps its own.

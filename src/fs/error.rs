@@ -18,7 +18,7 @@ pub enum FsError {
 impl FsError {
     pub fn errno(&self) -> i32 {
         match self {
-            FsError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            FsError::Io { source, .. } => crate::store::backing::os_errno(source).unwrap_or(libc::EIO),
             FsError::Errno { errno, .. } => *errno,
             FsError::Codec(e) => e.errno,
         }

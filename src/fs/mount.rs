@@ -119,12 +119,14 @@ pub fn run(args: MountArgs) -> Result<(), MountError> {
     let core = Arc::new(core);
     let (cleaned, queued) = core.recover().map_err(|e| setup(format!("recovery: {e}")))?;
     log::info!("recovery: {cleaned} temporary files deleted, {queued} plaintext files queued");
+    let mut workers = Vec::new();
     for i in 0..args.jobs.max(1) {
         let c = core.clone();
-        std::thread::Builder::new()
+        let h = std::thread::Builder::new()
             .name(format!("compress-{i}"))
             .spawn(move || c.worker())
             .map_err(|e| MountError::Io { what: "spawning worker".into(), source: e })?;
+        workers.push(h);
     }
     {
         let mnt = mnt.clone();
@@ -160,7 +162,34 @@ pub fn run(args: MountArgs) -> Result<(), MountError> {
     core.shutdown();
     r.map_err(|e| MountError::Io { what: "FUSE session".into(), source: e })?;
     log::info!("unmounted {}", mnt.display());
+    finish_workers(workers, SHUTDOWN_GRACE);
     Ok(())
+}
+
+/// How long an unmounted daemon waits for a compression in progress.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Waits up to `grace` for the workers (told to stop) to finish their current job. One
+/// still busy is inside llama.cpp, and returning from `main` would run llama.cpp's
+/// static destructors under it (a SIGSEGV at exit, found by tests/fsx.rs); so the
+/// process leaves at once with `_exit` instead. That loses nothing: the file being
+/// compressed is still plaintext in BACKING, its temporary blob is deleted and the file
+/// queued again at the next mount, exactly as after a kill -9 (tests/crash.rs).
+fn finish_workers(workers: Vec<std::thread::JoinHandle<()>>, grace: Duration) {
+    let t = Instant::now();
+    while workers.iter().any(|h| !h.is_finished()) {
+        if t.elapsed() > grace {
+            log::info!("a compression is still running: left for the next mount");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            unsafe { libc::_exit(0) };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for h in workers {
+        let _ = h.join();
+    }
 }
 
 /// Reads the live status of the mount at `mnt`.

@@ -18,11 +18,12 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 /// Name of the internal directory at the root of BACKING (hidden from the mount).
 pub const INTERNAL_DIR: &str = ".nacrithfs";
@@ -33,6 +34,48 @@ pub const STATE_BLOB: &[u8] = b"nc06";
 /// Prefix of every xattr name reserved for nacrithfs (hidden from the mount).
 pub const RESERVED_XATTR_PREFIX: &[u8] = b"user.nacrithfs.";
 
+/// A backing path to hand to syscalls (see [`Backing::sys_path`]); derefs to a `Path`.
+#[derive(Clone)]
+pub struct BPath {
+    path: PathBuf,
+    /// The directory fd a `/proc/self/fd/N/...` path goes through.
+    dir: Option<Arc<OwnedFd>>,
+}
+
+impl BPath {
+    /// `self/name`, through the same directory fd.
+    pub fn join(&self, name: impl AsRef<Path>) -> BPath {
+        BPath { path: self.path.join(name), dir: self.dir.clone() }
+    }
+}
+
+impl std::ops::Deref for BPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for BPath {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl std::fmt::Debug for BPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.path.fmt(f)
+    }
+}
+
+fn open_fd(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
 /// The backing directory of one mount.
 #[derive(Debug)]
 pub struct Backing {
@@ -41,8 +84,30 @@ pub struct Backing {
     seq: AtomicU64,
 }
 
+/// An io::Error with what it was about, keeping the OS error number (which
+/// `io::Error::new` alone would drop, turning ENOSPC into EIO for the caller).
+#[derive(Debug)]
+struct Context {
+    msg: String,
+    errno: Option<i32>,
+}
+
+impl std::fmt::Display for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Context {}
+
 fn ctx(what: impl std::fmt::Display, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
+    let errno = os_errno(&e);
+    io::Error::new(e.kind(), Context { msg: format!("{what}: {e}"), errno })
+}
+
+/// The OS error number of `e`, also through the context added by this module.
+pub fn os_errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| e.get_ref()?.downcast_ref::<Context>()?.errno)
 }
 
 impl Backing {
@@ -68,6 +133,34 @@ impl Backing {
         }
     }
 
+    /// A path for syscalls on `rel` (relative to the mount root). The absolute backing
+    /// path is longer than the path the caller used through the mount, by the length
+    /// of the backing root, so a name valid in the mount can exceed PATH_MAX here. Such
+    /// a path is reached instead through `/proc/self/fd/N/NAME`, N being an `O_PATH` fd
+    /// of its parent directory opened one component at a time with `O_NOFOLLOW` (never
+    /// through a symlink), which the returned value keeps open.
+    pub fn sys_path(&self, rel: &Path) -> io::Result<BPath> {
+        let abs = self.path(rel);
+        // Room for one more component (callers join a new name onto a directory).
+        if abs.as_os_str().len() + 2 * (libc::NAME_MAX as usize + 1) < libc::PATH_MAX as usize {
+            return Ok(BPath { path: abs, dir: None });
+        }
+        let mut comps: Vec<&OsStr> = rel.iter().collect();
+        let last = comps.pop();
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let root = cstr(self.root.as_os_str())?;
+        let mut fd = open_fd(unsafe { libc::open(root.as_ptr(), flags) })?;
+        for c in comps {
+            let name = cstr(c)?;
+            fd = open_fd(unsafe { libc::openat(fd.as_raw_fd(), name.as_ptr(), flags) })?;
+        }
+        let mut path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        if let Some(l) = last {
+            path.push(l);
+        }
+        Ok(BPath { path, dir: Some(Arc::new(fd)) })
+    }
+
     /// Deletes leftovers of interrupted writes: every temporary file. Returns how many.
     pub fn clean_tmp(&self) -> io::Result<usize> {
         let mut n = 0;
@@ -87,7 +180,7 @@ impl Backing {
         let mut out = Vec::new();
         let mut stack = vec![PathBuf::new()];
         while let Some(rel) = stack.pop() {
-            let dir = self.path(&rel);
+            let dir = self.sys_path(&rel)?;
             let rd = match std::fs::read_dir(&dir) {
                 Ok(rd) => rd,
                 Err(e) => {
@@ -104,7 +197,7 @@ impl Backing {
                 let ft = e.file_type()?;
                 if ft.is_dir() {
                     stack.push(child);
-                } else if ft.is_file() && !is_blob_path(&self.path(&child))? {
+                } else if ft.is_file() && !is_blob_path(&dir.join(e.file_name()))? {
                     out.push(child);
                 }
             }
@@ -151,7 +244,9 @@ impl Backing {
 
     /// Renames a prepared temporary file over `target` and syncs the directory.
     pub fn commit(&self, tmp: &Path, target: &Path) -> io::Result<()> {
+        fault_pause("before-rename", target);
         std::fs::rename(tmp, target).map_err(|e| ctx(format!("rename {} -> {}", tmp.display(), target.display()), e))?;
+        fault_pause("after-rename", target);
         if let Some(dir) = target.parent() {
             if let Ok(d) = File::open(dir) {
                 let _ = d.sync_all();
@@ -169,6 +264,27 @@ impl Backing {
         });
         if let Err(e) = r {
             log::debug!("cannot publish status: {e}");
+        }
+    }
+}
+
+/// Crash-test hook: with `NACRITHFS_FAULT=POINT:MS` in the daemon's environment, every
+/// [`Backing::commit`] sleeps MS milliseconds at POINT (`before-rename`: the temporary
+/// file is complete and synced, the target unchanged; `after-rename`: the target is
+/// replaced, the directory not yet synced, the inode table not yet updated) after
+/// logging it, so tests/crash.rs can kill -9 the daemon exactly there. Unset, as always
+/// outside those tests, it costs one initialised `OnceLock` read per commit.
+fn fault_pause(point: &str, target: &Path) {
+    static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    let spec = SPEC.get_or_init(|| {
+        let v = std::env::var("NACRITHFS_FAULT").ok()?;
+        let (p, ms) = v.split_once(':')?;
+        Some((p.to_owned(), ms.parse().ok()?))
+    });
+    if let Some((p, ms)) = spec {
+        if p == point {
+            log::warn!("NACRITHFS_FAULT: pausing {ms} ms {point} of {}", target.display());
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
     }
 }

@@ -1,0 +1,245 @@
+//! Faults, against a live mount (real daemon, real model): a full backing disk, damaged
+//! blobs, a model swapped after files were compressed, an unusable model at mount time.
+//! What must hold: the error the caller gets is the right errno (ENOSPC, EIO), the
+//! daemon log names the file, nothing is ever returned as wrong bytes, and the rest of
+//! the mount keeps working.
+
+#[path = "common/mount.rs"]
+mod mount;
+
+use mount::{bin, dirs, serial, Mount, Opts, Rng};
+use nacrithfs::store::backing::is_blob_path;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+const ENGLISH: &str = include_str!("data/english.txt");
+
+fn model_path() -> std::path::PathBuf {
+    nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh")
+}
+
+fn text(n: usize) -> Vec<u8> {
+    let mut end = n;
+    while !ENGLISH.is_char_boundary(end) {
+        end -= 1;
+    }
+    ENGLISH.as_bytes()[..end].to_vec()
+}
+
+/// Half random bytes, half runs of a non-text byte: compressible, never text.
+fn binary(rng: &mut Rng, n: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        let k = (1 + rng.below(512) as usize).min(n - v.len());
+        if rng.chance(50) {
+            v.extend(rng.bytes(k));
+        } else {
+            v.extend(std::iter::repeat(0x80u8).take(k));
+        }
+    }
+    v
+}
+
+fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+/// A tmpfs mounted for the life of the value.
+struct Tmpfs<'a>(&'a Path);
+
+impl<'a> Tmpfs<'a> {
+    fn mount(at: &'a Path, size: &str) -> Tmpfs<'a> {
+        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=755"), "tmpfs"]).arg(at).status().unwrap();
+        assert!(st.success(), "mount tmpfs (needs root)");
+        Tmpfs(at)
+    }
+}
+
+impl Drop for Tmpfs<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0).status();
+    }
+}
+
+#[test]
+fn full_backing_disk_gives_enospc_and_keeps_the_plaintext() {
+    model_path();
+    let _g = serial();
+    let d = dirs();
+    let _fs = Tmpfs::mount(&d.backing, "4m");
+    let log = d.root.path().join("daemon.log");
+    let m = Mount::start_with(&d.backing, &d.mnt, Opts { log: Some(&log), ..Default::default() });
+    let mut rng = Rng(42);
+    let keep = binary(&mut rng, 300_000);
+    std::fs::write(d.mnt.join("keep.bin"), &keep).unwrap();
+    m.wait();
+    assert!(is_blob_path(&d.backing.join("keep.bin")).unwrap());
+
+    // Fill the disk through the mount: every write lands whole or short, then ENOSPC.
+    let planned = rng.bytes(8 << 20);
+    let mut f = OpenOptions::new().create(true).write(true).open(d.mnt.join("big.bin")).unwrap();
+    let mut acked = 0usize;
+    let err = loop {
+        match f.write(&planned[acked..(acked + 65536).min(planned.len())]) {
+            Ok(0) => panic!("write returned 0"),
+            Ok(n) => acked += n,
+            Err(e) => break e,
+        }
+        assert!(acked < planned.len(), "4 MiB tmpfs took 8 MiB");
+    };
+    assert_eq!(errno(&err), libc::ENOSPC, "a full disk must give ENOSPC, got {err}");
+    drop(f);
+    // Compressing big.bin needs room for its blob: it fails and the plaintext stays.
+    m.wait();
+    let status = m.status();
+    assert!(!status.contains("\"failed\":0"), "compression should have failed: {status}");
+    assert!(!is_blob_path(&d.backing.join("big.bin")).unwrap(), "big.bin should stay plaintext");
+    let got = std::fs::read(d.mnt.join("big.bin")).unwrap();
+    assert_eq!(got.len(), acked, "big.bin: every acknowledged byte and nothing else");
+    assert!(got == planned[..acked], "big.bin content");
+    // A write into a compressed file needs room for its plaintext: ENOSPC, blob intact.
+    let k = OpenOptions::new().write(true).open(d.mnt.join("keep.bin")).unwrap();
+    let e = k.write_all_at(b"x", 10).unwrap_err();
+    assert_eq!(errno(&e), libc::ENOSPC, "write into a blob on a full disk: {e}");
+    drop(k);
+    assert!(std::fs::read(d.mnt.join("keep.bin")).unwrap() == keep, "keep.bin changed");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("big.bin: compression failed"), "no log line names big.bin");
+    // Room again: everything works.
+    std::fs::remove_file(d.mnt.join("big.bin")).unwrap();
+    let k = OpenOptions::new().write(true).open(d.mnt.join("keep.bin")).unwrap();
+    k.write_all_at(b"x", 10).unwrap();
+    drop(k);
+    let mut keep2 = keep.clone();
+    keep2[10] = b'x';
+    m.wait();
+    assert!(is_blob_path(&d.backing.join("keep.bin")).unwrap());
+    assert!(std::fs::read(d.mnt.join("keep.bin")).unwrap() == keep2);
+    m.stop();
+    eprintln!("faults: ENOSPC after {acked} bytes on a 4 MiB tmpfs; plaintext kept, compressed file intact");
+}
+
+#[test]
+fn damaged_blobs_give_eio_name_the_file_and_spare_the_rest() {
+    model_path();
+    let _g = serial();
+    let d = dirs();
+    let log = d.root.path().join("daemon.log");
+    let opts = || Opts { log: Some(&log), ..Default::default() };
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    let mut rng = Rng(7);
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("good.bin", binary(&mut rng, 30_000)),
+        ("flipped.bin", binary(&mut rng, 30_000)),
+        ("cut.bin", binary(&mut rng, 30_000)),
+        ("flipped.txt", text(300)),
+    ];
+    for (n, v) in &files {
+        std::fs::write(d.mnt.join(n), v).unwrap();
+    }
+    m.wait();
+    m.stop();
+    // Damage three blobs in BACKING (their blob marker stays).
+    let flip = |name: &str, at_frac: f64| {
+        let p = d.backing.join(name);
+        assert!(is_blob_path(&p).unwrap(), "{name} is not a blob");
+        let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let len = f.metadata().unwrap().len();
+        let at = (len as f64 * at_frac) as u64;
+        let mut b = [0u8; 8];
+        f.read_exact_at(&mut b, at).unwrap();
+        for x in &mut b {
+            *x ^= 0x5a;
+        }
+        f.write_all_at(&b, at).unwrap();
+    };
+    flip("flipped.bin", 0.7);
+    flip("flipped.txt", 0.8);
+    OpenOptions::new().write(true).open(d.backing.join("cut.bin")).unwrap().set_len(9).unwrap();
+
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    for name in ["flipped.bin", "flipped.txt", "cut.bin"] {
+        let r = std::fs::read(d.mnt.join(name));
+        match r {
+            Ok(v) => panic!("{name}: read returned {} bytes from a damaged blob", v.len()),
+            Err(e) => assert_eq!(errno(&e), libc::EIO, "{name}: {e}"),
+        }
+    }
+    let text_log = std::fs::read_to_string(&log).unwrap();
+    for name in ["flipped.bin", "flipped.txt", "cut.bin"] {
+        assert!(text_log.lines().any(|l| l.contains("WARN") && l.contains(name)), "no warning names {name}:\n{text_log}");
+    }
+    // The rest of the mount keeps working.
+    assert!(std::fs::read(d.mnt.join("good.bin")).unwrap() == files[0].1);
+    let mut names: Vec<_> = std::fs::read_dir(&d.mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["cut.bin", "flipped.bin", "flipped.txt", "good.bin"]);
+    std::fs::write(d.mnt.join("new.txt"), b"still writable\n").unwrap();
+    assert_eq!(std::fs::read(d.mnt.join("new.txt")).unwrap(), b"still writable\n");
+    // A damaged file can be replaced or removed.
+    std::fs::write(d.mnt.join("flipped.bin"), b"replaced").unwrap_or_else(|e| panic!("replacing flipped.bin: {e}\n{}", std::fs::read_to_string(&log).unwrap()));
+    assert_eq!(std::fs::read(d.mnt.join("flipped.bin")).unwrap(), b"replaced");
+    std::fs::remove_file(d.mnt.join("cut.bin")).unwrap();
+    m.stop();
+}
+
+#[test]
+fn swapped_model_refuses_text_blobs_instead_of_returning_wrong_bytes() {
+    let real = model_path();
+    let _g = serial();
+    let d = dirs();
+    let model = d.root.path().join("model.gguf");
+    std::fs::copy(&real, &model).unwrap();
+    let log = d.root.path().join("daemon.log");
+    let en = text(300);
+    let bin_data = binary(&mut Rng(3), 20_000);
+    let m = Mount::start_with(&d.backing, &d.mnt, Opts { model: Some(&model), log: Some(&log), ..Default::default() });
+    std::fs::write(d.mnt.join("en.txt"), &en).unwrap();
+    std::fs::write(d.mnt.join("data.bin"), &bin_data).unwrap();
+    m.wait();
+    m.stop();
+    // Swap the model for another: same format and size, one weight byte different.
+    {
+        let f = OpenOptions::new().read(true).write(true).open(&model).unwrap();
+        let at = f.metadata().unwrap().len() - 4096;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 1], at).unwrap();
+    }
+    let m = Mount::start_with(&d.backing, &d.mnt, Opts { model: Some(&model), log: Some(&log), ..Default::default() });
+    match std::fs::read(d.mnt.join("en.txt")) {
+        Ok(v) => panic!("en.txt decoded with another model: {} bytes{}", v.len(), if v == en { " (right by luck)" } else { " of WRONG content" }),
+        Err(e) => assert_eq!(errno(&e), libc::EIO, "{e}"),
+    }
+    let l = std::fs::read_to_string(&log).unwrap();
+    assert!(l.lines().any(|l| l.contains("WARN") && l.contains("en.txt") && l.contains("was made with model")), "no warning names en.txt and the model mismatch:\n{l}");
+    // Blobs without text do not depend on the model.
+    assert!(std::fs::read(d.mnt.join("data.bin")).unwrap() == bin_data);
+    // Stat still works, and a new file is written with the new model.
+    assert_eq!(std::fs::metadata(d.mnt.join("en.txt")).unwrap().len(), en.len() as u64);
+    m.stop();
+    // The right model reads it again.
+    let m = Mount::start_with(&d.backing, &d.mnt, Opts { model: Some(&real), log: Some(&log), ..Default::default() });
+    assert!(std::fs::read(d.mnt.join("en.txt")).unwrap() == en);
+    m.stop();
+}
+
+#[test]
+fn unusable_model_at_mount_time_is_a_clear_error() {
+    model_path();
+    let _g = serial();
+    let d = dirs();
+    let garbage = d.root.path().join("garbage.gguf");
+    std::fs::File::create(&garbage).unwrap().write_all(b"GGUF but not really a model").unwrap();
+    for (model, what) in [(d.root.path().join("missing.gguf"), "missing"), (garbage, "garbage")] {
+        let out = bin().args(["mount", d.backing.to_str().unwrap(), d.mnt.to_str().unwrap(), "--model"]).arg(&model).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.trim_end().lines().last().unwrap_or("");
+        assert_eq!(out.status.code(), Some(69), "{what} model: exit {:?}: {err}", out.status.code());
+        assert!(last.starts_with("nacrithfs: ") && last.contains(model.to_str().unwrap()), "{what} model: unclear message: {err}");
+        assert!(!mount::is_mountpoint(&d.mnt), "{what} model: mounted anyway");
+        eprintln!("faults: {what} model -> {last}");
+    }
+}

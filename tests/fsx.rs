@@ -1,0 +1,339 @@
+//! An fsx-style exerciser against a live mount (real daemon, real model): random writes
+//! (also past the end, leaving holes), truncates (by handle and by path), reads at random
+//! offsets through long-lived and fresh handles, fsyncs, closes (which queue the file for
+//! compression), waits for compression to finish (so later ops hit blobs: reads decode,
+//! writes turn a blob back into plaintext), and remounts (after waiting, and with
+//! compression still pending). An in-memory model holds every file's expected content;
+//! every read is compared with it, and the run fails at the first mismatch with the seed
+//! and the last operations, so it replays with `NACRITHFS_SEED=...`.
+//!
+//! Data is mostly binary (random bytes and runs: the zstd/xz path, instant); one file now
+//! and then gets a short English line, so the model's text path is in the mix too.
+//! `NACRITHFS_FSX_OPS` sets the number of operations (default 10000).
+
+#[path = "common/mount.rs"]
+mod mount;
+
+use mount::{dirs, seed, serial, Mount, Rng};
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::Instant;
+
+const ENGLISH: &str = include_str!("data/english.txt");
+/// Bytes that are never text to the segmenter (a run of letters would go to the model).
+const RUN_BYTES: [u8; 6] = [0x00, 0x01, 0x80, 0x9c, 0xc0, 0xff];
+const FILES: &[&str] = &["f0.txt", "f1.bin", "f2.bin", "d/f3.bin", "d/e/f4.bin"];
+/// Largest size a file grows to.
+const MAX: u64 = 192 << 10;
+
+struct F {
+    rel: &'static str,
+    model: Vec<u8>,
+    handle: Option<File>,
+}
+
+struct Fsx {
+    rng: Rng,
+    seed: u64,
+    files: Vec<F>,
+    mnt: PathBuf,
+    backing: PathBuf,
+    log: VecDeque<String>,
+    ops: u64,
+    reads_checked: u64,
+    bytes_checked: u64,
+    compress_points: u64,
+    remounts: u64,
+}
+
+impl Fsx {
+    fn note(&mut self, s: String) {
+        if self.log.len() == 40 {
+            self.log.pop_front();
+        }
+        self.log.push_back(format!("#{} {s}", self.ops));
+    }
+
+    fn fail(&self, what: String) -> ! {
+        let tail: Vec<_> = self.log.iter().cloned().collect();
+        panic!("fsx mismatch (seed {}, op {}): {what}\nlast operations:\n{}", self.seed, self.ops, tail.join("\n"));
+    }
+
+    fn path(&self, i: usize) -> PathBuf {
+        self.mnt.join(self.files[i].rel)
+    }
+
+    fn handle(&mut self, i: usize) -> &File {
+        if self.files[i].handle.is_none() {
+            let f = OpenOptions::new().read(true).write(true).open(self.path(i)).unwrap_or_else(|e| self.fail(format!("open {}: {e}", self.files[i].rel)));
+            self.files[i].handle = Some(f);
+        }
+        self.files[i].handle.as_ref().unwrap()
+    }
+
+    fn data(&mut self, i: usize, len: usize) -> (Vec<u8>, &'static str) {
+        match self.rng.below(100) {
+            0..=2 if i == 0 => {
+                let mut start = self.rng.below((ENGLISH.len() - 300) as u64) as usize;
+                while !ENGLISH.is_char_boundary(start) {
+                    start += 1;
+                }
+                let mut end = (start + 80 + self.rng.below(120) as usize).min(ENGLISH.len());
+                while !ENGLISH.is_char_boundary(end) {
+                    end -= 1;
+                }
+                (ENGLISH.as_bytes()[start..end].to_vec(), "text")
+            }
+            0..=59 => (self.rng.bytes(len), "random"),
+            _ => (vec![RUN_BYTES[self.rng.below(RUN_BYTES.len() as u64) as usize]; len], "run"),
+        }
+    }
+
+    fn write(&mut self, i: usize) {
+        let cur = self.files[i].model.len() as u64;
+        let off = match self.rng.below(10) {
+            0 => cur,                                  // append
+            1 => cur + self.rng.below(32 << 10),       // past the end: a hole
+            _ => self.rng.below(cur + 1),              // inside
+        };
+        let len = if self.rng.chance(85) { 1 + self.rng.below(8192) } else { 1 + self.rng.below(64 << 10) };
+        let len = len.min(MAX.saturating_sub(off)) as usize;
+        if len == 0 {
+            return;
+        }
+        let (data, kind) = self.data(i, len);
+        self.note(format!("write {} off {off} len {} ({kind})", self.files[i].rel, data.len()));
+        let f = self.handle(i).try_clone().unwrap();
+        f.write_all_at(&data, off).unwrap_or_else(|e| self.fail(format!("write: {e}")));
+        let m = &mut self.files[i].model;
+        let end = off as usize + data.len();
+        if m.len() < end {
+            m.resize(end, 0);
+        }
+        m[off as usize..end].copy_from_slice(&data);
+    }
+
+    fn truncate(&mut self, i: usize) {
+        let cur = self.files[i].model.len() as u64;
+        let size = match self.rng.below(6) {
+            0 => 0,
+            1 => cur + self.rng.below(16 << 10),
+            _ => self.rng.below(cur + 1),
+        }
+        .min(MAX);
+        let by_path = self.rng.chance(40);
+        self.note(format!("truncate {} to {size} ({})", self.files[i].rel, if by_path { "path" } else { "handle" }));
+        if by_path {
+            let c = std::ffi::CString::new(self.path(i).into_os_string().into_encoded_bytes()).unwrap();
+            if unsafe { libc::truncate(c.as_ptr(), size as libc::off_t) } != 0 {
+                self.fail(format!("truncate: {}", std::io::Error::last_os_error()));
+            }
+        } else {
+            let f = self.handle(i).try_clone().unwrap();
+            f.set_len(size).unwrap_or_else(|e| self.fail(format!("ftruncate: {e}")));
+        }
+        self.files[i].model.resize(size as usize, 0);
+    }
+
+    fn check_range(&mut self, i: usize, f: &File, off: u64, len: usize, how: &str) {
+        let mut buf = vec![0u8; len];
+        let mut n = 0;
+        while n < len {
+            match f.read_at(&mut buf[n..], off + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => self.fail(format!("read {} off {off} len {len} ({how}): {e}", self.files[i].rel)),
+            }
+        }
+        let m = &self.files[i].model;
+        let lo = (off as usize).min(m.len());
+        let hi = (off as usize + len).min(m.len());
+        let want = &m[lo..hi];
+        if &buf[..n] != want {
+            let at = buf[..n].iter().zip(want).position(|(a, b)| a != b).map(|p| off as usize + p);
+            self.fail(format!(
+                "read {} off {off} len {len} ({how}): got {n} bytes, expected {} (model size {}), first difference at {at:?}",
+                self.files[i].rel,
+                want.len(),
+                m.len()
+            ));
+        }
+        self.reads_checked += 1;
+        self.bytes_checked += n as u64;
+    }
+
+    fn read(&mut self, i: usize) {
+        let cur = self.files[i].model.len() as u64;
+        let off = self.rng.below(cur + 200);
+        let max = if self.rng.chance(80) { 4096 } else { 48 << 10 };
+        let len = 1 + self.rng.below(max) as usize;
+        let fresh = self.rng.chance(30);
+        self.note(format!("read {} off {off} len {len}{}", self.files[i].rel, if fresh { " (fresh handle)" } else { "" }));
+        if fresh {
+            let f = File::open(self.path(i)).unwrap_or_else(|e| self.fail(format!("open: {e}")));
+            self.check_range(i, &f, off, len, "fresh handle");
+        } else {
+            let f = self.handle(i).try_clone().unwrap();
+            self.check_range(i, &f, off, len, "open handle");
+        }
+    }
+
+    fn check_file(&mut self, i: usize, how: &str) {
+        let p = self.path(i);
+        let md = std::fs::metadata(&p).unwrap_or_else(|e| self.fail(format!("stat {}: {e}", self.files[i].rel)));
+        if md.len() != self.files[i].model.len() as u64 {
+            self.fail(format!("{} ({how}): size {} expected {}", self.files[i].rel, md.len(), self.files[i].model.len()));
+        }
+        let got = std::fs::read(&p).unwrap_or_else(|e| self.fail(format!("read {}: {e}", self.files[i].rel)));
+        if got != self.files[i].model {
+            let at = got.iter().zip(&self.files[i].model).position(|(a, b)| a != b);
+            self.fail(format!("{} ({how}): content differs (len {} vs {}), first difference at {at:?}", self.files[i].rel, got.len(), self.files[i].model.len()));
+        }
+        self.reads_checked += 1;
+        self.bytes_checked += got.len() as u64;
+    }
+
+    fn check_all(&mut self, how: &str) {
+        for i in 0..self.files.len() {
+            self.check_file(i, how);
+        }
+    }
+
+    fn close_all(&mut self) {
+        for f in &mut self.files {
+            f.handle = None;
+        }
+    }
+
+    /// Every non-empty file is a blob in BACKING (compression really happened).
+    fn check_compressed(&self) {
+        for f in &self.files {
+            let b = self.backing.join(f.rel);
+            let blob = nacrithfs::store::backing::is_blob_path(&b).unwrap();
+            assert!(f.model.is_empty() || blob, "{}: not compressed after wait (seed {})", f.rel, self.seed);
+        }
+    }
+}
+
+fn ops_wanted() -> u64 {
+    std::env::var("NACRITHFS_FSX_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000)
+}
+
+#[test]
+fn fsx_random_ops_across_compression_and_remounts() {
+    nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
+    let _g = serial();
+    let d = dirs();
+    let seed = seed(0x5eed_f5c5);
+    let total = ops_wanted();
+    let mut m = Mount::start(&d.backing, &d.mnt);
+    let mut x = Fsx {
+        rng: Rng(seed),
+        seed,
+        files: FILES.iter().map(|rel| F { rel, model: Vec::new(), handle: None }).collect(),
+        mnt: d.mnt.clone(),
+        backing: d.backing.clone(),
+        log: VecDeque::new(),
+        ops: 0,
+        reads_checked: 0,
+        bytes_checked: 0,
+        compress_points: 0,
+        remounts: 0,
+    };
+    std::fs::create_dir_all(d.mnt.join("d/e")).unwrap();
+    for i in 0..FILES.len() {
+        File::create(x.path(i)).unwrap();
+    }
+    let t0 = Instant::now();
+    let (mut peak_rss, mut counts) = (0u64, [0u64; 7]);
+    while x.ops < total {
+        x.ops += 1;
+        let i = x.rng.below(FILES.len() as u64) as usize;
+        let op = x.rng.below(100);
+        match op {
+            0..=34 => {
+                counts[0] += 1;
+                x.write(i)
+            }
+            35..=42 => {
+                counts[1] += 1;
+                x.truncate(i)
+            }
+            43..=79 => {
+                counts[2] += 1;
+                x.read(i)
+            }
+            80..=84 => {
+                counts[3] += 1;
+                x.note(format!("check {}", x.files[i].rel));
+                x.check_file(i, "whole file")
+            }
+            85..=96 => {
+                counts[4] += 1;
+                x.note(format!("close {}", x.files[i].rel));
+                x.files[i].handle = None;
+            }
+            _ => {
+                counts[5] += 1;
+                x.note(format!("fsync {}", x.files[i].rel));
+                let f = x.handle(i).try_clone().unwrap();
+                f.sync_all().unwrap_or_else(|e| x.fail(format!("fsync: {e}")));
+            }
+        }
+        // Compression points: everything closed, wait until compressed, check all.
+        if x.ops % 500 == 0 {
+            x.note("close all, wait for compression".into());
+            x.close_all();
+            m.wait();
+            x.compress_points += 1;
+            x.check_compressed();
+            x.check_all("after compression");
+            peak_rss = peak_rss.max(m.rss_kib().1);
+        }
+        // Remounts: every 1000 ops, alternately with compression pending and done.
+        if x.ops % 1000 == 250 {
+            let pending = x.remounts % 2 == 0;
+            x.note(format!("remount ({})", if pending { "compression pending" } else { "after wait" }));
+            x.close_all();
+            if !pending {
+                m.wait();
+            }
+            peak_rss = peak_rss.max(m.rss_kib().1);
+            m.stop();
+            m = Mount::start(&d.backing, &d.mnt);
+            x.remounts += 1;
+            counts[6] += 1;
+            x.check_all("after remount");
+        }
+    }
+    x.close_all();
+    m.wait();
+    x.check_compressed();
+    x.check_all("final");
+    m.stop();
+    m = Mount::start(&d.backing, &d.mnt);
+    x.check_all("final remount");
+    peak_rss = peak_rss.max(m.rss_kib().1);
+    m.stop();
+    let tmp = std::fs::read_dir(d.backing.join(".nacrithfs/tmp")).unwrap().count();
+    assert_eq!(tmp, 0, "temporary files left behind");
+    eprintln!(
+        "fsx: seed {seed}: {} ops (writes {}, truncates {}, reads {}, whole-file checks {}, closes {}, fsyncs {}), \
+         {} compression points, {} remounts, {} reads compared ({} bytes), 0 mismatches, {:.1} s, daemon peak RSS {} MiB",
+        x.ops,
+        counts[0],
+        counts[1],
+        counts[2],
+        counts[3],
+        counts[4],
+        counts[5],
+        x.compress_points + 2,
+        x.remounts + 1,
+        x.reads_checked,
+        x.bytes_checked,
+        t0.elapsed().as_secs_f64(),
+        peak_rss / 1024
+    );
+}
