@@ -102,6 +102,10 @@ pub enum Command {
         shard: ShardArgs,
         #[command(flatten)]
         model: ModelArgs,
+        /// Input bytes compressed together in one model run, so that small files share
+        /// its streams; a killed shard loses at most one batch (default: --streams x 16 KiB).
+        #[arg(long)]
+        batch_bytes: Option<u64>,
     },
     /// Decode a packed tree (or any backing directory) into plain files under OUT,
     /// sharded like pack.
@@ -401,10 +405,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{s}");
             Ok(())
         }
-        Command::Pack { src, dest, shard, model } => {
+        Command::Pack { src, dest, shard, model, batch_bytes } => {
             let shard = shard.resolve("pack")?;
             let engine = LazyEngine::new(|| load_engine_model(&model));
-            let opts = PackOptions { src, dest, shard, compress: CompressOptions::default() };
+            let compress = CompressOptions::default();
+            let batch_bytes = batch_bytes.unwrap_or(model.streams.max(1) as u64 * compress.chunk_size as u64);
+            let opts = PackOptions { src, dest, shard, compress, batch_bytes };
             let report = crate::pack::pack(&opts, &engine)?;
             println!("{report}");
             Ok(())

@@ -202,7 +202,9 @@ fn three_shards_one_killed_then_merge_verify_unpack_mount() {
     let internal = dest.join(".nacrithfs");
 
     // The plan every shard computes; the victim is a shard with text still to do after
-    // its first entry, so that killing it after one entry kills it mid-work.
+    // its first entry, so that killing it after one entry kills it mid-work. It packs
+    // file by file (--batch-bytes 1); the others, and its rerun, batch small files into
+    // shared model runs.
     let tree = plan::walk(&src, Some(".nacrithfs")).unwrap();
     let shards: Vec<_> = (0..3).map(|i| plan::shard_items(&tree.items, Shard { index: i, count: 3 })).collect();
     let text_after_first = |items: &[plan::Item]| items.iter().skip(1).filter(|i| i.rel.extension() == Some(OsStr::new("txt"))).count();
@@ -211,7 +213,13 @@ fn three_shards_one_killed_then_merge_verify_unpack_mount() {
     let victim_total = shards[victim].len();
 
     let mut children: Vec<Child> = (0..3)
-        .map(|i| spawn(&mut cmd(&["pack", s(&src), s(&dest), "--shard", &format!("{i}/3")])))
+        .map(|i| {
+            let mut c = cmd(&["pack", s(&src), s(&dest), "--shard", &format!("{i}/3")]);
+            if i == victim {
+                c.args(["--batch-bytes", "1"]);
+            }
+            spawn(&mut c)
+        })
         .collect();
     let partial = internal.join(format!("manifest-{victim}-of-3.jsonl.partial"));
     let t = Instant::now();
@@ -377,4 +385,31 @@ fn usage_errors_are_one_line_with_sysexits_codes() {
     fails(cmd(&["pack", s(&src), s(&dest)]).env("NACRITHFS_MODEL", "/nonexistent/model.gguf"), 69, "missing model");
     fails(&mut cmd(&["merge-manifests", s(&dest)]), 66, "nothing to merge");
     fails(&mut cmd(&["verify", "/nonexistent/packed"]), 66, "missing packed tree");
+}
+
+#[test]
+fn batched_blobs_equal_single_file_blobs() {
+    use nacrithfs::engine::{CompressOptions, Engine, EngineConfig};
+    use nacrithfs::model::{resolve_model_path, Model, ModelOptions};
+    let path = resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
+    let model = std::sync::Arc::new(Model::load(&path, &ModelOptions::default()).unwrap());
+    let engine = Engine::new(model, EngineConfig { streams: 4 });
+    let mixed = [cut(ENGLISH, 0, 90).as_bytes(), &noise(300, 9), cut(MULTILINGUAL, 0, 80).as_bytes()].concat();
+    let files: Vec<Vec<u8>> = vec![
+        cut(ENGLISH, 100, 120).as_bytes().to_vec(),
+        noise(2000, 8),
+        cut(ENGLISH, 400, 70).as_bytes().to_vec(),
+        mixed,
+        cut(MULTILINGUAL, 100, 90).as_bytes().to_vec(),
+    ];
+    let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
+    let opts = CompressOptions::default();
+    let batch = engine.compress_batch(&refs, &opts, None).unwrap();
+    assert_eq!(batch.len(), files.len());
+    for (f, b) in files.iter().zip(batch) {
+        let b = b.unwrap();
+        let alone = engine.compress(f, &opts, None).unwrap();
+        assert_eq!(b.blob, alone.blob, "a blob coded in a batch differs from the same file coded alone");
+        assert_eq!(engine.decompress(&b.blob, None).unwrap(), *f);
+    }
 }

@@ -34,6 +34,10 @@ pub struct PackOptions {
     pub shard: Shard,
     /// The mount's defaults unless there is a reason to differ.
     pub compress: CompressOptions,
+    /// Input bytes compressed in one model run: small files share its streams. A killed
+    /// shard loses at most one batch of work. The CLI's default fills every stream with
+    /// one chunk (streams × chunk size).
+    pub batch_bytes: u64,
 }
 
 pub struct VerifyOptions {
@@ -222,6 +226,50 @@ fn fatal(e: PackError) -> Result<PackError, PackError> {
     }
 }
 
+/// Counts a shard's entries as they finish or fail, with the progress meter.
+struct Tally {
+    op: &'static str,
+    shard: Shard,
+    total: usize,
+    meter: Meter,
+    failures: Vec<PackError>,
+}
+
+impl Tally {
+    fn new(op: &'static str, shard: Shard, total: usize, bytes: u64) -> Tally {
+        Tally { op, shard, total, meter: Meter::new(op, shard, total as u64, bytes), failures: Vec::new() }
+    }
+
+    fn ok(&mut self, report: &mut Report, size: u64, worked: bool) {
+        if worked {
+            report.worked += 1;
+        } else {
+            report.skipped += 1;
+        }
+        self.meter.done(size, worked);
+    }
+
+    /// Records a failed entry; a fatal error (no model) is returned instead.
+    fn fail(&mut self, size: u64, e: PackError) -> Result<(), PackError> {
+        let e = fatal(e)?;
+        self.meter.log(log::Level::Error, &format!("{} {}: {e}", self.op, self.shard));
+        self.meter.done(size, false);
+        self.failures.push(e);
+        Ok(())
+    }
+
+    /// Ok when no entry failed.
+    fn finish(mut self) -> Result<(), PackError> {
+        self.meter.finish();
+        if self.failures.is_empty() {
+            return Ok(());
+        }
+        let failed = self.failures.len();
+        let first = Box::new(self.failures.swap_remove(0));
+        Err(PackError::Failed { op: self.op, shard: self.shard, failed, total: self.total, first })
+    }
+}
+
 /// Runs `one` over `items`, keeping count; fails at the first fatal error, and at the
 /// end if any item failed.
 fn each<T>(
@@ -232,32 +280,14 @@ fn each<T>(
     report: &mut Report,
     mut one: impl FnMut(&T, &mut Report) -> Result<bool, PackError>,
 ) -> Result<(), PackError> {
-    let mut meter = Meter::new(op, shard, items.len() as u64, items.iter().map(&size).sum());
-    let mut failures: Vec<PackError> = Vec::new();
+    let mut tally = Tally::new(op, shard, items.len(), items.iter().map(&size).sum());
     for item in items {
         match one(item, report) {
-            Ok(worked) => {
-                if worked {
-                    report.worked += 1;
-                } else {
-                    report.skipped += 1;
-                }
-                meter.done(size(item), worked);
-            }
-            Err(e) => {
-                let e = fatal(e)?;
-                meter.log(log::Level::Error, &format!("{op} {shard}: {e}"));
-                meter.done(size(item), false);
-                failures.push(e);
-            }
+            Ok(worked) => tally.ok(report, size(item), worked),
+            Err(e) => tally.fail(size(item), e)?,
         }
     }
-    meter.finish();
-    if failures.is_empty() {
-        return Ok(());
-    }
-    let failed = failures.len();
-    Err(PackError::Failed { op, shard, failed, total: items.len(), first: Box::new(failures.swap_remove(0)) })
+    tally.finish()
 }
 
 /// Packs this shard's files of `opts.src` into `opts.dest` (see the module docs of
@@ -283,7 +313,7 @@ pub fn pack(opts: &PackOptions, engine: &LazyEngine) -> Result<Report, PackError
     }
     let bytes_total = mine.iter().map(|i| i.size).sum();
     let header = Header::new(Some(shard.index), shard.count, plan::digest(&tree.items), mine.len() as u64, bytes_total);
-    let mut partial = PartialManifest::create(&internal, shard, &header)?;
+    let partial = PartialManifest::create(&internal, shard, &header)?;
     mirror_dirs(&src, &dest, &tree.dirs)?;
     log::info!(
         "pack {shard}: {} of {} files, {} of {} bytes, {} -> {}",
@@ -295,22 +325,186 @@ pub fn pack(opts: &PackOptions, engine: &LazyEngine) -> Result<Report, PackError
         dest.display()
     );
 
-    let mut report = Report::new("pack", shard, mine.len());
-    let mut entries: Vec<Entry> = Vec::with_capacity(mine.len());
-    each("pack", shard, &mine, |i| i.size, &mut report, |item, report| {
-        let (entry, worked) = pack_one(&src, &dest, item, shard, &staging, engine, &opts.compress)?;
-        partial.append(&entry)?;
-        report.bytes += if entry.kind == EntryKind::Symlink { 0 } else { entry.size };
-        report.stored += entry.stored;
-        entries.push(entry);
-        Ok(worked)
-    })?;
+    let mut run = PackRun {
+        src,
+        dest,
+        shard,
+        staging,
+        engine,
+        opts,
+        partial,
+        entries: Vec::with_capacity(mine.len()),
+        report: Report::new("pack", shard, mine.len()),
+        tally: Tally::new("pack", shard, mine.len(), bytes_total),
+        batch: Vec::new(),
+        batch_bytes: 0,
+    };
+    for item in &mine {
+        run.item(item)?;
+    }
+    run.flush()?;
+    let PackRun { mut entries, mut report, tally, partial, .. } = run;
+    tally.finish()?;
     manifest::sort(&mut entries);
     manifest::write(&final_path, &header, &entries)?;
     partial.remove()?;
     report.manifest = Some(final_path);
     report.fingerprint = engine.loaded().map(|e| e.model().fingerprint());
     Ok(report)
+}
+
+/// Most files compressed in one model run (each holds an open file until then).
+const BATCH_FILES: usize = 256;
+
+/// A file read and waiting for its batch.
+struct Pending {
+    item: Item,
+    src: PathBuf,
+    dest: PathBuf,
+    /// The open source, whose metadata the blob gets.
+    file: File,
+    data: Vec<u8>,
+    /// Its manifest entry, less what the blob adds.
+    entry: Entry,
+}
+
+/// What one entry needs after the cheap checks.
+enum Step {
+    Done(Entry, bool),
+    Compress(Pending),
+}
+
+/// One pack shard under way.
+struct PackRun<'a, 'e> {
+    src: PathBuf,
+    dest: PathBuf,
+    shard: Shard,
+    staging: Staging,
+    engine: &'a LazyEngine<'e>,
+    opts: &'a PackOptions,
+    partial: PartialManifest,
+    entries: Vec<Entry>,
+    report: Report,
+    tally: Tally,
+    batch: Vec<Pending>,
+    batch_bytes: u64,
+}
+
+impl PackRun<'_, '_> {
+    fn item(&mut self, item: &Item) -> Result<(), PackError> {
+        match self.step(item) {
+            Ok(Step::Done(entry, worked)) => self.record(entry, item.size, worked),
+            Ok(Step::Compress(p)) => {
+                self.batch_bytes += p.data.len() as u64;
+                self.batch.push(p);
+                if self.batch_bytes >= self.opts.batch_bytes.max(1) || self.batch.len() >= BATCH_FILES {
+                    self.flush()?;
+                }
+                Ok(())
+            }
+            Err(e) => self.tally.fail(item.size, e),
+        }
+    }
+
+    /// Counts a finished entry and lists it in the partial manifest.
+    fn record(&mut self, entry: Entry, size: u64, worked: bool) -> Result<(), PackError> {
+        self.partial.append(&entry)?;
+        self.report.bytes += if entry.kind == EntryKind::Symlink { 0 } else { entry.size };
+        self.report.stored += entry.stored;
+        self.tally.ok(&mut self.report, size, worked);
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// Handles symlinks, empty files and files already packed; reads the others.
+    fn step(&self, item: &Item) -> Result<Step, PackError> {
+        let (sp, dp) = (self.src.join(&item.rel), self.dest.join(&item.rel));
+        let index = self.shard.index;
+        if item.kind == ItemKind::Symlink {
+            let target = std::fs::read_link(&sp).map_err(PackError::io(&sp))?;
+            let worked = mirror_symlink(&self.staging, &target, &dp)?;
+            return Ok(Step::Done(symlink_entry(&item.rel, target, index), worked));
+        }
+        let mut f = File::open(&sp).map_err(PackError::io(&sp))?;
+        let md = f.metadata().map_err(PackError::io(&sp))?;
+        if !md.is_file() {
+            return Err(PackError::Mismatch { path: sp, why: "no longer a regular file".into() });
+        }
+        let data = read_all(&mut f, &sp)?;
+        let crc = crc32c::crc32c(&data);
+        let mut entry = Entry {
+            rel: item.rel.clone(),
+            kind: EntryKind::Blob,
+            size: data.len() as u64,
+            sha256: sha256_hex(&data),
+            crc32c: crc,
+            stored: 0,
+            fingerprint: None,
+            needs_model: None,
+            target: None,
+            shard: index,
+        };
+        if data.is_empty() {
+            // Empty files stay empty plaintext, as in the mount.
+            entry.kind = EntryKind::Plain;
+            let done = std::fs::symlink_metadata(&dp).is_ok_and(|m| m.is_file() && m.len() == 0)
+                && !is_blob_path(&dp).map_err(PackError::io(&dp))?;
+            if !done {
+                let tmp = self.staging.file(&[], &f, false)?;
+                self.staging.commit(&tmp, &dp)?;
+            }
+            return Ok(Step::Done(entry, !done));
+        }
+        if let Some((stored, fp, text)) = packed_already(&dp, data.len() as u64, crc)? {
+            entry.stored = stored;
+            entry.fingerprint = Some(fingerprint_str(&fp));
+            entry.needs_model = Some(text);
+            return Ok(Step::Done(entry, false));
+        }
+        Ok(Step::Compress(Pending { item: item.clone(), src: sp, dest: dp, file: f, data, entry }))
+    }
+
+    /// Compresses the batch in one model run and commits each blob. When the run fails
+    /// as a whole, each file is tried alone, so one bad file cannot sink the others.
+    fn flush(&mut self) -> Result<(), PackError> {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let engine = self.engine.get()?;
+        let compress = &self.opts.compress;
+        let data: Vec<&[u8]> = batch.iter().map(|p| &p.data[..]).collect();
+        let results = match engine.compress_batch(&data, compress, None) {
+            Ok(r) => r,
+            Err(crate::Error::Model(m)) => return Err(PackError::Model(m)),
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                log::warn!("pack {}: a batch of {} files failed ({e}); compressing them one by one", self.shard, batch.len());
+                data.iter().map(|d| engine.compress(d, compress, None)).collect()
+            }
+        };
+        drop(data);
+        let fingerprint = fingerprint_str(&engine.model().fingerprint());
+        for (p, r) in batch.into_iter().zip(results) {
+            let size = p.item.size;
+            let done = r.map_err(|source| PackError::Codec { path: p.src.clone(), source }).and_then(|c| {
+                let tmp = self.staging.file(&c.blob, &p.file, true)?;
+                self.staging.commit(&tmp, &p.dest)?;
+                log::debug!("{}: {} -> {} bytes", p.item.rel.display(), p.data.len(), c.blob.len());
+                let mut entry = p.entry;
+                entry.stored = c.blob.len() as u64;
+                entry.fingerprint = Some(fingerprint.clone());
+                entry.needs_model = Some(c.stats.chunks > 0);
+                Ok(entry)
+            });
+            match done {
+                Ok(entry) => self.record(entry, size, true)?,
+                Err(e) => self.tally.fail(size, e)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A blob at `dest` that holds exactly `len` bytes of CRC-32C `crc`: its size,
@@ -335,68 +529,6 @@ fn packed_already(dest: &Path, len: u64, crc: u32) -> Result<Option<(u64, Finger
             Ok(None)
         }
     }
-}
-
-fn pack_one(
-    src: &Path,
-    dest: &Path,
-    item: &Item,
-    shard: Shard,
-    staging: &Staging,
-    engine: &LazyEngine,
-    opts: &CompressOptions,
-) -> Result<(Entry, bool), PackError> {
-    let (sp, dp) = (src.join(&item.rel), dest.join(&item.rel));
-    if item.kind == ItemKind::Symlink {
-        let target = std::fs::read_link(&sp).map_err(PackError::io(&sp))?;
-        let worked = mirror_symlink(staging, &target, &dp)?;
-        return Ok((symlink_entry(&item.rel, target, shard.index), worked));
-    }
-    let mut f = File::open(&sp).map_err(PackError::io(&sp))?;
-    let md = f.metadata().map_err(PackError::io(&sp))?;
-    if !md.is_file() {
-        return Err(PackError::Mismatch { path: sp, why: "no longer a regular file".into() });
-    }
-    let data = read_all(&mut f, &sp)?;
-    let crc = crc32c::crc32c(&data);
-    let mut entry = Entry {
-        rel: item.rel.clone(),
-        kind: EntryKind::Blob,
-        size: data.len() as u64,
-        sha256: sha256_hex(&data),
-        crc32c: crc,
-        stored: 0,
-        fingerprint: None,
-        needs_model: None,
-        target: None,
-        shard: shard.index,
-    };
-    if data.is_empty() {
-        // Empty files stay empty plaintext, as in the mount.
-        entry.kind = EntryKind::Plain;
-        let done = std::fs::symlink_metadata(&dp).is_ok_and(|m| m.is_file() && m.len() == 0)
-            && !is_blob_path(&dp).map_err(PackError::io(&dp))?;
-        if !done {
-            let tmp = staging.file(&[], &f, false)?;
-            staging.commit(&tmp, &dp)?;
-        }
-        return Ok((entry, !done));
-    }
-    if let Some((stored, fp, text)) = packed_already(&dp, data.len() as u64, crc)? {
-        entry.stored = stored;
-        entry.fingerprint = Some(fingerprint_str(&fp));
-        entry.needs_model = Some(text);
-        return Ok((entry, false));
-    }
-    let engine = engine.get()?;
-    let c = engine.compress(&data, opts, None).map_err(|source| PackError::Codec { path: sp.clone(), source })?;
-    let tmp = staging.file(&c.blob, &f, true)?;
-    staging.commit(&tmp, &dp)?;
-    entry.stored = c.blob.len() as u64;
-    entry.fingerprint = Some(fingerprint_str(&engine.model().fingerprint()));
-    entry.needs_model = Some(c.stats.chunks > 0);
-    log::debug!("{}: {} -> {} bytes", item.rel.display(), entry.size, entry.stored);
-    Ok((entry, true))
 }
 
 /// Writes this shard's files of the packed tree `packed` as plain files into `out`.
