@@ -392,15 +392,16 @@ fn batched_blobs_equal_single_file_blobs() {
     use nacrithfs::engine::{CompressOptions, Engine, EngineConfig};
     use nacrithfs::model::{resolve_model_path, Model, ModelOptions};
     let path = resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
-    let model = std::sync::Arc::new(Model::load(&path, &ModelOptions::default()).unwrap());
+    // One thread: on a shared 2-core machine, llama.cpp's spinning OpenMP team collapses.
+    let model = std::sync::Arc::new(Model::load(&path, &ModelOptions { threads: 1, ..Default::default() }).unwrap());
     let engine = Engine::new(model, EngineConfig { streams: 4 });
-    let mixed = [cut(ENGLISH, 0, 90).as_bytes(), &noise(300, 9), cut(MULTILINGUAL, 0, 80).as_bytes()].concat();
+    let mixed = [cut(ENGLISH, 0, 80).as_bytes(), &noise(300, 9), cut(MULTILINGUAL, 0, 70).as_bytes()].concat();
     let files: Vec<Vec<u8>> = vec![
-        cut(ENGLISH, 100, 120).as_bytes().to_vec(),
+        cut(ENGLISH, 100, 90).as_bytes().to_vec(),
         noise(2000, 8),
         cut(ENGLISH, 400, 70).as_bytes().to_vec(),
         mixed,
-        cut(MULTILINGUAL, 100, 90).as_bytes().to_vec(),
+        cut(MULTILINGUAL, 100, 70).as_bytes().to_vec(),
     ];
     let refs: Vec<&[u8]> = files.iter().map(|f| &f[..]).collect();
     let opts = CompressOptions::default();
@@ -408,7 +409,8 @@ fn batched_blobs_equal_single_file_blobs() {
     assert_eq!(batch.len(), files.len());
     for (f, b) in files.iter().zip(batch) {
         let b = b.unwrap();
-        let alone = engine.compress(f, &opts, None).unwrap();
+        // Verification does not change a blob; the batch above verified.
+        let alone = engine.compress(f, &CompressOptions { verify: false, ..opts.clone() }, None).unwrap();
         assert_eq!(b.blob, alone.blob, "a blob coded in a batch differs from the same file coded alone");
         assert_eq!(engine.decompress(&b.blob, None).unwrap(), *f);
     }
