@@ -3,6 +3,7 @@
 use crate::engine::{CompressOptions, Engine, EngineConfig};
 use crate::format::{Blob, ExtentKind, Flags};
 use crate::model::{resolve_model_path, Model, ModelError, ModelOptions, Window};
+use crate::pack::{LazyEngine, PackError, PackOptions, Shard, VerifyOptions};
 use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -114,6 +115,85 @@ pub enum Command {
     /// Compare nacrithfs with gzip, bzip2, xz, zstd and brotli on the same files: tables,
     /// CSV/JSON and PNG plots (see docs/BENCHMARKS.md).
     Bench(crate::bench::BenchArgs),
+    /// Compress every file under SRC into DEST, laid out as a mount's backing directory
+    /// (mount DEST afterwards). Split the work over processes or machines with
+    /// --shard I/N (or a Kubernetes Indexed Job / Slurm array); rerun a shard to resume it.
+    Pack {
+        src: PathBuf,
+        dest: PathBuf,
+        #[command(flatten)]
+        shard: ShardArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Input bytes compressed together in one model run, so that small files share
+        /// its streams; a killed shard loses at most one batch (default: --streams x 16 KiB).
+        #[arg(long)]
+        batch_bytes: Option<u64>,
+    },
+    /// Decode a packed tree (or any backing directory) into plain files under OUT,
+    /// sharded like pack.
+    Unpack {
+        packed: PathBuf,
+        out: PathBuf,
+        #[command(flatten)]
+        shard: ShardArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Decode the blobs of a packed tree and check them against their checksums and the
+    /// merged manifest. Run it on the machines that will read the data: a different
+    /// build or GPU may predict differently, and this is where it shows.
+    Verify {
+        packed: PathBuf,
+        /// Manifest to check against (default: PACKED/.nacrithfs/manifest.jsonl if present).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        #[command(flatten)]
+        shard: ShardArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Merge the shard manifests of a packed tree into PACKED/.nacrithfs/manifest.jsonl,
+    /// once every shard has finished.
+    MergeManifests {
+        packed: PathBuf,
+        /// Merge the manifests of N shards (needed only when several shard counts were run).
+        #[arg(long, value_name = "N")]
+        shards: Option<u32>,
+    },
+}
+
+impl Command {
+    /// The log level when RUST_LOG does not say: batch commands log their progress.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Pack { .. } | Command::Unpack { .. } | Command::Verify { .. } | Command::MergeManifests { .. } => "info",
+            _ => "warn",
+        }
+    }
+}
+
+/// Which shard this process is.
+#[derive(Args, Debug, Clone)]
+pub struct ShardArgs {
+    /// This process's shard, I/N with I counting from 0 (default: JOB_COMPLETION_INDEX
+    /// with $NACRITHFS_SHARDS, or SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_COUNT; else the
+    /// whole tree).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Number of shards when the index comes from the environment (default: $NACRITHFS_SHARDS).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
+}
+
+impl ShardArgs {
+    fn resolve(&self, op: &str) -> Result<Shard, CliError> {
+        // Parsed here rather than by clap, so a bad value exits 64 like every usage error.
+        let flag = self.shard.as_deref().map(|s| s.parse::<Shard>().map_err(|e| CliError::Usage(format!("--shard {e}")))).transpose()?;
+        let (shard, from) = crate::pack::resolve_shard(flag, self.shards, |k| std::env::var(k).ok())?;
+        log::info!("{op}: shard {shard} ({from})");
+        Ok(shard)
+    }
 }
 
 /// Maps a mount failure onto the command line's exit codes.
@@ -158,6 +238,28 @@ pub enum CliError {
     Codec { what: String, source: crate::Error },
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+}
+
+fn codec_exit_code(e: &crate::Error) -> i32 {
+    match e {
+        crate::Error::Model(_) => 69,
+        crate::Error::VerifyFailed { .. } => 70,
+        _ => 65,
+    }
+}
+
+fn pack_exit_code(e: &PackError) -> i32 {
+    match e {
+        PackError::Usage(_) => 64,
+        PackError::NoInput { .. } | PackError::Incomplete(_) => 66,
+        PackError::Io { .. } => 74,
+        PackError::Codec { source, .. } => codec_exit_code(source),
+        PackError::Model(_) => 69,
+        PackError::Mismatch { .. } | PackError::Manifest { .. } => 65,
+        PackError::Failed { first, .. } => pack_exit_code(first),
+    }
 }
 
 impl CliError {
@@ -167,10 +269,9 @@ impl CliError {
             CliError::NoInput { .. } => 66,
             CliError::CantCreate { .. } => 73,
             CliError::Io(_) => 74,
-            CliError::Codec { source: crate::Error::Model(_), .. } => 69,
-            CliError::Codec { source: crate::Error::VerifyFailed { .. }, .. } => 70,
-            CliError::Codec { .. } => 65,
+            CliError::Codec { source, .. } => codec_exit_code(source),
             CliError::Model(_) => 69,
+            CliError::Pack(e) => pack_exit_code(e),
         }
     }
 }
@@ -224,6 +325,7 @@ impl ModelArgs {
     pub fn engine(&self) -> Result<Engine, ModelError> {
         let path = resolve_model_path(self.model.clone())?;
         let model = Model::load(&path, &ModelOptions { threads: self.threads, ..Default::default() })?;
+        log::debug!("model {}: {}", path.display(), model.fingerprint());
         Ok(Engine::new(Arc::new(model), EngineConfig { streams: self.streams.max(1), workers: self.workers.max(1) }))
     }
 }
@@ -371,6 +473,36 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Bench(args) => Ok(crate::bench::run(args)?),
+        Command::Pack { src, dest, shard, model, batch_bytes } => {
+            let shard = shard.resolve("pack")?;
+            let engine = LazyEngine::new(|| model.engine());
+            let compress = CompressOptions::default();
+            let batch_bytes = batch_bytes.unwrap_or(model.streams.max(1) as u64 * compress.chunk_size as u64);
+            let opts = PackOptions { src, dest, shard, compress, batch_bytes };
+            let report = crate::pack::pack(&opts, &engine)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Unpack { packed, out, shard, model } => {
+            let shard = shard.resolve("unpack")?;
+            let engine = LazyEngine::new(|| model.engine());
+            let report = crate::pack::unpack(&packed, &out, shard, &engine)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Verify { packed, manifest, shard, model } => {
+            let shard = shard.resolve("verify")?;
+            let engine = LazyEngine::new(|| model.engine());
+            let report = crate::pack::verify(&VerifyOptions { dest: packed, shard, manifest }, &engine)?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::MergeManifests { packed, shards } => {
+            let dir = packed.join(crate::store::backing::INTERNAL_DIR);
+            let summary = crate::pack::merge(&dir, shards)?;
+            println!("{summary}");
+            Ok(())
+        }
         Command::Info { blob: path, model } => {
             let data = read_input(&path)?;
             let what = path.display().to_string();

@@ -10,6 +10,7 @@ mod error;
 pub mod format;
 pub mod fs;
 pub mod model;
+pub mod pack;
 pub mod store;
 
 pub use error::{Error, Result};

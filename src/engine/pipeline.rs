@@ -76,10 +76,96 @@ struct Piece {
     range: Range<usize>,
 }
 
+/// A file segmented and tokenized, waiting for the model.
+struct Prepared<'a> {
+    data: &'a [u8],
+    pieces: Vec<Piece>,
+    /// Token streams of the text pieces, in order (moved into the batch's run).
+    tokens: Vec<TokenStream>,
+    binary: Vec<u8>,
+}
+
+/// A file's binary frames: table entry and stored bytes.
+type Frames = Vec<(FrameEntry, Vec<u8>)>;
+
 impl Engine {
     /// Compresses `data` into an NC06 blob. With `opts.verify` the blob is returned only
     /// after every chunk decoded back to its exact input.
     pub fn compress(&self, data: &[u8], opts: &CompressOptions, progress: Option<Progress<'_>>) -> Result<Compressed> {
+        let mut out = self.compress_batch(&[data], opts, progress)?;
+        out.pop().unwrap_or_else(|| Err(Error::Corrupt("compress_batch returned no result".into())))
+    }
+
+    /// Compresses several files in one model run: the text chunks of all of them share
+    /// the lockstep streams, so many small files keep the batch as full as one large
+    /// file would. Each blob is byte-identical to compressing its file alone (a
+    /// sequence's logits do not depend on the others in the call). A failure of the run
+    /// itself fails the whole batch (`Err`); a file whose chunk does not verify gets its
+    /// own `Err` in the returned list. Timings in each file's [`Stats`] are its share,
+    /// by tokens, of the batch's.
+    pub fn compress_batch(&self, files: &[&[u8]], opts: &CompressOptions, progress: Option<Progress<'_>>) -> Result<Vec<Result<Compressed>>> {
+        let mut prepared: Vec<Prepared> = files.iter().map(|d| self.prepare(d, opts)).collect();
+        // All token streams in file order; file i owns streams[spans[i]].
+        let mut tokens: Vec<TokenStream> = Vec::new();
+        let mut spans: Vec<Range<usize>> = Vec::with_capacity(files.len());
+        for p in &mut prepared {
+            let start = tokens.len();
+            tokens.append(&mut p.tokens);
+            spans.push(start..tokens.len());
+        }
+
+        let t0 = Instant::now();
+        let (frames, coded) = std::thread::scope(|scope| {
+            let frames = scope.spawn(|| prepared.iter().map(|p| frames_of(&p.binary)).collect::<Vec<Frames>>());
+            let coded = self.encode(&tokens, opts.window, opts.predictor(), progress);
+            (frames.join(), coded)
+        });
+        let frames = frames.map_err(|_| Error::Corrupt("binary frame compressor panicked".into()))?;
+        let (coded, run) = coded?;
+        let encode_secs = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        // Per file: the first chunk that did not decode back, if any.
+        let mut failed: Vec<Option<usize>> = vec![None; files.len()];
+        if opts.verify {
+            let streams: Vec<(&[u8], u32)> = coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
+            let back = self.decode_streams(&streams, opts.window, opts.predictor(), progress)?;
+            for (f, span) in spans.iter().enumerate() {
+                failed[f] = span.clone().find(|&i| back[i] != tokens[i]).map(|i| i - span.start);
+            }
+        }
+        let verify_secs = t1.elapsed().as_secs_f64();
+
+        let total_tokens: u64 = tokens.iter().map(|t| t.0.len() as u64).sum();
+        let mut out = Vec::with_capacity(files.len());
+        for (f, (p, frames)) in prepared.iter().zip(frames).enumerate() {
+            if let Some(chunk) = failed[f] {
+                out.push(Err(Error::VerifyFailed { chunk }));
+                continue;
+            }
+            let span = spans[f].clone();
+            let file_tokens: u64 = tokens[span.clone()].iter().map(|t| t.0.len() as u64).sum();
+            let share = if files.len() == 1 {
+                1.0
+            } else if total_tokens > 0 {
+                file_tokens as f64 / total_tokens as f64
+            } else {
+                0.0
+            };
+            let mut c = self.assemble(p, &coded[span], frames, opts)?;
+            let s = &mut c.stats;
+            s.tokens = file_tokens;
+            s.encode_secs = encode_secs * share;
+            s.verify_secs = verify_secs * share;
+            s.model_secs = run.model_secs * share;
+            s.skipped = (run.skipped as f64 * share).round() as u64;
+            out.push(Ok(c));
+        }
+        Ok(out)
+    }
+
+    /// Segments a file and tokenizes its text, checking each chunk's round trip.
+    fn prepare<'a>(&self, data: &'a [u8], opts: &CompressOptions) -> Prepared<'a> {
         let seg_opts = SegmentOptions { chunk_size: opts.chunk_size, ..Default::default() };
         let mut pieces: Vec<Piece> = Vec::new();
         let mut tokens: Vec<TokenStream> = Vec::new();
@@ -104,38 +190,13 @@ impl Engine {
             .filter(|p| p.kind == ExtentKind::Binary)
             .flat_map(|p| data[p.range.clone()].iter().copied())
             .collect();
+        Prepared { data, pieces, tokens, binary }
+    }
 
-        let t0 = Instant::now();
-        let (frames, coded) = std::thread::scope(|scope| {
-            let frames = scope.spawn(|| {
-                binary
-                    .chunks(FRAME_SIZE)
-                    .map(|raw| {
-                        let (method, stored) = compress_frame(raw);
-                        (FrameEntry { method, raw_len: raw.len() as u32, stored_len: stored.len() as u32, crc: crc32c::crc32c(raw) }, stored)
-                    })
-                    .collect::<Vec<_>>()
-            });
-            let coded = self.encode(&tokens, opts.window, opts.predictor(), progress);
-            (frames.join(), coded)
-        });
-        let frames = frames.map_err(|_| Error::Corrupt("binary frame compressor panicked".into()))?;
-        let (coded, run) = coded?;
-        let encode_secs = t0.elapsed().as_secs_f64();
-
-        let t1 = Instant::now();
-        if opts.verify {
-            let streams: Vec<(&[u8], u32)> = coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back = self.decode_streams(&streams, opts.window, opts.predictor(), progress)?;
-            for (i, (b, t)) in back.iter().zip(&tokens).enumerate() {
-                if b != t {
-                    return Err(Error::VerifyFailed { chunk: i });
-                }
-            }
-        }
-        let verify_secs = t1.elapsed().as_secs_f64();
-
-        let mut text_chunks = pieces.iter().filter(|p| p.kind == ExtentKind::Text);
+    /// Builds, serialises and re-parses one file's blob from its coded streams and frames.
+    fn assemble(&self, p: &Prepared<'_>, coded: &[CodedStream], frames: Frames, opts: &CompressOptions) -> Result<Compressed> {
+        let data = p.data;
+        let mut text_chunks = p.pieces.iter().filter(|p| p.kind == ExtentKind::Text);
         let chunks: Vec<ChunkEntry> = coded
             .iter()
             .map(|c| {
@@ -144,7 +205,7 @@ impl Engine {
             })
             .collect();
         let mut payload: Vec<u8> = Vec::new();
-        for c in &coded {
+        for c in coded {
             payload.extend_from_slice(&c.bytes);
         }
         for (_, stored) in &frames {
@@ -160,7 +221,7 @@ impl Engine {
                 temperature: opts.temperature,
                 chunk_size: opts.chunk_size as u32,
             },
-            extents: pieces.iter().map(|p| Extent { kind: p.kind, len: p.range.len() as u64 }).collect(),
+            extents: p.pieces.iter().map(|p| Extent { kind: p.kind, len: p.range.len() as u64 }).collect(),
             chunks,
             frames: frames.iter().map(|(f, _)| *f).collect(),
             payload,
@@ -173,17 +234,13 @@ impl Engine {
         let stats = Stats {
             original: data.len() as u64,
             compressed: bytes.len() as u64,
-            text_bytes: pieces.iter().filter(|p| p.kind == ExtentKind::Text).map(|p| p.range.len() as u64).sum(),
-            binary_bytes: binary.len() as u64,
-            tokens: tokens.iter().map(|t| t.0.len() as u64).sum(),
+            text_bytes: p.pieces.iter().filter(|p| p.kind == ExtentKind::Text).map(|p| p.range.len() as u64).sum(),
+            binary_bytes: p.binary.len() as u64,
             chunks: coded.len(),
             frames: frames.len(),
             ideal_bits: coded.iter().map(|c| c.ideal_bits).sum(),
             stream_bytes: coded.iter().map(|c| c.bytes.len() as u64).sum(),
-            encode_secs,
-            verify_secs,
-            skipped: run.skipped,
-            model_secs: run.model_secs,
+            ..Default::default()
         };
         Ok(Compressed { blob: bytes, stats })
     }
@@ -297,4 +354,15 @@ impl Engine {
         }
         Ok(raw)
     }
+}
+
+/// Cuts binary bytes into frames, each stored with the better classical codec.
+fn frames_of(binary: &[u8]) -> Frames {
+    binary
+        .chunks(FRAME_SIZE)
+        .map(|raw| {
+            let (method, stored) = compress_frame(raw);
+            (FrameEntry { method, raw_len: raw.len() as u32, stored_len: stored.len() as u32, crc: crc32c::crc32c(raw) }, stored)
+        })
+        .collect()
 }

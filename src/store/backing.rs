@@ -289,8 +289,9 @@ fn fault_pause(point: &str, target: &Path) {
     }
 }
 
-/// Copies mode, owner, access/modification times and the user's xattrs.
-fn copy_metadata(from: &File, to: &File) -> io::Result<()> {
+/// Copies mode, owner, access/modification times and the user's xattrs (not the
+/// reserved `user.nacrithfs.*` ones).
+pub fn copy_metadata(from: &File, to: &File) -> io::Result<()> {
     let md = from.metadata()?;
     for name in flist_xattr(from)? {
         if name.as_bytes().starts_with(RESERVED_XATTR_PREFIX) {
