@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # System packages nacrithfs needs on Debian 12: cmake + libclang (llama.cpp build),
 # fuse3 (fusermount3 for clean unmounts), python3-pip (fetching the model wheel), and
-# the classical compressors and fio used by the benchmarks. Idempotent.
+# the classical compressors and fio used by the benchmarks, libacl1-dev for building
+# pjdfstest (the POSIX conformance suite, scripts/pjdfstest.sh). Idempotent.
 set -euo pipefail
-pkgs=(cmake libclang-dev clang fuse3 python3 python3-pip unzip gzip bzip2 xz-utils zstd brotli fio pkg-config time bc)
+pkgs=(cmake libclang-dev clang fuse3 python3 python3-pip unzip gzip bzip2 xz-utils zstd brotli fio pkg-config time bc libacl1-dev)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
