@@ -471,10 +471,18 @@ impl Core {
         if ino != ROOT_INO && n.links.is_empty() {
             return match &n.content {
                 Some(c) => Ok(Target::Orphan(c.file().clone())),
-                None => Err(FsError::noent()),
+                None => Err(Self::stale()),
             };
         }
         Ok(Target::Path(self.path_of(t, ino)?))
+    }
+
+    /// For a node the kernel still knows but whose file is gone (unlinked, or replaced by
+    /// a rename, while nothing held it open): ESTALE makes the kernel look the path up
+    /// again, so an open racing with a rename over the file opens the new file instead
+    /// of failing with ENOENT (found by tests/load.rs).
+    fn stale() -> FsError {
+        FsError::new("file replaced or removed since it was looked up", libc::ESTALE)
     }
 
     /// Drops a node nobody can reach any more.
@@ -905,6 +913,9 @@ impl Core {
         }
         let content = {
             let mut t = lock(&self.table);
+            if t.nodes.get(&ino).is_some_and(|n| n.links.is_empty() && n.content.is_none()) {
+                return Err(Self::stale());
+            }
             match t.nodes.get(&ino).map(|n| n.kind) {
                 None => return Err(FsError::noent()),
                 Some(Kind::Dir) => return Err(FsError::new("is a directory", libc::EISDIR)),
