@@ -4,19 +4,16 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const ENGLISH: &str = include_str!("data/english.txt");
 const MULTILINGUAL: &str = include_str!("data/multilingual.txt");
 
-/// Mounts compete for two cores; one test at a time keeps timings sane.
-static SERIAL: Mutex<()> = Mutex::new(());
+#[path = "common/mount.rs"]
+mod mount;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_nacrithfs"))
-}
+use mount::{bin, force_unmount, is_mountpoint, Mount, SERIAL};
 
 fn model_present() {
     nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh (the fs tests need the real model)");
@@ -26,91 +23,8 @@ fn sh(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
-fn is_mountpoint(p: &Path) -> bool {
-    Command::new("mountpoint").arg("-q").arg(p).status().is_ok_and(|s| s.success())
-}
-
 fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 56) as u8
-        })
-        .collect()
-}
-
-/// A running daemon; always unmounted on drop.
-struct Mount {
-    child: Option<Child>,
-    mnt: PathBuf,
-}
-
-impl Mount {
-    fn start(backing: &Path, mnt: &Path) -> Mount {
-        let child = bin()
-            .args(["mount", backing.to_str().unwrap(), mnt.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn nacrithfs mount");
-        let mut m = Mount { child: Some(child), mnt: mnt.to_path_buf() };
-        let t = Instant::now();
-        while !is_mountpoint(mnt) {
-            if let Some(Ok(Some(st))) = m.child.as_mut().map(|c| c.try_wait()) {
-                panic!("mount exited early: {st}");
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "mount not ready after 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        m
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    /// SIGTERM, then the daemon must unmount and exit 0.
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        let st = loop {
-            if let Some(st) = child.try_wait().expect("wait") {
-                break st;
-            }
-            assert!(t.elapsed() < Duration::from_secs(30), "daemon did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(st.success(), "daemon exit: {st}");
-        assert!(!is_mountpoint(&self.mnt), "still mounted after SIGTERM");
-    }
-
-    fn wait(&self) -> String {
-        let out = bin().args(["wait", self.mnt.to_str().unwrap(), "--timeout", "240"]).output().expect("wait");
-        assert!(out.status.success(), "wait: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-fn force_unmount(mnt: &Path) {
-    if is_mountpoint(mnt) || std::fs::metadata(mnt).is_err() {
-        let _ = Command::new("fusermount3").arg("-u").arg(mnt).stderr(Stdio::null()).status();
-        if is_mountpoint(mnt) || std::fs::metadata(mnt).is_err() {
-            let _ = Command::new("umount").arg("-l").arg(mnt).stderr(Stdio::null()).status();
-        }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        force_unmount(&self.mnt);
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    mount::Rng(seed).bytes(n)
 }
 
 struct Dirs {

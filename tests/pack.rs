@@ -4,6 +4,10 @@
 //! the tree unpacked and mounted and compared with the source. Needs root and
 //! /dev/fuse for the mount, like tests/fs_mount.rs.
 
+#[path = "common/mount.rs"]
+mod mount;
+
+use mount::Mount;
 use nacrithfs::pack::manifest::{self, sha256_hex, EntryKind};
 use nacrithfs::pack::plan::{self, ItemKind};
 use nacrithfs::pack::Shard;
@@ -64,13 +68,7 @@ fn s(p: &Path) -> &str {
 }
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (s >> 56) as u8
-        })
-        .collect()
+    mount::Rng(seed).bytes(n)
 }
 
 fn cut(s: &str, from: usize, n: usize) -> &str {
@@ -130,65 +128,6 @@ fn packed_counts(report: &str) -> (u64, u64, u64) {
         tail[..tail.find(before).unwrap()].trim().parse().unwrap()
     };
     (n(": ", " files"), n("(", " packed"), n("packed, ", " already"))
-}
-
-fn is_mountpoint(p: &Path) -> bool {
-    Command::new("mountpoint").arg("-q").arg(p).status().is_ok_and(|s| s.success())
-}
-
-fn force_unmount(mnt: &Path) {
-    if is_mountpoint(mnt) || std::fs::metadata(mnt).is_err() {
-        let _ = Command::new("fusermount3").arg("-u").arg(mnt).stderr(Stdio::null()).status();
-        if is_mountpoint(mnt) || std::fs::metadata(mnt).is_err() {
-            let _ = Command::new("umount").arg("-l").arg(mnt).stderr(Stdio::null()).status();
-        }
-    }
-}
-
-/// A mount daemon over a packed tree; always unmounted on drop.
-struct Mount {
-    child: Option<Child>,
-    mnt: PathBuf,
-}
-
-impl Mount {
-    fn start(backing: &Path, mnt: &Path) -> Mount {
-        let child = bin().args(["mount", s(backing), s(mnt)]).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("spawn mount");
-        let mut m = Mount { child: Some(child), mnt: mnt.to_path_buf() };
-        let t = Instant::now();
-        while !is_mountpoint(mnt) {
-            if let Some(Ok(Some(st))) = m.child.as_mut().map(|c| c.try_wait()) {
-                panic!("mount exited early: {st}");
-            }
-            assert!(t.elapsed() < Duration::from_secs(60), "mount not ready after 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        m
-    }
-
-    fn stop(mut self) {
-        let mut child = self.child.take().expect("running");
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        let st = loop {
-            if let Some(st) = child.try_wait().expect("wait") {
-                break st;
-            }
-            assert!(t.elapsed() < Duration::from_secs(30), "daemon did not exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(st.success(), "daemon exit: {st}");
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        force_unmount(&self.mnt);
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 #[test]
@@ -394,7 +333,7 @@ fn batched_blobs_equal_single_file_blobs() {
     let path = resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
     // One thread: on a shared 2-core machine, llama.cpp's spinning OpenMP team collapses.
     let model = std::sync::Arc::new(Model::load(&path, &ModelOptions { threads: 1, ..Default::default() }).unwrap());
-    let engine = Engine::new(model, EngineConfig { streams: 4 });
+    let engine = Engine::new(model, EngineConfig { streams: 4, workers: 1 });
     let mixed = [cut(ENGLISH, 0, 80).as_bytes(), &noise(300, 9), cut(MULTILINGUAL, 0, 70).as_bytes()].concat();
     let files: Vec<Vec<u8>> = vec![
         cut(ENGLISH, 100, 90).as_bytes().to_vec(),
