@@ -60,16 +60,7 @@ fn text(n: usize, at: usize) -> Vec<u8> {
 
 /// Binary data that xz and zstd both work on: random bytes mixed with runs.
 fn binary(rng: &mut Rng, n: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        let k = (1 + rng.below(512) as usize).min(n - v.len());
-        if rng.chance(50) {
-            v.extend(rng.bytes(k));
-        } else {
-            v.extend(std::iter::repeat(RUN_BYTES[rng.below(RUN_BYTES.len() as u64) as usize]).take(k));
-        }
-    }
-    v
+    rng.binary(n, 512, |r| RUN_BYTES[r.below(RUN_BYTES.len() as u64) as usize])
 }
 
 impl World {

@@ -31,16 +31,7 @@ fn text(n: usize) -> Vec<u8> {
 
 /// Half random bytes, half runs of a non-text byte: compressible, never text.
 fn binary(rng: &mut Rng, n: usize) -> Vec<u8> {
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        let k = (1 + rng.below(512) as usize).min(n - v.len());
-        if rng.chance(50) {
-            v.extend(rng.bytes(k));
-        } else {
-            v.extend(std::iter::repeat(0x80u8).take(k));
-        }
-    }
-    v
+    rng.binary(n, 512, |_| 0x80)
 }
 
 fn errno(e: &std::io::Error) -> i32 {

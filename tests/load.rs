@@ -50,16 +50,7 @@ fn content(rng: &mut Rng, text: bool) -> Vec<u8> {
         return ENGLISH.as_bytes()[a..b].to_vec();
     }
     let n = 10_000 + rng.below(300_000) as usize;
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        let k = (1 + rng.below(1024) as usize).min(n - v.len());
-        if rng.chance(50) {
-            v.extend(rng.bytes(k));
-        } else {
-            v.extend(std::iter::repeat(0x80u8).take(k));
-        }
-    }
-    v
+    rng.binary(n, 1024, |_| 0x80)
 }
 
 #[test]

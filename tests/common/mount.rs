@@ -193,6 +193,22 @@ impl Rng {
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
     }
+
+    /// `n` bytes that are never text but compress: random pieces and runs of a byte
+    /// chosen by `run_byte`, alternating at random, each at most `max_piece` long.
+    pub fn binary(&mut self, n: usize, max_piece: u64, mut run_byte: impl FnMut(&mut Rng) -> u8) -> Vec<u8> {
+        let mut v = Vec::with_capacity(n);
+        while v.len() < n {
+            let k = (1 + self.below(max_piece) as usize).min(n - v.len());
+            if self.chance(50) {
+                v.extend(self.bytes(k));
+            } else {
+                let b = run_byte(self);
+                v.extend(std::iter::repeat(b).take(k));
+            }
+        }
+        v
+    }
 }
 
 /// The seed: `NACRITHFS_SEED` when set, else the given default.
