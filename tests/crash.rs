@@ -116,8 +116,16 @@ impl World {
     /// recovery left no temporary file. Returns the new mount.
     fn remount_and_check(&mut self, point: &str) -> Mount {
         let m = self.mount(None);
-        let tmp = std::fs::read_dir(self.backing.join(".nacrithfs/tmp")).unwrap().count();
-        assert_eq!(tmp, 0, "after {point}: temporary files left after recovery");
+        // Temporary files are named `PID-N.tmp`; the new daemon may already be writing
+        // its own (recovery queues the staged files at once), so only another pid's
+        // files are leftovers.
+        let own = format!("{}-", m.pid());
+        let left: Vec<_> = std::fs::read_dir(self.backing.join(".nacrithfs/tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with(&own))
+            .collect();
+        assert!(left.is_empty(), "after {point}: temporary files left after recovery: {left:?}");
         let mut names = Vec::new();
         list(&self.mnt, Path::new(""), &mut names);
         let want: Vec<_> = self.files.keys().cloned().collect();
