@@ -27,5 +27,9 @@ fn main() {
         t_soft += (t1 - t).as_secs_f64();
         t_cdf += (t2 - t1).as_secs_f64();
     }
-    println!("softmax {:.1} us, cdf {:.1} us per token", t_soft / iters as f64 * 1e6, t_cdf / iters as f64 * 1e6);
+    println!(
+        "softmax {:.1} us, cdf {:.1} us per token",
+        t_soft / iters as f64 * 1e6,
+        t_cdf / iters as f64 * 1e6
+    );
 }

@@ -23,13 +23,22 @@ fn main() {
         if pos == w.ctx {
             pos = s.slide(0, pos).unwrap();
         }
-        s.decode(&[Feed { seq: 0, token: input, pos, logits: true }]).unwrap();
+        s.decode(&[Feed {
+            seq: 0,
+            token: input,
+            pos,
+            logits: true,
+        }])
+        .unwrap();
         let sum = softmax_into(s.logits(0), 1.0, &mut probs);
         out.extend_from_slice(&t.to_le_bytes());
         out.extend_from_slice(&(probs[t as usize] / sum).to_le_bytes());
         input = t;
         pos += 1;
     }
-    std::fs::File::create(&args[3]).unwrap().write_all(&out).unwrap();
+    std::fs::File::create(&args[3])
+        .unwrap()
+        .write_all(&out)
+        .unwrap();
     eprintln!("{} tokens", tokens.len());
 }

@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser, Debug)]
-#[command(name = "nacrithfs", version, about = "Neural lossless compression (SmolLM2 + arithmetic coding) and a compressing FUSE filesystem")]
+#[command(
+    name = "nacrithfs",
+    version,
+    about = "Neural lossless compression (SmolLM2 + arithmetic coding) and a compressing FUSE filesystem"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -167,7 +171,10 @@ impl Command {
     /// The log level when RUST_LOG does not say: batch commands log their progress.
     pub fn default_log_filter(&self) -> &'static str {
         match self {
-            Command::Pack { .. } | Command::Unpack { .. } | Command::Verify { .. } | Command::MergeManifests { .. } => "info",
+            Command::Pack { .. }
+            | Command::Unpack { .. }
+            | Command::Verify { .. }
+            | Command::MergeManifests { .. } => "info",
             _ => "warn",
         }
     }
@@ -189,8 +196,16 @@ pub struct ShardArgs {
 impl ShardArgs {
     fn resolve(&self, op: &str) -> Result<Shard, CliError> {
         // Parsed here rather than by clap, so a bad value exits 64 like every usage error.
-        let flag = self.shard.as_deref().map(|s| s.parse::<Shard>().map_err(|e| CliError::Usage(format!("--shard {e}")))).transpose()?;
-        let (shard, from) = crate::pack::resolve_shard(flag, self.shards, |k| std::env::var(k).ok())?;
+        let flag = self
+            .shard
+            .as_deref()
+            .map(|s| {
+                s.parse::<Shard>()
+                    .map_err(|e| CliError::Usage(format!("--shard {e}")))
+            })
+            .transpose()?;
+        let (shard, from) =
+            crate::pack::resolve_shard(flag, self.shards, |k| std::env::var(k).ok())?;
         log::info!("{op}: shard {shard} ({from})");
         Ok(shard)
     }
@@ -202,7 +217,10 @@ fn mount_error(e: crate::fs::mount::MountError) -> CliError {
     match e {
         MountError::Model(m) => CliError::Model(m),
         MountError::Setup(msg) => CliError::Usage(msg),
-        MountError::Io { what, source } => CliError::Io(std::io::Error::new(source.kind(), format!("{what}: {source}"))),
+        MountError::Io { what, source } => CliError::Io(std::io::Error::new(
+            source.kind(),
+            format!("{what}: {source}"),
+        )),
     }
 }
 
@@ -229,9 +247,15 @@ pub enum CliError {
     #[error("{0}")]
     Usage(String),
     #[error("{path}: {source}")]
-    NoInput { path: PathBuf, source: std::io::Error },
+    NoInput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
-    CantCreate { path: PathBuf, source: std::io::Error },
+    CantCreate {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{what}: {source}")]
@@ -288,7 +312,10 @@ fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
     }
     std::fs::File::open(path)
         .and_then(|mut f| f.read_to_end(&mut buf))
-        .map_err(|source| CliError::NoInput { path: path.to_path_buf(), source })?;
+        .map_err(|source| CliError::NoInput {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(buf)
 }
 
@@ -301,15 +328,25 @@ pub fn write_atomic(path: &Path, data: &[u8], force: bool) -> Result<(), CliErro
         out.flush()?;
         return Ok(());
     }
-    let cant = |source| CliError::CantCreate { path: path.to_path_buf(), source };
+    let cant = |source| CliError::CantCreate {
+        path: path.to_path_buf(),
+        source,
+    };
     if !force && path.exists() {
-        return Err(cant(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists (use --force to overwrite)")));
+        return Err(cant(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "exists (use --force to overwrite)",
+        )));
     }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = tempfile::Builder::new().prefix(".nacrithfs-").suffix(".tmp").tempfile_in(&dir).map_err(cant)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".nacrithfs-")
+        .suffix(".tmp")
+        .tempfile_in(&dir)
+        .map_err(cant)?;
     tmp.write_all(data).map_err(cant)?;
     tmp.as_file().sync_all().map_err(cant)?;
     tmp.persist(path).map_err(|e| cant(e.error))?;
@@ -324,9 +361,21 @@ impl ModelArgs {
     /// Loads the model these arguments name and wraps it in an engine.
     pub fn engine(&self) -> Result<Engine, ModelError> {
         let path = resolve_model_path(self.model.clone())?;
-        let model = Model::load(&path, &ModelOptions { threads: self.threads, ..Default::default() })?;
+        let model = Model::load(
+            &path,
+            &ModelOptions {
+                threads: self.threads,
+                ..Default::default()
+            },
+        )?;
         log::debug!("model {}: {}", path.display(), model.fingerprint());
-        Ok(Engine::new(Arc::new(model), EngineConfig { streams: self.streams.max(1), workers: self.workers.max(1) }))
+        Ok(Engine::new(
+            Arc::new(model),
+            EngineConfig {
+                streams: self.streams.max(1),
+                workers: self.workers.max(1),
+            },
+        ))
     }
 }
 
@@ -336,8 +385,10 @@ fn spinner(what: &str) -> indicatif::ProgressBar {
     }
     let pb = indicatif::ProgressBar::new_spinner();
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} tokens ({per_sec}, {elapsed})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} {pos} tokens ({per_sec}, {elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     pb.set_message(what.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
@@ -346,26 +397,51 @@ fn spinner(what: &str) -> indicatif::ProgressBar {
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Compress { input, output, model, chunk_size, ctx, slide, predictors, no_verify, force } => {
+        Command::Compress {
+            input,
+            output,
+            model,
+            chunk_size,
+            ctx,
+            slide,
+            predictors,
+            no_verify,
+            force,
+        } => {
             let flags = parse_predictors(&predictors)?;
             let window = Window { ctx, slide };
             if !window.is_valid() {
-                return Err(CliError::Usage(format!("invalid window: --ctx {ctx} --slide {slide}")));
+                return Err(CliError::Usage(format!(
+                    "invalid window: --ctx {ctx} --slide {slide}"
+                )));
             }
             if chunk_size < 64 {
                 return Err(CliError::Usage("--chunk-size must be at least 64".into()));
             }
             let output = output.unwrap_or_else(|| {
-                if is_dash(&input) { PathBuf::from("-") } else { PathBuf::from(format!("{}.nc06", input.display())) }
+                if is_dash(&input) {
+                    PathBuf::from("-")
+                } else {
+                    PathBuf::from(format!("{}.nc06", input.display()))
+                }
             });
             let data = read_input(&input)?;
             let engine = load_engine(&model)?;
-            let opts = CompressOptions { chunk_size, window, flags, verify: !no_verify, ..Default::default() };
+            let opts = CompressOptions {
+                chunk_size,
+                window,
+                flags,
+                verify: !no_verify,
+                ..Default::default()
+            };
             let pb = spinner("compressing");
             let inc = |n: u64| pb.inc(n);
             let c = engine
                 .compress(&data, &opts, Some(&inc))
-                .map_err(|source| CliError::Codec { what: input.display().to_string(), source })?;
+                .map_err(|source| CliError::Codec {
+                    what: input.display().to_string(),
+                    source,
+                })?;
             pb.finish_and_clear();
             write_atomic(&output, &c.blob, force)?;
             let s = &c.stats;
@@ -384,28 +460,50 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Decompress { input, output, model, force } => {
+        Command::Decompress {
+            input,
+            output,
+            model,
+            force,
+        } => {
             let output = match output {
                 Some(o) => o,
                 None if is_dash(&input) => PathBuf::from("-"),
                 None => match input.to_str().and_then(|s| s.strip_suffix(".nc06")) {
                     Some(stem) if !stem.is_empty() => PathBuf::from(stem),
-                    _ => return Err(CliError::Usage(format!("{}: no .nc06 suffix; name the output with -o", input.display()))),
+                    _ => {
+                        return Err(CliError::Usage(format!(
+                            "{}: no .nc06 suffix; name the output with -o",
+                            input.display()
+                        )))
+                    }
                 },
             };
             let data = read_input(&input)?;
             let what = input.display().to_string();
             // Parse first: bad input is reported before the model is loaded.
-            let blob = Blob::parse(&data).map_err(|e| CliError::Codec { what: what.clone(), source: e.into() })?;
+            let blob = Blob::parse(&data).map_err(|e| CliError::Codec {
+                what: what.clone(),
+                source: e.into(),
+            })?;
             drop(blob);
             let engine = load_engine(&model)?;
             let pb = spinner("decompressing");
             let inc = |n: u64| pb.inc(n);
-            let out = engine.decompress(&data, Some(&inc)).map_err(|source| CliError::Codec { what, source })?;
+            let out = engine
+                .decompress(&data, Some(&inc))
+                .map_err(|source| CliError::Codec { what, source })?;
             pb.finish_and_clear();
             write_atomic(&output, &out, force)
         }
-        Command::Mount { backing, mountpoint, model, jobs, cache_mb, allow_other } => {
+        Command::Mount {
+            backing,
+            mountpoint,
+            model,
+            jobs,
+            cache_mb,
+            allow_other,
+        } => {
             // Checked before the model is loaded, so a bad path fails fast.
             crate::fs::mount::preflight(&backing, &mountpoint).map_err(mount_error)?;
             let path = resolve_model_path(model.model.clone())?;
@@ -413,7 +511,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 backing,
                 mountpoint,
                 model: path,
-                model_options: ModelOptions { threads: model.threads, ..Default::default() },
+                model_options: ModelOptions {
+                    threads: model.threads,
+                    ..Default::default()
+                },
                 streams: model.streams,
                 workers: model.workers,
                 jobs,
@@ -427,17 +528,30 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{s}");
             Ok(())
         }
-        Command::Wait { mountpoint, timeout } => {
+        Command::Wait {
+            mountpoint,
+            timeout,
+        } => {
             let t = timeout.map(std::time::Duration::from_secs);
             let s = crate::fs::mount::wait(&mountpoint, t).map_err(mount_error)?;
             println!("{s}");
             Ok(())
         }
-        Command::BenchEngine { file, streams_list, tokens_per_stream, predictors, csv, model } => {
+        Command::BenchEngine {
+            file,
+            streams_list,
+            tokens_per_stream,
+            predictors,
+            csv,
+            model,
+        } => {
             let flags = parse_predictors(&predictors)?;
             let text = read_input(&file)?;
             let engine = load_engine(&model)?;
-            let predictor = crate::model::PredictorConfig { flags, temperature: 1.0 };
+            let predictor = crate::model::PredictorConfig {
+                flags,
+                temperature: 1.0,
+            };
             println!("| streams | mode | tokens | seconds | tokens/s | KB/s | % of raw | model s | predictor+coder s | bits/byte | RSS MiB |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|");
             let mut raw_rate = 0.0;
@@ -473,27 +587,57 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Bench(args) => Ok(crate::bench::run(args)?),
-        Command::Pack { src, dest, shard, model, batch_bytes } => {
+        Command::Pack {
+            src,
+            dest,
+            shard,
+            model,
+            batch_bytes,
+        } => {
             let shard = shard.resolve("pack")?;
             let engine = LazyEngine::new(|| model.engine());
             let compress = CompressOptions::default();
-            let batch_bytes = batch_bytes.unwrap_or(model.streams.max(1) as u64 * compress.chunk_size as u64);
-            let opts = PackOptions { src, dest, shard, compress, batch_bytes };
+            let batch_bytes =
+                batch_bytes.unwrap_or(model.streams.max(1) as u64 * compress.chunk_size as u64);
+            let opts = PackOptions {
+                src,
+                dest,
+                shard,
+                compress,
+                batch_bytes,
+            };
             let report = crate::pack::pack(&opts, &engine)?;
             println!("{report}");
             Ok(())
         }
-        Command::Unpack { packed, out, shard, model } => {
+        Command::Unpack {
+            packed,
+            out,
+            shard,
+            model,
+        } => {
             let shard = shard.resolve("unpack")?;
             let engine = LazyEngine::new(|| model.engine());
             let report = crate::pack::unpack(&packed, &out, shard, &engine)?;
             println!("{report}");
             Ok(())
         }
-        Command::Verify { packed, manifest, shard, model } => {
+        Command::Verify {
+            packed,
+            manifest,
+            shard,
+            model,
+        } => {
             let shard = shard.resolve("verify")?;
             let engine = LazyEngine::new(|| model.engine());
-            let report = crate::pack::verify(&VerifyOptions { dest: packed, shard, manifest }, &engine)?;
+            let report = crate::pack::verify(
+                &VerifyOptions {
+                    dest: packed,
+                    shard,
+                    manifest,
+                },
+                &engine,
+            )?;
             println!("{report}");
             Ok(())
         }
@@ -506,7 +650,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Info { blob: path, model } => {
             let data = read_input(&path)?;
             let what = path.display().to_string();
-            let blob = Blob::parse(&data).map_err(|e| CliError::Codec { what, source: e.into() })?;
+            let blob = Blob::parse(&data).map_err(|e| CliError::Codec {
+                what,
+                source: e.into(),
+            })?;
             print_info(&path, &data, &blob, &model);
             Ok(())
         }
@@ -523,7 +670,11 @@ fn parse_predictors(list: &str) -> Result<Flags, CliError> {
             "match" => Flags::MATCH,
             "bias" => Flags::BIAS,
             "skip" => Flags::SKIP | Flags::NGRAM,
-            other => return Err(CliError::Usage(format!("unknown predictor {other:?} (llm, ngram, match, bias, skip, raw)"))),
+            other => {
+                return Err(CliError::Usage(format!(
+                    "unknown predictor {other:?} (llm, ngram, match, bias, skip, raw)"
+                )))
+            }
         };
     }
     Ok(Flags(f))
@@ -531,20 +682,44 @@ fn parse_predictors(list: &str) -> Result<Flags, CliError> {
 
 fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
     let h = &blob.header;
-    let text: u64 = blob.extents.iter().filter(|e| e.kind == ExtentKind::Text).map(|e| e.len).sum();
+    let text: u64 = blob
+        .extents
+        .iter()
+        .filter(|e| e.kind == ExtentKind::Text)
+        .map(|e| e.len)
+        .sum();
     println!("file:         {}", path.display());
     println!("format:       NC06 version {}", crate::format::VERSION);
-    println!("original:     {} bytes (crc32c {:08x})", h.original_len, h.original_crc);
+    println!(
+        "original:     {} bytes (crc32c {:08x})",
+        h.original_len, h.original_crc
+    );
     println!(
         "compressed:   {} bytes, ratio {:.3}, {:.4} bits/byte",
         data.len(),
-        if data.is_empty() { 0.0 } else { h.original_len as f64 / data.len() as f64 },
-        if h.original_len > 0 { data.len() as f64 * 8.0 / h.original_len as f64 } else { 0.0 }
+        if data.is_empty() {
+            0.0
+        } else {
+            h.original_len as f64 / data.len() as f64
+        },
+        if h.original_len > 0 {
+            data.len() as f64 * 8.0 / h.original_len as f64
+        } else {
+            0.0
+        }
     );
     println!("fingerprint:  {}", h.fingerprint);
     println!("predictors:   {} (flags {:#06x})", h.flags, h.flags.0);
-    println!("window:       {} tokens, slide {}; temperature {}; chunk size {}", h.window.ctx, h.window.slide, h.temperature, h.chunk_size);
-    println!("extents:      {} ({} text bytes, {} binary bytes)", blob.extents.len(), text, h.original_len - text);
+    println!(
+        "window:       {} tokens, slide {}; temperature {}; chunk size {}",
+        h.window.ctx, h.window.slide, h.temperature, h.chunk_size
+    );
+    println!(
+        "extents:      {} ({} text bytes, {} binary bytes)",
+        blob.extents.len(),
+        text,
+        h.original_len - text
+    );
     let tokens: u64 = blob.chunks.iter().map(|c| c.tokens as u64).sum();
     let stream: u64 = blob.chunks.iter().map(|c| c.stream_len as u64).sum();
     println!(
@@ -552,15 +727,36 @@ fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
         blob.chunks.len(),
         tokens,
         stream,
-        if text > 0 { format!(", {:.4} bits/byte of text", stream as f64 * 8.0 / text as f64) } else { String::new() }
+        if text > 0 {
+            format!(
+                ", {:.4} bits/byte of text",
+                stream as f64 * 8.0 / text as f64
+            )
+        } else {
+            String::new()
+        }
     );
     for f in blob.frames.iter().enumerate() {
-        println!("binary frame: {} {} -> {} bytes ({})", f.0, f.1.raw_len, f.1.stored_len, f.1.method.name());
+        println!(
+            "binary frame: {} {} -> {} bytes ({})",
+            f.0,
+            f.1.raw_len,
+            f.1.stored_len,
+            f.1.method.name()
+        );
     }
     if let Ok(p) = resolve_model_path(model.model.clone()) {
         if let Ok(m) = Model::load(&p, &ModelOptions::default()) {
             let ok = m.fingerprint() == h.fingerprint || blob.chunks.is_empty();
-            println!("this build:   {} ({})", m.fingerprint(), if ok { "can decode" } else { "DIFFERENT: cannot decode the text" });
+            println!(
+                "this build:   {} ({})",
+                m.fingerprint(),
+                if ok {
+                    "can decode"
+                } else {
+                    "DIFFERENT: cannot decode the text"
+                }
+            );
         }
     }
 }

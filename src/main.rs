@@ -3,9 +3,11 @@ use nacrithfs::cli::{run, Cli};
 
 fn main() {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(cli.command.default_log_filter()))
-        .format_timestamp_millis()
-        .init();
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(cli.command.default_log_filter()),
+    )
+    .format_timestamp_millis()
+    .init();
     if let Err(e) = run(cli) {
         eprintln!("nacrithfs: {e}");
         std::process::exit(e.exit_code());

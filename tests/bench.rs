@@ -17,22 +17,53 @@ fn bench_tiny_file_writes_table_csv_json_and_plot() {
     std::fs::write(&input, &ENGLISH.as_bytes()[..200]).unwrap();
     let out_dir = dir.path().join("out");
     let out = bin()
-        .args(["bench", input.to_str().unwrap(), "--no-ensemble", "--min-secs", "0.05", "--threads", "1", "--out", out_dir.to_str().unwrap()])
+        .args([
+            "bench",
+            input.to_str().unwrap(),
+            "--no-ensemble",
+            "--min-secs",
+            "0.05",
+            "--threads",
+            "1",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ])
         .output()
         .expect("spawn nacrithfs bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("| english.txt | gzip -9 | 200 |"), "{stdout}");
-    assert!(stdout.contains("| english.txt | nacrithfs raw | 200 |"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| english.txt | gzip -9 | 200 |"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("| english.txt | nacrithfs raw | 200 |"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("ensemble"), "{stdout}");
 
     let csv = std::fs::read_to_string(out_dir.join("bench.csv")).unwrap();
     assert!(csv.starts_with("file,bytes,h0,h1,h2,compressor,"), "{csv}");
-    assert!(csv.lines().any(|l| l.starts_with("english.txt,200,") && l.contains(",nacrithfs raw,")), "{csv}");
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("english.txt,200,") && l.contains(",nacrithfs raw,")),
+        "{csv}"
+    );
 
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(out_dir.join("bench.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("bench.json")).unwrap()).unwrap();
     let results = json["files"][0]["results"].as_array().unwrap();
-    let bpb = |name: &str| results.iter().find(|r| r["compressor"] == name).and_then(|r| r["bits_per_byte"].as_f64()).unwrap();
+    let bpb = |name: &str| {
+        results
+            .iter()
+            .find(|r| r["compressor"] == name)
+            .and_then(|r| r["bits_per_byte"].as_f64())
+            .unwrap()
+    };
     assert!(bpb("nacrithfs raw") < bpb("gzip -9"), "{json}");
     let h0 = json["files"][0]["h0"].as_f64().unwrap();
     assert!(h0 > 3.0 && h0 < 5.0, "{h0}");
@@ -50,19 +81,61 @@ fn plot_engine_alone_draws_throughput_and_bad_csv_fails_cleanly() {
         "streams,mode,tokens,seconds,tokens_per_s,kb_per_s\n1,raw,500,5,100,0.3\n16,raw,500,2,250,0.9\n1,decompress,500,6,83,0.3\n16,decompress,500,2.3,217,0.8\n",
     )
     .unwrap();
-    let out = bin().args(["bench", "--plot-engine", csv.to_str().unwrap(), "--out", dir.path().to_str().unwrap()]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(std::fs::read(dir.path().join("throughput.png")).unwrap().starts_with(b"\x89PNG"));
+    let out = bin()
+        .args([
+            "bench",
+            "--plot-engine",
+            csv.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(dir.path().join("throughput.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
     // No FILES: only the plot, no tables.
     assert!(out.stdout.is_empty());
 
     std::fs::write(&csv, "streams,mode,tokens_per_s\nfour,raw,1\n").unwrap();
-    let out = bin().args(["bench", "--plot-engine", csv.to_str().unwrap(), "--out", dir.path().to_str().unwrap()]).output().unwrap();
+    let out = bin()
+        .args([
+            "bench",
+            "--plot-engine",
+            csv.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("engine.csv:2: streams") && !stderr.contains("panicked"), "{stderr}");
+    assert!(
+        !out.status.success()
+            && stderr.contains("engine.csv:2: streams")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 
     // A missing input fails at once, with the CLI's "no input" code, before any model.
     let missing = dir.path().join("missing.txt");
-    let out = bin().args(["bench", missing.to_str().unwrap(), "--out", dir.path().to_str().unwrap()]).output().unwrap();
-    assert_eq!(out.status.code(), Some(66), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args([
+            "bench",
+            missing.to_str().unwrap(),
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(66),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -20,7 +20,11 @@ fn assert_clean_failure(out: &Output, output_file: &Path, what: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{what}: succeeded");
     assert!(!stderr.contains("panicked"), "{what}: panicked: {stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: not one line: {stderr}");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{what}: not one line: {stderr}"
+    );
     assert!(stderr.starts_with("nacrithfs: "), "{what}: {stderr}");
     assert!(!output_file.exists(), "{what}: left an output file");
 }
@@ -31,7 +35,11 @@ fn compress_decompress_info_and_pipes() {
     let input = dir.path().join("a.txt");
     std::fs::write(&input, &ENGLISH.as_bytes()[..250]).unwrap();
     let out = run(&["compress", input.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let blob = dir.path().join("a.txt.nc06");
     assert_eq!(&std::fs::read(&blob).unwrap()[..4], b"NC06");
     // Refuses to overwrite without --force.
@@ -42,22 +50,45 @@ fn compress_decompress_info_and_pipes() {
     assert!(out.status.success());
     assert_eq!(out.stdout, &ENGLISH.as_bytes()[..250]);
     // stdin to stdout, both ways.
-    let mut child = bin().args(["compress", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = bin()
+        .args(["compress", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"hello, world\n").unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"hello, world\n")
+            .unwrap();
     }
     let piped = child.wait_with_output().unwrap();
     assert!(piped.status.success());
-    let mut child = bin().args(["decompress", "-"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = bin()
+        .args(["decompress", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     {
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(&piped.stdout).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&piped.stdout)
+            .unwrap();
     }
     assert_eq!(child.wait_with_output().unwrap().stdout, b"hello, world\n");
     let info = run(&["info", blob.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&info.stdout);
-    assert!(info.status.success() && text.contains("NC06 version 1") && text.contains("can decode"), "{text}");
+    assert!(
+        info.status.success() && text.contains("NC06 version 1") && text.contains("can decode"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -66,7 +97,14 @@ fn bad_blobs_fail_cleanly() {
     let input = dir.path().join("t.txt");
     std::fs::write(&input, &ENGLISH.as_bytes()[..200]).unwrap();
     let good = dir.path().join("t.nc06");
-    assert!(run(&["compress", input.to_str().unwrap(), "-o", good.to_str().unwrap()]).status.success());
+    assert!(run(&[
+        "compress",
+        input.to_str().unwrap(),
+        "-o",
+        good.to_str().unwrap()
+    ])
+    .status
+    .success());
     let blob = std::fs::read(&good).unwrap();
     let mut foreign = Blob::parse(&blob).unwrap();
     foreign.header.fingerprint.model[3] ^= 0xff;
@@ -86,9 +124,18 @@ fn bad_blobs_fail_cleanly() {
         let bad = dir.path().join("bad.nc06");
         std::fs::write(&bad, bytes).unwrap();
         let out_file = dir.path().join("bad.out");
-        let out = run(&["decompress", bad.to_str().unwrap(), "-o", out_file.to_str().unwrap()]);
+        let out = run(&[
+            "decompress",
+            bad.to_str().unwrap(),
+            "-o",
+            out_file.to_str().unwrap(),
+        ]);
         assert_clean_failure(&out, &out_file, what);
-        assert!(matches!(out.status.code(), Some(65)), "{what}: exit {:?}", out.status.code());
+        assert!(
+            matches!(out.status.code(), Some(65)),
+            "{what}: exit {:?}",
+            out.status.code()
+        );
         let info = run(&["info", bad.to_str().unwrap()]);
         if what != "another model" && what != "corrupted" {
             assert_clean_failure(&info, &out_file, what);
@@ -100,13 +147,23 @@ fn bad_blobs_fail_cleanly() {
 fn missing_inputs_and_models_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out_file = dir.path().join("o");
-    let out = run(&["compress", "/nonexistent/file", "-o", out_file.to_str().unwrap()]);
+    let out = run(&[
+        "compress",
+        "/nonexistent/file",
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
     assert_clean_failure(&out, &out_file, "missing input");
     assert_eq!(out.status.code(), Some(66));
     let input = dir.path().join("i.txt");
     std::fs::write(&input, b"some text").unwrap();
     let out = bin()
-        .args(["compress", input.to_str().unwrap(), "-o", out_file.to_str().unwrap()])
+        .args([
+            "compress",
+            input.to_str().unwrap(),
+            "-o",
+            out_file.to_str().unwrap(),
+        ])
         .env("NACRITHFS_MODEL", "/nonexistent/model.gguf")
         .output()
         .unwrap();
@@ -115,6 +172,13 @@ fn missing_inputs_and_models_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/fetch-model.sh"));
     let junk = dir.path().join("junk.gguf");
     std::fs::write(&junk, noise(1000, 1)).unwrap();
-    let out = run(&["compress", input.to_str().unwrap(), "-o", out_file.to_str().unwrap(), "--model", junk.to_str().unwrap()]);
+    let out = run(&[
+        "compress",
+        input.to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+        "--model",
+        junk.to_str().unwrap(),
+    ]);
     assert_clean_failure(&out, &out_file, "junk model");
 }

@@ -10,8 +10,12 @@ use nacrithfs::model::Window;
 use nacrithfs::Error;
 
 fn roundtrip(data: &[u8], opts: &CompressOptions, enc_streams: u32, dec_streams: u32) -> Blob {
-    let c = engine(enc_streams).compress(data, opts, None).expect("compress");
-    let back = engine(dec_streams).decompress(&c.blob, None).expect("decompress");
+    let c = engine(enc_streams)
+        .compress(data, opts, None)
+        .expect("compress");
+    let back = engine(dec_streams)
+        .decompress(&c.blob, None)
+        .expect("decompress");
     assert!(back == data, "round trip changed the data");
     Blob::parse(&c.blob).expect("parse")
 }
@@ -23,11 +27,17 @@ fn kinds(b: &Blob) -> Vec<ExtentKind> {
 #[test]
 fn english_compresses_well_and_the_coder_is_near_ideal() {
     let data = ENGLISH.as_bytes();
-    let c = engine(4).compress(data, &CompressOptions::default(), None).unwrap();
+    let c = engine(4)
+        .compress(data, &CompressOptions::default(), None)
+        .unwrap();
     let s = &c.stats;
     let coded_bits = s.stream_bytes as f64 * 8.0;
     // The coder adds at most its flush bits and byte padding to the ideal code length.
-    assert!(coded_bits <= s.ideal_bits * 1.001 + 16.0 * s.chunks as f64, "coded {coded_bits} vs ideal {}", s.ideal_bits);
+    assert!(
+        coded_bits <= s.ideal_bits * 1.001 + 16.0 * s.chunks as f64,
+        "coded {coded_bits} vs ideal {}",
+        s.ideal_bits
+    );
     let bpb = c.blob.len() as f64 * 8.0 / data.len() as f64;
     assert!(bpb < 2.0, "{bpb} bits/byte");
     assert_eq!(engine(1).decompress(&c.blob, None).unwrap(), data);
@@ -56,7 +66,11 @@ fn every_byte_value_and_binary_with_embedded_text() {
     data.extend((0..=255u8).rev());
     let b = roundtrip(&data, &CompressOptions::default(), 4, 1);
     let k = kinds(&b);
-    assert!(k.contains(&ExtentKind::Binary) && k.iter().filter(|&&x| x == ExtentKind::Text).count() >= 2, "{k:?}");
+    assert!(
+        k.contains(&ExtentKind::Binary)
+            && k.iter().filter(|&&x| x == ExtentKind::Text).count() >= 2,
+        "{k:?}"
+    );
 }
 
 #[test]
@@ -70,7 +84,10 @@ fn empty_and_tiny_inputs() {
 fn chunks_coded_in_a_batch_decode_alone_and_the_reverse() {
     // ~1.3 KB cut into 64-byte chunks: over 20 streams coded side by side.
     let data = ENGLISH.as_bytes();
-    let opts = CompressOptions { chunk_size: 64, ..Default::default() };
+    let opts = CompressOptions {
+        chunk_size: 64,
+        ..Default::default()
+    };
     let c = engine(32).compress(data, &opts, None).unwrap();
     let blob = Blob::parse(&c.blob).unwrap();
     assert!(blob.chunks.len() >= 20, "{} chunks", blob.chunks.len());
@@ -78,11 +95,22 @@ fn chunks_coded_in_a_batch_decode_alone_and_the_reverse() {
     // One chunk in the middle, decoded by itself in a single-stream context.
     let alone = engine(1);
     let e = idx.extents[idx.extents.len() / 2];
-    let (off, bytes) = alone.decompress_range(&blob, &idx, e.orig_offset + 1, e.orig_offset + 2, None).unwrap();
+    let (off, bytes) = alone
+        .decompress_range(&blob, &idx, e.orig_offset + 1, e.orig_offset + 2, None)
+        .unwrap();
     assert_eq!(off, e.orig_offset);
     assert_eq!(bytes, &data[off as usize..(off + e.len) as usize]);
     // The reverse: coded one stream at a time, decoded 32 at a time.
-    let c1 = engine(1).compress(data, &CompressOptions { verify: false, ..opts.clone() }, None).unwrap();
+    let c1 = engine(1)
+        .compress(
+            data,
+            &CompressOptions {
+                verify: false,
+                ..opts.clone()
+            },
+            None,
+        )
+        .unwrap();
     assert_eq!(c1.blob, c.blob, "batch composition changed the coded bytes");
     assert_eq!(engine(32).decompress(&c1.blob, None).unwrap(), data);
 }
@@ -94,18 +122,53 @@ fn concurrent_requests_share_the_pool_and_code_the_same_bytes() {
     // alone, and decode back.
     let data = ENGLISH.as_bytes();
     let inputs: Vec<(&[u8], CompressOptions)> = vec![
-        (&data[..400], CompressOptions { chunk_size: 100, verify: false, ..Default::default() }),
-        (&data[400..700], CompressOptions { chunk_size: 150, verify: false, ..Default::default() }),
-        (&data[700..900], CompressOptions { chunk_size: 100, verify: false, window: Window { ctx: 48, slide: 16 }, ..Default::default() }),
+        (
+            &data[..400],
+            CompressOptions {
+                chunk_size: 100,
+                verify: false,
+                ..Default::default()
+            },
+        ),
+        (
+            &data[400..700],
+            CompressOptions {
+                chunk_size: 150,
+                verify: false,
+                ..Default::default()
+            },
+        ),
+        (
+            &data[700..900],
+            CompressOptions {
+                chunk_size: 100,
+                verify: false,
+                window: Window { ctx: 48, slide: 16 },
+                ..Default::default()
+            },
+        ),
     ];
-    let shared = nacrithfs::engine::Engine::new(common::model(), nacrithfs::engine::EngineConfig { streams: 6, workers: 2 });
+    let shared = nacrithfs::engine::Engine::new(
+        common::model(),
+        nacrithfs::engine::EngineConfig {
+            streams: 6,
+            workers: 2,
+        },
+    );
     let together: Vec<Vec<u8>> = std::thread::scope(|s| {
-        let hs: Vec<_> = inputs.iter().map(|(d, o)| s.spawn(|| shared.compress(d, o, None).unwrap().blob)).collect();
+        let hs: Vec<_> = inputs
+            .iter()
+            .map(|(d, o)| s.spawn(|| shared.compress(d, o, None).unwrap().blob))
+            .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let alone = engine(1);
     for ((d, o), blob) in inputs.iter().zip(&together) {
-        assert_eq!(&alone.compress(d, o, None).unwrap().blob, blob, "sharing the pool changed the coded bytes");
+        assert_eq!(
+            &alone.compress(d, o, None).unwrap().blob,
+            blob,
+            "sharing the pool changed the coded bytes"
+        );
         assert_eq!(shared.decompress(blob, None).unwrap(), *d);
     }
 }
@@ -114,7 +177,11 @@ fn concurrent_requests_share_the_pool_and_code_the_same_bytes() {
 fn sliding_window_is_deterministic() {
     // A 48-token window sliding by 16: many slides per chunk, in a batch and alone.
     let data = &ENGLISH.as_bytes()[..700];
-    let opts = CompressOptions { chunk_size: 350, window: Window { ctx: 48, slide: 16 }, ..Default::default() };
+    let opts = CompressOptions {
+        chunk_size: 350,
+        window: Window { ctx: 48, slide: 16 },
+        ..Default::default()
+    };
     let b = roundtrip(data, &opts, 3, 1);
     assert_eq!(b.header.window, Window { ctx: 48, slide: 16 });
 }
@@ -123,12 +190,24 @@ fn sliding_window_is_deterministic() {
 fn blobs_of_another_model_or_build_are_refused() {
     let data = &ENGLISH.as_bytes()[..200];
     let e = engine(1);
-    let c = e.compress(data, &CompressOptions { verify: false, ..Default::default() }, None).unwrap();
+    let c = e
+        .compress(
+            data,
+            &CompressOptions {
+                verify: false,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
     let mut blob = Blob::parse(&c.blob).unwrap();
     blob.header.fingerprint.backend[0] ^= 1;
     match e.decompress(&blob.to_bytes(), None) {
         Err(Error::FingerprintMismatch { .. }) => {}
-        other => panic!("expected a fingerprint mismatch, got {:?}", other.map(|v| v.len())),
+        other => panic!(
+            "expected a fingerprint mismatch, got {:?}",
+            other.map(|v| v.len())
+        ),
     }
 }
 
@@ -136,7 +215,16 @@ fn blobs_of_another_model_or_build_are_refused() {
 fn corrupt_streams_fail_cleanly_never_with_wrong_bytes() {
     let data = &ENGLISH.as_bytes()[..300];
     let e = engine(1);
-    let c = e.compress(data, &CompressOptions { verify: false, ..Default::default() }, None).unwrap();
+    let c = e
+        .compress(
+            data,
+            &CompressOptions {
+                verify: false,
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
     let n = c.blob.len();
     for pos in [n - 1, n - 5, n / 2 + 20] {
         let mut bad = c.blob.clone();

@@ -34,7 +34,11 @@ const RUN_BYTES: [u8; 6] = [0x00, 0x01, 0x80, 0x9c, 0xc0, 0xff];
 enum Expect {
     Exact(Vec<u8>),
     /// `planned[..n]` for some n in `min..=max` (appends that may or may not have landed).
-    Prefix { planned: Vec<u8>, min: usize, max: usize },
+    Prefix {
+        planned: Vec<u8>,
+        min: usize,
+        max: usize,
+    },
     /// Either of two contents (an overwrite in flight at the kill).
     Either(Vec<u8>, Vec<u8>),
 }
@@ -60,13 +64,25 @@ fn text(n: usize, at: usize) -> Vec<u8> {
 
 /// Binary data that xz and zstd both work on: random bytes mixed with runs.
 fn binary(rng: &mut Rng, n: usize) -> Vec<u8> {
-    rng.binary(n, 512, |r| RUN_BYTES[r.below(RUN_BYTES.len() as u64) as usize])
+    rng.binary(n, 512, |r| {
+        RUN_BYTES[r.below(RUN_BYTES.len() as u64) as usize]
+    })
 }
 
 impl World {
     fn mount(&self, fault: Option<&str>) -> Mount {
-        let env = fault.map(|f| vec![("NACRITHFS_FAULT", f.to_string())]).unwrap_or_default();
-        Mount::start_with(&self.backing, &self.mnt, Opts { log: Some(&self.log), env, ..Default::default() })
+        let env = fault
+            .map(|f| vec![("NACRITHFS_FAULT", f.to_string())])
+            .unwrap_or_default();
+        Mount::start_with(
+            &self.backing,
+            &self.mnt,
+            Opts {
+                log: Some(&self.log),
+                env,
+                ..Default::default()
+            },
+        )
     }
 
     fn put(&mut self, rel: &str, data: &[u8]) {
@@ -75,11 +91,14 @@ impl World {
             std::fs::create_dir_all(d).unwrap();
         }
         std::fs::write(&p, data).unwrap();
-        self.files.insert(rel.to_string(), Expect::Exact(data.to_vec()));
+        self.files
+            .insert(rel.to_string(), Expect::Exact(data.to_vec()));
     }
 
     fn log_len(&self) -> usize {
-        std::fs::read_to_string(&self.log).map(|s| s.len()).unwrap_or(0)
+        std::fs::read_to_string(&self.log)
+            .map(|s| s.len())
+            .unwrap_or(0)
     }
 
     /// Waits until the daemon log (past byte `from`) contains `what`.
@@ -125,20 +144,34 @@ impl World {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .filter(|n| !n.starts_with(&own))
             .collect();
-        assert!(left.is_empty(), "after {point}: temporary files left after recovery: {left:?}");
+        assert!(
+            left.is_empty(),
+            "after {point}: temporary files left after recovery: {left:?}"
+        );
         let mut names = Vec::new();
         list(&self.mnt, Path::new(""), &mut names);
         let want: Vec<_> = self.files.keys().cloned().collect();
         assert_eq!(names, want, "after {point}: the set of files differs");
-        let files: Vec<_> = self.files.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let files: Vec<_> = self
+            .files
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (rel, e) in files {
-            let got = std::fs::read(self.mnt.join(&rel)).unwrap_or_else(|err| panic!("after {point}: {rel}: {err}"));
+            let got = std::fs::read(self.mnt.join(&rel))
+                .unwrap_or_else(|err| panic!("after {point}: {rel}: {err}"));
             let ok = match &e {
                 Expect::Exact(v) => got == *v,
-                Expect::Prefix { planned, min, max } => got.len() >= *min && got.len() <= *max && got[..] == planned[..got.len()],
+                Expect::Prefix { planned, min, max } => {
+                    got.len() >= *min && got.len() <= *max && got[..] == planned[..got.len()]
+                }
                 Expect::Either(a, b) => got == *a || got == *b,
             };
-            assert!(ok, "after {point}: {rel}: content ({} bytes) is not an allowed state", got.len());
+            assert!(
+                ok,
+                "after {point}: {rel}: content ({} bytes) is not an allowed state",
+                got.len()
+            );
             self.checked += 1;
             // From now on the file is exactly what it is.
             self.files.insert(rel, Expect::Exact(got));
@@ -149,7 +182,10 @@ impl World {
 
 /// Every regular file under `dir`, as sorted relative paths.
 fn list(root: &Path, rel: &Path, out: &mut Vec<String>) {
-    let mut v: Vec<_> = std::fs::read_dir(root.join(rel)).unwrap().map(|e| e.unwrap()).collect();
+    let mut v: Vec<_> = std::fs::read_dir(root.join(rel))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
     v.sort_by_key(|e| e.file_name());
     for e in v {
         let r = rel.join(e.file_name());
@@ -164,9 +200,17 @@ fn list(root: &Path, rel: &Path, out: &mut Vec<String>) {
 
 /// Appends `planned` to `rel` in 4 KiB writes with an fsync every 8, on a thread, until
 /// the daemon dies; returns (bytes acknowledged, bytes fsynced) after the kill.
-fn writer(path: PathBuf, planned: Vec<u8>, acked: Arc<AtomicU64>, synced: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+fn writer(
+    path: PathBuf,
+    planned: Vec<u8>,
+    acked: Arc<AtomicU64>,
+    synced: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&path) else { return };
+        let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&path) else {
+            return;
+        };
         for (k, c) in planned.chunks(4096).enumerate() {
             if stop.load(Ordering::Relaxed) || f.write_all(c).is_err() {
                 return;
@@ -211,17 +255,37 @@ fn kill_9_loop_loses_nothing() {
         let rel = format!("w/stream{round}.bin");
         std::fs::create_dir_all(w.mnt.join("w")).unwrap();
         let planned = binary(&mut w.rng, 2 << 20);
-        let (acked, synced, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-        let th = writer(w.mnt.join(&rel), planned.clone(), acked.clone(), synced.clone(), stop.clone());
+        let (acked, synced, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let th = writer(
+            w.mnt.join(&rel),
+            planned.clone(),
+            acked.clone(),
+            synced.clone(),
+            stop.clone(),
+        );
         std::thread::sleep(Duration::from_millis(delay));
         let before = acked.load(Ordering::SeqCst) as usize;
         w.kill(m, "during appends");
         stop.store(true, Ordering::Relaxed);
         th.join().unwrap();
-        let (a, s) = (acked.load(Ordering::SeqCst) as usize, synced.load(Ordering::SeqCst) as usize);
+        let (a, s) = (
+            acked.load(Ordering::SeqCst) as usize,
+            synced.load(Ordering::SeqCst) as usize,
+        );
         assert!(s <= a && before <= a);
         eprintln!("crash:   {a} bytes acknowledged, {s} fsynced");
-        w.files.insert(rel, Expect::Prefix { planned, min: a.max(s), max: (a + 4096).min(2 << 20) });
+        w.files.insert(
+            rel,
+            Expect::Prefix {
+                planned,
+                min: a.max(s),
+                max: (a + 4096).min(2 << 20),
+            },
+        );
         m = w.remount_and_check("kill during appends");
     }
 
@@ -242,7 +306,8 @@ fn kill_9_loop_loses_nothing() {
         });
         w.kill(m, "during overwrites of a decompressed blob");
         th.join().unwrap();
-        w.files.insert("base/data.bin".into(), Expect::Either(after, after2));
+        w.files
+            .insert("base/data.bin".into(), Expect::Either(after, after2));
         m = w.remount_and_check("kill during overwrites");
     }
 
@@ -266,10 +331,18 @@ fn kill_9_loop_loses_nothing() {
     for (round, delay) in [50u64, 700, 1500].into_iter().enumerate() {
         let data = binary(&mut w.rng, 1_200_000);
         w.put(&format!("big/b{round}.bin"), &data);
-        assert!(w.wait_compressing(&m, Duration::from_secs(20)), "compression did not start");
+        assert!(
+            w.wait_compressing(&m, Duration::from_secs(20)),
+            "compression did not start"
+        );
         std::thread::sleep(Duration::from_millis(delay));
         let busy = m.status().contains("\"compressing\":1");
-        w.kill(m, &format!("mid-compression of a 1.2 MB binary file (+{delay} ms, still compressing: {busy})"));
+        w.kill(
+            m,
+            &format!(
+                "mid-compression of a 1.2 MB binary file (+{delay} ms, still compressing: {busy})"
+            ),
+        );
         m = w.remount_and_check("kill mid-compression");
     }
     m.wait();
@@ -281,8 +354,14 @@ fn kill_9_loop_loses_nothing() {
     assert!(w.wait_compressing(&m, Duration::from_secs(20)));
     m.wait();
     let full = t.elapsed();
-    eprintln!("crash:   a 500-byte text compresses in {:.2} s", full.as_secs_f64());
-    for (round, (frac, phase)) in [(0.25, "mid-encoding"), (0.8, "mid-verification")].into_iter().enumerate() {
+    eprintln!(
+        "crash:   a 500-byte text compresses in {:.2} s",
+        full.as_secs_f64()
+    );
+    for (round, (frac, phase)) in [(0.25, "mid-encoding"), (0.8, "mid-verification")]
+        .into_iter()
+        .enumerate()
+    {
         w.put(&format!("text/t{round}.txt"), &text(500, 300 + 400 * round));
         let t = Instant::now();
         assert!(w.wait_compressing(&m, Duration::from_secs(20)));
@@ -300,11 +379,27 @@ fn kill_9_loop_loses_nothing() {
         let from = w.log_len();
         let data = binary(&mut w.rng, 50_000);
         w.put(&format!("rename/{point}.bin"), &data);
-        assert!(w.wait_log(from, &format!("pausing 5000 ms {point}"), Duration::from_secs(30)), "{point}: the hook did not fire");
+        assert!(
+            w.wait_log(
+                from,
+                &format!("pausing 5000 ms {point}"),
+                Duration::from_secs(30)
+            ),
+            "{point}: the hook did not fire"
+        );
         if point == "before-rename" {
-            assert!(std::fs::read_dir(w.backing.join(".nacrithfs/tmp")).unwrap().count() > 0, "no staged blob");
+            assert!(
+                std::fs::read_dir(w.backing.join(".nacrithfs/tmp"))
+                    .unwrap()
+                    .count()
+                    > 0,
+                "no staged blob"
+            );
         } else {
-            assert!(nacrithfs::store::backing::is_blob_path(&w.backing.join(format!("rename/{point}.bin"))).unwrap());
+            assert!(nacrithfs::store::backing::is_blob_path(
+                &w.backing.join(format!("rename/{point}.bin"))
+            )
+            .unwrap());
         }
         w.kill(m, point);
         w.remount_and_check(point).stop();
@@ -356,7 +451,10 @@ fn kill_9_loop_loses_nothing() {
     for (rel, e) in &w.files {
         if let Expect::Exact(v) = e {
             if !v.is_empty() {
-                assert!(nacrithfs::store::backing::is_blob_path(&w.backing.join(rel)).unwrap(), "{rel}: not compressed at the end");
+                assert!(
+                    nacrithfs::store::backing::is_blob_path(&w.backing.join(rel)).unwrap(),
+                    "{rel}: not compressed at the end"
+                );
             }
         }
     }

@@ -43,7 +43,17 @@ struct Tmpfs<'a>(&'a Path);
 
 impl<'a> Tmpfs<'a> {
     fn mount(at: &'a Path, size: &str) -> Tmpfs<'a> {
-        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=755"), "tmpfs"]).arg(at).status().unwrap();
+        let st = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=755"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .unwrap();
         assert!(st.success(), "mount tmpfs (needs root)");
         Tmpfs(at)
     }
@@ -62,7 +72,14 @@ fn full_backing_disk_gives_enospc_and_keeps_the_plaintext() {
     let d = dirs();
     let _fs = Tmpfs::mount(&d.backing, "4m");
     let log = d.root.path().join("daemon.log");
-    let m = Mount::start_with(&d.backing, &d.mnt, Opts { log: Some(&log), ..Default::default() });
+    let m = Mount::start_with(
+        &d.backing,
+        &d.mnt,
+        Opts {
+            log: Some(&log),
+            ..Default::default()
+        },
+    );
     let mut rng = Rng(42);
     let keep = binary(&mut rng, 300_000);
     std::fs::write(d.mnt.join("keep.bin"), &keep).unwrap();
@@ -71,7 +88,11 @@ fn full_backing_disk_gives_enospc_and_keeps_the_plaintext() {
 
     // Fill the disk through the mount: every write lands whole or short, then ENOSPC.
     let planned = rng.bytes(8 << 20);
-    let mut f = OpenOptions::new().create(true).write(true).open(d.mnt.join("big.bin")).unwrap();
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .open(d.mnt.join("big.bin"))
+        .unwrap();
     let mut acked = 0usize;
     let err = loop {
         match f.write(&planned[acked..(acked + 65536).min(planned.len())]) {
@@ -81,26 +102,58 @@ fn full_backing_disk_gives_enospc_and_keeps_the_plaintext() {
         }
         assert!(acked < planned.len(), "4 MiB tmpfs took 8 MiB");
     };
-    assert_eq!(errno(&err), libc::ENOSPC, "a full disk must give ENOSPC, got {err}");
+    assert_eq!(
+        errno(&err),
+        libc::ENOSPC,
+        "a full disk must give ENOSPC, got {err}"
+    );
     drop(f);
     // Compressing big.bin needs room for its blob: it fails and the plaintext stays.
     m.wait();
     let status = m.status();
-    assert!(!status.contains("\"failed\":0"), "compression should have failed: {status}");
-    assert!(!is_blob_path(&d.backing.join("big.bin")).unwrap(), "big.bin should stay plaintext");
+    assert!(
+        !status.contains("\"failed\":0"),
+        "compression should have failed: {status}"
+    );
+    assert!(
+        !is_blob_path(&d.backing.join("big.bin")).unwrap(),
+        "big.bin should stay plaintext"
+    );
     let got = std::fs::read(d.mnt.join("big.bin")).unwrap();
-    assert_eq!(got.len(), acked, "big.bin: every acknowledged byte and nothing else");
+    assert_eq!(
+        got.len(),
+        acked,
+        "big.bin: every acknowledged byte and nothing else"
+    );
     assert!(got == planned[..acked], "big.bin content");
     // A write into a compressed file needs room for its plaintext: ENOSPC, blob intact.
-    let k = OpenOptions::new().write(true).open(d.mnt.join("keep.bin")).unwrap();
+    let k = OpenOptions::new()
+        .write(true)
+        .open(d.mnt.join("keep.bin"))
+        .unwrap();
     let e = k.write_all_at(b"x", 10).unwrap_err();
-    assert_eq!(errno(&e), libc::ENOSPC, "write into a blob on a full disk: {e}");
+    assert_eq!(
+        errno(&e),
+        libc::ENOSPC,
+        "write into a blob on a full disk: {e}"
+    );
     drop(k);
-    assert!(std::fs::read(d.mnt.join("keep.bin")).unwrap() == keep, "keep.bin changed");
-    assert!(std::fs::read_to_string(&log).unwrap().contains("big.bin: compression failed"), "no log line names big.bin");
+    assert!(
+        std::fs::read(d.mnt.join("keep.bin")).unwrap() == keep,
+        "keep.bin changed"
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("big.bin: compression failed"),
+        "no log line names big.bin"
+    );
     // Room again: everything works.
     std::fs::remove_file(d.mnt.join("big.bin")).unwrap();
-    let k = OpenOptions::new().write(true).open(d.mnt.join("keep.bin")).unwrap();
+    let k = OpenOptions::new()
+        .write(true)
+        .open(d.mnt.join("keep.bin"))
+        .unwrap();
     k.write_all_at(b"x", 10).unwrap();
     drop(k);
     let mut keep2 = keep.clone();
@@ -118,7 +171,10 @@ fn damaged_blobs_give_eio_name_the_file_and_spare_the_rest() {
     let _g = serial();
     let d = dirs();
     let log = d.root.path().join("daemon.log");
-    let opts = || Opts { log: Some(&log), ..Default::default() };
+    let opts = || Opts {
+        log: Some(&log),
+        ..Default::default()
+    };
     let m = Mount::start_with(&d.backing, &d.mnt, opts());
     let mut rng = Rng(7);
     let files: Vec<(&str, Vec<u8>)> = vec![
@@ -148,30 +204,57 @@ fn damaged_blobs_give_eio_name_the_file_and_spare_the_rest() {
     };
     flip("flipped.bin", 0.7);
     flip("flipped.txt", 0.8);
-    OpenOptions::new().write(true).open(d.backing.join("cut.bin")).unwrap().set_len(9).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(d.backing.join("cut.bin"))
+        .unwrap()
+        .set_len(9)
+        .unwrap();
 
     let m = Mount::start_with(&d.backing, &d.mnt, opts());
     for name in ["flipped.bin", "flipped.txt", "cut.bin"] {
         let r = std::fs::read(d.mnt.join(name));
         match r {
-            Ok(v) => panic!("{name}: read returned {} bytes from a damaged blob", v.len()),
+            Ok(v) => panic!(
+                "{name}: read returned {} bytes from a damaged blob",
+                v.len()
+            ),
             Err(e) => assert_eq!(errno(&e), libc::EIO, "{name}: {e}"),
         }
     }
     let text_log = std::fs::read_to_string(&log).unwrap();
     for name in ["flipped.bin", "flipped.txt", "cut.bin"] {
-        assert!(text_log.lines().any(|l| l.contains("WARN") && l.contains(name)), "no warning names {name}:\n{text_log}");
+        assert!(
+            text_log
+                .lines()
+                .any(|l| l.contains("WARN") && l.contains(name)),
+            "no warning names {name}:\n{text_log}"
+        );
     }
     // The rest of the mount keeps working.
     assert!(std::fs::read(d.mnt.join("good.bin")).unwrap() == files[0].1);
-    let mut names: Vec<_> = std::fs::read_dir(&d.mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<_> = std::fs::read_dir(&d.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, ["cut.bin", "flipped.bin", "flipped.txt", "good.bin"]);
     std::fs::write(d.mnt.join("new.txt"), b"still writable\n").unwrap();
-    assert_eq!(std::fs::read(d.mnt.join("new.txt")).unwrap(), b"still writable\n");
+    assert_eq!(
+        std::fs::read(d.mnt.join("new.txt")).unwrap(),
+        b"still writable\n"
+    );
     // A damaged file can be replaced or removed.
-    std::fs::write(d.mnt.join("flipped.bin"), b"replaced").unwrap_or_else(|e| panic!("replacing flipped.bin: {e}\n{}", std::fs::read_to_string(&log).unwrap()));
-    assert_eq!(std::fs::read(d.mnt.join("flipped.bin")).unwrap(), b"replaced");
+    std::fs::write(d.mnt.join("flipped.bin"), b"replaced").unwrap_or_else(|e| {
+        panic!(
+            "replacing flipped.bin: {e}\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        )
+    });
+    assert_eq!(
+        std::fs::read(d.mnt.join("flipped.bin")).unwrap(),
+        b"replaced"
+    );
     std::fs::remove_file(d.mnt.join("cut.bin")).unwrap();
     m.stop();
 }
@@ -186,33 +269,77 @@ fn swapped_model_refuses_text_blobs_instead_of_returning_wrong_bytes() {
     let log = d.root.path().join("daemon.log");
     let en = text(300);
     let bin_data = binary(&mut Rng(3), 20_000);
-    let m = Mount::start_with(&d.backing, &d.mnt, Opts { model: Some(&model), log: Some(&log), ..Default::default() });
+    let m = Mount::start_with(
+        &d.backing,
+        &d.mnt,
+        Opts {
+            model: Some(&model),
+            log: Some(&log),
+            ..Default::default()
+        },
+    );
     std::fs::write(d.mnt.join("en.txt"), &en).unwrap();
     std::fs::write(d.mnt.join("data.bin"), &bin_data).unwrap();
     m.wait();
     m.stop();
     // Swap the model for another: same format and size, one weight byte different.
     {
-        let f = OpenOptions::new().read(true).write(true).open(&model).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&model)
+            .unwrap();
         let at = f.metadata().unwrap().len() - 4096;
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, at).unwrap();
         f.write_all_at(&[b[0] ^ 1], at).unwrap();
     }
-    let m = Mount::start_with(&d.backing, &d.mnt, Opts { model: Some(&model), log: Some(&log), ..Default::default() });
+    let m = Mount::start_with(
+        &d.backing,
+        &d.mnt,
+        Opts {
+            model: Some(&model),
+            log: Some(&log),
+            ..Default::default()
+        },
+    );
     match std::fs::read(d.mnt.join("en.txt")) {
-        Ok(v) => panic!("en.txt decoded with another model: {} bytes{}", v.len(), if v == en { " (right by luck)" } else { " of WRONG content" }),
+        Ok(v) => panic!(
+            "en.txt decoded with another model: {} bytes{}",
+            v.len(),
+            if v == en {
+                " (right by luck)"
+            } else {
+                " of WRONG content"
+            }
+        ),
         Err(e) => assert_eq!(errno(&e), libc::EIO, "{e}"),
     }
     let l = std::fs::read_to_string(&log).unwrap();
-    assert!(l.lines().any(|l| l.contains("WARN") && l.contains("en.txt") && l.contains("was made with model")), "no warning names en.txt and the model mismatch:\n{l}");
+    assert!(
+        l.lines().any(|l| l.contains("WARN")
+            && l.contains("en.txt")
+            && l.contains("was made with model")),
+        "no warning names en.txt and the model mismatch:\n{l}"
+    );
     // Blobs without text do not depend on the model.
     assert!(std::fs::read(d.mnt.join("data.bin")).unwrap() == bin_data);
     // Stat still works, and a new file is written with the new model.
-    assert_eq!(std::fs::metadata(d.mnt.join("en.txt")).unwrap().len(), en.len() as u64);
+    assert_eq!(
+        std::fs::metadata(d.mnt.join("en.txt")).unwrap().len(),
+        en.len() as u64
+    );
     m.stop();
     // The right model reads it again.
-    let m = Mount::start_with(&d.backing, &d.mnt, Opts { model: Some(&real), log: Some(&log), ..Default::default() });
+    let m = Mount::start_with(
+        &d.backing,
+        &d.mnt,
+        Opts {
+            model: Some(&real),
+            log: Some(&log),
+            ..Default::default()
+        },
+    );
     assert!(std::fs::read(d.mnt.join("en.txt")).unwrap() == en);
     m.stop();
 }
@@ -223,14 +350,40 @@ fn unusable_model_at_mount_time_is_a_clear_error() {
     let _g = serial();
     let d = dirs();
     let garbage = d.root.path().join("garbage.gguf");
-    std::fs::File::create(&garbage).unwrap().write_all(b"GGUF but not really a model").unwrap();
-    for (model, what) in [(d.root.path().join("missing.gguf"), "missing"), (garbage, "garbage")] {
-        let out = bin().args(["mount", d.backing.to_str().unwrap(), d.mnt.to_str().unwrap(), "--model"]).arg(&model).output().unwrap();
+    std::fs::File::create(&garbage)
+        .unwrap()
+        .write_all(b"GGUF but not really a model")
+        .unwrap();
+    for (model, what) in [
+        (d.root.path().join("missing.gguf"), "missing"),
+        (garbage, "garbage"),
+    ] {
+        let out = bin()
+            .args([
+                "mount",
+                d.backing.to_str().unwrap(),
+                d.mnt.to_str().unwrap(),
+                "--model",
+            ])
+            .arg(&model)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         let last = err.trim_end().lines().last().unwrap_or("");
-        assert_eq!(out.status.code(), Some(69), "{what} model: exit {:?}: {err}", out.status.code());
-        assert!(last.starts_with("nacrithfs: ") && last.contains(model.to_str().unwrap()), "{what} model: unclear message: {err}");
-        assert!(!mount::is_mountpoint(&d.mnt), "{what} model: mounted anyway");
+        assert_eq!(
+            out.status.code(),
+            Some(69),
+            "{what} model: exit {:?}: {err}",
+            out.status.code()
+        );
+        assert!(
+            last.starts_with("nacrithfs: ") && last.contains(model.to_str().unwrap()),
+            "{what} model: unclear message: {err}"
+        );
+        assert!(
+            !mount::is_mountpoint(&d.mnt),
+            "{what} model: mounted anyway"
+        );
         eprintln!("faults: {what} model -> {last}");
     }
 }

@@ -16,11 +16,15 @@ mod mount;
 use mount::{bin, force_unmount, is_mountpoint, Mount, SERIAL};
 
 fn model_present() {
-    nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh (the fs tests need the real model)");
+    nacrithfs::model::resolve_model_path(None)
+        .expect("model missing: run scripts/fetch-model.sh (the fs tests need the real model)");
 }
 
 fn sh(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
 
 fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -36,11 +40,20 @@ struct Dirs {
 
 fn dirs() -> Dirs {
     let root = tempfile::tempdir().unwrap();
-    let (src, backing, mnt) = (root.path().join("src"), root.path().join("backing"), root.path().join("mnt"));
+    let (src, backing, mnt) = (
+        root.path().join("src"),
+        root.path().join("backing"),
+        root.path().join("mnt"),
+    );
     for d in [&src, &backing, &mnt] {
         std::fs::create_dir(d).unwrap();
     }
-    Dirs { _root: root, src, backing, mnt }
+    Dirs {
+        _root: root,
+        src,
+        backing,
+        mnt,
+    }
 }
 
 fn cut(s: &str, n: usize) -> &str {
@@ -52,8 +65,23 @@ fn cut(s: &str, n: usize) -> &str {
 }
 
 fn diff(a: &Path, b: &Path) {
-    let out = sh("diff", &["-r", "--no-dereference", a.to_str().unwrap(), b.to_str().unwrap()]);
-    assert!(out.status.success(), "diff -r --no-dereference {} {}:\n{}{}", a.display(), b.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = sh(
+        "diff",
+        &[
+            "-r",
+            "--no-dereference",
+            a.to_str().unwrap(),
+            b.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "diff -r --no-dereference {} {}:\n{}{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn head4(p: &Path) -> Vec<u8> {
@@ -76,13 +104,21 @@ fn copy_compress_remount_and_modify() {
     std::os::unix::fs::symlink("docs/english.txt", tree.join("link")).unwrap();
 
     let m = Mount::start(&d.backing, &d.mnt);
-    assert!(sh("cp", &["-a", tree.to_str().unwrap(), d.mnt.to_str().unwrap()]).status.success());
+    assert!(sh(
+        "cp",
+        &["-a", tree.to_str().unwrap(), d.mnt.to_str().unwrap()]
+    )
+    .status
+    .success());
     let mtree = d.mnt.join("tree");
     diff(&tree, &mtree);
     // Internal state is unreachable through the mount.
     assert!(!d.mnt.join(".nacrithfs").exists());
     assert!(std::fs::create_dir(d.mnt.join(".nacrithfs")).is_err());
-    let names: Vec<_> = std::fs::read_dir(&d.mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> = std::fs::read_dir(&d.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, vec![std::ffi::OsString::from("tree")]);
     let summary = m.wait();
     eprintln!("after cp: {summary}");
@@ -92,11 +128,26 @@ fn copy_compress_remount_and_modify() {
         assert_eq!(head4(&btree.join(f)), b"NC06", "{f} is not a blob");
     }
     for f in ["docs/english.txt", "docs/deep/utf8.txt"] {
-        let (orig, stored) = (std::fs::metadata(tree.join(f)).unwrap().len(), std::fs::metadata(btree.join(f)).unwrap().len());
-        assert!(stored < orig, "{f}: blob {stored} bytes is not smaller than {orig}");
-        assert_eq!(std::fs::metadata(mtree.join(f)).unwrap().len(), orig, "{f}: size through the mount");
+        let (orig, stored) = (
+            std::fs::metadata(tree.join(f)).unwrap().len(),
+            std::fs::metadata(btree.join(f)).unwrap().len(),
+        );
+        assert!(
+            stored < orig,
+            "{f}: blob {stored} bytes is not smaller than {orig}"
+        );
+        assert_eq!(
+            std::fs::metadata(mtree.join(f)).unwrap().len(),
+            orig,
+            "{f}: size through the mount"
+        );
     }
-    assert_eq!(std::fs::metadata(btree.join("docs/deep/er/empty")).unwrap().len(), 0);
+    assert_eq!(
+        std::fs::metadata(btree.join("docs/deep/er/empty"))
+            .unwrap()
+            .len(),
+        0
+    );
     diff(&tree, &mtree);
     m.stop();
 
@@ -123,12 +174,18 @@ fn copy_compress_remount_and_modify() {
     both(&|t| std::fs::rename(t.join("docs/deep/utf8.txt"), t.join("moved/utf8.txt")).unwrap());
     both(&|t| std::fs::rename(t.join("noise.bin"), t.join("docs/english.txt")).unwrap()); // over an existing file
     both(&|t| {
-        let f = std::fs::OpenOptions::new().write(true).open(t.join("moved/utf8.txt")).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(t.join("moved/utf8.txt"))
+            .unwrap();
         f.set_len(100).unwrap();
     });
     both(&|t| {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().append(true).open(t.join("moved/utf8.txt")).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(t.join("moved/utf8.txt"))
+            .unwrap();
         f.write_all(b"\nappended line\n").unwrap();
     });
     // Unlink while open: the data stays readable through the open file.
@@ -143,10 +200,18 @@ fn copy_compress_remount_and_modify() {
     }
     // Hard links share an inode and count right.
     both(&|t| std::fs::hard_link(t.join("moved/utf8.txt"), t.join("hard")).unwrap());
-    let (a, b) = (std::fs::metadata(mtree.join("moved/utf8.txt")).unwrap(), std::fs::metadata(mtree.join("hard")).unwrap());
+    let (a, b) = (
+        std::fs::metadata(mtree.join("moved/utf8.txt")).unwrap(),
+        std::fs::metadata(mtree.join("hard")).unwrap(),
+    );
     assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
     both(&|t| std::fs::remove_file(t.join("hard")).unwrap());
-    assert_eq!(std::fs::metadata(mtree.join("moved/utf8.txt")).unwrap().nlink(), 1);
+    assert_eq!(
+        std::fs::metadata(mtree.join("moved/utf8.txt"))
+            .unwrap()
+            .nlink(),
+        1
+    );
     diff(&tree, &mtree);
     m.wait();
     assert_eq!(head4(&btree.join("moved/utf8.txt")), b"NC06");
@@ -189,7 +254,9 @@ fn kill_9_while_compressing_then_recover() {
     for f in ["a.txt", "b.txt"] {
         assert_eq!(head4(&d.backing.join(f)), b"NC06");
     }
-    let tmp = std::fs::read_dir(d.backing.join(".nacrithfs/tmp")).unwrap().count();
+    let tmp = std::fs::read_dir(d.backing.join(".nacrithfs/tmp"))
+        .unwrap()
+        .count();
     assert_eq!(tmp, 0, "temporary files left behind");
     m.stop();
     let m = Mount::start(&d.backing, &d.mnt);
@@ -212,11 +279,20 @@ fn mount_refuses_bad_setups() {
     let (b, mnt) = (d.backing.to_str().unwrap(), d.mnt.to_str().unwrap());
     one_line_failure(&["mount", "/nonexistent/backing", mnt], "missing backing");
     std::fs::write(d.src.join("x"), b"x").unwrap();
-    one_line_failure(&["mount", b, d.src.to_str().unwrap()], "non-empty mount point");
-    one_line_failure(&["mount", b, mnt, "--model", "/nonexistent/model.gguf"], "missing model");
+    one_line_failure(
+        &["mount", b, d.src.to_str().unwrap()],
+        "non-empty mount point",
+    );
+    one_line_failure(
+        &["mount", b, mnt, "--model", "/nonexistent/model.gguf"],
+        "missing model",
+    );
     let m = Mount::start(&d.backing, &d.mnt);
     one_line_failure(&["mount", b, mnt], "busy mount point");
-    one_line_failure(&["status", d.src.to_str().unwrap()], "status of a non-mount");
+    one_line_failure(
+        &["status", d.src.to_str().unwrap()],
+        "status of a non-mount",
+    );
     let out = bin().args(["status", mnt]).output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("queued 0"));

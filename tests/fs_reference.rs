@@ -67,8 +67,17 @@ impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let backing = Backing::open(dir.path()).unwrap();
-        let core = Core::new(backing, Arc::new(StandInCodec { extent: 7 }), CoreConfig { cache_bytes: 256 }).unwrap();
-        Harness { _dir: dir, core: Arc::new(core), model: BTreeMap::new() }
+        let core = Core::new(
+            backing,
+            Arc::new(StandInCodec { extent: 7 }),
+            CoreConfig { cache_bytes: 256 },
+        )
+        .unwrap();
+        Harness {
+            _dir: dir,
+            core: Arc::new(core),
+            model: BTreeMap::new(),
+        }
     }
 
     fn resolve(&self, path: &str) -> Option<Ino> {
@@ -103,7 +112,9 @@ impl Harness {
     fn write_file(&mut self, i: usize, off: Option<usize>, data: &[u8], across: bool) {
         let p = PATHS[i];
         let Some(ino) = self.resolve(p) else { return };
-        let Some(Entry::File(content)) = self.model.get_mut(p) else { return };
+        let Some(Entry::File(content)) = self.model.get_mut(p) else {
+            return;
+        };
         let off = off.unwrap_or(content.len());
         let c = &self.core;
         let (fh, _) = c.open(ino, libc::O_RDWR).unwrap();
@@ -125,7 +136,16 @@ impl Harness {
             Op::Create(i) => {
                 let p = PATHS[*i];
                 let (d, n) = split(p);
-                let r = self.resolve(d).map(|pi| c.create(pi, OsStr::new(n), 0o644, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, uid, gid));
+                let r = self.resolve(d).map(|pi| {
+                    c.create(
+                        pi,
+                        OsStr::new(n),
+                        0o644,
+                        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                        uid,
+                        gid,
+                    )
+                });
                 if self.parent_ok(p) && !self.model.contains_key(p) {
                     let (_, fh, _) = r.expect("parent").expect("create");
                     c.release(fh);
@@ -137,7 +157,9 @@ impl Harness {
             Op::Mkdir(i) => {
                 let p = PATHS[*i];
                 let (d, n) = split(p);
-                let r = self.resolve(d).map(|pi| c.mkdir(pi, OsStr::new(n), 0o755, uid, gid));
+                let r = self
+                    .resolve(d)
+                    .map(|pi| c.mkdir(pi, OsStr::new(n), 0o755, uid, gid));
                 if self.parent_ok(p) && !self.model.contains_key(p) {
                     assert_eq!(r.expect("parent").expect("mkdir").kind, Kind::Dir);
                     self.model.insert(p.into(), Entry::Dir);
@@ -153,8 +175,18 @@ impl Harness {
                     return;
                 }
                 let ino = self.resolve(p).expect("file exists");
-                let Some(Entry::File(content)) = self.model.get_mut(p) else { return };
-                let a = c.setattr(ino, &SetAttr { size: Some(*size as u64), ..Default::default() }).unwrap();
+                let Some(Entry::File(content)) = self.model.get_mut(p) else {
+                    return;
+                };
+                let a = c
+                    .setattr(
+                        ino,
+                        &SetAttr {
+                            size: Some(*size as u64),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
                 assert_eq!(a.size, *size as u64);
                 content.resize(*size as usize, 0);
             }
@@ -166,15 +198,21 @@ impl Harness {
                 let dst = self.model.get(pb).cloned();
                 let ok = self.parent_ok(pb)
                     && pa != pb
-                    && ((src_file && !matches!(dst, Some(Entry::Dir))) || (src_dir && dst.is_none() && !pb.starts_with(&format!("{pa}/"))));
+                    && ((src_file && !matches!(dst, Some(Entry::Dir)))
+                        || (src_dir && dst.is_none() && !pb.starts_with(&format!("{pa}/"))));
                 if !ok {
                     return;
                 }
                 let ((da, na), (db, nb)) = (split(pa), split(pb));
                 let (ia, ib) = (self.resolve(da).unwrap(), self.resolve(db).unwrap());
-                c.rename(ia, OsStr::new(na), ib, OsStr::new(nb), 0).expect("rename");
-                let moved: Vec<(String, Entry)> =
-                    self.model.iter().filter(|(k, _)| *k == pa || k.starts_with(&format!("{pa}/"))).map(|(k, v)| (k.clone(), v.clone())).collect();
+                c.rename(ia, OsStr::new(na), ib, OsStr::new(nb), 0)
+                    .expect("rename");
+                let moved: Vec<(String, Entry)> = self
+                    .model
+                    .iter()
+                    .filter(|(k, _)| *k == pa || k.starts_with(&format!("{pa}/")))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
                 for (k, _) in &moved {
                     self.model.remove(k);
                 }
@@ -210,17 +248,26 @@ impl Harness {
                 match self.model.get(p) {
                     Some(Entry::File(content)) => {
                         let ino = self.resolve(p).unwrap();
-                        assert_eq!(c.getattr(ino).unwrap().size, content.len() as u64, "size of {p}");
+                        assert_eq!(
+                            c.getattr(ino).unwrap().size,
+                            content.len() as u64,
+                            "size of {p}"
+                        );
                         assert_eq!(&self.read_all(ino), content, "content of {p}");
                     }
-                    Some(Entry::Dir) => assert_eq!(c.getattr(self.resolve(p).unwrap()).unwrap().kind, Kind::Dir),
+                    Some(Entry::Dir) => {
+                        assert_eq!(c.getattr(self.resolve(p).unwrap()).unwrap().kind, Kind::Dir)
+                    }
                     None => assert!(self.resolve(p).is_none(), "{p} should not exist"),
                 }
             }
             Op::Compress => {
                 c.drain();
                 let st = c.status();
-                assert_eq!((st.queued, st.compressing, st.writing, st.failed), (0, 0, 0, 0));
+                assert_eq!(
+                    (st.queued, st.compressing, st.writing, st.failed),
+                    (0, 0, 0, 0)
+                );
             }
         }
     }
@@ -234,7 +281,12 @@ impl Harness {
             }
         }
         // Listings match the model, and never show internal state.
-        for dir in std::iter::once("").chain(self.model.iter().filter(|(_, e)| **e == Entry::Dir).map(|(k, _)| k.as_str())) {
+        for dir in std::iter::once("").chain(
+            self.model
+                .iter()
+                .filter(|(_, e)| **e == Entry::Dir)
+                .map(|(k, _)| k.as_str()),
+        ) {
             let ino = self.resolve(dir).unwrap();
             let fh = self.core.opendir(ino).unwrap();
             let mut got: Vec<String> = self
@@ -247,9 +299,18 @@ impl Harness {
                 .collect();
             self.core.releasedir(fh);
             got.sort();
-            let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
-            let want: Vec<String> =
-                self.model.keys().filter_map(|k| k.strip_prefix(&prefix)).filter(|r| !r.is_empty() && !r.contains('/')).map(String::from).collect();
+            let prefix = if dir.is_empty() {
+                String::new()
+            } else {
+                format!("{dir}/")
+            };
+            let want: Vec<String> = self
+                .model
+                .keys()
+                .filter_map(|k| k.strip_prefix(&prefix))
+                .filter(|r| !r.is_empty() && !r.contains('/'))
+                .map(String::from)
+                .collect();
             assert_eq!(got, want, "listing of {dir:?}");
         }
     }
@@ -284,10 +345,16 @@ fn hidden_names_and_unlink_while_open() {
     let h = Harness::new();
     let c = &h.core;
     assert!(c.lookup(ROOT_INO, OsStr::new(".nacrithfs")).is_err());
-    assert!(c.mkdir(ROOT_INO, OsStr::new(".nacrithfs"), 0o755, 0, 0).is_err());
-    assert!(c.setxattr(ROOT_INO, OsStr::new("user.nacrithfs.state"), b"nc06", 0).is_err());
+    assert!(c
+        .mkdir(ROOT_INO, OsStr::new(".nacrithfs"), 0o755, 0, 0)
+        .is_err());
+    assert!(c
+        .setxattr(ROOT_INO, OsStr::new("user.nacrithfs.state"), b"nc06", 0)
+        .is_err());
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let (a, fh, _) = c.create(ROOT_INO, OsStr::new("f"), 0o600, libc::O_RDWR, uid, gid).unwrap();
+    let (a, fh, _) = c
+        .create(ROOT_INO, OsStr::new("f"), 0o600, libc::O_RDWR, uid, gid)
+        .unwrap();
     c.write(fh, 0, b"hello world").unwrap();
     c.release(fh);
     c.drain();
@@ -302,11 +369,23 @@ fn hidden_names_and_unlink_while_open() {
     assert_eq!(c.read(fh, 6, 100).unwrap(), b"world");
     c.release(fh);
     // A recovery queues plaintext left behind and deletes temporary files.
-    std::fs::write(h.core.backing().path(std::path::Path::new("plain")), b"left over").unwrap();
-    std::fs::write(h.core.backing().root().join(".nacrithfs/tmp/junk.tmp"), b"x").unwrap();
+    std::fs::write(
+        h.core.backing().path(std::path::Path::new("plain")),
+        b"left over",
+    )
+    .unwrap();
+    std::fs::write(
+        h.core.backing().root().join(".nacrithfs/tmp/junk.tmp"),
+        b"x",
+    )
+    .unwrap();
     assert_eq!(c.recover().unwrap(), (1, 1));
     c.drain();
     let ino = h.resolve("plain").unwrap();
     assert_eq!(h.read_all(ino), b"left over");
-    assert!(std::fs::read(h.core.backing().path(std::path::Path::new("plain"))).unwrap().starts_with(b"FAKE"));
+    assert!(
+        std::fs::read(h.core.backing().path(std::path::Path::new("plain")))
+            .unwrap()
+            .starts_with(b"FAKE")
+    );
 }

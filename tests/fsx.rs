@@ -58,7 +58,12 @@ impl Fsx {
 
     fn fail(&self, what: String) -> ! {
         let tail: Vec<_> = self.log.iter().cloned().collect();
-        panic!("fsx mismatch (seed {}, op {}): {what}\nlast operations:\n{}", self.seed, self.ops, tail.join("\n"));
+        panic!(
+            "fsx mismatch (seed {}, op {}): {what}\nlast operations:\n{}",
+            self.seed,
+            self.ops,
+            tail.join("\n")
+        );
     }
 
     fn path(&self, i: usize) -> PathBuf {
@@ -67,7 +72,11 @@ impl Fsx {
 
     fn handle(&mut self, i: usize) -> &File {
         if self.files[i].handle.is_none() {
-            let f = OpenOptions::new().read(true).write(true).open(self.path(i)).unwrap_or_else(|e| self.fail(format!("open {}: {e}", self.files[i].rel)));
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(self.path(i))
+                .unwrap_or_else(|e| self.fail(format!("open {}: {e}", self.files[i].rel)));
             self.files[i].handle = Some(f);
         }
         self.files[i].handle.as_ref().unwrap()
@@ -87,26 +96,38 @@ impl Fsx {
                 (ENGLISH.as_bytes()[start..end].to_vec(), "text")
             }
             0..=59 => (self.rng.bytes(len), "random"),
-            _ => (vec![RUN_BYTES[self.rng.below(RUN_BYTES.len() as u64) as usize]; len], "run"),
+            _ => (
+                vec![RUN_BYTES[self.rng.below(RUN_BYTES.len() as u64) as usize]; len],
+                "run",
+            ),
         }
     }
 
     fn write(&mut self, i: usize) {
         let cur = self.files[i].model.len() as u64;
         let off = match self.rng.below(10) {
-            0 => cur,                                  // append
-            1 => cur + self.rng.below(32 << 10),       // past the end: a hole
-            _ => self.rng.below(cur + 1),              // inside
+            0 => cur,                            // append
+            1 => cur + self.rng.below(32 << 10), // past the end: a hole
+            _ => self.rng.below(cur + 1),        // inside
         };
-        let len = if self.rng.chance(85) { 1 + self.rng.below(8192) } else { 1 + self.rng.below(64 << 10) };
+        let len = if self.rng.chance(85) {
+            1 + self.rng.below(8192)
+        } else {
+            1 + self.rng.below(64 << 10)
+        };
         let len = len.min(MAX.saturating_sub(off)) as usize;
         if len == 0 {
             return;
         }
         let (data, kind) = self.data(i, len);
-        self.note(format!("write {} off {off} len {} ({kind})", self.files[i].rel, data.len()));
+        self.note(format!(
+            "write {} off {off} len {} ({kind})",
+            self.files[i].rel,
+            data.len()
+        ));
         let f = self.handle(i).try_clone().unwrap();
-        f.write_all_at(&data, off).unwrap_or_else(|e| self.fail(format!("write: {e}")));
+        f.write_all_at(&data, off)
+            .unwrap_or_else(|e| self.fail(format!("write: {e}")));
         let m = &mut self.files[i].model;
         let end = off as usize + data.len();
         if m.len() < end {
@@ -124,15 +145,21 @@ impl Fsx {
         }
         .min(MAX);
         let by_path = self.rng.chance(40);
-        self.note(format!("truncate {} to {size} ({})", self.files[i].rel, if by_path { "path" } else { "handle" }));
+        self.note(format!(
+            "truncate {} to {size} ({})",
+            self.files[i].rel,
+            if by_path { "path" } else { "handle" }
+        ));
         if by_path {
-            let c = std::ffi::CString::new(self.path(i).into_os_string().into_encoded_bytes()).unwrap();
+            let c =
+                std::ffi::CString::new(self.path(i).into_os_string().into_encoded_bytes()).unwrap();
             if unsafe { libc::truncate(c.as_ptr(), size as libc::off_t) } != 0 {
                 self.fail(format!("truncate: {}", std::io::Error::last_os_error()));
             }
         } else {
             let f = self.handle(i).try_clone().unwrap();
-            f.set_len(size).unwrap_or_else(|e| self.fail(format!("ftruncate: {e}")));
+            f.set_len(size)
+                .unwrap_or_else(|e| self.fail(format!("ftruncate: {e}")));
         }
         self.files[i].model.resize(size as usize, 0);
     }
@@ -144,7 +171,10 @@ impl Fsx {
             match f.read_at(&mut buf[n..], off + n as u64) {
                 Ok(0) => break,
                 Ok(k) => n += k,
-                Err(e) => self.fail(format!("read {} off {off} len {len} ({how}): {e}", self.files[i].rel)),
+                Err(e) => self.fail(format!(
+                    "read {} off {off} len {len} ({how}): {e}",
+                    self.files[i].rel
+                )),
             }
         }
         let m = &self.files[i].model;
@@ -152,7 +182,11 @@ impl Fsx {
         let hi = (off as usize + len).min(m.len());
         let want = &m[lo..hi];
         if &buf[..n] != want {
-            let at = buf[..n].iter().zip(want).position(|(a, b)| a != b).map(|p| off as usize + p);
+            let at = buf[..n]
+                .iter()
+                .zip(want)
+                .position(|(a, b)| a != b)
+                .map(|p| off as usize + p);
             self.fail(format!(
                 "read {} off {off} len {len} ({how}): got {n} bytes, expected {} (model size {}), first difference at {at:?}",
                 self.files[i].rel,
@@ -170,7 +204,11 @@ impl Fsx {
         let max = if self.rng.chance(80) { 4096 } else { 48 << 10 };
         let len = 1 + self.rng.below(max) as usize;
         let fresh = self.rng.chance(30);
-        self.note(format!("read {} off {off} len {len}{}", self.files[i].rel, if fresh { " (fresh handle)" } else { "" }));
+        self.note(format!(
+            "read {} off {off} len {len}{}",
+            self.files[i].rel,
+            if fresh { " (fresh handle)" } else { "" }
+        ));
         if fresh {
             let f = File::open(self.path(i)).unwrap_or_else(|e| self.fail(format!("open: {e}")));
             self.check_range(i, &f, off, len, "fresh handle");
@@ -182,14 +220,29 @@ impl Fsx {
 
     fn check_file(&mut self, i: usize, how: &str) {
         let p = self.path(i);
-        let md = std::fs::metadata(&p).unwrap_or_else(|e| self.fail(format!("stat {}: {e}", self.files[i].rel)));
+        let md = std::fs::metadata(&p)
+            .unwrap_or_else(|e| self.fail(format!("stat {}: {e}", self.files[i].rel)));
         if md.len() != self.files[i].model.len() as u64 {
-            self.fail(format!("{} ({how}): size {} expected {}", self.files[i].rel, md.len(), self.files[i].model.len()));
+            self.fail(format!(
+                "{} ({how}): size {} expected {}",
+                self.files[i].rel,
+                md.len(),
+                self.files[i].model.len()
+            ));
         }
-        let got = std::fs::read(&p).unwrap_or_else(|e| self.fail(format!("read {}: {e}", self.files[i].rel)));
+        let got = std::fs::read(&p)
+            .unwrap_or_else(|e| self.fail(format!("read {}: {e}", self.files[i].rel)));
         if got != self.files[i].model {
-            let at = got.iter().zip(&self.files[i].model).position(|(a, b)| a != b);
-            self.fail(format!("{} ({how}): content differs (len {} vs {}), first difference at {at:?}", self.files[i].rel, got.len(), self.files[i].model.len()));
+            let at = got
+                .iter()
+                .zip(&self.files[i].model)
+                .position(|(a, b)| a != b);
+            self.fail(format!(
+                "{} ({how}): content differs (len {} vs {}), first difference at {at:?}",
+                self.files[i].rel,
+                got.len(),
+                self.files[i].model.len()
+            ));
         }
         self.reads_checked += 1;
         self.bytes_checked += got.len() as u64;
@@ -212,13 +265,21 @@ impl Fsx {
         for f in &self.files {
             let b = self.backing.join(f.rel);
             let blob = nacrithfs::store::backing::is_blob_path(&b).unwrap();
-            assert!(f.model.is_empty() || blob, "{}: not compressed after wait (seed {})", f.rel, self.seed);
+            assert!(
+                f.model.is_empty() || blob,
+                "{}: not compressed after wait (seed {})",
+                f.rel,
+                self.seed
+            );
         }
     }
 }
 
 fn ops_wanted() -> u64 {
-    std::env::var("NACRITHFS_FSX_OPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000)
+    std::env::var("NACRITHFS_FSX_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000)
 }
 
 #[test]
@@ -232,7 +293,14 @@ fn fsx_random_ops_across_compression_and_remounts() {
     let mut x = Fsx {
         rng: Rng(seed),
         seed,
-        files: FILES.iter().map(|rel| F { rel, model: Vec::new(), handle: None }).collect(),
+        files: FILES
+            .iter()
+            .map(|rel| F {
+                rel,
+                model: Vec::new(),
+                handle: None,
+            })
+            .collect(),
         mnt: d.mnt.clone(),
         backing: d.backing.clone(),
         log: VecDeque::new(),
@@ -279,7 +347,8 @@ fn fsx_random_ops_across_compression_and_remounts() {
                 counts[5] += 1;
                 x.note(format!("fsync {}", x.files[i].rel));
                 let f = x.handle(i).try_clone().unwrap();
-                f.sync_all().unwrap_or_else(|e| x.fail(format!("fsync: {e}")));
+                f.sync_all()
+                    .unwrap_or_else(|e| x.fail(format!("fsync: {e}")));
             }
         }
         // Compression points: everything closed, wait until compressed, check all.
@@ -295,7 +364,14 @@ fn fsx_random_ops_across_compression_and_remounts() {
         // Remounts: every 1000 ops, alternately with compression pending and done.
         if x.ops % 1000 == 250 {
             let pending = x.remounts % 2 == 0;
-            x.note(format!("remount ({})", if pending { "compression pending" } else { "after wait" }));
+            x.note(format!(
+                "remount ({})",
+                if pending {
+                    "compression pending"
+                } else {
+                    "after wait"
+                }
+            ));
             x.close_all();
             if !pending {
                 m.wait();
@@ -317,7 +393,9 @@ fn fsx_random_ops_across_compression_and_remounts() {
     x.check_all("final remount");
     peak_rss = peak_rss.max(m.rss_kib().1);
     m.stop();
-    let tmp = std::fs::read_dir(d.backing.join(".nacrithfs/tmp")).unwrap().count();
+    let tmp = std::fs::read_dir(d.backing.join(".nacrithfs/tmp"))
+        .unwrap()
+        .count();
     assert_eq!(tmp, 0, "temporary files left behind");
     eprintln!(
         "fsx: seed {seed}: {} ops (writes {}, truncates {}, reads {}, whole-file checks {}, closes {}, fsyncs {}), \

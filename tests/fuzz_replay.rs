@@ -22,8 +22,13 @@ impl Rng {
 }
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
-    let mut v: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut v: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
     assert!(!v.is_empty(), "no seeds in {}", dir.display());
     v.sort();
     v
@@ -67,7 +72,10 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn run(target: &str, f: fn(&[u8])) {
-    let iters: usize = std::env::var("NACRITHFS_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(20_000);
+    let iters: usize = std::env::var("NACRITHFS_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_000);
     let seeds = corpus(target);
     for s in &seeds {
         f(s);
@@ -79,7 +87,11 @@ fn run(target: &str, f: fn(&[u8])) {
         let r = std::panic::catch_unwind(|| f(&d));
         assert!(r.is_ok(), "{target}: input {i} panicked: {d:02x?}");
     }
-    eprintln!("fuzz replay {target}: {} seeds + {iters} mutations, no crash, {:.1} s", seeds.len(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "fuzz replay {target}: {} seeds + {iters} mutations, no crash, {:.1} s",
+        seeds.len(),
+        t.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

@@ -58,7 +58,10 @@ fn concurrent_writers_and_readers_bounded_memory_nothing_lost() {
     nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
     let _g = serial();
     let d = dirs();
-    let secs: u64 = std::env::var("NACRITHFS_LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(45);
+    let secs: u64 = std::env::var("NACRITHFS_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(45);
     let m = Mount::start(&d.backing, &d.mnt);
     let sh = Arc::new(Shared::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -76,7 +79,12 @@ fn concurrent_writers_and_readers_bounded_memory_nothing_lost() {
                 k += 1;
                 let tmp: PathBuf = mnt.join(format!("w{w}/.new-{k}"));
                 std::fs::write(&tmp, &data).unwrap();
-                sh.versions.lock().unwrap().entry(rel.clone()).or_default().insert(crc32c::crc32c(&data));
+                sh.versions
+                    .lock()
+                    .unwrap()
+                    .entry(rel.clone())
+                    .or_default()
+                    .insert(crc32c::crc32c(&data));
                 std::fs::rename(&tmp, mnt.join(&rel)).unwrap();
                 sh.writes.fetch_add(1, Ordering::Relaxed);
                 sh.written.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -97,12 +105,23 @@ fn concurrent_writers_and_readers_bounded_memory_nothing_lost() {
                     continue;
                 }
                 let rel = &paths[rng.below(paths.len() as u64) as usize];
-                let data = std::fs::read(mnt.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
+                let data =
+                    std::fs::read(mnt.join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"));
                 let crc = crc32c::crc32c(&data);
-                let known = sh.versions.lock().unwrap().get(rel).is_some_and(|v| v.contains(&crc));
-                assert!(known, "{rel}: read {} bytes that no writer wrote", data.len());
+                let known = sh
+                    .versions
+                    .lock()
+                    .unwrap()
+                    .get(rel)
+                    .is_some_and(|v| v.contains(&crc));
+                assert!(
+                    known,
+                    "{rel}: read {} bytes that no writer wrote",
+                    data.len()
+                );
                 sh.reads.fetch_add(1, Ordering::Relaxed);
-                sh.read_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                sh.read_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
             }
         }));
     }
@@ -145,5 +164,9 @@ fn concurrent_writers_and_readers_bounded_memory_nothing_lost() {
         hwm / 1024,
         peak / 1024,
     );
-    assert!(hwm / 1024 < RSS_BOUND_MIB, "daemon peak RSS {} MiB over {RSS_BOUND_MIB} MiB", hwm / 1024);
+    assert!(
+        hwm / 1024 < RSS_BOUND_MIB,
+        "daemon peak RSS {} MiB over {RSS_BOUND_MIB} MiB",
+        hwm / 1024
+    );
 }

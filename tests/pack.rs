@@ -60,7 +60,10 @@ fn ok(out: Output, what: &str) -> String {
 }
 
 fn spawn(c: &mut Command) -> Child {
-    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn nacrithfs")
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn nacrithfs")
 }
 
 fn s(p: &Path) -> &str {
@@ -84,8 +87,18 @@ fn cut(s: &str, from: usize, n: usize) -> &str {
 }
 
 fn diff(a: &Path, b: &Path) {
-    let out = Command::new("diff").args(["-r", "--no-dereference", s(a), s(b)]).output().expect("diff");
-    assert!(out.status.success(), "diff -r {} {}:\n{}{}", a.display(), b.display(), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference", s(a), s(b)])
+        .output()
+        .expect("diff");
+    assert!(
+        out.status.success(),
+        "diff -r {} {}:\n{}{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A small corpus: about 1.2 KB of text in five files, binaries, an empty file, an empty
@@ -118,16 +131,25 @@ fn corpus(src: &Path) {
 
 /// Whole lines of a manifest that is being appended to.
 fn complete_lines(p: &Path) -> usize {
-    std::fs::read(p).map(|b| b.iter().filter(|&&c| c == b'\n').count()).unwrap_or(0)
+    std::fs::read(p)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
 }
 
 /// "N files (P packed, S already packed)" from a pack report.
 fn packed_counts(report: &str) -> (u64, u64, u64) {
     let n = |after: &str, before: &str| -> u64 {
-        let tail = &report[report.find(after).unwrap_or_else(|| panic!("{after:?} in {report:?}")) + after.len()..];
+        let tail = &report[report
+            .find(after)
+            .unwrap_or_else(|| panic!("{after:?} in {report:?}"))
+            + after.len()..];
         tail[..tail.find(before).unwrap()].trim().parse().unwrap()
     };
-    (n(": ", " files"), n("(", " packed"), n("packed, ", " already"))
+    (
+        n(": ", " files"),
+        n("(", " packed"),
+        n("packed, ", " already"),
+    )
 }
 
 #[test]
@@ -135,7 +157,12 @@ fn three_shards_one_killed_then_merge_verify_unpack_mount() {
     nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
     let t0 = Instant::now();
     let root = tempfile::tempdir().unwrap();
-    let (src, dest, out, mnt) = (root.path().join("src"), root.path().join("packed"), root.path().join("out"), root.path().join("mnt"));
+    let (src, dest, out, mnt) = (
+        root.path().join("src"),
+        root.path().join("packed"),
+        root.path().join("out"),
+        root.path().join("mnt"),
+    );
     corpus(&src);
     std::fs::create_dir(&mnt).unwrap();
     let internal = dest.join(".nacrithfs");
@@ -145,10 +172,23 @@ fn three_shards_one_killed_then_merge_verify_unpack_mount() {
     // file by file (--batch-bytes 1); the others, and its rerun, batch small files into
     // shared model runs.
     let tree = plan::walk(&src, Some(".nacrithfs")).unwrap();
-    let shards: Vec<_> = (0..3).map(|i| plan::shard_items(&tree.items, Shard { index: i, count: 3 })).collect();
-    let text_after_first = |items: &[plan::Item]| items.iter().skip(1).filter(|i| i.rel.extension() == Some(OsStr::new("txt"))).count();
-    let victim = (0..3).max_by_key(|&i| (text_after_first(&shards[i]), i)).unwrap();
-    assert!(text_after_first(&shards[victim]) > 0, "no shard has text after its first file: {shards:?}");
+    let shards: Vec<_> = (0..3)
+        .map(|i| plan::shard_items(&tree.items, Shard { index: i, count: 3 }))
+        .collect();
+    let text_after_first = |items: &[plan::Item]| {
+        items
+            .iter()
+            .skip(1)
+            .filter(|i| i.rel.extension() == Some(OsStr::new("txt")))
+            .count()
+    };
+    let victim = (0..3)
+        .max_by_key(|&i| (text_after_first(&shards[i]), i))
+        .unwrap();
+    assert!(
+        text_after_first(&shards[victim]) > 0,
+        "no shard has text after its first file: {shards:?}"
+    );
     let victim_total = shards[victim].len();
 
     let mut children: Vec<Child> = (0..3)
@@ -163,16 +203,30 @@ fn three_shards_one_killed_then_merge_verify_unpack_mount() {
     let partial = internal.join(format!("manifest-{victim}-of-3.jsonl.partial"));
     let t = Instant::now();
     while complete_lines(&partial) < 2 {
-        assert!(children[victim].try_wait().unwrap().is_none(), "shard {victim} finished before it could be killed");
-        assert!(t.elapsed() < Duration::from_secs(60), "shard {victim} packed nothing in 60 s");
+        assert!(
+            children[victim].try_wait().unwrap().is_none(),
+            "shard {victim} finished before it could be killed"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "shard {victim} packed nothing in 60 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     children[victim].kill().unwrap();
     let killed = children.remove(victim).wait_with_output().unwrap();
     assert!(!killed.status.success());
     let done_before_kill = complete_lines(&partial) - 1;
-    assert!(!internal.join(format!("manifest-{victim}-of-3.jsonl")).exists(), "killed shard wrote its manifest");
-    assert!(done_before_kill < victim_total, "shard {victim} had finished every file");
+    assert!(
+        !internal
+            .join(format!("manifest-{victim}-of-3.jsonl"))
+            .exists(),
+        "killed shard wrote its manifest"
+    );
+    assert!(
+        done_before_kill < victim_total,
+        "shard {victim} had finished every file"
+    );
     for c in children {
         ok(c.wait_with_output().unwrap(), "pack shard");
     }
@@ -180,35 +234,79 @@ fn three_shards_one_killed_then_merge_verify_unpack_mount() {
 
     // The merge refuses while a shard is unfinished.
     let m = cmd(&["merge-manifests", s(&dest)]).output().unwrap();
-    assert_eq!(m.status.code(), Some(66), "{}", String::from_utf8_lossy(&m.stderr));
+    assert_eq!(
+        m.status.code(),
+        Some(66),
+        "{}",
+        String::from_utf8_lossy(&m.stderr)
+    );
     assert!(String::from_utf8_lossy(&m.stderr).contains(&format!("{victim}/3 unfinished")));
 
     // The rerun does the rest and only the rest.
-    let report = ok(cmd(&["pack", s(&src), s(&dest), "--shard", &format!("{victim}/3")]).output().unwrap(), "rerun");
+    let report = ok(
+        cmd(&["pack", s(&src), s(&dest), "--shard", &format!("{victim}/3")])
+            .output()
+            .unwrap(),
+        "rerun",
+    );
     let (files, packed, skipped) = packed_counts(&report);
     assert_eq!(files, victim_total as u64, "{report}");
     assert_eq!(packed + skipped, files, "{report}");
-    assert!(skipped >= done_before_kill as u64, "{report}: files done before the kill were packed again");
-    assert_eq!(std::fs::read_dir(internal.join("tmp")).unwrap().count(), 0, "temporary files left behind");
+    assert!(
+        skipped >= done_before_kill as u64,
+        "{report}: files done before the kill were packed again"
+    );
+    assert_eq!(
+        std::fs::read_dir(internal.join("tmp")).unwrap().count(),
+        0,
+        "temporary files left behind"
+    );
     eprintln!("[{:.1}s] rerun: {report}", t0.elapsed().as_secs_f64());
 
     // Merge: every source entry exactly once, with the source's size and digest.
-    ok(cmd(&["merge-manifests", s(&dest)]).output().unwrap(), "merge");
+    ok(
+        cmd(&["merge-manifests", s(&dest)]).output().unwrap(),
+        "merge",
+    );
     let (header, entries) = manifest::read(&internal.join("manifest.jsonl")).unwrap();
     assert_eq!((header.shards, header.files), (3, tree.items.len() as u64));
-    let listed: BTreeMap<Vec<u8>, _> = entries.iter().map(|e| (e.rel.as_os_str().as_bytes().to_vec(), e)).collect();
+    let listed: BTreeMap<Vec<u8>, _> = entries
+        .iter()
+        .map(|e| (e.rel.as_os_str().as_bytes().to_vec(), e))
+        .collect();
     assert_eq!(listed.len(), tree.items.len(), "a path listed twice");
     for item in &tree.items {
-        let e = listed.get(item.rel.as_os_str().as_bytes()).unwrap_or_else(|| panic!("{} not in the manifest", item.rel.display()));
+        let e = listed
+            .get(item.rel.as_os_str().as_bytes())
+            .unwrap_or_else(|| panic!("{} not in the manifest", item.rel.display()));
         let p = src.join(&item.rel);
         let (kind, bytes) = match item.kind {
-            ItemKind::Symlink => (EntryKind::Symlink, std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()),
+            ItemKind::Symlink => (
+                EntryKind::Symlink,
+                std::fs::read_link(&p)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec(),
+            ),
             ItemKind::File => {
                 let b = std::fs::read(&p).unwrap();
-                (if b.is_empty() { EntryKind::Plain } else { EntryKind::Blob }, b)
+                (
+                    if b.is_empty() {
+                        EntryKind::Plain
+                    } else {
+                        EntryKind::Blob
+                    },
+                    b,
+                )
             }
         };
-        assert_eq!((e.kind, e.size, &e.sha256), (kind, bytes.len() as u64, &sha256_hex(&bytes)), "{}", item.rel.display());
+        assert_eq!(
+            (e.kind, e.size, &e.sha256),
+            (kind, bytes.len() as u64, &sha256_hex(&bytes)),
+            "{}",
+            item.rel.display()
+        );
         // The destination is a backing directory: marked blobs, plain empty files, symlinks.
         let d = dest.join(&item.rel);
         let blob = nacrithfs::store::backing::is_blob_path(&d).unwrap();
@@ -219,17 +317,33 @@ fn three_shards_one_killed_then_merge_verify_unpack_mount() {
         }
     }
     let len = |p: PathBuf| std::fs::metadata(p).unwrap().len();
-    assert!(len(dest.join("docs/alice.txt")) < len(src.join("docs/alice.txt")) / 2, "English text barely compressed");
-    assert!(len(dest.join("docs/utf8.txt")) < len(src.join("docs/utf8.txt")), "UTF-8 text not compressed");
+    assert!(
+        len(dest.join("docs/alice.txt")) < len(src.join("docs/alice.txt")) / 2,
+        "English text barely compressed"
+    );
+    assert!(
+        len(dest.join("docs/utf8.txt")) < len(src.join("docs/utf8.txt")),
+        "UTF-8 text not compressed"
+    );
 
     // Verify on "other machines": two Kubernetes-style shards in parallel.
     let verifiers: Vec<Child> = (0..2)
-        .map(|i| spawn(cmd(&["verify", s(&dest)]).env("JOB_COMPLETION_INDEX", i.to_string()).env("NACRITHFS_SHARDS", "2")))
+        .map(|i| {
+            spawn(
+                cmd(&["verify", s(&dest)])
+                    .env("JOB_COMPLETION_INDEX", i.to_string())
+                    .env("NACRITHFS_SHARDS", "2"),
+            )
+        })
         .collect();
     let mut verified = 0;
     for v in verifiers {
         let r = ok(v.wait_with_output().unwrap(), "verify");
-        verified += r.split_whitespace().nth(2).and_then(|n| n.parse::<usize>().ok()).unwrap_or_else(|| panic!("{r}"));
+        verified += r
+            .split_whitespace()
+            .nth(2)
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("{r}"));
     }
     assert_eq!(verified, tree.items.len());
     eprintln!("[{:.1}s] verified", t0.elapsed().as_secs_f64());
@@ -266,15 +380,37 @@ fn merge_catches_a_changed_source_and_verify_catches_damage() {
     std::fs::write(src.join("a.bin"), noise(3000, 1)).unwrap();
     std::fs::write(src.join("b.bin"), noise(2000, 2)).unwrap();
     std::fs::write(src.join("c/d.bin"), noise(1000, 3)).unwrap();
-    ok(cmd(&["pack", s(&src), s(&dest), "--shard", "0/2"]).output().unwrap(), "pack 0/2");
+    ok(
+        cmd(&["pack", s(&src), s(&dest), "--shard", "0/2"])
+            .output()
+            .unwrap(),
+        "pack 0/2",
+    );
     std::fs::write(src.join("e.bin"), noise(500, 4)).unwrap();
-    ok(cmd(&["pack", s(&src), s(&dest), "--shard", "1/2"]).output().unwrap(), "pack 1/2");
+    ok(
+        cmd(&["pack", s(&src), s(&dest), "--shard", "1/2"])
+            .output()
+            .unwrap(),
+        "pack 1/2",
+    );
     let m = cmd(&["merge-manifests", s(&dest)]).output().unwrap();
     assert_eq!(m.status.code(), Some(65));
-    assert!(String::from_utf8_lossy(&m.stderr).contains("different file list"), "{}", String::from_utf8_lossy(&m.stderr));
+    assert!(
+        String::from_utf8_lossy(&m.stderr).contains("different file list"),
+        "{}",
+        String::from_utf8_lossy(&m.stderr)
+    );
     // Rerunning the stale shard brings it onto the new plan.
-    ok(cmd(&["pack", s(&src), s(&dest), "--shard", "0/2"]).output().unwrap(), "pack 0/2 again");
-    let merged = ok(cmd(&["merge-manifests", s(&dest)]).output().unwrap(), "merge");
+    ok(
+        cmd(&["pack", s(&src), s(&dest), "--shard", "0/2"])
+            .output()
+            .unwrap(),
+        "pack 0/2 again",
+    );
+    let merged = ok(
+        cmd(&["merge-manifests", s(&dest)]).output().unwrap(),
+        "merge",
+    );
     assert!(merged.contains("4 files"), "{merged}");
     ok(cmd(&["verify", s(&dest)]).output().unwrap(), "verify");
 
@@ -290,16 +426,28 @@ fn merge_catches_a_changed_source_and_verify_catches_damage() {
     let err = String::from_utf8_lossy(&v.stderr);
     assert_eq!(v.status.code(), Some(65), "{err}");
     assert!(err.contains("2 of 5 files failed"), "{err}");
-    assert!(err.contains("a.bin") && err.contains("b.bin: listed in the manifest but missing"), "{err}");
+    assert!(
+        err.contains("a.bin") && err.contains("b.bin: listed in the manifest but missing"),
+        "{err}"
+    );
     assert!(err.contains("stray: not in the manifest"), "{err}");
     // Pack puts back what is missing. It trusts blobs it finds (each was verified before
     // it was renamed into place); a damaged one is deleted, then packed again.
-    let report = ok(cmd(&["pack", s(&src), s(&dest)]).output().unwrap(), "repair");
+    let report = ok(
+        cmd(&["pack", s(&src), s(&dest)]).output().unwrap(),
+        "repair",
+    );
     assert!(report.contains("(1 packed, 3 already packed)"), "{report}");
     std::fs::remove_file(&blob).unwrap();
-    let report = ok(cmd(&["pack", s(&src), s(&dest)]).output().unwrap(), "repair");
+    let report = ok(
+        cmd(&["pack", s(&src), s(&dest)]).output().unwrap(),
+        "repair",
+    );
     assert!(report.contains("(1 packed, 3 already packed)"), "{report}");
-    ok(cmd(&["verify", s(&dest)]).output().unwrap(), "verify after repair");
+    ok(
+        cmd(&["verify", s(&dest)]).output().unwrap(),
+        "verify after repair",
+    );
 }
 
 #[test]
@@ -307,23 +455,69 @@ fn usage_errors_are_one_line_with_sysexits_codes() {
     let root = tempfile::tempdir().unwrap();
     let (src, dest) = (root.path().join("src"), root.path().join("packed"));
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("t.txt"), "Some text that needs the model to be packed.\n".repeat(3)).unwrap();
+    std::fs::write(
+        src.join("t.txt"),
+        "Some text that needs the model to be packed.\n".repeat(3),
+    )
+    .unwrap();
     let fails = |c: &mut Command, code: i32, what: &str| {
         let out = c.env("RUST_LOG", "off,nacrithfs=warn").output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{what}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{what}: {err}");
-        assert!(err.starts_with("nacrithfs: ") && !err.contains("panicked"), "{what}: {err}");
+        assert!(
+            err.starts_with("nacrithfs: ") && !err.contains("panicked"),
+            "{what}: {err}"
+        );
     };
-    fails(&mut cmd(&["pack", "/nonexistent/src", s(&dest)]), 66, "missing source");
-    fails(&mut cmd(&["pack", s(&src), s(&src.join("inside"))]), 64, "destination inside the source");
-    fails(&mut cmd(&["pack", s(&src), s(&dest), "--shard", "3/3"]), 64, "shard out of range");
-    fails(&mut cmd(&["pack", s(&src), s(&dest), "--shard", "x"]), 64, "shard not I/N");
-    fails(cmd(&["pack", s(&src), s(&dest)]).env("JOB_COMPLETION_INDEX", "1"), 64, "k8s index without a count");
-    fails(cmd(&["pack", s(&src), s(&dest)]).env("SLURM_ARRAY_TASK_ID", "1").env("SLURM_ARRAY_TASK_COUNT", "4").env("SLURM_ARRAY_TASK_STEP", "2"), 64, "stepped array");
-    fails(cmd(&["pack", s(&src), s(&dest)]).env("NACRITHFS_MODEL", "/nonexistent/model.gguf"), 69, "missing model");
-    fails(&mut cmd(&["merge-manifests", s(&dest)]), 66, "nothing to merge");
-    fails(&mut cmd(&["verify", "/nonexistent/packed"]), 66, "missing packed tree");
+    fails(
+        &mut cmd(&["pack", "/nonexistent/src", s(&dest)]),
+        66,
+        "missing source",
+    );
+    fails(
+        &mut cmd(&["pack", s(&src), s(&src.join("inside"))]),
+        64,
+        "destination inside the source",
+    );
+    fails(
+        &mut cmd(&["pack", s(&src), s(&dest), "--shard", "3/3"]),
+        64,
+        "shard out of range",
+    );
+    fails(
+        &mut cmd(&["pack", s(&src), s(&dest), "--shard", "x"]),
+        64,
+        "shard not I/N",
+    );
+    fails(
+        cmd(&["pack", s(&src), s(&dest)]).env("JOB_COMPLETION_INDEX", "1"),
+        64,
+        "k8s index without a count",
+    );
+    fails(
+        cmd(&["pack", s(&src), s(&dest)])
+            .env("SLURM_ARRAY_TASK_ID", "1")
+            .env("SLURM_ARRAY_TASK_COUNT", "4")
+            .env("SLURM_ARRAY_TASK_STEP", "2"),
+        64,
+        "stepped array",
+    );
+    fails(
+        cmd(&["pack", s(&src), s(&dest)]).env("NACRITHFS_MODEL", "/nonexistent/model.gguf"),
+        69,
+        "missing model",
+    );
+    fails(
+        &mut cmd(&["merge-manifests", s(&dest)]),
+        66,
+        "nothing to merge",
+    );
+    fails(
+        &mut cmd(&["verify", "/nonexistent/packed"]),
+        66,
+        "missing packed tree",
+    );
 }
 
 #[test]
@@ -332,9 +526,29 @@ fn batched_blobs_equal_single_file_blobs() {
     use nacrithfs::model::{resolve_model_path, Model, ModelOptions};
     let path = resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
     // One thread: on a shared 2-core machine, llama.cpp's spinning OpenMP team collapses.
-    let model = std::sync::Arc::new(Model::load(&path, &ModelOptions { threads: 1, ..Default::default() }).unwrap());
-    let engine = Engine::new(model, EngineConfig { streams: 4, workers: 1 });
-    let mixed = [cut(ENGLISH, 0, 80).as_bytes(), &noise(300, 9), cut(MULTILINGUAL, 0, 70).as_bytes()].concat();
+    let model = std::sync::Arc::new(
+        Model::load(
+            &path,
+            &ModelOptions {
+                threads: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let engine = Engine::new(
+        model,
+        EngineConfig {
+            streams: 4,
+            workers: 1,
+        },
+    );
+    let mixed = [
+        cut(ENGLISH, 0, 80).as_bytes(),
+        &noise(300, 9),
+        cut(MULTILINGUAL, 0, 70).as_bytes(),
+    ]
+    .concat();
     let files: Vec<Vec<u8>> = vec![
         cut(ENGLISH, 100, 90).as_bytes().to_vec(),
         noise(2000, 8),
@@ -349,8 +563,20 @@ fn batched_blobs_equal_single_file_blobs() {
     for (f, b) in files.iter().zip(batch) {
         let b = b.unwrap();
         // Verification does not change a blob; the batch above verified.
-        let alone = engine.compress(f, &CompressOptions { verify: false, ..opts.clone() }, None).unwrap();
-        assert_eq!(b.blob, alone.blob, "a blob coded in a batch differs from the same file coded alone");
+        let alone = engine
+            .compress(
+                f,
+                &CompressOptions {
+                    verify: false,
+                    ..opts.clone()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            b.blob, alone.blob,
+            "a blob coded in a batch differs from the same file coded alone"
+        );
         assert_eq!(engine.decompress(&b.blob, None).unwrap(), *f);
     }
 }

@@ -19,7 +19,15 @@ use std::sync::Arc;
 /// Runs `script` with sh as user and group nobody (65534); true when it succeeds.
 fn as_nobody(script: &str) -> bool {
     Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "sh", "-c", script])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -28,7 +36,10 @@ fn as_nobody(script: &str) -> bool {
 }
 
 fn listing(p: &Path) -> Vec<String> {
-    let mut v: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<_> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -38,28 +49,62 @@ fn core_refuses_names_that_leave_their_directory() {
     let outer = tempfile::tempdir().unwrap();
     let root = outer.path().join("backing");
     std::fs::create_dir(&root).unwrap();
-    let core = Core::new(Backing::open(&root).unwrap(), Arc::new(StandInCodec { extent: 16 }), CoreConfig::default()).unwrap();
+    let core = Core::new(
+        Backing::open(&root).unwrap(),
+        Arc::new(StandInCodec { extent: 16 }),
+        CoreConfig::default(),
+    )
+    .unwrap();
     let before = listing(outer.path());
     for bad in ["..", ".", "../escape", "a/b", "", "/etc"] {
         let n = OsStr::new(bad);
         assert!(core.lookup(ROOT_INO, n).is_err(), "lookup {bad:?}");
-        assert!(core.create(ROOT_INO, n, 0o644, libc::O_RDWR, 0, 0).is_err(), "create {bad:?}");
-        assert!(core.mkdir(ROOT_INO, n, 0o755, 0, 0).is_err(), "mkdir {bad:?}");
-        assert!(core.symlink(ROOT_INO, n, Path::new("/etc/passwd"), 0, 0).is_err(), "symlink {bad:?}");
-        assert!(core.mknod(ROOT_INO, n, libc::S_IFIFO | 0o644, 0, 0, 0).is_err(), "mknod {bad:?}");
+        assert!(
+            core.create(ROOT_INO, n, 0o644, libc::O_RDWR, 0, 0).is_err(),
+            "create {bad:?}"
+        );
+        assert!(
+            core.mkdir(ROOT_INO, n, 0o755, 0, 0).is_err(),
+            "mkdir {bad:?}"
+        );
+        assert!(
+            core.symlink(ROOT_INO, n, Path::new("/etc/passwd"), 0, 0)
+                .is_err(),
+            "symlink {bad:?}"
+        );
+        assert!(
+            core.mknod(ROOT_INO, n, libc::S_IFIFO | 0o644, 0, 0, 0)
+                .is_err(),
+            "mknod {bad:?}"
+        );
         assert!(core.unlink(ROOT_INO, n).is_err(), "unlink {bad:?}");
         assert!(core.rmdir(ROOT_INO, n).is_err(), "rmdir {bad:?}");
     }
-    let f = core.create(ROOT_INO, OsStr::new("f"), 0o644, libc::O_RDWR, 0, 0).unwrap();
+    let f = core
+        .create(ROOT_INO, OsStr::new("f"), 0o644, libc::O_RDWR, 0, 0)
+        .unwrap();
     core.release(f.1);
     for bad in ["..", "../f2", "x/y"] {
-        assert!(core.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, OsStr::new(bad), 0).is_err(), "rename to {bad:?}");
-        assert!(core.link(f.0.ino, ROOT_INO, OsStr::new(bad)).is_err(), "link to {bad:?}");
+        assert!(
+            core.rename(ROOT_INO, OsStr::new("f"), ROOT_INO, OsStr::new(bad), 0)
+                .is_err(),
+            "rename to {bad:?}"
+        );
+        assert!(
+            core.link(f.0.ino, ROOT_INO, OsStr::new(bad)).is_err(),
+            "link to {bad:?}"
+        );
     }
     // The internal directory is neither visible nor creatable at the root.
     assert!(core.lookup(ROOT_INO, OsStr::new(".nacrithfs")).is_err());
-    assert!(core.mkdir(ROOT_INO, OsStr::new(".nacrithfs"), 0o755, 0, 0).is_err());
-    assert_eq!(listing(outer.path()), before, "something was created beside BACKING");
+    assert!(core
+        .mkdir(ROOT_INO, OsStr::new(".nacrithfs"), 0o755, 0, 0)
+        .is_err());
+    assert_eq!(
+        listing(outer.path()),
+        before,
+        "something was created beside BACKING"
+    );
     assert_eq!(listing(&root), [".nacrithfs", "f"]);
 }
 
@@ -79,17 +124,38 @@ fn permissions_symlinks_and_internal_state_through_the_mount() {
     // Without --allow-other, nobody else gets in at all.
     let m = Mount::start(&d.backing, &d.mnt);
     let mnt = d.mnt.to_str().unwrap().to_string();
-    assert!(!as_nobody(&format!("ls {mnt}")), "another user listed a mount without --allow-other");
+    assert!(
+        !as_nobody(&format!("ls {mnt}")),
+        "another user listed a mount without --allow-other"
+    );
     m.stop();
 
-    let m = Mount::start_with(&d.backing, &d.mnt, Opts { allow_other: true, ..Default::default() });
-    assert!(as_nobody(&format!("ls {mnt} >/dev/null")), "--allow-other: nobody cannot list");
+    let m = Mount::start_with(
+        &d.backing,
+        &d.mnt,
+        Opts {
+            allow_other: true,
+            ..Default::default()
+        },
+    );
+    assert!(
+        as_nobody(&format!("ls {mnt} >/dev/null")),
+        "--allow-other: nobody cannot list"
+    );
     // Modes are enforced by the kernel (default_permissions).
     std::fs::create_dir(d.mnt.join("pub")).unwrap();
     std::fs::write(d.mnt.join("pub/secret"), b"root only\n").unwrap();
-    std::fs::set_permissions(d.mnt.join("pub/secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        d.mnt.join("pub/secret"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     std::fs::write(d.mnt.join("pub/open"), b"everyone reads\n").unwrap();
-    std::fs::set_permissions(d.mnt.join("pub/open"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(
+        d.mnt.join("pub/open"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     std::fs::create_dir(d.mnt.join("tmp")).unwrap();
     std::fs::set_permissions(d.mnt.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
     std::fs::write(d.mnt.join("tmp/roots"), b"r\n").unwrap();
@@ -105,35 +171,75 @@ fn permissions_symlinks_and_internal_state_through_the_mount() {
         ("chmod 600 tmp/mine", true),
     ];
     for (cmd, ok) in checks {
-        assert_eq!(as_nobody(&format!("cd {mnt} && {cmd}")), *ok, "as nobody: {cmd}");
+        assert_eq!(
+            as_nobody(&format!("cd {mnt} && {cmd}")),
+            *ok,
+            "as nobody: {cmd}"
+        );
     }
     let md = std::fs::symlink_metadata(d.backing.join("tmp/mine")).unwrap();
-    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (65534, 65534, 0o600), "owner and mode in BACKING");
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (65534, 65534, 0o600),
+        "owner and mode in BACKING"
+    );
 
     // Symlinks are stored as links, whatever they point to.
     std::os::unix::fs::symlink("../../../../etc/passwd", d.mnt.join("up")).unwrap();
     std::os::unix::fs::symlink("/etc/shadow", d.mnt.join("abs")).unwrap();
     for (name, target) in [("up", "../../../../etc/passwd"), ("abs", "/etc/shadow")] {
         let b = d.backing.join(name);
-        assert!(std::fs::symlink_metadata(&b).unwrap().file_type().is_symlink(), "{name} is not a symlink in BACKING");
+        assert!(
+            std::fs::symlink_metadata(&b)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{name} is not a symlink in BACKING"
+        );
         assert_eq!(std::fs::read_link(&b).unwrap(), Path::new(target));
-        assert_eq!(std::fs::read_link(d.mnt.join(name)).unwrap(), Path::new(target));
+        assert_eq!(
+            std::fs::read_link(d.mnt.join(name)).unwrap(),
+            Path::new(target)
+        );
     }
     // Planted ones show as symlinks and are never compressed, opened or followed there.
     for name in ["planted-file", "planted-dir"] {
-        assert!(std::fs::symlink_metadata(d.mnt.join(name)).unwrap().file_type().is_symlink(), "{name}");
+        assert!(
+            std::fs::symlink_metadata(d.mnt.join(name))
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "{name}"
+        );
     }
     m.wait();
     let now = std::fs::metadata(&outside).unwrap();
     assert_eq!(std::fs::read(&outside).unwrap(), b"not yours\n");
-    assert_eq!((now.ino(), now.mtime(), now.mtime_nsec()), (outside_md.ino(), outside_md.mtime(), outside_md.mtime_nsec()));
+    assert_eq!(
+        (now.ino(), now.mtime(), now.mtime_nsec()),
+        (
+            outside_md.ino(),
+            outside_md.mtime(),
+            outside_md.mtime_nsec()
+        )
+    );
     assert!(!nacrithfs::store::backing::is_blob_path(&outside).unwrap());
-    assert!(nacrithfs::store::backing::llist_xattr(&outside).unwrap().is_empty(), "xattrs set on a file outside BACKING");
+    assert!(
+        nacrithfs::store::backing::llist_xattr(&outside)
+            .unwrap()
+            .is_empty(),
+        "xattrs set on a file outside BACKING"
+    );
 
     // Internal state: invisible, unreachable, not creatable, not overwritable.
     let internal = d.mnt.join(".nacrithfs");
     assert!(!listing(&d.mnt).iter().any(|n| n == ".nacrithfs"));
-    assert_eq!(std::fs::symlink_metadata(&internal).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    assert_eq!(
+        std::fs::symlink_metadata(&internal)
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOENT)
+    );
     assert!(std::fs::read(internal.join("status.json")).is_err());
     assert!(std::fs::create_dir(&internal).is_err());
     assert!(std::fs::write(&internal, b"x").is_err());
@@ -141,7 +247,9 @@ fn permissions_symlinks_and_internal_state_through_the_mount() {
     assert!(std::fs::rename(d.mnt.join("pub/open"), &internal).is_err());
     assert!(std::fs::hard_link(d.mnt.join("pub/open"), &internal).is_err());
     let status = d.mnt.join(".nacrithfs-status");
-    assert!(std::fs::read_to_string(&status).unwrap().contains("\"queued\""));
+    assert!(std::fs::read_to_string(&status)
+        .unwrap()
+        .contains("\"queued\""));
     assert!(std::fs::write(&status, b"{}").is_err());
     assert!(std::fs::remove_file(&status).is_err());
     assert!(std::fs::rename(d.mnt.join("pub/open"), &status).is_err());
@@ -154,10 +262,29 @@ fn permissions_symlinks_and_internal_state_through_the_mount() {
     let name = std::ffi::CString::new("user.nacrithfs.state").unwrap();
     let r = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), b"nc06".as_ptr().cast(), 4, 0) };
     assert_eq!(r, -1, "reserved xattr set through the mount");
-    assert!(nacrithfs::store::backing::lget_xattr(&file, name.as_c_str().to_str().unwrap().as_ref()).unwrap().is_none());
-    assert!(nacrithfs::store::backing::is_blob_path(&d.backing.join("pub/open")).unwrap(), "pub/open should be compressed");
-    assert!(nacrithfs::store::backing::llist_xattr(&file).unwrap().is_empty(), "reserved xattr listed");
-    let tmp_mode = std::fs::metadata(d.backing.join(".nacrithfs/tmp")).unwrap().mode() & 0o777;
-    assert_eq!(tmp_mode, 0o700, "BACKING/.nacrithfs/tmp holds plaintext of private files");
+    assert!(nacrithfs::store::backing::lget_xattr(
+        &file,
+        name.as_c_str().to_str().unwrap().as_ref()
+    )
+    .unwrap()
+    .is_none());
+    assert!(
+        nacrithfs::store::backing::is_blob_path(&d.backing.join("pub/open")).unwrap(),
+        "pub/open should be compressed"
+    );
+    assert!(
+        nacrithfs::store::backing::llist_xattr(&file)
+            .unwrap()
+            .is_empty(),
+        "reserved xattr listed"
+    );
+    let tmp_mode = std::fs::metadata(d.backing.join(".nacrithfs/tmp"))
+        .unwrap()
+        .mode()
+        & 0o777;
+    assert_eq!(
+        tmp_mode, 0o700,
+        "BACKING/.nacrithfs/tmp holds plaintext of private files"
+    );
     m.stop();
 }

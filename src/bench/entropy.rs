@@ -64,7 +64,9 @@ mod tests {
 
     #[test]
     fn conditioning_never_increases_entropy_on_text() {
-        let text = b"the quick brown fox jumps over the lazy dog; the dog sleeps and the fox runs. ".repeat(20);
+        let text =
+            b"the quick brown fox jumps over the lazy dog; the dog sleeps and the fox runs. "
+                .repeat(20);
         let (h0, h1, h2) = (entropy(&text, 0), entropy(&text, 1), entropy(&text, 2));
         assert!(h0 > h1 && h1 > h2 && h2 >= 0.0, "{h0} {h1} {h2}");
     }

@@ -25,7 +25,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Inputs used when none are named: the project's shared corpus, if it is there.
-const DEFAULT_FILES: &[&str] = &["../shared/corpus/sample_3k.txt", "../shared/corpus/sample_50k.txt", "../shared/corpus/sample_100k.txt"];
+const DEFAULT_FILES: &[&str] = &[
+    "../shared/corpus/sample_3k.txt",
+    "../shared/corpus/sample_50k.txt",
+    "../shared/corpus/sample_100k.txt",
+];
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -53,9 +57,15 @@ pub enum BenchError {
     #[error("{0}")]
     Usage(String),
     #[error("{}: {source}", path.display())]
-    NoInput { path: PathBuf, source: std::io::Error },
+    NoInput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{tool}: {why}")]
     Tool { tool: String, why: String },
     #[error("{compressor}: round trip of {file} gave different bytes")]
@@ -75,16 +85,20 @@ impl From<BenchError> for CliError {
             BenchError::NoInput { path, source } => CliError::NoInput { path, source },
             BenchError::Model(m) => CliError::Model(m),
             BenchError::Codec { what, source } => CliError::Codec { what, source },
-            BenchError::RoundTrip { compressor, file } => {
-                CliError::Codec { what: format!("{compressor} on {file}"), source: crate::Error::VerifyFailed { chunk: 0 } }
-            }
+            BenchError::RoundTrip { compressor, file } => CliError::Codec {
+                what: format!("{compressor} on {file}"),
+                source: crate::Error::VerifyFailed { chunk: 0 },
+            },
             other => CliError::Io(std::io::Error::other(other.to_string())),
         }
     }
 }
 
 fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BenchError {
-    move |source| BenchError::Io { what: what.to_string(), source }
+    move |source| BenchError::Io {
+        what: what.to_string(),
+        source,
+    }
 }
 
 /// Runs `f` once, then again until the runs add up to `min_secs`; returns the mean
@@ -104,37 +118,82 @@ fn timed<T, E>(min_secs: f64, mut f: impl FnMut() -> Result<T, E>) -> Result<(f6
 fn self_peak_rss_kib() -> Option<u64> {
     // SAFETY: rusage is plain old data and getrusage only writes into it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0).then_some(ru.ru_maxrss.max(0) as u64)
+    (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0)
+        .then_some(ru.ru_maxrss.max(0) as u64)
 }
 
-fn bench_external(x: &External, program: &Path, input: &Path, original: u64, tmp: &Path, min_secs: f64) -> Result<Row, BenchError> {
+fn bench_external(
+    x: &External,
+    program: &Path,
+    input: &Path,
+    original: u64,
+    tmp: &Path,
+    min_secs: f64,
+) -> Result<Row, BenchError> {
     let (c, d, e) = (tmp.join("c"), tmp.join("d"), tmp.join("err"));
-    let (csecs, cruns, ()) = timed(min_secs, || external::run_once(program, x.compress, input, &c, &e))?;
-    let (dsecs, druns, ()) = timed(min_secs, || external::run_once(program, x.decompress, &c, &d, &e))?;
-    let same = std::fs::read(input).map_err(io_err(input.display()))? == std::fs::read(&d).map_err(io_err(d.display()))?;
+    let (csecs, cruns, ()) = timed(min_secs, || {
+        external::run_once(program, x.compress, input, &c, &e)
+    })?;
+    let (dsecs, druns, ()) = timed(min_secs, || {
+        external::run_once(program, x.decompress, &c, &d, &e)
+    })?;
+    let same = std::fs::read(input).map_err(io_err(input.display()))?
+        == std::fs::read(&d).map_err(io_err(d.display()))?;
     if !same {
-        return Err(BenchError::RoundTrip { compressor: x.name.into(), file: input.display().to_string() });
+        return Err(BenchError::RoundTrip {
+            compressor: x.name.into(),
+            file: input.display().to_string(),
+        });
     }
     let compressed = std::fs::metadata(&c).map_err(io_err(c.display()))?.len();
     let mut row = Row::new(x.name, original, compressed, csecs, cruns, dsecs, druns);
     // Peak memory from one extra, untimed run of each direction.
-    row.compress_peak_rss_kib = external::peak_rss_kib(program, x.compress, input, &tmp.join("c2"), tmp);
-    row.decompress_peak_rss_kib = external::peak_rss_kib(program, x.decompress, &c, &tmp.join("d2"), tmp);
+    row.compress_peak_rss_kib =
+        external::peak_rss_kib(program, x.compress, input, &tmp.join("c2"), tmp);
+    row.decompress_peak_rss_kib =
+        external::peak_rss_kib(program, x.decompress, &c, &tmp.join("d2"), tmp);
     Ok(row)
 }
 
 /// nacrithfs in this process: compression timed without its verifying decode (the
 /// decode is timed on its own, then compared).
-fn bench_nacrithfs(engine: &Engine, name: &str, flags: u16, data: &[u8], file: &str, min_secs: f64) -> Result<Row, BenchError> {
-    let codec = |source| BenchError::Codec { what: format!("{name} on {file}"), source };
-    let opts = CompressOptions { flags: Flags(flags), verify: false, ..Default::default() };
-    let (csecs, cruns, c) = timed(min_secs, || engine.compress(data, &opts, None)).map_err(codec)?;
+fn bench_nacrithfs(
+    engine: &Engine,
+    name: &str,
+    flags: u16,
+    data: &[u8],
+    file: &str,
+    min_secs: f64,
+) -> Result<Row, BenchError> {
+    let codec = |source| BenchError::Codec {
+        what: format!("{name} on {file}"),
+        source,
+    };
+    let opts = CompressOptions {
+        flags: Flags(flags),
+        verify: false,
+        ..Default::default()
+    };
+    let (csecs, cruns, c) =
+        timed(min_secs, || engine.compress(data, &opts, None)).map_err(codec)?;
     let crss = self_peak_rss_kib();
-    let (dsecs, druns, out) = timed(min_secs, || engine.decompress(&c.blob, None)).map_err(codec)?;
+    let (dsecs, druns, out) =
+        timed(min_secs, || engine.decompress(&c.blob, None)).map_err(codec)?;
     if out != data {
-        return Err(BenchError::RoundTrip { compressor: name.into(), file: file.into() });
+        return Err(BenchError::RoundTrip {
+            compressor: name.into(),
+            file: file.into(),
+        });
     }
-    let mut row = Row::new(name, data.len() as u64, c.blob.len() as u64, csecs, cruns, dsecs, druns);
+    let mut row = Row::new(
+        name,
+        data.len() as u64,
+        c.blob.len() as u64,
+        csecs,
+        cruns,
+        dsecs,
+        druns,
+    );
     row.compress_peak_rss_kib = crss;
     row.decompress_peak_rss_kib = self_peak_rss_kib();
     row.tokens = Some(c.stats.tokens);
@@ -142,21 +201,30 @@ fn bench_nacrithfs(engine: &Engine, name: &str, flags: u16, data: &[u8], file: &
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// The machine, from /proc and /etc/os-release (blank where unreadable).
 pub fn machine() -> Machine {
     let field = |text: &str, key: &str| {
-        text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once([':', '='])).map(|(_, v)| v.trim().trim_matches('"').to_string())
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once([':', '=']))
+            .map(|(_, v)| v.trim().trim_matches('"').to_string())
     };
     let cpuinfo = read_trimmed("/proc/cpuinfo").unwrap_or_default();
     let meminfo = read_trimmed("/proc/meminfo").unwrap_or_default();
     let os = read_trimmed("/etc/os-release").unwrap_or_default();
-    let mem_kib: f64 = field(&meminfo, "MemTotal").and_then(|v| v.trim_end_matches("kB").trim().parse().ok()).unwrap_or(0.0);
+    let mem_kib: f64 = field(&meminfo, "MemTotal")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
     Machine {
         cpu: field(&cpuinfo, "model name").unwrap_or_default(),
-        cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         memory_gib: (mem_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         kernel: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
         os: field(&os, "PRETTY_NAME").unwrap_or_default(),
@@ -164,7 +232,11 @@ pub fn machine() -> Machine {
 }
 
 fn default_files() -> Vec<PathBuf> {
-    DEFAULT_FILES.iter().map(PathBuf::from).filter(|p| p.is_file()).collect()
+    DEFAULT_FILES
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 fn load_engine(args: &ModelArgs) -> Result<Engine, BenchError> {
@@ -178,11 +250,16 @@ fn write_file(path: &Path, data: &[u8]) -> Result<(), BenchError> {
 /// Measures every file, prints the tables and writes OUT/bench.{csv,json} and the plots.
 pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     if !(args.min_secs >= 0.0 && args.min_secs <= 3600.0) {
-        return Err(BenchError::Usage("--min-secs must be between 0 and 3600".into()));
+        return Err(BenchError::Usage(
+            "--min-secs must be between 0 and 3600".into(),
+        ));
     }
     std::fs::create_dir_all(&args.out).map_err(io_err(args.out.display()))?;
     if let Some(csv) = &args.plot_engine {
-        let text = std::fs::read_to_string(csv).map_err(|source| PlotError::Read { path: csv.clone(), source })?;
+        let text = std::fs::read_to_string(csv).map_err(|source| PlotError::Read {
+            path: csv.clone(),
+            source,
+        })?;
         let out = args.out.join("throughput.png");
         plot::throughput(&out, &parse_engine_csv(csv, &text)?)?;
         eprintln!("bench: wrote {}", out.display());
@@ -190,25 +267,50 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
             return Ok(());
         }
     }
-    let files = if args.files.is_empty() { default_files() } else { args.files.clone() };
+    let files = if args.files.is_empty() {
+        default_files()
+    } else {
+        args.files.clone()
+    };
     if files.is_empty() {
-        return Err(BenchError::Usage(format!("no FILES given and none of {} exists", DEFAULT_FILES.join(", "))));
+        return Err(BenchError::Usage(format!(
+            "no FILES given and none of {} exists",
+            DEFAULT_FILES.join(", ")
+        )));
     }
     // Read every input first, so a bad path fails before minutes of measuring.
     let inputs = files
         .iter()
-        .map(|p| std::fs::read(p).map(|d| (p, d)).map_err(|source| BenchError::NoInput { path: p.clone(), source }))
+        .map(|p| {
+            std::fs::read(p)
+                .map(|d| (p, d))
+                .map_err(|source| BenchError::NoInput {
+                    path: p.clone(),
+                    source,
+                })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let tmp = tempfile::tempdir().map_err(io_err("temporary directory"))?;
-    let mut report = Report { nacrithfs_version: env!("CARGO_PKG_VERSION").into(), machine: machine(), min_secs: args.min_secs, ..Default::default() };
+    let mut report = Report {
+        nacrithfs_version: env!("CARGO_PKG_VERSION").into(),
+        machine: machine(),
+        min_secs: args.min_secs,
+        ..Default::default()
+    };
     let mut externals = Vec::new();
     for x in EXTERNALS {
         match external::find_program(x.program) {
             Some(p) => {
-                report.tools.push((x.name.to_string(), external::version(&p).unwrap_or_default()));
+                report.tools.push((
+                    x.name.to_string(),
+                    external::version(&p).unwrap_or_default(),
+                ));
                 externals.push((x, p));
             }
-            None => eprintln!("bench: {} not installed, skipped (scripts/install-deps.sh installs it)", x.program),
+            None => eprintln!(
+                "bench: {} not installed, skipped (scripts/install-deps.sh installs it)",
+                x.program
+            ),
         }
     }
     let engine = load_engine(&args.model)?;
@@ -225,7 +327,10 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     }
 
     for (path, data) in &inputs {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string());
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
         let mut f = FileReport {
             file: name.clone(),
             path: path.display().to_string(),
@@ -237,23 +342,46 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
         };
         for (x, program) in &externals {
             eprintln!("bench: {name}: {}", x.name);
-            f.results.push(bench_external(x, program, path, f.bytes, tmp.path(), args.min_secs)?);
+            f.results.push(bench_external(
+                x,
+                program,
+                path,
+                f.bytes,
+                tmp.path(),
+                args.min_secs,
+            )?);
         }
         for (label, flags) in &nacrith {
             eprintln!("bench: {name}: {label}");
-            f.results.push(bench_nacrithfs(&engine, label, *flags, data, &name, args.min_secs)?);
+            f.results.push(bench_nacrithfs(
+                &engine,
+                label,
+                *flags,
+                data,
+                &name,
+                args.min_secs,
+            )?);
         }
         report.files.push(f);
     }
 
     let m = &report.machine;
-    println!("Machine: {} ({} cores, {} GiB), {}, kernel {}\n", m.cpu, m.cores, m.memory_gib, m.os, m.kernel);
+    println!(
+        "Machine: {} ({} cores, {} GiB), {}, kernel {}\n",
+        m.cpu, m.cores, m.memory_gib, m.os, m.kernel
+    );
     print!("{}", report::markdown(&report));
     write_file(&args.out.join("bench.csv"), report::csv(&report).as_bytes())?;
-    let json = serde_json::to_vec_pretty(&report).map_err(|e| BenchError::Io { what: "bench.json".into(), source: e.into() })?;
+    let json = serde_json::to_vec_pretty(&report).map_err(|e| BenchError::Io {
+        what: "bench.json".into(),
+        source: e.into(),
+    })?;
     write_file(&args.out.join("bench.json"), &json)?;
     plot::bits_per_byte(&args.out.join("bpb.png"), &report.files)?;
-    eprintln!("bench: wrote {}/bench.csv, bench.json and bpb.png", args.out.display());
+    eprintln!(
+        "bench: wrote {}/bench.csv, bench.json and bpb.png",
+        args.out.display()
+    );
     Ok(())
 }
 

@@ -15,9 +15,16 @@ pub enum PlotError {
     #[error("{path}: {why}")]
     Draw { path: PathBuf, why: String },
     #[error("{path}:{line}: {why}")]
-    Csv { path: PathBuf, line: usize, why: String },
+    Csv {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
     #[error("{path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 const FONT_CANDIDATES: &[&str] = &[
@@ -32,7 +39,10 @@ fn ensure_font() -> Result<(), PlotError> {
     static FONT: OnceLock<Result<(), String>> = OnceLock::new();
     FONT.get_or_init(|| {
         let env = std::env::var_os("NACRITHFS_FONT").map(PathBuf::from);
-        let candidates: Vec<PathBuf> = env.into_iter().chain(FONT_CANDIDATES.iter().map(PathBuf::from)).collect();
+        let candidates: Vec<PathBuf> = env
+            .into_iter()
+            .chain(FONT_CANDIDATES.iter().map(PathBuf::from))
+            .collect();
         for p in &candidates {
             if let Ok(bytes) = std::fs::read(p) {
                 // plotters keeps fonts for the life of the process.
@@ -42,14 +52,21 @@ fn ensure_font() -> Result<(), PlotError> {
                 }
             }
         }
-        Err(candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
+        Err(candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "))
     })
     .clone()
     .map_err(PlotError::NoFont)
 }
 
 fn draw_err(path: &Path) -> impl Fn(String) -> PlotError + '_ {
-    move |why| PlotError::Draw { path: path.to_path_buf(), why }
+    move |why| PlotError::Draw {
+        path: path.to_path_buf(),
+        why,
+    }
 }
 
 /// Grouped bars: one group per file, one bar per compressor, bits per byte on top.
@@ -62,12 +79,20 @@ pub fn bits_per_byte(path: &Path, files: &[FileReport]) -> Result<(), PlotError>
             compressors.push(&r.compressor);
         }
     }
-    let top = files.iter().flat_map(|f| &f.results).map(|r| r.bits_per_byte).fold(1.0, f64::max) * 1.12;
+    let top = files
+        .iter()
+        .flat_map(|f| &f.results)
+        .map(|r| r.bits_per_byte)
+        .fold(1.0, f64::max)
+        * 1.12;
     let width = (260 + 110 * compressors.len().max(1) * files.len().max(1)).clamp(800, 2400) as u32;
     let root = BitMapBackend::new(path, (width, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Bits per byte per compressor (lower is better)", ("sans-serif", 24))
+        .caption(
+            "Bits per byte per compressor (lower is better)",
+            ("sans-serif", 24),
+        )
         .margin(16)
         .x_label_area_size(36)
         .y_label_area_size(56)
@@ -93,13 +118,24 @@ pub fn bits_per_byte(path: &Path, files: &[FileReport]) -> Result<(), PlotError>
             Some((x0, r.bits_per_byte))
         });
         chart
-            .draw_series(bars.clone().map(|(x0, y)| Rectangle::new([(x0, 0.0), (x0 + slot * 0.9, y)], color.filled())))
+            .draw_series(
+                bars.clone().map(|(x0, y)| {
+                    Rectangle::new([(x0, 0.0), (x0 + slot * 0.9, y)], color.filled())
+                }),
+            )
             .map_err(|e| err(e.to_string()))?
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], color.filled()));
-        let value_style = TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Center, VPos::Bottom));
+        let value_style =
+            TextStyle::from(("sans-serif", 12)).pos(Pos::new(HPos::Center, VPos::Bottom));
         chart
-            .draw_series(bars.map(|(x0, y)| Text::new(format!("{y:.2}"), (x0 + slot * 0.45, y), value_style.clone())))
+            .draw_series(bars.map(|(x0, y)| {
+                Text::new(
+                    format!("{y:.2}"),
+                    (x0 + slot * 0.45, y),
+                    value_style.clone(),
+                )
+            }))
             .map_err(|e| err(e.to_string()))?;
     }
     chart
@@ -114,8 +150,12 @@ pub fn bits_per_byte(path: &Path, files: &[FileReport]) -> Result<(), PlotError>
     let name_style = TextStyle::from(("sans-serif", 16)).pos(Pos::new(HPos::Center, VPos::Top));
     for (i, f) in files.iter().enumerate() {
         let (x, y) = chart.backend_coord(&(i as f64 + 0.5, 0.0));
-        root.draw(&Text::new(format!("{} ({} B)", f.file, f.bytes), (x, y + 8), name_style.clone()))
-            .map_err(|e| err(e.to_string()))?;
+        root.draw(&Text::new(
+            format!("{} ({} B)", f.file, f.bytes),
+            (x, y + 8),
+            name_style.clone(),
+        ))
+        .map_err(|e| err(e.to_string()))?;
     }
     root.present().map_err(|e| err(e.to_string()))
 }
@@ -131,22 +171,51 @@ pub struct EnginePoint {
 /// Parses bench-engine's CSV (`streams,mode,tokens,seconds,tokens_per_s,kb_per_s`),
 /// finding columns by header name so added columns do not break it.
 pub fn parse_engine_csv(path: &Path, text: &str) -> Result<Vec<EnginePoint>, PlotError> {
-    let bad = |line: usize, why: String| PlotError::Csv { path: path.to_path_buf(), line, why };
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    let bad = |line: usize, why: String| PlotError::Csv {
+        path: path.to_path_buf(),
+        line,
+        why,
+    };
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| bad(1, "empty file".into()))?;
     let cols: Vec<&str> = header.split(',').map(str::trim).collect();
-    let col = |name: &str| cols.iter().position(|c| *c == name).ok_or_else(|| bad(1, format!("no column {name:?} in header {header:?}")));
+    let col = |name: &str| {
+        cols.iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| bad(1, format!("no column {name:?} in header {header:?}")))
+    };
     let (si, mi, ti) = (col("streams")?, col("mode")?, col("tokens_per_s")?);
     let mut points = Vec::new();
     for (n, line) in lines {
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        let get = |i: usize| f.get(i).copied().ok_or_else(|| bad(n + 1, format!("{} fields, expected {}", f.len(), cols.len())));
-        let streams = get(si)?.parse::<u32>().map_err(|e| bad(n + 1, format!("streams: {e}")))?;
-        let tokens_per_s = get(ti)?.parse::<f64>().map_err(|e| bad(n + 1, format!("tokens_per_s: {e}")))?;
+        let get = |i: usize| {
+            f.get(i).copied().ok_or_else(|| {
+                bad(
+                    n + 1,
+                    format!("{} fields, expected {}", f.len(), cols.len()),
+                )
+            })
+        };
+        let streams = get(si)?
+            .parse::<u32>()
+            .map_err(|e| bad(n + 1, format!("streams: {e}")))?;
+        let tokens_per_s = get(ti)?
+            .parse::<f64>()
+            .map_err(|e| bad(n + 1, format!("tokens_per_s: {e}")))?;
         if streams == 0 || !tokens_per_s.is_finite() {
-            return Err(bad(n + 1, "streams must be at least 1 and tokens_per_s finite".into()));
+            return Err(bad(
+                n + 1,
+                "streams must be at least 1 and tokens_per_s finite".into(),
+            ));
         }
-        points.push(EnginePoint { streams, mode: get(mi)?.to_string(), tokens_per_s });
+        points.push(EnginePoint {
+            streams,
+            mode: get(mi)?.to_string(),
+            tokens_per_s,
+        });
     }
     if points.is_empty() {
         return Err(bad(1, "no data lines".into()));
@@ -169,7 +238,10 @@ pub fn throughput(path: &Path, points: &[EnginePoint]) -> Result<(), PlotError> 
     let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Engine throughput against streams per model call", ("sans-serif", 24))
+        .caption(
+            "Engine throughput against streams per model call",
+            ("sans-serif", 24),
+        )
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
@@ -188,14 +260,19 @@ pub fn throughput(path: &Path, points: &[EnginePoint]) -> Result<(), PlotError> 
         .map_err(|e| err(e.to_string()))?;
     for (j, mode) in modes.iter().enumerate() {
         let color = Palette99::pick(j).to_rgba();
-        let mut line: Vec<(f64, f64)> =
-            points.iter().filter(|p| p.mode == *mode).map(|p| (p.streams as f64, p.tokens_per_s)).collect();
+        let mut line: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|p| p.mode == *mode)
+            .map(|p| (p.streams as f64, p.tokens_per_s))
+            .collect();
         line.sort_by(|a, b| a.0.total_cmp(&b.0));
         chart
             .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?
             .label(*mode)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(line.into_iter().map(|p| Circle::new(p, 4, color.filled())))
             .map_err(|e| err(e.to_string()))?;
@@ -207,7 +284,8 @@ pub fn throughput(path: &Path, points: &[EnginePoint]) -> Result<(), PlotError> 
     let label_style = TextStyle::from(("sans-serif", 14)).pos(Pos::new(HPos::Center, VPos::Top));
     for s in streams {
         let (x, y) = chart.backend_coord(&(s as f64, 0.0));
-        root.draw(&Text::new(s.to_string(), (x, y + 6), label_style.clone())).map_err(|e| err(e.to_string()))?;
+        root.draw(&Text::new(s.to_string(), (x, y + 6), label_style.clone()))
+            .map_err(|e| err(e.to_string()))?;
     }
     chart
         .configure_series_labels()
@@ -238,16 +316,33 @@ mod tests {
     fn parses_engine_csv_by_header_name() {
         let p = parse_engine_csv(Path::new("e.csv"), ENGINE_CSV).unwrap();
         assert_eq!(p.len(), 8);
-        assert_eq!(p[2], EnginePoint { streams: 16, mode: "raw".into(), tokens_per_s: 250.0 });
+        assert_eq!(
+            p[2],
+            EnginePoint {
+                streams: 16,
+                mode: "raw".into(),
+                tokens_per_s: 250.0
+            }
+        );
         let reordered = "mode,tokens_per_s,streams\nraw,12.5,2\n";
-        assert_eq!(parse_engine_csv(Path::new("r.csv"), reordered).unwrap()[0].streams, 2);
+        assert_eq!(
+            parse_engine_csv(Path::new("r.csv"), reordered).unwrap()[0].streams,
+            2
+        );
     }
 
     #[test]
     fn rejects_bad_engine_csv_with_the_line() {
-        let e = parse_engine_csv(Path::new("e.csv"), "streams,mode\n1,raw\n").unwrap_err().to_string();
+        let e = parse_engine_csv(Path::new("e.csv"), "streams,mode\n1,raw\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("e.csv:1") && e.contains("tokens_per_s"), "{e}");
-        let e = parse_engine_csv(Path::new("e.csv"), "streams,mode,tokens_per_s\n1,raw,1\nx,raw,2\n").unwrap_err().to_string();
+        let e = parse_engine_csv(
+            Path::new("e.csv"),
+            "streams,mode,tokens_per_s\n1,raw,1\nx,raw,2\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("e.csv:3: streams"), "{e}");
         assert!(parse_engine_csv(Path::new("e.csv"), "").is_err());
         assert!(parse_engine_csv(Path::new("e.csv"), "streams,mode,tokens_per_s\n").is_err());
@@ -269,7 +364,10 @@ mod tests {
                 h0: 4.0,
                 h1: 3.0,
                 h2: 2.0,
-                results: vec![Row::new("gzip -9", 1000, 400, 0.01, 1, 0.01, 1), Row::new("nacrithfs raw", 1000, 110, 1.0, 1, 1.0, 1)],
+                results: vec![
+                    Row::new("gzip -9", 1000, 400, 0.01, 1, 0.01, 1),
+                    Row::new("nacrithfs raw", 1000, 110, 1.0, 1, 1.0, 1),
+                ],
             })
             .collect();
         let b = dir.path().join("bpb.png");

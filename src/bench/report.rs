@@ -32,14 +32,30 @@ pub struct Row {
 impl Row {
     /// Fills in the derived columns from sizes and mean times.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(compressor: &str, original: u64, compressed: u64, csecs: f64, cruns: u32, dsecs: f64, druns: u32) -> Row {
+    pub fn new(
+        compressor: &str,
+        original: u64,
+        compressed: u64,
+        csecs: f64,
+        cruns: u32,
+        dsecs: f64,
+        druns: u32,
+    ) -> Row {
         let kib = original as f64 / 1024.0;
         let per_s = |secs: f64| if secs > 0.0 { kib / secs } else { 0.0 };
         Row {
             compressor: compressor.to_string(),
             compressed,
-            bits_per_byte: if original > 0 { compressed as f64 * 8.0 / original as f64 } else { 0.0 },
-            ratio: if compressed > 0 { original as f64 / compressed as f64 } else { 0.0 },
+            bits_per_byte: if original > 0 {
+                compressed as f64 * 8.0 / original as f64
+            } else {
+                0.0
+            },
+            ratio: if compressed > 0 {
+                original as f64 / compressed as f64
+            } else {
+                0.0
+            },
             compress_secs: csecs,
             decompress_secs: dsecs,
             compress_kib_s: per_s(csecs),
@@ -150,7 +166,11 @@ pub fn markdown(r: &Report) -> String {
             .min_by(|a, b| a.bits_per_byte.total_cmp(&b.bits_per_byte))
             .map(|b| format!("{:.3} ({})", b.bits_per_byte, b.compressor))
             .unwrap_or_else(|| "–".into());
-        let _ = writeln!(s, "| {} | {} | {:.3} | {:.3} | {:.3} | {} |", f.file, f.bytes, f.h0, f.h1, f.h2, best);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {} |",
+            f.file, f.bytes, f.h0, f.h1, f.h2, best
+        );
     }
     s
 }
@@ -215,7 +235,15 @@ mod tests {
         gz.compress_peak_rss_kib = Some(2048);
         gz.decompress_peak_rss_kib = Some(1024);
         Report {
-            files: vec![FileReport { file: "a,b.txt".into(), path: "/x/a,b.txt".into(), bytes: 3000, h0: 4.5, h1: 3.25, h2: 2.5, results: vec![gz, nc] }],
+            files: vec![FileReport {
+                file: "a,b.txt".into(),
+                path: "/x/a,b.txt".into(),
+                bytes: 3000,
+                h0: 4.5,
+                h1: 3.25,
+                h2: 2.5,
+                results: vec![gz, nc],
+            }],
             ..Default::default()
         }
     }
@@ -228,15 +256,26 @@ mod tests {
         assert_eq!(r.compress_kib_s, 1.0);
         assert_eq!(r.decompress_kib_s, 4.0);
         let empty = Row::new("x", 0, 0, 0.0, 1, 0.0, 1);
-        assert_eq!((empty.bits_per_byte, empty.ratio, empty.compress_kib_s), (0.0, 0.0, 0.0));
+        assert_eq!(
+            (empty.bits_per_byte, empty.ratio, empty.compress_kib_s),
+            (0.0, 0.0, 0.0)
+        );
     }
 
     #[test]
     fn markdown_has_a_row_per_result_and_the_best_per_file() {
         let md = markdown(&sample());
-        assert!(md.contains("| a,b.txt | gzip -9 | 3000 | 1200 | 3.200 | 2.50 | 2930 | 5859 | 2.0 / 1.0 |"), "{md}");
+        assert!(
+            md.contains(
+                "| a,b.txt | gzip -9 | 3000 | 1200 | 3.200 | 2.50 | 2930 | 5859 | 2.0 / 1.0 |"
+            ),
+            "{md}"
+        );
         assert!(md.contains("| a,b.txt | nacrithfs raw | 3000 | 300 | 0.800 | 10.00 | 0.293 | 0.244 | 300 / – |"), "{md}");
-        assert!(md.contains("| a,b.txt | 3000 | 4.500 | 3.250 | 2.500 | 0.800 (nacrithfs raw) |"), "{md}");
+        assert!(
+            md.contains("| a,b.txt | 3000 | 4.500 | 3.250 | 2.500 | 0.800 (nacrithfs raw) |"),
+            "{md}"
+        );
         // Every table line has the same number of cells as its header.
         for table in md.split("\n\n") {
             let cells: Vec<usize> = table.lines().map(|l| l.matches('|').count()).collect();
@@ -250,7 +289,12 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], CSV_HEADER);
         assert_eq!(lines.len(), 3);
-        assert!(lines[1].starts_with("\"a,b.txt\",3000,4.500000,3.250000,2.500000,gzip -9,1200,3.200000,"), "{}", lines[1]);
+        assert!(
+            lines[1]
+                .starts_with("\"a,b.txt\",3000,4.500000,3.250000,2.500000,gzip -9,1200,3.200000,"),
+            "{}",
+            lines[1]
+        );
         assert!(lines[2].ends_with(",307200,,800"), "{}", lines[2]);
         let columns = CSV_HEADER.split(',').count();
         for l in &lines[1..] {

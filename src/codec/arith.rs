@@ -59,7 +59,12 @@ impl Default for Encoder {
 
 impl Encoder {
     pub fn new() -> Self {
-        Encoder { low: 0, high: MASK, pending: 0, out: BitWriter::default() }
+        Encoder {
+            low: 0,
+            high: MASK,
+            pending: 0,
+            out: BitWriter::default(),
+        }
     }
 
     #[inline]
@@ -128,7 +133,13 @@ pub struct Decoder<B: AsRef<[u8]>> {
 
 impl<B: AsRef<[u8]>> Decoder<B> {
     pub fn new(data: B) -> Self {
-        let mut d = Decoder { low: 0, high: MASK, value: 0, data, bit_pos: 0 };
+        let mut d = Decoder {
+            low: 0,
+            high: MASK,
+            value: 0,
+            data,
+            bit_pos: 0,
+        };
         for _ in 0..32 {
             d.value = (d.value << 1) | d.next_bit();
         }
@@ -184,7 +195,8 @@ impl<B: AsRef<[u8]>> Decoder<B> {
 
     /// Bits of real input consumed beyond the stream's end (a sign of truncation when large).
     pub fn overrun_bits(&self) -> u64 {
-        self.bit_pos.saturating_sub(self.data.as_ref().len() as u64 * 8)
+        self.bit_pos
+            .saturating_sub(self.data.as_ref().len() as u64 * 8)
     }
 }
 
@@ -224,7 +236,9 @@ mod tests {
         // One symbol takes almost everything, 1000 symbols have width 1.
         let mut freqs = vec![1u32; 1001];
         freqs[0] = (1 << 24) - 1000;
-        let symbols: Vec<usize> = (0..5000).map(|i| if i % 7 == 0 { 1 + i % 1000 } else { 0 }).collect();
+        let symbols: Vec<usize> = (0..5000)
+            .map(|i| if i % 7 == 0 { 1 + i % 1000 } else { 0 })
+            .collect();
         let (_, out) = roundtrip(&freqs, &symbols);
         assert_eq!(out, symbols);
     }
@@ -239,10 +253,15 @@ mod tests {
         let mut state = 12345u64;
         let mut symbols = Vec::new();
         for _ in 0..200_000 {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             symbols.push(cdf.find(((state >> 33) as u32) & ((1 << 24) - 1)));
         }
-        let ideal: f64 = symbols.iter().map(|&s| -(freqs[s] as f64 / (1u64 << 24) as f64).log2()).sum();
+        let ideal: f64 = symbols
+            .iter()
+            .map(|&s| -(freqs[s] as f64 / (1u64 << 24) as f64).log2())
+            .sum();
         let (bytes, out) = roundtrip(&freqs, &symbols);
         assert_eq!(out, symbols);
         let coded = bytes.len() as f64 * 8.0;

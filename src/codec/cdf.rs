@@ -67,7 +67,8 @@ pub fn log2_pos(x: f32) -> f32 {
     let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
     let z = (m - 1.0) / (m + 1.0);
     let z2 = z * z;
-    let series = z * (2.0 + z2 * (0.666_666_7 + z2 * (0.4 + z2 * (0.285_714_3 + z2 * 0.222_222_2))));
+    let series =
+        z * (2.0 + z2 * (0.666_666_7 + z2 * (0.4 + z2 * (0.285_714_3 + z2 * 0.222_222_2))));
     e as f32 + series * std::f32::consts::LOG2_E
 }
 
@@ -118,7 +119,8 @@ pub fn fixed_sum(v: &[f32]) -> f32 {
     for (j, &x) in chunks.remainder().iter().enumerate() {
         lanes[j] += x as f64;
     }
-    (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))) as f32
+    (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))) as f32
 }
 
 impl Cdf {
@@ -139,7 +141,11 @@ impl Cdf {
             return Err(CdfError { symbols: n });
         }
         let spare = (TOTAL - n as u32) as f32;
-        let scale = if sum > 0.0 && sum.is_finite() { spare / sum } else { 0.0 };
+        let scale = if sum > 0.0 && sum.is_finite() {
+            spare / sum
+        } else {
+            0.0
+        };
         const CAP: f32 = TOTAL as f32;
         self.cum.clear();
         self.cum.resize(n + 1, 0);
@@ -167,8 +173,9 @@ impl Cdf {
             let best_f = self.cum[best + 1].wrapping_sub(self.cum[best]) as i64;
             if acc > 2 * TOTAL as u64 || best_f + diff < 1 {
                 // Only reachable when `sum` is not the sum of `w`: fall back to uniform.
-                let uniform: Vec<u32> =
-                    (0..n).map(|i| TOTAL / n as u32 + u32::from((i as u32) < TOTAL % n as u32)).collect();
+                let uniform: Vec<u32> = (0..n)
+                    .map(|i| TOTAL / n as u32 + u32::from((i as u32) < TOTAL % n as u32))
+                    .collect();
                 self.set_freqs(&uniform);
                 return Ok(());
             }
@@ -184,7 +191,9 @@ impl Cdf {
     pub fn from_freqs(freqs: &[u32]) -> Result<Cdf, CdfError> {
         let sum: u64 = freqs.iter().map(|&f| f as u64).sum();
         if freqs.is_empty() || sum != TOTAL as u64 || freqs.iter().any(|&f| f == 0) {
-            return Err(CdfError { symbols: freqs.len() });
+            return Err(CdfError {
+                symbols: freqs.len(),
+            });
         }
         let mut cdf = Cdf::default();
         cdf.set_freqs(freqs);
@@ -241,7 +250,10 @@ mod tests {
         while x <= 0.0 {
             let want = (x as f64).exp2();
             let got = exp2_neg(x) as f64;
-            assert!(((got - want) / want).abs() < 5e-7, "x={x} got={got} want={want}");
+            assert!(
+                ((got - want) / want).abs() < 5e-7,
+                "x={x} got={got} want={want}"
+            );
             x += 0.013;
         }
         assert_eq!(exp2_neg(0.0), 1.0);
@@ -263,7 +275,9 @@ mod tests {
 
     #[test]
     fn softmax_matches_f64_reference() {
-        let logits: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 50.0 - 10.0).collect();
+        let logits: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 50.0 - 10.0)
+            .collect();
         let mut out = Vec::new();
         let sum = softmax_into(&logits, 1.0, &mut out);
         let max = logits.iter().cloned().fold(f32::MIN, f32::max) as f64;

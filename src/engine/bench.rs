@@ -50,7 +50,9 @@ impl BenchRow {
             self.kb_per_s(),
             self.model_secs,
             self.cpu_secs,
-            self.bits_per_byte.map(|b| format!("{b:.4}")).unwrap_or_default(),
+            self.bits_per_byte
+                .map(|b| format!("{b:.4}"))
+                .unwrap_or_default(),
             self.rss_mib
         )
     }
@@ -60,7 +62,11 @@ impl BenchRow {
 pub fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
@@ -71,7 +77,13 @@ pub fn cut_streams(tokens: &[u32], streams: u32, per_stream: usize) -> Vec<Token
         return Vec::new();
     }
     (0..streams as usize)
-        .map(|s| TokenStream((0..per_stream).map(|i| tokens[(s * per_stream + i) % tokens.len()]).collect()))
+        .map(|s| {
+            TokenStream(
+                (0..per_stream)
+                    .map(|i| tokens[(s * per_stream + i) % tokens.len()])
+                    .collect(),
+            )
+        })
         .collect()
 }
 
@@ -96,7 +108,12 @@ fn raw(model: &Model, streams: &[TokenStream], window: Window) -> Result<(f64, f
         feeds.clear();
         for (s, st) in streams.iter().enumerate() {
             let token = if i == 0 { model.bos() } else { st.0[i - 1] };
-            feeds.push(Feed { seq: s as u32, token, pos, logits: true });
+            feeds.push(Feed {
+                seq: s as u32,
+                token,
+                pos,
+                logits: true,
+            });
         }
         session.decode(&feeds)?;
         pos += 1;
@@ -108,7 +125,14 @@ fn raw(model: &Model, streams: &[TokenStream], window: Window) -> Result<(f64, f
 }
 
 /// Runs raw, compress and decompress at each stream count.
-pub fn run(model: Arc<Model>, text: &[u8], streams: &[u32], per_stream: usize, predictor: PredictorConfig, mut report: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
+pub fn run(
+    model: Arc<Model>,
+    text: &[u8],
+    streams: &[u32],
+    per_stream: usize,
+    predictor: PredictorConfig,
+    mut report: impl FnMut(&BenchRow),
+) -> Result<Vec<BenchRow>> {
     let tokens = model.tokenize(text);
     if tokens.is_empty() {
         return Err(Error::Engine("the input has no text to tokenize".into()));
@@ -126,9 +150,25 @@ pub fn run(model: Arc<Model>, text: &[u8], streams: &[u32], per_stream: usize, p
             rows.push(row);
         };
         let (secs, rss) = raw(&model, &work, window)?;
-        push(BenchRow { streams: s, mode: "raw", tokens: n_tokens, bytes, seconds: secs, model_secs: secs, cpu_secs: 0.0, bits_per_byte: None, rss_mib: rss });
+        push(BenchRow {
+            streams: s,
+            mode: "raw",
+            tokens: n_tokens,
+            bytes,
+            seconds: secs,
+            model_secs: secs,
+            cpu_secs: 0.0,
+            bits_per_byte: None,
+            rss_mib: rss,
+        });
 
-        let engine = Engine::new(model.clone(), EngineConfig { streams: s, workers: 1 });
+        let engine = Engine::new(
+            model.clone(),
+            EngineConfig {
+                streams: s,
+                workers: 1,
+            },
+        );
         let rss0 = rss_mib();
         let t = Instant::now();
         let (coded, st) = engine.encode(&work, window, predictor, None)?;
@@ -146,7 +186,10 @@ pub fn run(model: Arc<Model>, text: &[u8], streams: &[u32], per_stream: usize, p
             rss_mib: rss_mib() - rss0,
         });
 
-        let jobs = coded.iter().map(|c| Work::Decode(DecodeJob::new(c.bytes.clone(), c.tokens))).collect();
+        let jobs = coded
+            .iter()
+            .map(|c| Work::Decode(DecodeJob::new(c.bytes.clone(), c.tokens)))
+            .collect();
         let t = Instant::now();
         let (back, st) = engine.run(jobs, window, predictor, None)?;
         let secs = t.elapsed().as_secs_f64();

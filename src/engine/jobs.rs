@@ -28,7 +28,13 @@ pub(crate) struct EncodeJob {
 
 impl EncodeJob {
     pub fn new(tokens: Vec<u32>) -> Self {
-        let mut j = EncodeJob { tokens, next: 0, enc: Some(Encoder::new()), ideal_bits: 0.0, out: None };
+        let mut j = EncodeJob {
+            tokens,
+            next: 0,
+            enc: Some(Encoder::new()),
+            ideal_bits: 0.0,
+            out: None,
+        };
         if j.tokens.is_empty() {
             j.finish();
         }
@@ -37,7 +43,11 @@ impl EncodeJob {
 
     fn finish(&mut self) {
         if let Some(enc) = self.enc.take() {
-            self.out = Some(CodedStream { bytes: enc.finish(), tokens: self.tokens.len() as u32, ideal_bits: self.ideal_bits });
+            self.out = Some(CodedStream {
+                bytes: enc.finish(),
+                tokens: self.tokens.len() as u32,
+                ideal_bits: self.ideal_bits,
+            });
         }
     }
 
@@ -55,12 +65,18 @@ impl Job for EncodeJob {
         self.next as u32
     }
     fn input(&self, bos: u32) -> u32 {
-        if self.next == 0 { bos } else { self.tokens[self.next - 1] }
+        if self.next == 0 {
+            bos
+        } else {
+            self.tokens[self.next - 1]
+        }
     }
     fn code(&mut self, cdf: &Cdf) -> Result<u32, Error> {
         let t = self.tokens[self.next];
         if t as usize >= cdf.len() {
-            return Err(Error::Corrupt(format!("token {t} outside the model's vocabulary")));
+            return Err(Error::Corrupt(format!(
+                "token {t} outside the model's vocabulary"
+            )));
         }
         let (lo, hi) = cdf.range(t as usize);
         self.ideal_bits -= cdf.prob(t as usize).log2();
@@ -83,7 +99,11 @@ pub(crate) struct DecodeJob {
 
 impl DecodeJob {
     pub fn new(stream: Vec<u8>, tokens: u32) -> Self {
-        DecodeJob { dec: Decoder::new(stream), len: tokens, out: Vec::with_capacity(tokens as usize) }
+        DecodeJob {
+            dec: Decoder::new(stream),
+            len: tokens,
+            out: Vec::with_capacity(tokens as usize),
+        }
     }
 
     pub fn tokens(&self) -> &[u32] {

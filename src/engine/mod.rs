@@ -57,7 +57,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { streams: crate::DEFAULT_STREAMS, workers: 1 }
+        EngineConfig {
+            streams: crate::DEFAULT_STREAMS,
+            workers: 1,
+        }
     }
 }
 
@@ -74,7 +77,11 @@ pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
 impl Engine {
     pub fn new(model: Arc<Model>, config: EngineConfig) -> Engine {
-        Engine { model, config, pool: OnceLock::new() }
+        Engine {
+            model,
+            config,
+            pool: OnceLock::new(),
+        }
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -87,7 +94,10 @@ impl Engine {
 
     fn pool(&self) -> Result<&Pool, Error> {
         self.pool
-            .get_or_init(|| Pool::start(self.model.clone(), self.config.workers, self.config.streams).map_err(|e| e.to_string()))
+            .get_or_init(|| {
+                Pool::start(self.model.clone(), self.config.workers, self.config.streams)
+                    .map_err(|e| e.to_string())
+            })
             .as_ref()
             .map_err(|e| Error::Engine(e.clone()))
     }
@@ -110,7 +120,14 @@ impl Engine {
                 slots.push(Some(work));
             } else {
                 slots.push(None);
-                tasks.push(Task { id, work, window, predictor, reply: tx.clone(), cancel: cancel.clone() });
+                tasks.push(Task {
+                    id,
+                    work,
+                    window,
+                    predictor,
+                    reply: tx.clone(),
+                    cancel: cancel.clone(),
+                });
             }
         }
         drop(tx);
@@ -149,7 +166,9 @@ impl Engine {
         let n = slots.len();
         let out: Vec<Work> = slots.into_iter().flatten().collect();
         if out.len() != n {
-            return Err(Error::Engine("a model worker stopped before finishing its streams".into()));
+            return Err(Error::Engine(
+                "a model worker stopped before finishing its streams".into(),
+            ));
         }
         Ok((out, stats))
     }

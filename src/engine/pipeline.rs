@@ -4,8 +4,8 @@
 use super::jobs::{DecodeJob, EncodeJob, Work};
 use super::{CodedStream, Engine, Progress, TokenStream};
 use crate::format::{
-    compress_frame, decompress_frame, segment, Blob, ChunkEntry, Extent, ExtentKind, Flags, FrameEntry, Header,
-    Index, SegmentOptions, FRAME_SIZE,
+    compress_frame, decompress_frame, segment, Blob, ChunkEntry, Extent, ExtentKind, Flags,
+    FrameEntry, Header, Index, SegmentOptions, FRAME_SIZE,
 };
 use crate::model::{PredictorConfig, Window};
 use crate::{Error, Result};
@@ -27,7 +27,10 @@ pub struct CompressOptions {
 
 impl CompressOptions {
     fn predictor(&self) -> PredictorConfig {
-        PredictorConfig { flags: self.flags, temperature: self.temperature }
+        PredictorConfig {
+            flags: self.flags,
+            temperature: self.temperature,
+        }
     }
 }
 
@@ -91,9 +94,15 @@ type Frames = Vec<(FrameEntry, Vec<u8>)>;
 impl Engine {
     /// Compresses `data` into an NC06 blob. With `opts.verify` the blob is returned only
     /// after every chunk decoded back to its exact input.
-    pub fn compress(&self, data: &[u8], opts: &CompressOptions, progress: Option<Progress<'_>>) -> Result<Compressed> {
+    pub fn compress(
+        &self,
+        data: &[u8],
+        opts: &CompressOptions,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Compressed> {
         let mut out = self.compress_batch(&[data], opts, progress)?;
-        out.pop().unwrap_or_else(|| Err(Error::Corrupt("compress_batch returned no result".into())))
+        out.pop()
+            .unwrap_or_else(|| Err(Error::Corrupt("compress_batch returned no result".into())))
     }
 
     /// Compresses several files in one model run: the text chunks of all of them share
@@ -103,7 +112,12 @@ impl Engine {
     /// itself fails the whole batch (`Err`); a file whose chunk does not verify gets its
     /// own `Err` in the returned list. Timings in each file's [`Stats`] are its share,
     /// by tokens, of the batch's.
-    pub fn compress_batch(&self, files: &[&[u8]], opts: &CompressOptions, progress: Option<Progress<'_>>) -> Result<Vec<Result<Compressed>>> {
+    pub fn compress_batch(
+        &self,
+        files: &[&[u8]],
+        opts: &CompressOptions,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Vec<Result<Compressed>>> {
         let mut prepared: Vec<Prepared> = files.iter().map(|d| self.prepare(d, opts)).collect();
         // All token streams in file order; file i owns streams[spans[i]].
         let mut tokens: Vec<TokenStream> = Vec::new();
@@ -116,11 +130,17 @@ impl Engine {
 
         let t0 = Instant::now();
         let (frames, coded) = std::thread::scope(|scope| {
-            let frames = scope.spawn(|| prepared.iter().map(|p| frames_of(&p.binary)).collect::<Vec<Frames>>());
+            let frames = scope.spawn(|| {
+                prepared
+                    .iter()
+                    .map(|p| frames_of(&p.binary))
+                    .collect::<Vec<Frames>>()
+            });
             let coded = self.encode(&tokens, opts.window, opts.predictor(), progress);
             (frames.join(), coded)
         });
-        let frames = frames.map_err(|_| Error::Corrupt("binary frame compressor panicked".into()))?;
+        let frames =
+            frames.map_err(|_| Error::Corrupt("binary frame compressor panicked".into()))?;
         let (coded, run) = coded?;
         let encode_secs = t0.elapsed().as_secs_f64();
 
@@ -128,10 +148,14 @@ impl Engine {
         // Per file: the first chunk that did not decode back, if any.
         let mut failed: Vec<Option<usize>> = vec![None; files.len()];
         if opts.verify {
-            let streams: Vec<(&[u8], u32)> = coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
+            let streams: Vec<(&[u8], u32)> =
+                coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
             let back = self.decode_streams(&streams, opts.window, opts.predictor(), progress)?;
             for (f, span) in spans.iter().enumerate() {
-                failed[f] = span.clone().find(|&i| back[i] != tokens[i]).map(|i| i - span.start);
+                failed[f] = span
+                    .clone()
+                    .find(|&i| back[i] != tokens[i])
+                    .map(|i| i - span.start);
             }
         }
         let verify_secs = t1.elapsed().as_secs_f64();
@@ -166,7 +190,10 @@ impl Engine {
 
     /// Segments a file and tokenizes its text, checking each chunk's round trip.
     fn prepare<'a>(&self, data: &'a [u8], opts: &CompressOptions) -> Prepared<'a> {
-        let seg_opts = SegmentOptions { chunk_size: opts.chunk_size, ..Default::default() };
+        let seg_opts = SegmentOptions {
+            chunk_size: opts.chunk_size,
+            ..Default::default()
+        };
         let mut pieces: Vec<Piece> = Vec::new();
         let mut tokens: Vec<TokenStream> = Vec::new();
         for s in segment(data, &seg_opts) {
@@ -174,15 +201,27 @@ impl Engine {
                 ExtentKind::Text => self.model.tokenize_exact(&data[s.range.clone()]),
                 ExtentKind::Binary => None,
             };
-            let kind = if toks.is_some() { ExtentKind::Text } else { ExtentKind::Binary };
+            let kind = if toks.is_some() {
+                ExtentKind::Text
+            } else {
+                ExtentKind::Binary
+            };
             if kind == ExtentKind::Text {
                 tokens.push(TokenStream(toks.unwrap_or_default()));
             } else if s.kind == ExtentKind::Text {
-                log::debug!("text at {:?} does not survive the tokenizer round trip; storing it as binary", s.range);
+                log::debug!(
+                    "text at {:?} does not survive the tokenizer round trip; storing it as binary",
+                    s.range
+                );
             }
             match pieces.last_mut() {
-                Some(last) if kind == ExtentKind::Binary && last.kind == ExtentKind::Binary => last.range.end = s.range.end,
-                _ => pieces.push(Piece { kind, range: s.range }),
+                Some(last) if kind == ExtentKind::Binary && last.kind == ExtentKind::Binary => {
+                    last.range.end = s.range.end
+                }
+                _ => pieces.push(Piece {
+                    kind,
+                    range: s.range,
+                }),
             }
         }
         let binary: Vec<u8> = pieces
@@ -190,18 +229,36 @@ impl Engine {
             .filter(|p| p.kind == ExtentKind::Binary)
             .flat_map(|p| data[p.range.clone()].iter().copied())
             .collect();
-        Prepared { data, pieces, tokens, binary }
+        Prepared {
+            data,
+            pieces,
+            tokens,
+            binary,
+        }
     }
 
     /// Builds, serialises and re-parses one file's blob from its coded streams and frames.
-    fn assemble(&self, p: &Prepared<'_>, coded: &[CodedStream], frames: Frames, opts: &CompressOptions) -> Result<Compressed> {
+    fn assemble(
+        &self,
+        p: &Prepared<'_>,
+        coded: &[CodedStream],
+        frames: Frames,
+        opts: &CompressOptions,
+    ) -> Result<Compressed> {
         let data = p.data;
         let mut text_chunks = p.pieces.iter().filter(|p| p.kind == ExtentKind::Text);
         let chunks: Vec<ChunkEntry> = coded
             .iter()
             .map(|c| {
-                let range = text_chunks.next().map(|p| p.range.clone()).unwrap_or_default();
-                ChunkEntry { tokens: c.tokens, stream_len: c.bytes.len() as u32, crc: crc32c::crc32c(&data[range]) }
+                let range = text_chunks
+                    .next()
+                    .map(|p| p.range.clone())
+                    .unwrap_or_default();
+                ChunkEntry {
+                    tokens: c.tokens,
+                    stream_len: c.bytes.len() as u32,
+                    crc: crc32c::crc32c(&data[range]),
+                }
             })
             .collect();
         let mut payload: Vec<u8> = Vec::new();
@@ -221,7 +278,14 @@ impl Engine {
                 temperature: opts.temperature,
                 chunk_size: opts.chunk_size as u32,
             },
-            extents: p.pieces.iter().map(|p| Extent { kind: p.kind, len: p.range.len() as u64 }).collect(),
+            extents: p
+                .pieces
+                .iter()
+                .map(|p| Extent {
+                    kind: p.kind,
+                    len: p.range.len() as u64,
+                })
+                .collect(),
             chunks,
             frames: frames.iter().map(|(f, _)| *f).collect(),
             payload,
@@ -229,12 +293,19 @@ impl Engine {
         let bytes = blob.to_bytes();
         // The container must read back as written before anyone trusts it.
         if Blob::parse(&bytes)? != blob {
-            return Err(Error::Corrupt("container did not read back as written".into()));
+            return Err(Error::Corrupt(
+                "container did not read back as written".into(),
+            ));
         }
         let stats = Stats {
             original: data.len() as u64,
             compressed: bytes.len() as u64,
-            text_bytes: p.pieces.iter().filter(|p| p.kind == ExtentKind::Text).map(|p| p.range.len() as u64).sum(),
+            text_bytes: p
+                .pieces
+                .iter()
+                .filter(|p| p.kind == ExtentKind::Text)
+                .map(|p| p.range.len() as u64)
+                .sum(),
             binary_bytes: p.binary.len() as u64,
             chunks: coded.len(),
             frames: frames.len(),
@@ -246,8 +317,17 @@ impl Engine {
     }
 
     /// Arithmetic-codes token streams, all in lockstep.
-    pub fn encode(&self, streams: &[TokenStream], window: Window, predictor: PredictorConfig, progress: Option<Progress<'_>>) -> Result<(Vec<CodedStream>, super::RunStats)> {
-        let works = streams.iter().map(|t| Work::Encode(EncodeJob::new(t.0.clone()))).collect();
+    pub fn encode(
+        &self,
+        streams: &[TokenStream],
+        window: Window,
+        predictor: PredictorConfig,
+        progress: Option<Progress<'_>>,
+    ) -> Result<(Vec<CodedStream>, super::RunStats)> {
+        let works = streams
+            .iter()
+            .map(|t| Work::Encode(EncodeJob::new(t.0.clone())))
+            .collect();
         let (done, stats) = self.run(works, window, predictor, progress)?;
         let coded = done
             .into_iter()
@@ -260,8 +340,17 @@ impl Engine {
     }
 
     /// Decodes `(stream, token count)` pairs, all in lockstep.
-    pub fn decode_streams(&self, streams: &[(&[u8], u32)], window: Window, predictor: PredictorConfig, progress: Option<Progress<'_>>) -> Result<Vec<TokenStream>> {
-        let works = streams.iter().map(|(b, n)| Work::Decode(DecodeJob::new(b.to_vec(), *n))).collect();
+    pub fn decode_streams(
+        &self,
+        streams: &[(&[u8], u32)],
+        window: Window,
+        predictor: PredictorConfig,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Vec<TokenStream>> {
+        let works = streams
+            .iter()
+            .map(|(b, n)| Work::Decode(DecodeJob::new(b.to_vec(), *n)))
+            .collect();
         let (done, _) = self.run(works, window, predictor, progress)?;
         done.into_iter()
             .map(|w| match w {
@@ -275,7 +364,10 @@ impl Engine {
     pub fn check_fingerprint(&self, blob: &Blob) -> Result<()> {
         let ours = self.model.fingerprint();
         if !blob.chunks.is_empty() && blob.header.fingerprint != ours {
-            return Err(Error::FingerprintMismatch { blob: blob.header.fingerprint, ours });
+            return Err(Error::FingerprintMismatch {
+                blob: blob.header.fingerprint,
+                ours,
+            });
         }
         Ok(())
     }
@@ -284,7 +376,8 @@ impl Engine {
     pub fn decompress(&self, bytes: &[u8], progress: Option<Progress<'_>>) -> Result<Vec<u8>> {
         let blob = Blob::parse(bytes)?;
         let index = blob.index();
-        let (_, out) = self.decompress_range(&blob, &index, 0, blob.header.original_len, progress)?;
+        let (_, out) =
+            self.decompress_range(&blob, &index, 0, blob.header.original_len, progress)?;
         if crc32c::crc32c(&out) != blob.header.original_crc {
             return Err(Error::FileChecksum);
         }
@@ -293,18 +386,35 @@ impl Engine {
 
     /// Decodes only the extents overlapping `[start, end)` of the original file.
     /// Returns the offset of the first decoded byte and the bytes of those whole extents.
-    pub fn decompress_range(&self, blob: &Blob, index: &Index, start: u64, end: u64, progress: Option<Progress<'_>>) -> Result<(u64, Vec<u8>)> {
+    pub fn decompress_range(
+        &self,
+        blob: &Blob,
+        index: &Index,
+        start: u64,
+        end: u64,
+        progress: Option<Progress<'_>>,
+    ) -> Result<(u64, Vec<u8>)> {
         let ext = index.overlapping(start, end);
         let Some(first) = index.extents.get(ext.start) else {
             return Ok((start.min(blob.header.original_len), Vec::new()));
         };
         let base = first.orig_offset;
-        let texts: Vec<usize> = index.extents[ext.clone()].iter().filter(|e| e.kind == ExtentKind::Text).map(|e| e.chunk).collect();
+        let texts: Vec<usize> = index.extents[ext.clone()]
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Text)
+            .map(|e| e.chunk)
+            .collect();
         if !texts.is_empty() {
             self.check_fingerprint(blob)?;
         }
-        let streams: Vec<(&[u8], u32)> = texts.iter().map(|&c| (blob.chunk_stream(index, c), blob.chunks[c].tokens)).collect();
-        let predictor = PredictorConfig { flags: blob.header.flags, temperature: blob.header.temperature };
+        let streams: Vec<(&[u8], u32)> = texts
+            .iter()
+            .map(|&c| (blob.chunk_stream(index, c), blob.chunks[c].tokens))
+            .collect();
+        let predictor = PredictorConfig {
+            flags: blob.header.flags,
+            temperature: blob.header.temperature,
+        };
         let decoded = self.decode_streams(&streams, blob.header.window, predictor, progress)?;
         let mut text_bytes: HashMap<usize, Vec<u8>> = HashMap::new();
         for (&c, toks) in texts.iter().zip(decoded) {
@@ -332,7 +442,9 @@ impl Engine {
                         let f = (off / FRAME_SIZE as u64) as usize;
                         let raw = match frames.entry(f) {
                             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                            std::collections::hash_map::Entry::Vacant(v) => v.insert(self.frame(blob, index, f)?),
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(self.frame(blob, index, f)?)
+                            }
                         };
                         let in_frame = (off - f as u64 * FRAME_SIZE as u64) as usize;
                         let take = ((end - off) as usize).min(raw.len() - in_frame);
@@ -346,11 +458,21 @@ impl Engine {
     }
 
     fn frame(&self, blob: &Blob, index: &Index, f: usize) -> Result<Vec<u8>> {
-        let entry = blob.frames.get(f).ok_or_else(|| Error::Frame { frame: f, why: "missing".into() })?;
-        let raw = decompress_frame(entry.method, blob.frame_bytes(index, f), entry.raw_len as usize)
-            .map_err(|why| Error::Frame { frame: f, why })?;
+        let entry = blob.frames.get(f).ok_or_else(|| Error::Frame {
+            frame: f,
+            why: "missing".into(),
+        })?;
+        let raw = decompress_frame(
+            entry.method,
+            blob.frame_bytes(index, f),
+            entry.raw_len as usize,
+        )
+        .map_err(|why| Error::Frame { frame: f, why })?;
         if crc32c::crc32c(&raw) != entry.crc {
-            return Err(Error::Frame { frame: f, why: "checksum mismatch".into() });
+            return Err(Error::Frame {
+                frame: f,
+                why: "checksum mismatch".into(),
+            });
         }
         Ok(raw)
     }
@@ -362,7 +484,15 @@ fn frames_of(binary: &[u8]) -> Frames {
         .chunks(FRAME_SIZE)
         .map(|raw| {
             let (method, stored) = compress_frame(raw);
-            (FrameEntry { method, raw_len: raw.len() as u32, stored_len: stored.len() as u32, crc: crc32c::crc32c(raw) }, stored)
+            (
+                FrameEntry {
+                    method,
+                    raw_len: raw.len() as u32,
+                    stored_len: stored.len() as u32,
+                    crc: crc32c::crc32c(raw),
+                },
+                stored,
+            )
         })
         .collect()
 }

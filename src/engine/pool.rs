@@ -35,7 +35,11 @@ pub(crate) struct Task {
 pub(crate) enum Reply {
     /// Tokens coded since the last report.
     Progress(u64),
-    Done { id: usize, result: Result<Work, Error>, cost: Cost },
+    Done {
+        id: usize,
+        result: Result<Work, Error>,
+        cost: Cost,
+    },
 }
 
 /// A task's share of the work: decode calls are shared by every stream in them, so each
@@ -59,7 +63,12 @@ const PARALLEL_MIN_STREAMS: usize = 4;
 /// `NACRITHFS_PARALLEL_CPU=0|1` overrides (for measurements).
 fn parallel_cpu(model: &Model) -> bool {
     static V: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    V.get_or_init(|| std::env::var("NACRITHFS_PARALLEL_CPU").ok().map(|v| v == "1")).unwrap_or(model.offloaded())
+    V.get_or_init(|| {
+        std::env::var("NACRITHFS_PARALLEL_CPU")
+            .ok()
+            .map(|v| v == "1")
+    })
+    .unwrap_or(model.offloaded())
 }
 
 pub(crate) struct Pool {
@@ -75,24 +84,38 @@ impl Pool {
             let (model, rx) = (model.clone(), rx.clone());
             let h = std::thread::Builder::new()
                 .name(format!("model-{i}"))
-                .spawn(move || Worker { model: &model, rx, streams: streams.max(1) }.run())
+                .spawn(move || {
+                    Worker {
+                        model: &model,
+                        rx,
+                        streams: streams.max(1),
+                    }
+                    .run()
+                })
                 .map_err(|e| Error::Engine(format!("cannot start model worker: {e}")))?;
             handles.push(h);
         }
-        Ok(Pool { tx: Some(tx), workers: handles })
+        Ok(Pool {
+            tx: Some(tx),
+            workers: handles,
+        })
     }
 
     /// Hands tasks to the workers: split into one group per worker, so a large request
     /// spreads over all of them while each group still fills one batch.
     pub fn submit(&self, tasks: Vec<Task>) -> Result<(), Error> {
-        let tx = self.tx.as_ref().ok_or_else(|| Error::Engine("engine is shut down".into()))?;
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::Engine("engine is shut down".into()))?;
         let n = self.workers.len().max(1);
         let mut groups: Vec<Vec<Task>> = (0..n).map(|_| Vec::new()).collect();
         for (i, t) in tasks.into_iter().enumerate() {
             groups[i % n].push(t);
         }
         for g in groups.into_iter().filter(|g| !g.is_empty()) {
-            tx.send(g).map_err(|_| Error::Engine("model workers have stopped".into()))?;
+            tx.send(g)
+                .map_err(|_| Error::Engine("model workers have stopped".into()))?;
         }
         Ok(())
     }
@@ -137,17 +160,33 @@ struct Worker<'m> {
 }
 
 fn fail(task: Task, e: Error, cost: Cost) {
-    let _ = task.reply.send(Reply::Done { id: task.id, result: Err(e), cost });
+    let _ = task.reply.send(Reply::Done {
+        id: task.id,
+        result: Err(e),
+        cost,
+    });
 }
 
 fn finish(slot: Slot) {
-    let Slot { task, mut cost, predictor, unreported, .. } = slot;
+    let Slot {
+        task,
+        mut cost,
+        predictor,
+        unreported,
+        ..
+    } = slot;
     cost.skipped = predictor.skipped();
     if unreported > 0 {
         let _ = task.reply.send(Reply::Progress(unreported));
     }
-    let Task { id, work, reply, .. } = task;
-    let _ = reply.send(Reply::Done { id, result: Ok(work), cost });
+    let Task {
+        id, work, reply, ..
+    } = task;
+    let _ = reply.send(Reply::Done {
+        id,
+        result: Ok(work),
+        cost,
+    });
 }
 
 impl<'m> Worker<'m> {
@@ -175,7 +214,9 @@ impl<'m> Worker<'m> {
                 waiting.extend(msg);
             }
             // Take more work only when there is room for it, so an idle worker can have it.
-            let room = batch.as_ref().map_or(self.streams as usize, |b| b.slots.len() - active);
+            let room = batch
+                .as_ref()
+                .map_or(self.streams as usize, |b| b.slots.len() - active);
             if waiting.len() < room {
                 while let Ok(m) = self.rx.try_recv() {
                     waiting.extend(m);
@@ -186,22 +227,44 @@ impl<'m> Worker<'m> {
             }
             drop_cancelled(&mut waiting);
             if active == 0 {
-                let Some(head) = waiting.front() else { continue };
+                let Some(head) = waiting.front() else {
+                    continue;
+                };
                 let window = head.window;
-                let want = waiting.iter().filter(|t| t.window == window).count().min(self.streams as usize) as u32;
-                let fits = batch.as_ref().is_some_and(|b| b.session.window() == window && b.session.n_seq() >= want);
+                let want = waiting
+                    .iter()
+                    .filter(|t| t.window == window)
+                    .count()
+                    .min(self.streams as usize) as u32;
+                let fits = batch
+                    .as_ref()
+                    .is_some_and(|b| b.session.window() == window && b.session.n_seq() >= want);
                 if !fits {
                     batch = None; // free the old KV cache before allocating the new one
                     match self.model.session(want, window) {
-                        Ok(session) => batch = Some(Batch { session, slots: (0..want).map(|_| None).collect() }),
+                        Ok(session) => {
+                            batch = Some(Batch {
+                                session,
+                                slots: (0..want).map(|_| None).collect(),
+                            })
+                        }
                         Err(e) => {
                             // No context for this window: its tasks cannot run here.
                             let msg = e.to_string();
                             let (doomed, rest): (VecDeque<Task>, VecDeque<Task>) =
-                                std::mem::take(&mut waiting).into_iter().partition(|t| t.window == window);
+                                std::mem::take(&mut waiting)
+                                    .into_iter()
+                                    .partition(|t| t.window == window);
                             waiting = rest;
                             for t in doomed {
-                                fail(t, Error::Model(crate::model::ModelError::Context { n_seq: want, n_ctx: window.ctx }), Cost::default());
+                                fail(
+                                    t,
+                                    Error::Model(crate::model::ModelError::Context {
+                                        n_seq: want,
+                                        n_ctx: window.ctx,
+                                    }),
+                                    Cost::default(),
+                                );
                             }
                             log::error!("model worker: {msg}");
                             continue;
@@ -226,12 +289,24 @@ impl<'m> Worker<'m> {
     fn admit(&self, b: &mut Batch<'m>, waiting: &mut VecDeque<Task>) {
         for slot in b.slots.iter_mut().filter(|s| s.is_none()) {
             // In order: a task for another window waits until this batch drains.
-            if waiting.front().is_none_or(|t| t.window != b.session.window()) {
+            if waiting
+                .front()
+                .is_none_or(|t| t.window != b.session.window())
+            {
                 break;
             }
-            let Some(task) = waiting.pop_front() else { break };
+            let Some(task) = waiting.pop_front() else {
+                break;
+            };
             let predictor = Predictor::new(self.model.n_vocab(), task.predictor);
-            *slot = Some(Slot { task, pos: 0, predictor, wants_logits: true, cost: Cost::default(), unreported: 0 });
+            *slot = Some(Slot {
+                task,
+                pos: 0,
+                predictor,
+                wants_logits: true,
+                cost: Cost::default(),
+                unreported: 0,
+            });
         }
     }
 
@@ -253,7 +328,12 @@ impl<'m> Worker<'m> {
                 s.pos = b.session.slide(seq as u32, s.pos)?;
             }
             s.wants_logits = s.predictor.prepare();
-            feeds.push(Feed { seq: seq as u32, token: s.task.work.input(bos), pos: s.pos, logits: s.wants_logits });
+            feeds.push(Feed {
+                seq: seq as u32,
+                token: s.task.work.input(bos),
+                pos: s.pos,
+                logits: s.wants_logits,
+            });
         }
         if feeds.is_empty() {
             return Ok(());
@@ -282,11 +362,12 @@ impl<'m> Worker<'m> {
             s.cost.cpu_secs += t.elapsed().as_secs_f64();
             Ok(())
         };
-        let results: Vec<Result<(), Error>> = if rows.len() >= PARALLEL_MIN_STREAMS && parallel_cpu(self.model) {
-            rows.par_iter_mut().map(code).collect()
-        } else {
-            rows.iter_mut().map(code).collect()
-        };
+        let results: Vec<Result<(), Error>> =
+            if rows.len() >= PARALLEL_MIN_STREAMS && parallel_cpu(self.model) {
+                rows.par_iter_mut().map(code).collect()
+            } else {
+                rows.iter_mut().map(code).collect()
+            };
         drop(rows);
 
         let mut results = results.into_iter();
@@ -315,8 +396,9 @@ impl<'m> Worker<'m> {
 /// Fails waiting tasks whose request was cancelled, so their callers stop waiting.
 fn drop_cancelled(waiting: &mut VecDeque<Task>) {
     if waiting.iter().any(|t| t.cancel.load(Ordering::Relaxed)) {
-        let (gone, keep): (VecDeque<Task>, VecDeque<Task>) =
-            std::mem::take(waiting).into_iter().partition(|t| t.cancel.load(Ordering::Relaxed));
+        let (gone, keep): (VecDeque<Task>, VecDeque<Task>) = std::mem::take(waiting)
+            .into_iter()
+            .partition(|t| t.cancel.load(Ordering::Relaxed));
         *waiting = keep;
         for t in gone {
             fail(t, Error::Engine("cancelled".into()), Cost::default());

@@ -47,7 +47,11 @@ pub fn compress_frame(raw: &[u8]) -> (Method, Vec<u8>) {
     let mut x = Vec::new();
     // Preset 9 with the "extreme" flag (LZMA_PRESET_EXTREME), i.e. xz -9e.
     let preset = 9 | (1 << 31);
-    if xz2::read::XzEncoder::new(raw, preset).read_to_end(&mut x).is_ok() && x.len() < best.1.len() {
+    if xz2::read::XzEncoder::new(raw, preset)
+        .read_to_end(&mut x)
+        .is_ok()
+        && x.len() < best.1.len()
+    {
         best = (Method::Xz, x);
     }
     best
@@ -60,7 +64,9 @@ pub fn decompress_frame(method: Method, stored: &[u8], raw_len: usize) -> Result
         Method::Zstd => {
             let mut out = Vec::new();
             let dec = zstd::stream::read::Decoder::new(stored).map_err(|e| format!("zstd: {e}"))?;
-            dec.take(raw_len as u64 + 1).read_to_end(&mut out).map_err(|e| format!("zstd: {e}"))?;
+            dec.take(raw_len as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("zstd: {e}"))?;
             out
         }
         Method::Xz => {
@@ -73,7 +79,11 @@ pub fn decompress_frame(method: Method, stored: &[u8], raw_len: usize) -> Result
         }
     };
     if out.len() != raw_len {
-        return Err(format!("{} frame expands to {} bytes, expected {raw_len}", method.name(), out.len()));
+        return Err(format!(
+            "{} frame expands to {} bytes, expected {raw_len}",
+            method.name(),
+            out.len()
+        ));
     }
     Ok(out)
 }

@@ -19,8 +19,18 @@ pub struct Flags(pub u16);
 
 impl std::fmt::Display for Flags {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names = [(Self::LLM, "llm"), (Self::NGRAM, "ngram"), (Self::MATCH, "match"), (Self::BIAS, "bias"), (Self::SKIP, "skip")];
-        let on: Vec<&str> = names.iter().filter(|(b, _)| self.has(*b)).map(|(_, n)| *n).collect();
+        let names = [
+            (Self::LLM, "llm"),
+            (Self::NGRAM, "ngram"),
+            (Self::MATCH, "match"),
+            (Self::BIAS, "bias"),
+            (Self::SKIP, "skip"),
+        ];
+        let on: Vec<&str> = names
+            .iter()
+            .filter(|(b, _)| self.has(*b))
+            .map(|(_, n)| *n)
+            .collect();
         write!(f, "{}", on.join(","))
     }
 }
@@ -127,7 +137,9 @@ fn trunc(what: &'static str) -> impl Fn(Eof) -> FormatError {
 impl Blob {
     /// Serialises the blob.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64 + self.extents.len() * 4 + self.chunks.len() * 10 + self.payload.len());
+        let mut out = Vec::with_capacity(
+            64 + self.extents.len() * 4 + self.chunks.len() * 10 + self.payload.len(),
+        );
         self.write_header(&mut out);
         out.extend_from_slice(&self.payload);
         out
@@ -177,7 +189,10 @@ impl Blob {
             return Err(FormatError::Truncated("payload"));
         }
         if have > payload_len {
-            return Err(FormatError::Inconsistent(format!("{} bytes of trailing garbage", have - payload_len)));
+            return Err(FormatError::Inconsistent(format!(
+                "{} bytes of trailing garbage",
+                have - payload_len
+            )));
         }
         blob.payload = data[header_len..].to_vec();
         Ok(blob)
@@ -187,7 +202,13 @@ impl Blob {
     /// Returns the blob and the header's length, where the payload starts.
     pub fn parse_header(data: &[u8]) -> Result<(Blob, usize), FormatError> {
         let mut r = Reader::new(data);
-        let magic = r.bytes(4).map_err(|_| if data.is_empty() || MAGIC.starts_with(data) { FormatError::Truncated("magic") } else { FormatError::BadMagic })?;
+        let magic = r.bytes(4).map_err(|_| {
+            if data.is_empty() || MAGIC.starts_with(data) {
+                FormatError::Truncated("magic")
+            } else {
+                FormatError::BadMagic
+            }
+        })?;
         if magic != MAGIC {
             return Err(FormatError::BadMagic);
         }
@@ -218,7 +239,11 @@ impl Blob {
         let mut extents = Vec::with_capacity(n_extents as usize);
         for _ in 0..n_extents {
             let v = r.varint().map_err(&t)?;
-            let kind = if v & 1 == 1 { ExtentKind::Binary } else { ExtentKind::Text };
+            let kind = if v & 1 == 1 {
+                ExtentKind::Binary
+            } else {
+                ExtentKind::Text
+            };
             extents.push(Extent { kind, len: v >> 1 });
         }
         let mut chunks = Vec::with_capacity(n_chunks as usize);
@@ -229,19 +254,29 @@ impl Blob {
             if tokens > u32::MAX as u64 || stream_len > u32::MAX as u64 {
                 return Err(FormatError::Inconsistent("chunk entry out of range".into()));
             }
-            chunks.push(ChunkEntry { tokens: tokens as u32, stream_len: stream_len as u32, crc });
+            chunks.push(ChunkEntry {
+                tokens: tokens as u32,
+                stream_len: stream_len as u32,
+                crc,
+            });
         }
         let mut frames = Vec::with_capacity(n_frames as usize);
         for _ in 0..n_frames {
             let m = r.u8().map_err(&t)?;
-            let method = Method::from_u8(m).ok_or_else(|| FormatError::Inconsistent(format!("unknown frame method {m}")))?;
+            let method = Method::from_u8(m)
+                .ok_or_else(|| FormatError::Inconsistent(format!("unknown frame method {m}")))?;
             let raw_len = r.varint().map_err(&t)?;
             let stored_len = r.varint().map_err(&t)?;
             let crc = r.u32().map_err(&t)?;
             if raw_len > FRAME_SIZE as u64 || stored_len > u32::MAX as u64 {
                 return Err(FormatError::Inconsistent("frame entry out of range".into()));
             }
-            frames.push(FrameEntry { method, raw_len: raw_len as u32, stored_len: stored_len as u32, crc });
+            frames.push(FrameEntry {
+                method,
+                raw_len: raw_len as u32,
+                stored_len: stored_len as u32,
+                crc,
+            });
         }
         let body_end = r.pos();
         let stored_crc = r.u32().map_err(trunc("header checksum"))?;
@@ -252,7 +287,10 @@ impl Blob {
         if flags.0 & !Flags::KNOWN != 0 || !flags.has(Flags::LLM) {
             return Err(FormatError::UnknownFlags(flags.0));
         }
-        let window = Window { ctx: ctx.min(u32::MAX as u64) as u32, slide: slide.min(u32::MAX as u64) as u32 };
+        let window = Window {
+            ctx: ctx.min(u32::MAX as u64) as u32,
+            slide: slide.min(u32::MAX as u64) as u32,
+        };
         let header = Header {
             flags,
             original_len,
@@ -262,7 +300,13 @@ impl Blob {
             temperature,
             chunk_size: chunk_size.min(u32::MAX as u64) as u32,
         };
-        let blob = Blob { header, extents, chunks, frames, payload: Vec::new() };
+        let blob = Blob {
+            header,
+            extents,
+            chunks,
+            frames,
+            payload: Vec::new(),
+        };
         blob.validate()?;
         Ok((blob, r.pos()))
     }
@@ -271,7 +315,10 @@ impl Blob {
         let bad = |m: String| Err(FormatError::Inconsistent(m));
         let h = &self.header;
         if !self.chunks.is_empty() && !h.window.is_valid() {
-            return bad(format!("invalid context window {}/{}", h.window.ctx, h.window.slide));
+            return bad(format!(
+                "invalid context window {}/{}",
+                h.window.ctx, h.window.slide
+            ));
         }
         if !(h.temperature.is_finite() && h.temperature > 0.0) {
             return bad(format!("invalid temperature {}", h.temperature));
@@ -283,30 +330,49 @@ impl Blob {
             if e.len == 0 {
                 return bad("empty extent".into());
             }
-            total = total.checked_add(e.len).ok_or_else(|| FormatError::Inconsistent("extent lengths overflow".into()))?;
+            total = total
+                .checked_add(e.len)
+                .ok_or_else(|| FormatError::Inconsistent("extent lengths overflow".into()))?;
             match e.kind {
                 ExtentKind::Binary => binary += e.len,
                 ExtentKind::Text => {
-                    let c = self.chunks.get(text).ok_or_else(|| FormatError::Inconsistent("more text extents than chunks".into()))?;
+                    let c = self.chunks.get(text).ok_or_else(|| {
+                        FormatError::Inconsistent("more text extents than chunks".into())
+                    })?;
                     if e.len > MAX_CHUNK || c.tokens as u64 > e.len {
-                        return bad(format!("text chunk {text} claims {} tokens for {} bytes", c.tokens, e.len));
+                        return bad(format!(
+                            "text chunk {text} claims {} tokens for {} bytes",
+                            c.tokens, e.len
+                        ));
                     }
                     text += 1;
                 }
             }
         }
         if text != self.chunks.len() {
-            return bad(format!("{} chunks for {text} text extents", self.chunks.len()));
+            return bad(format!(
+                "{} chunks for {text} text extents",
+                self.chunks.len()
+            ));
         }
         if total != h.original_len {
-            return bad(format!("extents cover {total} bytes, header says {}", h.original_len));
+            return bad(format!(
+                "extents cover {total} bytes, header says {}",
+                h.original_len
+            ));
         }
         let frame_raw: u64 = self.frames.iter().map(|f| f.raw_len as u64).sum();
         if frame_raw != binary {
-            return bad(format!("binary extents hold {binary} bytes, frames {frame_raw}"));
+            return bad(format!(
+                "binary extents hold {binary} bytes, frames {frame_raw}"
+            ));
         }
         let full = self.frames.len().saturating_sub(1);
-        if self.frames[..full].iter().any(|f| f.raw_len as usize != FRAME_SIZE) || self.frames.last().is_some_and(|f| f.raw_len == 0) {
+        if self.frames[..full]
+            .iter()
+            .any(|f| f.raw_len as usize != FRAME_SIZE)
+            || self.frames.last().is_some_and(|f| f.raw_len == 0)
+        {
             return bad("binary frames are not cut at the frame size".into());
         }
         Ok(())
@@ -320,11 +386,23 @@ impl Blob {
         for e in &self.extents {
             match e.kind {
                 ExtentKind::Text => {
-                    items.push(IndexedExtent { orig_offset: orig, len: e.len, kind: e.kind, chunk, binary_offset: 0 });
+                    items.push(IndexedExtent {
+                        orig_offset: orig,
+                        len: e.len,
+                        kind: e.kind,
+                        chunk,
+                        binary_offset: 0,
+                    });
                     chunk += 1;
                 }
                 ExtentKind::Binary => {
-                    items.push(IndexedExtent { orig_offset: orig, len: e.len, kind: e.kind, chunk: 0, binary_offset: bin });
+                    items.push(IndexedExtent {
+                        orig_offset: orig,
+                        len: e.len,
+                        kind: e.kind,
+                        chunk: 0,
+                        binary_offset: bin,
+                    });
                     bin += e.len;
                 }
             }
@@ -341,7 +419,11 @@ impl Blob {
             frame_offsets.push(off);
             off += f.stored_len as u64;
         }
-        Index { extents: items, chunk_offsets, frame_offsets }
+        Index {
+            extents: items,
+            chunk_offsets,
+            frame_offsets,
+        }
     }
 
     /// The stored stream of chunk `i`.
@@ -379,7 +461,9 @@ pub struct IndexedExtent {
 impl Index {
     /// Indices of the extents that overlap `[start, end)`.
     pub fn overlapping(&self, start: u64, end: u64) -> std::ops::Range<usize> {
-        let first = self.extents.partition_point(|e| e.orig_offset + e.len <= start);
+        let first = self
+            .extents
+            .partition_point(|e| e.orig_offset + e.len <= start);
         let last = self.extents.partition_point(|e| e.orig_offset < end);
         first..last.max(first)
     }
@@ -396,17 +480,35 @@ mod tests {
                 flags: Flags(Flags::LLM),
                 original_len: 110,
                 original_crc: 0xdead_beef,
-                fingerprint: Fingerprint { model: [1; 8], backend: [2; 8] },
+                fingerprint: Fingerprint {
+                    model: [1; 8],
+                    backend: [2; 8],
+                },
                 window: Window::default(),
                 temperature: 1.0,
                 chunk_size: 8192,
             },
             extents: vec![
-                Extent { kind: ExtentKind::Text, len: 100 },
-                Extent { kind: ExtentKind::Binary, len: 10 },
+                Extent {
+                    kind: ExtentKind::Text,
+                    len: 100,
+                },
+                Extent {
+                    kind: ExtentKind::Binary,
+                    len: 10,
+                },
             ],
-            chunks: vec![ChunkEntry { tokens: 30, stream_len: 3, crc: 7 }],
-            frames: vec![FrameEntry { method: Method::Raw, raw_len: 10, stored_len: 10, crc: 9 }],
+            chunks: vec![ChunkEntry {
+                tokens: 30,
+                stream_len: 3,
+                crc: 7,
+            }],
+            frames: vec![FrameEntry {
+                method: Method::Raw,
+                raw_len: 10,
+                stored_len: 10,
+                crc: 9,
+            }],
             payload: vec![5; 13],
         }
     }
@@ -428,7 +530,10 @@ mod tests {
     fn every_truncation_is_an_error() {
         let bytes = sample().to_bytes();
         for n in 0..bytes.len() {
-            assert!(Blob::parse(&bytes[..n]).is_err(), "prefix of {n} bytes parsed");
+            assert!(
+                Blob::parse(&bytes[..n]).is_err(),
+                "prefix of {n} bytes parsed"
+            );
         }
     }
 
@@ -440,7 +545,10 @@ mod tests {
             for bit in 0..8 {
                 let mut b = bytes.clone();
                 b[i] ^= 1 << bit;
-                assert!(Blob::parse(&b).is_err(), "flip at byte {i} bit {bit} accepted");
+                assert!(
+                    Blob::parse(&b).is_err(),
+                    "flip at byte {i} bit {bit} accepted"
+                );
             }
         }
     }
@@ -449,7 +557,10 @@ mod tests {
     fn wrong_magic_and_version() {
         assert_eq!(Blob::parse(b"PK\x03\x04rest"), Err(FormatError::BadMagic));
         assert_eq!(Blob::parse(b"NC0"), Err(FormatError::Truncated("magic")));
-        assert_eq!(Blob::parse(b"NC06\x09"), Err(FormatError::UnsupportedVersion(9)));
+        assert_eq!(
+            Blob::parse(b"NC06\x09"),
+            Err(FormatError::UnsupportedVersion(9))
+        );
     }
 
     proptest! {

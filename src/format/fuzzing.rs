@@ -17,13 +17,17 @@ pub fn container(data: &[u8]) {
     let Ok(blob) = Blob::parse(data) else { return };
     let index = blob.index();
     let total: u64 = index.extents.iter().map(|e| e.len).sum();
-    assert_eq!(total, blob.header.original_len, "extents do not tile the file");
+    assert_eq!(
+        total, blob.header.original_len,
+        "extents do not tile the file"
+    );
     for i in 0..blob.chunks.len() {
         let _ = blob.chunk_stream(&index, i);
     }
     for (i, f) in blob.frames.iter().enumerate() {
         assert!(f.raw_len as usize <= FRAME_SIZE);
-        if let Ok(raw) = decompress_frame(f.method, blob.frame_bytes(&index, i), f.raw_len as usize) {
+        if let Ok(raw) = decompress_frame(f.method, blob.frame_bytes(&index, i), f.raw_len as usize)
+        {
             assert_eq!(raw.len(), f.raw_len as usize);
         }
     }
@@ -34,14 +38,18 @@ pub fn container(data: &[u8]) {
 /// Decodes symbols from `data` with a CDF built from its first bytes, then encodes
 /// them and decodes that again: the same symbols must come back.
 pub fn decoder(data: &[u8]) {
-    let Some((&n, rest)) = data.split_first() else { return };
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
     let symbols = 2 + n as usize % 254;
     if rest.len() < symbols {
         return;
     }
     let (weights, stream) = rest.split_at(symbols);
     let w: Vec<f32> = weights.iter().map(|&b| b as f32 + 1.0).collect();
-    let Ok(cdf) = Cdf::from_weights(&w, fixed_sum(&w)) else { return };
+    let Ok(cdf) = Cdf::from_weights(&w, fixed_sum(&w)) else {
+        return;
+    };
     let count = 8 * stream.len() + 64;
     let mut dec = Decoder::new(stream);
     let mut out = Vec::with_capacity(count);

@@ -11,7 +11,7 @@ mod varint;
 
 pub use binary::{compress_frame, decompress_frame, Method, FRAME_SIZE};
 pub use container::{
-    Blob, ChunkEntry, Extent, ExtentKind, FormatError, FrameEntry, Header, Index, IndexedExtent, Flags,
-    HEADER_PREFIX_LEN, MAGIC, VERSION,
+    Blob, ChunkEntry, Extent, ExtentKind, Flags, FormatError, FrameEntry, Header, Index,
+    IndexedExtent, HEADER_PREFIX_LEN, MAGIC, VERSION,
 };
-pub use segment::{segment, SegmentOptions, Segment};
+pub use segment::{segment, Segment, SegmentOptions};

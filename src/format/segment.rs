@@ -20,7 +20,11 @@ pub struct SegmentOptions {
 
 impl Default for SegmentOptions {
     fn default() -> Self {
-        SegmentOptions { min_text: 64, bridge: 8, chunk_size: crate::DEFAULT_CHUNK_SIZE }
+        SegmentOptions {
+            min_text: 64,
+            bridge: 8,
+            chunk_size: crate::DEFAULT_CHUNK_SIZE,
+        }
     }
 }
 
@@ -39,7 +43,13 @@ fn text_char_len(b: &[u8]) -> usize {
     match c {
         b'\t' | b'\n' | b'\r' | 0x20..=0x7e => 1,
         0xc2..=0xf4 if c != 0xf1 && c != 0xf2 => {
-            let n = if c < 0xe0 { 2 } else if c < 0xf0 { 3 } else { 4 };
+            let n = if c < 0xe0 {
+                2
+            } else if c < 0xf0 {
+                3
+            } else {
+                4
+            };
             if b.len() >= n && std::str::from_utf8(&b[..n]).is_ok() {
                 n
             } else {
@@ -98,7 +108,11 @@ pub fn segment(data: &[u8], opts: &SegmentOptions) -> Vec<Segment> {
     // 3. Short text is not worth a model stream.
     let mut merged: Vec<Segment> = Vec::new();
     for r in bridged {
-        let kind = if r.kind == ExtentKind::Text && r.range.len() < opts.min_text { ExtentKind::Binary } else { r.kind };
+        let kind = if r.kind == ExtentKind::Text && r.range.len() < opts.min_text {
+            ExtentKind::Binary
+        } else {
+            r.kind
+        };
         push(&mut merged, kind, r.range);
     }
     // 4. Long text is cut into balanced chunks at line or word boundaries.
@@ -119,12 +133,23 @@ fn split_text(data: &[u8], range: Range<usize>, chunk: usize, out: &mut Vec<Segm
     while left > chunk {
         let pieces = left.div_ceil(chunk);
         let target = left / pieces;
-        let cut = best_cut(data, start, start + target, start + chunk.min(target + target / 8));
-        out.push(Segment { kind: ExtentKind::Text, range: start..cut });
+        let cut = best_cut(
+            data,
+            start,
+            start + target,
+            start + chunk.min(target + target / 8),
+        );
+        out.push(Segment {
+            kind: ExtentKind::Text,
+            range: start..cut,
+        });
         left -= cut - start;
         start = cut;
     }
-    out.push(Segment { kind: ExtentKind::Text, range: start..range.end });
+    out.push(Segment {
+        kind: ExtentKind::Text,
+        range: start..range.end,
+    });
 }
 
 /// A cut position in `(start, hi]` near `target`: after a newline if there is one within
@@ -163,12 +188,19 @@ mod tests {
     #[test]
     fn binary_with_embedded_text() {
         let mut d = vec![0u8, 0xff, 0xfe, 0x80];
-        d.extend_from_slice("hello world, this is a long enough piece of text to be worth it.".as_bytes());
+        d.extend_from_slice(
+            "hello world, this is a long enough piece of text to be worth it.".as_bytes(),
+        );
         d.extend_from_slice(&[0x00, 0x01]);
-        d.extend_from_slice("and this continues the text after a bridged two-byte gap right here".as_bytes());
+        d.extend_from_slice(
+            "and this continues the text after a bridged two-byte gap right here".as_bytes(),
+        );
         d.extend_from_slice(&[0xff; 3]);
         let s = segment(&d, &SegmentOptions::default());
-        assert_eq!(s.iter().map(|x| x.kind).collect::<Vec<_>>(), vec![ExtentKind::Binary, ExtentKind::Text, ExtentKind::Binary]);
+        assert_eq!(
+            s.iter().map(|x| x.kind).collect::<Vec<_>>(),
+            vec![ExtentKind::Binary, ExtentKind::Text, ExtentKind::Binary]
+        );
         assert_eq!(s[1].range.len(), d.len() - 7);
     }
 
@@ -178,14 +210,24 @@ mod tests {
         d.push(0x04);
         d.extend_from_slice("y".repeat(100).as_bytes());
         let s = segment(&d, &SegmentOptions::default());
-        assert_eq!(kinds(&s), vec![(ExtentKind::Text, 100), (ExtentKind::Binary, 1), (ExtentKind::Text, 100)]);
+        assert_eq!(
+            kinds(&s),
+            vec![
+                (ExtentKind::Text, 100),
+                (ExtentKind::Binary, 1),
+                (ExtentKind::Text, 100)
+            ]
+        );
     }
 
     #[test]
     fn long_text_is_split_in_balanced_chunks_at_newlines() {
         let line = "The quick brown fox jumps over the lazy dog.\n";
         let text = line.repeat(1000);
-        let opts = SegmentOptions { chunk_size: 8192, ..Default::default() };
+        let opts = SegmentOptions {
+            chunk_size: 8192,
+            ..Default::default()
+        };
         let s = segment(text.as_bytes(), &opts);
         assert_eq!(s.len(), text.len().div_ceil(8192));
         for seg in &s {

@@ -160,7 +160,12 @@ impl Status {
     pub fn from_json(s: &str) -> Option<Status> {
         let field = |k: &str| -> Option<u64> {
             let at = s.find(&format!("\"{k}\":"))? + k.len() + 3;
-            s[at..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().ok()
+            s[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+                .parse()
+                .ok()
         };
         s.trim_start().starts_with('{').then_some(())?;
         Some(Status {
@@ -209,7 +214,11 @@ fn blob_key(md: &Metadata) -> BlobKey {
 #[derive(Clone)]
 enum Content {
     Plain(Arc<File>),
-    Blob { blob: Arc<dyn OpenBlob>, key: BlobKey, file: Arc<File> },
+    Blob {
+        blob: Arc<dyn OpenBlob>,
+        key: BlobKey,
+        file: Arc<File>,
+    },
 }
 
 impl Content {
@@ -285,7 +294,9 @@ pub struct CoreConfig {
 
 impl Default for CoreConfig {
     fn default() -> Self {
-        CoreConfig { cache_bytes: 64 << 20 }
+        CoreConfig {
+            cache_bytes: 64 << 20,
+        }
     }
 }
 
@@ -318,15 +329,25 @@ fn to_time(s: i64, ns: i64) -> SystemTime {
 }
 
 fn cpath(p: &Path) -> FsResult<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| FsError::new("path contains NUL", libc::EINVAL))
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| FsError::new("path contains NUL", libc::EINVAL))
 }
 
 fn timespec(t: Option<SetTime>) -> libc::timespec {
     match t {
-        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        Some(SetTime::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
         Some(SetTime::At(t)) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => libc::timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 },
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
             Err(e) => {
                 let d = e.duration();
                 let (mut s, mut ns) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
@@ -334,7 +355,10 @@ fn timespec(t: Option<SetTime>) -> libc::timespec {
                     s -= 1;
                     ns += 1_000_000_000;
                 }
-                libc::timespec { tv_sec: s, tv_nsec: ns }
+                libc::timespec {
+                    tv_sec: s,
+                    tv_nsec: ns,
+                }
             }
         },
     }
@@ -354,13 +378,31 @@ impl Core {
         let id = (md.dev(), md.ino());
         nodes.insert(
             ROOT_INO,
-            Node { kind: Kind::Dir, links: Vec::new(), id, lookups: 1, opens: 0, writers: 0, gen: 0, dirty: false, content: None },
+            Node {
+                kind: Kind::Dir,
+                links: Vec::new(),
+                id,
+                lookups: 1,
+                opens: 0,
+                writers: 0,
+                gen: 0,
+                dirty: false,
+                content: None,
+            },
         );
-        let cache = ExtentCache { lru: LruCache::unbounded(), bytes: 0, cap: config.cache_bytes };
+        let cache = ExtentCache {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            cap: config.cache_bytes,
+        };
         Ok(Core {
             backing,
             codec,
-            table: Mutex::new(Table { nodes, by_id: HashMap::from([(id, ROOT_INO)]), next: STATUS_INO + 1 }),
+            table: Mutex::new(Table {
+                nodes,
+                by_id: HashMap::from([(id, ROOT_INO)]),
+                next: STATUS_INO + 1,
+            }),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             queue: WorkQueue::default(),
@@ -380,8 +422,14 @@ impl Core {
     /// every plaintext file (written before a crash or put into BACKING directly).
     /// Returns (temporary files deleted, files queued).
     pub fn recover(&self) -> FsResult<(usize, usize)> {
-        let cleaned = self.backing.clean_tmp().map_err(io_ctx("cleaning .nacrithfs/tmp"))?;
-        let files = self.backing.plaintext_files().map_err(io_ctx("scanning for plaintext files"))?;
+        let cleaned = self
+            .backing
+            .clean_tmp()
+            .map_err(io_ctx("cleaning .nacrithfs/tmp"))?;
+        let files = self
+            .backing
+            .plaintext_files()
+            .map_err(io_ctx("scanning for plaintext files"))?;
         let mut queued = 0;
         for rel in files {
             match self.resolve(&rel) {
@@ -482,12 +530,18 @@ impl Core {
     /// again, so an open racing with a rename over the file opens the new file instead
     /// of failing with ENOENT (found by tests/load.rs).
     fn stale() -> FsError {
-        FsError::new("file replaced or removed since it was looked up", libc::ESTALE)
+        FsError::new(
+            "file replaced or removed since it was looked up",
+            libc::ESTALE,
+        )
     }
 
     /// Drops a node nobody can reach any more.
     fn maybe_remove(t: &mut Table, ino: Ino) {
-        let gone = t.nodes.get(&ino).is_some_and(|n| n.links.is_empty() && n.opens == 0 && n.lookups == 0);
+        let gone = t
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.links.is_empty() && n.opens == 0 && n.lookups == 0);
         if gone && ino != ROOT_INO {
             if let Some(n) = t.nodes.remove(&ino) {
                 if t.by_id.get(&n.id) == Some(&ino) {
@@ -501,7 +555,9 @@ impl Core {
     /// backing link count before the removal.
     fn drop_link(t: &mut Table, id: BackingId, parent: Ino, name: &OsStr, nlink: u64) {
         let Some(&ino) = t.by_id.get(&id) else { return };
-        let Some(n) = t.nodes.get_mut(&ino) else { return };
+        let Some(n) = t.nodes.get_mut(&ino) else {
+            return;
+        };
         n.links.retain(|(p, nm)| !(*p == parent && nm == name));
         if nlink <= 1 {
             n.links.clear();
@@ -586,9 +642,17 @@ impl Core {
             let mut buf = vec![0u8; want];
             let n = read_full_at(f, &mut buf, 0).map_err(io_ctx("reading blob header"))?;
             buf.truncate(n);
-            match self.codec.original_len(&buf).map_err(named(name.display()))? {
+            match self
+                .codec
+                .original_len(&buf)
+                .map_err(named(name.display()))?
+            {
                 Some(len) => break len,
-                None if n < want => return Err(named(name.display())(CodecError::eio("blob header truncated"))),
+                None if n < want => {
+                    return Err(named(name.display())(CodecError::eio(
+                        "blob header truncated",
+                    )))
+                }
                 None => want *= 4,
             }
         };
@@ -690,7 +754,14 @@ impl Core {
     }
 
     /// Registers a just-created entry and counts the kernel's lookup.
-    fn created(&self, parent: Ino, name: &OsStr, path: &BPath, uid: u32, gid: u32) -> FsResult<Attr> {
+    fn created(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        path: &BPath,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
         chown_quiet(path, uid, gid)?;
         let ino = {
             let mut t = lock(&self.table);
@@ -704,22 +775,48 @@ impl Core {
         self.attr_of(ino, &Target::Path(path.clone()))
     }
 
-    pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
+    pub fn mkdir(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
         Self::check_new_name(parent, name)?;
         let path = self.path_of(&lock(&self.table), parent)?.join(name);
-        std::fs::DirBuilder::new().mode(mode & 0o7777).create(&path).map_err(io_ctx(&path))?;
+        std::fs::DirBuilder::new()
+            .mode(mode & 0o7777)
+            .create(&path)
+            .map_err(io_ctx(&path))?;
         self.created(parent, name, &path, uid, gid)
     }
 
-    pub fn mknod(&self, parent: Ino, name: &OsStr, mode: u32, rdev: u32, uid: u32, gid: u32) -> FsResult<Attr> {
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
         Self::check_new_name(parent, name)?;
         let path = self.path_of(&lock(&self.table), parent)?.join(name);
         let c = cpath(&path)?;
-        cvt(unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) }).map_err(io_ctx(&path))?;
+        cvt(unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })
+            .map_err(io_ctx(&path))?;
         self.created(parent, name, &path, uid, gid)
     }
 
-    pub fn symlink(&self, parent: Ino, name: &OsStr, target: &Path, uid: u32, gid: u32) -> FsResult<Attr> {
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        target: &Path,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
         Self::check_new_name(parent, name)?;
         let path = self.path_of(&lock(&self.table), parent)?.join(name);
         std::os::unix::fs::symlink(target, &path).map_err(io_ctx(&path))?;
@@ -728,7 +825,10 @@ impl Core {
 
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
         let path = self.path_of(&lock(&self.table), ino)?;
-        Ok(std::fs::read_link(&path).map_err(io_ctx(&path))?.into_os_string().into_encoded_bytes())
+        Ok(std::fs::read_link(&path)
+            .map_err(io_ctx(&path))?
+            .into_os_string()
+            .into_encoded_bytes())
     }
 
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> FsResult<Attr> {
@@ -772,7 +872,14 @@ impl Core {
         Ok(())
     }
 
-    pub fn rename(&self, parent: Ino, name: &OsStr, newparent: Ino, newname: &OsStr, flags: u32) -> FsResult<()> {
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        newparent: Ino,
+        newname: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
         if Self::is_reserved(parent, name) || Self::is_reserved(newparent, newname) {
             return Err(FsError::new("name reserved by nacrithfs", libc::EPERM));
         }
@@ -788,8 +895,20 @@ impl Core {
         let smd = std::fs::symlink_metadata(&src).map_err(io_ctx(&src))?;
         let dmd = std::fs::symlink_metadata(&dst).ok();
         let (cs, cd) = (cpath(&src)?, cpath(&dst)?);
-        cvt(unsafe { libc::renameat2(libc::AT_FDCWD, cs.as_ptr(), libc::AT_FDCWD, cd.as_ptr(), flags) })
-            .map_err(io_ctx(&format!("rename {} -> {}", src.display(), dst.display())))?;
+        cvt(unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                cs.as_ptr(),
+                libc::AT_FDCWD,
+                cd.as_ptr(),
+                flags,
+            )
+        })
+        .map_err(io_ctx(&format!(
+            "rename {} -> {}",
+            src.display(),
+            dst.display()
+        )))?;
         let sid = (smd.dev(), smd.ino());
         let did = dmd.as_ref().map(|m| (m.dev(), m.ino()));
         if did == Some(sid) {
@@ -807,7 +926,8 @@ impl Core {
             if let Some(did) = did {
                 // The destination node now sits at the source name.
                 if let Some(n) = t.by_id.get(&did).copied().and_then(|i| t.nodes.get_mut(&i)) {
-                    n.links.retain(|(p, nm)| !(*p == newparent && nm == newname));
+                    n.links
+                        .retain(|(p, nm)| !(*p == newparent && nm == newname));
                     n.links.insert(0, (parent, name.to_owned()));
                 }
             }
@@ -827,10 +947,21 @@ impl Core {
         let mut entries = Vec::new();
         let parent = {
             let t = lock(&self.table);
-            t.nodes.get(&ino).and_then(|n| n.links.first().map(|l| l.0)).unwrap_or(ROOT_INO)
+            t.nodes
+                .get(&ino)
+                .and_then(|n| n.links.first().map(|l| l.0))
+                .unwrap_or(ROOT_INO)
         };
-        entries.push(DirEntry { ino, kind: Kind::Dir, name: ".".into() });
-        entries.push(DirEntry { ino: parent, kind: Kind::Dir, name: "..".into() });
+        entries.push(DirEntry {
+            ino,
+            kind: Kind::Dir,
+            name: ".".into(),
+        });
+        entries.push(DirEntry {
+            ino: parent,
+            kind: Kind::Dir,
+            name: "..".into(),
+        });
         for e in std::fs::read_dir(&path).map_err(io_ctx(&path))? {
             let e = e.map_err(io_ctx(&path))?;
             let name = e.file_name();
@@ -840,7 +971,11 @@ impl Core {
             let Ok(md) = e.metadata() else { continue }; // raced with a removal
             let mut t = lock(&self.table);
             let child = Self::node_for(&mut t, ino, &name, &md);
-            entries.push(DirEntry { ino: child, kind: Kind::of(&md), name });
+            entries.push(DirEntry {
+                ino: child,
+                kind: Kind::of(&md),
+                name,
+            });
         }
         Ok(self.new_handle(Handle::Dir { entries }))
     }
@@ -849,9 +984,12 @@ impl Core {
     pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
         let h = lock(&self.handles);
         match h.get(&fh) {
-            Some(Handle::Dir { entries }) => {
-                Ok(entries.iter().enumerate().skip(offset as usize).map(|(i, e)| (i as u64 + 1, e.clone())).collect())
-            }
+            Some(Handle::Dir { entries }) => Ok(entries
+                .iter()
+                .enumerate()
+                .skip(offset as usize)
+                .map(|(i, e)| (i as u64 + 1, e.clone()))
+                .collect()),
             _ => Err(FsError::new("not a directory handle", libc::EBADF)),
         }
     }
@@ -871,10 +1009,24 @@ impl Core {
     /// Opens a node's backing file (never through a symlink), read-write when allowed.
     fn open_backing(&self, t: &Table, ino: Ino) -> FsResult<(BPath, File)> {
         let path = self.path_of(t, ino)?;
-        let f = match OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
+        let f = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
             Ok(f) => f,
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::ETXTBSY)) => {
-                OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(io_ctx(&path))?
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::ETXTBSY)
+                ) =>
+            {
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .map_err(io_ctx(&path))?
             }
             Err(e) => return Err(io_ctx(&path)(e)),
         };
@@ -891,7 +1043,11 @@ impl Core {
             let md = f.metadata().map_err(io_ctx(&path))?;
             let mut bytes = Vec::with_capacity(md.len() as usize);
             (&f).read_to_end(&mut bytes).map_err(io_ctx(&path))?;
-            Content::Blob { blob: self.codec.open(bytes).map_err(named(path.display()))?, key: blob_key(&md), file: Arc::new(f) }
+            Content::Blob {
+                blob: self.codec.open(bytes).map_err(named(path.display()))?,
+                key: blob_key(&md),
+                file: Arc::new(f),
+            }
         } else {
             Content::Plain(Arc::new(f))
         };
@@ -909,11 +1065,20 @@ impl Core {
                 return Err(FsError::new("the status file is read-only", libc::EACCES));
             }
             let data = self.status().to_json().into_bytes();
-            return Ok((self.new_handle(Handle::Status { data }), OpenReply { keep_cache: false, direct_io: true }));
+            return Ok((
+                self.new_handle(Handle::Status { data }),
+                OpenReply {
+                    keep_cache: false,
+                    direct_io: true,
+                },
+            ));
         }
         let content = {
             let mut t = lock(&self.table);
-            if t.nodes.get(&ino).is_some_and(|n| n.links.is_empty() && n.content.is_none()) {
+            if t.nodes
+                .get(&ino)
+                .is_some_and(|n| n.links.is_empty() && n.content.is_none())
+            {
                 return Err(Self::stale());
             }
             match t.nodes.get(&ino).map(|n| n.kind) {
@@ -923,7 +1088,11 @@ impl Core {
                 Some(_) => return Err(FsError::new("not a regular file", libc::ENXIO)),
             }
             // O_TRUNC replaces the content without reading it (a damaged blob too).
-            let c = if trunc { None } else { Some(self.load_content(&mut t, ino)?) };
+            let c = if trunc {
+                None
+            } else {
+                Some(self.load_content(&mut t, ino)?)
+            };
             if let Some(n) = t.nodes.get_mut(&ino) {
                 n.opens += 1;
                 n.writers += write as u32;
@@ -938,15 +1107,37 @@ impl Core {
             }
             return Ok((fh, OpenReply::default()));
         }
-        Ok((fh, OpenReply { keep_cache: matches!(content, Some(Content::Blob { .. })), direct_io: false }))
+        Ok((
+            fh,
+            OpenReply {
+                keep_cache: matches!(content, Some(Content::Blob { .. })),
+                direct_io: false,
+            },
+        ))
     }
 
-    pub fn create(&self, parent: Ino, name: &OsStr, mode: u32, flags: i32, uid: u32, gid: u32) -> FsResult<(Attr, u64, OpenReply)> {
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64, OpenReply)> {
         Self::check_new_name(parent, name)?;
         let path = self.path_of(&lock(&self.table), parent)?.join(name);
-        let f = match OpenOptions::new().read(true).write(true).create_new(true).mode(mode & 0o7777).open(&path) {
+        let f = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o7777)
+            .open(&path)
+        {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && flags & libc::O_EXCL == 0 => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists && flags & libc::O_EXCL == 0 =>
+            {
                 let attr = self.lookup(parent, name)?;
                 let (fh, reply) = self.open(attr.ino, flags)?;
                 return Ok((self.getattr(attr.ino)?, fh, reply));
@@ -984,7 +1175,11 @@ impl Core {
             return Ok(data[start..(start + size as usize).min(data.len())].to_vec());
         }
         let ino = self.handle_ino(fh, false)?;
-        let content = lock(&self.table).nodes.get(&ino).and_then(|n| n.content.clone()).ok_or_else(FsError::noent)?;
+        let content = lock(&self.table)
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.content.clone())
+            .ok_or_else(FsError::noent)?;
         match content {
             Content::Plain(f) => {
                 let mut buf = vec![0u8; size as usize];
@@ -992,12 +1187,20 @@ impl Core {
                 buf.truncate(n);
                 Ok(buf)
             }
-            Content::Blob { blob, key, .. } => self.read_blob(&*blob, key, offset, size as u64).map_err(|e| self.name_codec_err(ino, e)),
+            Content::Blob { blob, key, .. } => self
+                .read_blob(&*blob, key, offset, size as u64)
+                .map_err(|e| self.name_codec_err(ino, e)),
         }
     }
 
     /// Reads `[offset, offset+size)` of a blob, decoding only the extents not cached.
-    fn read_blob(&self, blob: &dyn OpenBlob, key: BlobKey, offset: u64, size: u64) -> FsResult<Vec<u8>> {
+    fn read_blob(
+        &self,
+        blob: &dyn OpenBlob,
+        key: BlobKey,
+        offset: u64,
+        size: u64,
+    ) -> FsResult<Vec<u8>> {
         let len = blob.len();
         if offset >= len || size == 0 {
             return Ok(Vec::new());
@@ -1010,9 +1213,13 @@ impl Core {
         let _one = lock(&gate);
         let mut parts: Vec<Option<Arc<Vec<u8>>>> = {
             let mut c = lock(&self.cache);
-            (first..last).map(|i| c.lru.get(&(key, i)).cloned()).collect()
+            (first..last)
+                .map(|i| c.lru.get(&(key, i)).cloned())
+                .collect()
         };
-        let missing: Vec<usize> = (first..last).filter(|i| parts[i - first].is_none()).collect();
+        let missing: Vec<usize> = (first..last)
+            .filter(|i| parts[i - first].is_none())
+            .collect();
         if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
             log::debug!("decoding extents {lo}..={hi} of blob {key:?}");
             let bytes = blob.decode(lo..hi + 1)?;
@@ -1020,7 +1227,9 @@ impl Core {
             let mut c = lock(&self.cache);
             for i in lo..=hi {
                 let l = ext[i].1 as usize;
-                let piece = bytes.get(at..at + l).ok_or_else(|| FsError::new("decoded extent too short", libc::EIO))?;
+                let piece = bytes
+                    .get(at..at + l)
+                    .ok_or_else(|| FsError::new("decoded extent too short", libc::EIO))?;
                 let v = Arc::new(piece.to_vec());
                 parts[i - first] = Some(v.clone());
                 c.insert((key, i), v);
@@ -1063,9 +1272,12 @@ impl Core {
                 }
             };
             log::debug!("inode {ino}: decoding for write");
-            let data = blob.decode(0..blob.extents().len()).map_err(|e| self.name_codec_err(ino, e.into()))?;
+            let data = blob
+                .decode(0..blob.extents().len())
+                .map_err(|e| self.name_codec_err(ino, e.into()))?;
             let mut t = lock(&self.table);
-            if let Some(Some(Content::Blob { key: k, .. })) = t.nodes.get(&ino).map(|n| &n.content) {
+            if let Some(Some(Content::Blob { key: k, .. })) = t.nodes.get(&ino).map(|n| &n.content)
+            {
                 if *k == key {
                     self.replace_with_plain(&mut t, ino, &data)?;
                 }
@@ -1087,22 +1299,33 @@ impl Core {
     }
 
     /// Replaces the blob file `like` of node `ino` with plaintext `data` (under the lock).
-    fn replace_blob_file(&self, t: &mut Table, ino: Ino, like: &Arc<File>, data: &[u8]) -> FsResult<()> {
+    fn replace_blob_file(
+        &self,
+        t: &mut Table,
+        ino: Ino,
+        like: &Arc<File>,
+        data: &[u8],
+    ) -> FsResult<()> {
         let orphan = t.nodes.get(&ino).is_some_and(|n| n.links.is_empty());
         let md = like.metadata().map_err(io_ctx("fstat"))?;
         if md.nlink() > 1 && !orphan {
             // Hard-linked: a rename would split the links, so rewrite in place.
             like.set_len(0).map_err(io_ctx("truncate"))?;
             like.write_all_at(data, 0).map_err(io_ctx("pwrite"))?;
-            let name = CString::new(backing::STATE_XATTR).map_err(|_| FsError::new("xattr name", libc::EINVAL))?;
-            cvt(unsafe { libc::fremovexattr(like.as_raw_fd(), name.as_ptr()) }).map_err(io_ctx("fremovexattr"))?;
+            let name = CString::new(backing::STATE_XATTR)
+                .map_err(|_| FsError::new("xattr name", libc::EINVAL))?;
+            cvt(unsafe { libc::fremovexattr(like.as_raw_fd(), name.as_ptr()) })
+                .map_err(io_ctx("fremovexattr"))?;
             like.sync_all().map_err(io_ctx("fsync"))?;
             if let Some(n) = t.nodes.get_mut(&ino) {
                 n.content = Some(Content::Plain(like.clone()));
             }
             return Ok(());
         }
-        let (tmp, f) = self.backing.prepare(data, like, false).map_err(io_ctx("staging plaintext"))?;
+        let (tmp, f) = self
+            .backing
+            .prepare(data, like, false)
+            .map_err(io_ctx("staging plaintext"))?;
         if orphan {
             let _ = std::fs::remove_file(&tmp);
         } else {
@@ -1113,7 +1336,9 @@ impl Core {
             }
         }
         let nmd = f.metadata().map_err(io_ctx("fstat"))?;
-        let Some(n) = t.nodes.get_mut(&ino) else { return Ok(()) };
+        let Some(n) = t.nodes.get_mut(&ino) else {
+            return Ok(());
+        };
         let old_id = n.id;
         n.id = (nmd.dev(), nmd.ino());
         n.content = Some(Content::Plain(Arc::new(f)));
@@ -1168,17 +1393,31 @@ impl Core {
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
-        let Ok(ino) = self.handle_ino(fh, false) else { return Ok(()) };
-        let c = lock(&self.table).nodes.get(&ino).and_then(|n| n.content.clone());
+        let Ok(ino) = self.handle_ino(fh, false) else {
+            return Ok(());
+        };
+        let c = lock(&self.table)
+            .nodes
+            .get(&ino)
+            .and_then(|n| n.content.clone());
         if let Some(Content::Plain(f)) = c {
-            if datasync { f.sync_data() } else { f.sync_all() }.map_err(io_ctx("fsync"))?;
+            if datasync {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
+            .map_err(io_ctx("fsync"))?;
         }
         Ok(())
     }
 
     pub fn release(&self, fh: u64) {
-        let Some(h) = lock(&self.handles).remove(&fh) else { return };
-        let Handle::File { ino, write } = h else { return };
+        let Some(h) = lock(&self.handles).remove(&fh) else {
+            return;
+        };
+        let Handle::File { ino, write } = h else {
+            return;
+        };
         let mut t = lock(&self.table);
         let mut queue = false;
         if let Some(n) = t.nodes.get_mut(&ino) {
@@ -1214,12 +1453,21 @@ impl Core {
                 n.content = None;
             }
         }
-        let fd_or_path = |f: &dyn Fn(libc::c_int, &CString, libc::c_int) -> libc::c_int| -> FsResult<()> {
-            match &target {
-                Target::Path(p) => cvt(f(libc::AT_FDCWD, &cpath(p)?, libc::AT_SYMLINK_NOFOLLOW)).map_err(io_ctx(p)),
-                Target::Orphan(file) => cvt(f(file.as_raw_fd(), &CString::default(), libc::AT_EMPTY_PATH)).map_err(io_ctx("orphan")),
-            }
-        };
+        let fd_or_path =
+            |f: &dyn Fn(libc::c_int, &CString, libc::c_int) -> libc::c_int| -> FsResult<()> {
+                match &target {
+                    Target::Path(p) => {
+                        cvt(f(libc::AT_FDCWD, &cpath(p)?, libc::AT_SYMLINK_NOFOLLOW))
+                            .map_err(io_ctx(p))
+                    }
+                    Target::Orphan(file) => cvt(f(
+                        file.as_raw_fd(),
+                        &CString::default(),
+                        libc::AT_EMPTY_PATH,
+                    ))
+                    .map_err(io_ctx("orphan")),
+                }
+            };
         if a.uid.is_some() || a.gid.is_some() {
             let (u, g) = (a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX));
             fd_or_path(&|dir, p, fl| unsafe { libc::fchownat(dir, p.as_ptr(), u, g, fl) })?;
@@ -1227,19 +1475,31 @@ impl Core {
         if let Some(mode) = a.mode {
             match &target {
                 // Linux cannot chmod a symlink itself; the kernel never asks.
-                Target::Path(p) => cvt(unsafe { libc::chmod(cpath(p)?.as_ptr(), (mode & 0o7777) as libc::mode_t) }).map_err(io_ctx(p))?,
-                Target::Orphan(f) => cvt(unsafe { libc::fchmod(f.as_raw_fd(), (mode & 0o7777) as libc::mode_t) }).map_err(io_ctx("fchmod"))?,
+                Target::Path(p) => {
+                    cvt(unsafe { libc::chmod(cpath(p)?.as_ptr(), (mode & 0o7777) as libc::mode_t) })
+                        .map_err(io_ctx(p))?
+                }
+                Target::Orphan(f) => {
+                    cvt(unsafe { libc::fchmod(f.as_raw_fd(), (mode & 0o7777) as libc::mode_t) })
+                        .map_err(io_ctx("fchmod"))?
+                }
             }
         }
         if a.atime.is_some() || a.mtime.is_some() {
             let ts = [timespec(a.atime), timespec(a.mtime)];
-            fd_or_path(&|dir, p, fl| unsafe { libc::utimensat(dir, p.as_ptr(), ts.as_ptr(), fl & libc::AT_SYMLINK_NOFOLLOW) })
-                .or_else(|e| match &target {
-                    Target::Orphan(f) => cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) }).map_err(io_ctx("futimens")),
-                    _ => Err(e),
-                })?;
+            fd_or_path(&|dir, p, fl| unsafe {
+                libc::utimensat(dir, p.as_ptr(), ts.as_ptr(), fl & libc::AT_SYMLINK_NOFOLLOW)
+            })
+            .or_else(|e| match &target {
+                Target::Orphan(f) => cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) })
+                    .map_err(io_ctx("futimens")),
+                _ => Err(e),
+            })?;
         }
-        let queue = a.size.is_some() && t.nodes.get(&ino).is_some_and(|n| n.writers == 0 && n.dirty && !n.links.is_empty());
+        let queue = a.size.is_some()
+            && t.nodes
+                .get(&ino)
+                .is_some_and(|n| n.writers == 0 && n.dirty && !n.links.is_empty());
         drop(t);
         if queue {
             self.queue.push(ino);
@@ -1277,7 +1537,9 @@ impl Core {
             return Err(FsError::new("no such attribute", libc::ENODATA));
         }
         let p = self.xattr_path(ino)?;
-        backing::lget_xattr(&p, name).map_err(io_ctx(&p))?.ok_or_else(|| FsError::new("no such attribute", libc::ENODATA))
+        backing::lget_xattr(&p, name)
+            .map_err(io_ctx(&p))?
+            .ok_or_else(|| FsError::new("no such attribute", libc::ENODATA))
     }
 
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {
@@ -1294,7 +1556,10 @@ impl Core {
 
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         if name.as_bytes().starts_with(RESERVED_XATTR_PREFIX) {
-            return Err(FsError::new("xattr name reserved by nacrithfs", libc::EPERM));
+            return Err(FsError::new(
+                "xattr name reserved by nacrithfs",
+                libc::EPERM,
+            ));
         }
         let p = self.xattr_path(ino)?;
         // Under the lock, ordered with content replacement (which copies xattrs).
@@ -1317,7 +1582,11 @@ impl Core {
 
     pub fn status(&self) -> Status {
         let (queued, active) = self.queue.counts();
-        let writing = lock(&self.table).nodes.values().filter(|n| n.dirty && n.writers > 0 && !n.links.is_empty()).count();
+        let writing = lock(&self.table)
+            .nodes
+            .values()
+            .filter(|n| n.dirty && n.writers > 0 && !n.links.is_empty())
+            .count();
         let c = &self.counters;
         Status {
             queued: queued as u64,
@@ -1338,7 +1607,10 @@ impl Core {
     pub fn worker(&self) {
         while let Some(ino) = self.queue.pop() {
             if let Err(e) = self.compress_one(ino) {
-                log::warn!("{}: compression failed, the file stays plaintext: {e}", self.describe(ino));
+                log::warn!(
+                    "{}: compression failed, the file stays plaintext: {e}",
+                    self.describe(ino)
+                );
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 if let Some(n) = lock(&self.table).nodes.get_mut(&ino) {
                     n.dirty = false;
@@ -1376,7 +1648,9 @@ impl Core {
     fn compress_one(&self, ino: Ino) -> FsResult<()> {
         let (path, id, gen) = {
             let t = lock(&self.table);
-            let Some(n) = t.nodes.get(&ino) else { return Ok(()) };
+            let Some(n) = t.nodes.get(&ino) else {
+                return Ok(());
+            };
             if n.links.is_empty() || n.writers > 0 || n.kind != Kind::File {
                 return Ok(()); // gone, or its last writer's close queues it again
             }
@@ -1399,9 +1673,15 @@ impl Core {
         (&f).read_to_end(&mut data).map_err(io_ctx(&path))?;
         let t0 = std::time::Instant::now();
         let blob = self.codec.compress(&data)?;
-        let (tmp, tf) = self.backing.prepare(&blob, &f, true).map_err(io_ctx("staging blob"))?;
+        let (tmp, tf) = self
+            .backing
+            .prepare(&blob, &f, true)
+            .map_err(io_ctx("staging blob"))?;
         let mut t = lock(&self.table);
-        let ok = t.nodes.get(&ino).is_some_and(|n| n.gen == gen && n.writers == 0 && !n.links.is_empty() && n.id == id);
+        let ok = t
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.gen == gen && n.writers == 0 && !n.links.is_empty() && n.id == id);
         let path_now = if ok { self.path_of(&t, ino).ok() } else { None };
         let still = path_now
             .as_ref()
@@ -1429,12 +1709,20 @@ impl Core {
         }
         let nmd = tf.metadata().map_err(io_ctx("fstat"))?;
         let new_id = (nmd.dev(), nmd.ino());
-        let opened = if t.nodes.get(&ino).is_some_and(|n| n.content.is_some()) { Some(self.codec.open(blob.clone())) } else { None };
+        let opened = if t.nodes.get(&ino).is_some_and(|n| n.content.is_some()) {
+            Some(self.codec.open(blob.clone()))
+        } else {
+            None
+        };
         if let Some(n) = t.nodes.get_mut(&ino) {
             n.id = new_id;
             n.dirty = false;
             if let Some(Ok(b)) = opened {
-                n.content = Some(Content::Blob { blob: b, key: blob_key(&nmd), file: Arc::new(tf) });
+                n.content = Some(Content::Blob {
+                    blob: b,
+                    key: blob_key(&nmd),
+                    file: Arc::new(tf),
+                });
             } else if opened.is_some() {
                 n.content = None;
             }
@@ -1445,9 +1733,17 @@ impl Core {
         lock(&self.headers).insert(blob_key(&nmd), data.len() as u64);
         let c = &self.counters;
         c.compressed.fetch_add(1, Ordering::Relaxed);
-        c.bytes_before.fetch_add(data.len() as u64, Ordering::Relaxed);
-        c.bytes_after.fetch_add(blob.len() as u64, Ordering::Relaxed);
-        log::info!("{}: {} -> {} bytes in {:.1}s", target.display(), data.len(), blob.len(), t0.elapsed().as_secs_f64());
+        c.bytes_before
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        c.bytes_after
+            .fetch_add(blob.len() as u64, Ordering::Relaxed);
+        log::info!(
+            "{}: {} -> {} bytes in {:.1}s",
+            target.display(),
+            data.len(),
+            blob.len(),
+            t0.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 }

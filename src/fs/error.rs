@@ -18,14 +18,19 @@ pub enum FsError {
 impl FsError {
     pub fn errno(&self) -> i32 {
         match self {
-            FsError::Io { source, .. } => crate::store::backing::os_errno(source).unwrap_or(libc::EIO),
+            FsError::Io { source, .. } => {
+                crate::store::backing::os_errno(source).unwrap_or(libc::EIO)
+            }
             FsError::Errno { errno, .. } => *errno,
             FsError::Codec(e) => e.errno,
         }
     }
 
     pub fn noent() -> Self {
-        FsError::Errno { what: "no such inode or entry", errno: libc::ENOENT }
+        FsError::Errno {
+            what: "no such inode or entry",
+            errno: libc::ENOENT,
+        }
     }
 
     pub fn new(what: &'static str, errno: i32) -> Self {
@@ -37,5 +42,8 @@ pub type FsResult<T> = Result<T, FsError>;
 
 /// Adds context to an io::Error: `.map_err(io_ctx(&path))`.
 pub fn io_ctx<D: std::fmt::Debug + ?Sized>(what: &D) -> impl FnOnce(io::Error) -> FsError + '_ {
-    move |source| FsError::Io { context: format!("{what:?}"), source }
+    move |source| FsError::Io {
+        context: format!("{what:?}"),
+        source,
+    }
 }

@@ -4,9 +4,10 @@
 use super::core::{Attr, Core, Kind, SetAttr, SetTime};
 use super::error::FsError;
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
@@ -113,7 +114,10 @@ fn fopen(r: super::core::OpenReply) -> FopenFlags {
 impl Filesystem for NacrithFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // O_TRUNC arrives with open, so truncating a compressed file never decodes it.
-        if config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC).is_err() {
+        if config
+            .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC)
+            .is_err()
+        {
             log::info!("kernel lacks FUSE_ATOMIC_O_TRUNC");
         }
         Ok(())
@@ -160,7 +164,14 @@ impl Filesystem for NacrithFuse {
         reply: ReplyAttr,
     ) {
         log::debug!("setattr({ino}, mode {mode:?}, uid {uid:?}, gid {gid:?}, size {size:?})");
-        let a = SetAttr { mode, uid, gid, size, atime: time(atime), mtime: time(mtime) };
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time(atime),
+            mtime: time(mtime),
+        };
         match self.core.setattr(ino.0, &a) {
             Ok(a) => reply.attr(&TTL, &attr(&a)),
             Err(e) => reply.error(errno("setattr", &e)),
@@ -175,14 +186,40 @@ impl Filesystem for NacrithFuse {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         log::debug!("mknod({parent}, {name:?}, {mode:o})");
-        reply_entry("mknod", self.core.mknod(parent.0, name, mode, rdev, req.uid(), req.gid()), reply);
+        reply_entry(
+            "mknod",
+            self.core
+                .mknod(parent.0, name, mode, rdev, req.uid(), req.gid()),
+            reply,
+        );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         log::debug!("mkdir({parent}, {name:?}, {mode:o})");
-        reply_entry("mkdir", self.core.mkdir(parent.0, name, mode, req.uid(), req.gid()), reply);
+        reply_entry(
+            "mkdir",
+            self.core.mkdir(parent.0, name, mode, req.uid(), req.gid()),
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -195,9 +232,21 @@ impl Filesystem for NacrithFuse {
         reply_empty("rmdir", self.core.rmdir(parent.0, name), reply);
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         log::debug!("symlink({parent}, {link_name:?} -> {target:?})");
-        reply_entry("symlink", self.core.symlink(parent.0, link_name, target, req.uid(), req.gid()), reply);
+        reply_entry(
+            "symlink",
+            self.core
+                .symlink(parent.0, link_name, target, req.uid(), req.gid()),
+            reply,
+        );
     }
 
     fn rename(
@@ -211,10 +260,22 @@ impl Filesystem for NacrithFuse {
         reply: ReplyEmpty,
     ) {
         log::debug!("rename({parent}, {name:?} -> {newparent}, {newname:?}, {flags})");
-        reply_empty("rename", self.core.rename(parent.0, name, newparent.0, newname, flags.bits()), reply);
+        reply_empty(
+            "rename",
+            self.core
+                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+            reply,
+        );
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         log::debug!("link({ino} -> {newparent}, {newname:?})");
         reply_entry("link", self.core.link(ino.0, newparent.0, newname), reply);
     }
@@ -264,7 +325,14 @@ impl Filesystem for NacrithFuse {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -283,7 +351,14 @@ impl Filesystem for NacrithFuse {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         log::debug!("fsync({ino}, fh {})", fh.0);
         reply_empty("fsync", self.core.fsync(fh.0, datasync), reply);
     }
@@ -296,7 +371,14 @@ impl Filesystem for NacrithFuse {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         log::debug!("readdir({ino}, fh {}, {offset})", fh.0);
         match self.core.readdir(fh.0, offset) {
             Ok(entries) => {
@@ -311,25 +393,54 @@ impl Filesystem for NacrithFuse {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.core.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.core.statfs() {
-            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
             Err(e) => reply.error(errno("statfs", &e)),
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         log::debug!("setxattr({ino}, {name:?})");
-        reply_empty("setxattr", self.core.setxattr(ino.0, name, value, flags), reply);
+        reply_empty(
+            "setxattr",
+            self.core.setxattr(ino.0, name, value, flags),
+            reply,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -352,10 +463,24 @@ impl Filesystem for NacrithFuse {
         reply.ok();
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         log::debug!("create({parent}, {name:?}, {mode:o}, {flags:#x})");
-        match self.core.create(parent.0, name, mode, flags, req.uid(), req.gid()) {
-            Ok((a, fh, r)) => reply.created(&TTL, &attr(&a), Generation(0), FileHandle(fh), fopen(r)),
+        match self
+            .core
+            .create(parent.0, name, mode, flags, req.uid(), req.gid())
+        {
+            Ok((a, fh, r)) => {
+                reply.created(&TTL, &attr(&a), Generation(0), FileHandle(fh), fopen(r))
+            }
             Err(e) => reply.error(errno("create", &e)),
         }
     }

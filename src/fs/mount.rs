@@ -53,26 +53,45 @@ pub fn preflight(backing: &Path, mountpoint: &Path) -> Result<(PathBuf, PathBuf)
     if !Path::new("/dev/fuse").exists() {
         return Err(setup("/dev/fuse does not exist: load the fuse module (modprobe fuse) or run with --device /dev/fuse".into()));
     }
-    let b = backing.canonicalize().map_err(|e| setup(format!("backing directory {}: {e}", backing.display())))?;
+    let b = backing
+        .canonicalize()
+        .map_err(|e| setup(format!("backing directory {}: {e}", backing.display())))?;
     if !b.is_dir() {
-        return Err(setup(format!("backing directory {}: not a directory", backing.display())));
+        return Err(setup(format!(
+            "backing directory {}: not a directory",
+            backing.display()
+        )));
     }
-    let m = mountpoint.canonicalize().map_err(|e| setup(format!("mount point {}: {e}", mountpoint.display())))?;
-    let md = std::fs::metadata(&m).map_err(|e| setup(format!("mount point {}: {e}", m.display())))?;
+    let m = mountpoint
+        .canonicalize()
+        .map_err(|e| setup(format!("mount point {}: {e}", mountpoint.display())))?;
+    let md =
+        std::fs::metadata(&m).map_err(|e| setup(format!("mount point {}: {e}", m.display())))?;
     if !md.is_dir() {
-        return Err(setup(format!("mount point {}: not a directory", m.display())));
+        return Err(setup(format!(
+            "mount point {}: not a directory",
+            m.display()
+        )));
     }
     let parent = m.parent().unwrap_or(Path::new("/"));
     let pmd = std::fs::metadata(parent).map_err(|e| setup(format!("{}: {e}", parent.display())))?;
     if pmd.dev() != md.dev() || (pmd.ino() == md.ino() && m != Path::new("/")) {
-        return Err(setup(format!("mount point {}: busy (something is already mounted there)", m.display())));
+        return Err(setup(format!(
+            "mount point {}: busy (something is already mounted there)",
+            m.display()
+        )));
     }
-    let mut entries = std::fs::read_dir(&m).map_err(|e| setup(format!("mount point {}: {e}", m.display())))?;
+    let mut entries =
+        std::fs::read_dir(&m).map_err(|e| setup(format!("mount point {}: {e}", m.display())))?;
     if entries.next().is_some() {
         return Err(setup(format!("mount point {}: not empty", m.display())));
     }
     if m.starts_with(&b) || b.starts_with(&m) {
-        return Err(setup(format!("mount point {} and backing directory {} must not contain each other", m.display(), b.display())));
+        return Err(setup(format!(
+            "mount point {} and backing directory {} must not contain each other",
+            m.display(),
+            b.display()
+        )));
     }
     Ok((b, m))
 }
@@ -93,7 +112,11 @@ fn block_signals() -> libc::sigset_t {
 /// Unmounts `mnt` with fusermount3 (lazily if busy), falling back to umount(2).
 pub fn unmount(mnt: &Path) {
     for args in [&["-u"][..], &["-u", "-z"][..]] {
-        match std::process::Command::new("fusermount3").args(args).arg(mnt).status() {
+        match std::process::Command::new("fusermount3")
+            .args(args)
+            .arg(mnt)
+            .status()
+        {
             Ok(s) if s.success() => return,
             Ok(s) => log::warn!("fusermount3 {args:?} {}: {s}", mnt.display()),
             Err(e) => log::warn!("fusermount3: {e}"),
@@ -112,12 +135,29 @@ pub fn run(args: MountArgs) -> Result<(), MountError> {
     // Modes from the kernel are final (it applied the caller's umask); ours must not apply.
     unsafe { libc::umask(0) };
     let model = Model::load(&args.model, &args.model_options)?;
-    let engine = Arc::new(Engine::new(Arc::new(model), EngineConfig { streams: args.streams.max(1), workers: args.workers.max(1) }));
-    let backing = Backing::open(&backing_dir).map_err(|e| MountError::Io { what: "backing directory".into(), source: e })?;
-    let core = Core::new(backing, Arc::new(Nc06Codec::new(engine)), CoreConfig { cache_bytes: args.cache_mb.max(1) << 20 })
-        .map_err(|e| setup(format!("backing directory: {e}")))?;
+    let engine = Arc::new(Engine::new(
+        Arc::new(model),
+        EngineConfig {
+            streams: args.streams.max(1),
+            workers: args.workers.max(1),
+        },
+    ));
+    let backing = Backing::open(&backing_dir).map_err(|e| MountError::Io {
+        what: "backing directory".into(),
+        source: e,
+    })?;
+    let core = Core::new(
+        backing,
+        Arc::new(Nc06Codec::new(engine)),
+        CoreConfig {
+            cache_bytes: args.cache_mb.max(1) << 20,
+        },
+    )
+    .map_err(|e| setup(format!("backing directory: {e}")))?;
     let core = Arc::new(core);
-    let (cleaned, queued) = core.recover().map_err(|e| setup(format!("recovery: {e}")))?;
+    let (cleaned, queued) = core
+        .recover()
+        .map_err(|e| setup(format!("recovery: {e}")))?;
     log::info!("recovery: {cleaned} temporary files deleted, {queued} plaintext files queued");
     let mut workers = Vec::new();
     for i in 0..args.jobs.max(1) {
@@ -125,7 +165,10 @@ pub fn run(args: MountArgs) -> Result<(), MountError> {
         let h = std::thread::Builder::new()
             .name(format!("compress-{i}"))
             .spawn(move || c.worker())
-            .map_err(|e| MountError::Io { what: "spawning worker".into(), source: e })?;
+            .map_err(|e| MountError::Io {
+                what: "spawning worker".into(),
+                source: e,
+            })?;
         workers.push(h);
     }
     {
@@ -139,7 +182,10 @@ pub fn run(args: MountArgs) -> Result<(), MountError> {
                     unmount(&mnt);
                 }
             })
-            .map_err(|e| MountError::Io { what: "spawning signal thread".into(), source: e })?;
+            .map_err(|e| MountError::Io {
+                what: "spawning signal thread".into(),
+                source: e,
+            })?;
     }
     let mut config = Config::default();
     config.mount_options = vec![
@@ -160,7 +206,10 @@ pub fn run(args: MountArgs) -> Result<(), MountError> {
     log::info!("mounted {} on {}", backing_dir.display(), mnt.display());
     let r = session.run();
     core.shutdown();
-    r.map_err(|e| MountError::Io { what: "FUSE session".into(), source: e })?;
+    r.map_err(|e| MountError::Io {
+        what: "FUSE session".into(),
+        source: e,
+    })?;
     log::info!("unmounted {}", mnt.display());
     finish_workers(workers, SHUTDOWN_GRACE);
     Ok(())
@@ -195,7 +244,8 @@ fn finish_workers(workers: Vec<std::thread::JoinHandle<()>>, grace: Duration) {
 /// Reads the live status of the mount at `mnt`.
 pub fn status(mnt: &Path) -> Result<Status, MountError> {
     let p = mnt.join(STATUS_NAME);
-    let s = std::fs::read_to_string(&p).map_err(|e| setup(format!("{}: not a nacrithfs mount ({e})", mnt.display())))?;
+    let s = std::fs::read_to_string(&p)
+        .map_err(|e| setup(format!("{}: not a nacrithfs mount ({e})", mnt.display())))?;
     Status::from_json(&s).ok_or_else(|| setup(format!("{}: unreadable status {s:?}", p.display())))
 }
 

@@ -60,13 +60,19 @@ pub struct Sparse {
 
 impl Sparse {
     fn empty() -> Sparse {
-        Sparse { items: Vec::new(), uniform: 1.0 }
+        Sparse {
+            items: Vec::new(),
+            uniform: 1.0,
+        }
     }
 
     /// Probability of `t` given vocabulary size `v`.
     pub fn prob(&self, t: u32, v: usize) -> f32 {
         let base = self.uniform / v as f32;
-        self.items.iter().find(|(x, _)| *x == t).map_or(base, |(_, p)| p + base)
+        self.items
+            .iter()
+            .find(|(x, _)| *x == t)
+            .map_or(base, |(_, p)| p + base)
     }
 
     /// Entropy in bits (the uniform floor counted as spread over the other symbols).
@@ -87,7 +93,9 @@ impl Sparse {
 
 impl Default for NGram {
     fn default() -> Self {
-        NGram { tables: (0..NGRAM_ORDER).map(|_| HashMap::new()).collect() }
+        NGram {
+            tables: (0..NGRAM_ORDER).map(|_| HashMap::new()).collect(),
+        }
     }
 }
 
@@ -98,7 +106,9 @@ impl NGram {
         let mut out = Sparse::empty();
         let mut touched: Vec<u32> = Vec::new();
         for order in 1..=NGRAM_ORDER.min(history.len()) {
-            let Some(c) = self.tables[order - 1].get(&hash_tokens(history, order)) else { break };
+            let Some(c) = self.tables[order - 1].get(&hash_tokens(history, order)) else {
+                break;
+            };
             let n = c.total as f32;
             let u = c.items.len() as f32;
             let d = 1.0 / (n + u);
@@ -115,7 +125,10 @@ impl NGram {
             }
             out.uniform *= keep;
         }
-        out.items = touched.iter().map(|&t| (t, std::mem::take(&mut scratch[t as usize]))).collect();
+        out.items = touched
+            .iter()
+            .map(|&t| (t, std::mem::take(&mut scratch[t as usize])))
+            .collect();
         out
     }
 
@@ -152,7 +165,11 @@ pub struct MatchModel {
 
 impl Default for MatchModel {
     fn default() -> Self {
-        MatchModel { tables: (MATCH_MIN..=MATCH_MAX).map(|_| HashMap::new()).collect(), stats: [(0, 0); 33], current: None }
+        MatchModel {
+            tables: (MATCH_MIN..=MATCH_MAX).map(|_| HashMap::new()).collect(),
+            stats: [(0, 0); 33],
+            current: None,
+        }
     }
 }
 
@@ -161,11 +178,17 @@ impl MatchModel {
     pub fn predict(&mut self, history: &[u32]) -> Option<(u32, f32, usize)> {
         self.current = None;
         for order in (MATCH_MIN..=MATCH_MAX.min(history.len())).rev() {
-            let Some(&next) = self.tables[order - MATCH_MIN].get(&hash_tokens(history, order)) else { continue };
+            let Some(&next) = self.tables[order - MATCH_MIN].get(&hash_tokens(history, order))
+            else {
+                continue;
+            };
             let next = next as usize;
             // Verify (hashes collide) and measure the real match length, up to 32.
             let mut len = 0;
-            while len < 32 && len < next && history[next - 1 - len] == history[history.len() - 1 - len] {
+            while len < 32
+                && len < next
+                && history[next - 1 - len] == history[history.len() - 1 - len]
+            {
                 len += 1;
             }
             if len < MATCH_MIN || next >= history.len() {
@@ -215,7 +238,9 @@ pub const MIX_SETS: usize = 8;
 impl Default for Mixer {
     fn default() -> Self {
         // The reference's start: 0.85 for the model, 0.15 shared by the rest.
-        Mixer { weights: vec![[0.85, 0.075, 0.075]; MIX_SETS] }
+        Mixer {
+            weights: vec![[0.85, 0.075, 0.075]; MIX_SETS],
+        }
     }
 }
 
@@ -265,7 +290,10 @@ const BIAS_MAX: f32 = 4.0;
 impl BiasHead {
     pub fn new(v: usize) -> BiasHead {
         let m0 = exp2_neg(-BIAS_MAX * std::f32::consts::LOG2_E);
-        BiasHead { bias: vec![0.0; v], mult: vec![m0; v] }
+        BiasHead {
+            bias: vec![0.0; v],
+            mult: vec![m0; v],
+        }
     }
 
     /// Multiplies `p` (unnormalised weights) by the current multipliers.
@@ -315,7 +343,12 @@ mod tests {
     fn match_model_predicts_the_continuation() {
         let mut m = MatchModel::default();
         let mut hist: Vec<u32> = Vec::new();
-        let text: Vec<u32> = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12].iter().chain([50, 51].iter()).chain([1, 2, 3, 4, 5, 6].iter()).copied().collect();
+        let text: Vec<u32> = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+            .iter()
+            .chain([50, 51].iter())
+            .chain([1, 2, 3, 4, 5, 6].iter())
+            .copied()
+            .collect();
         for &t in &text {
             m.predict(&hist);
             m.update(&hist, t);
@@ -333,6 +366,9 @@ mod tests {
             mx.update(0, [0.01, 0.9, 0.1], [true; 3]);
         }
         let w = mx.weights(0);
-        assert!(w[1] > 0.9 && (w.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{w:?}");
+        assert!(
+            w[1] > 0.9 && (w.iter().sum::<f32>() - 1.0).abs() < 1e-5,
+            "{w:?}"
+        );
     }
 }

@@ -29,7 +29,12 @@ fn hex(b: &[u8]) -> String {
 
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "model {} backend {}", hex(&self.model), hex(&self.backend))
+        write!(
+            f,
+            "model {} backend {}",
+            hex(&self.model),
+            hex(&self.backend)
+        )
     }
 }
 

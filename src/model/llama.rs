@@ -29,7 +29,10 @@ pub enum ModelError {
     #[error("no model at {0}; run scripts/fetch-model.sh to fetch the default model, or pass --model PATH / set NACRITHFS_MODEL")]
     NotFound(PathBuf),
     #[error("cannot read model {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("llama.cpp could not load {path} as a GGUF model")]
     Load { path: PathBuf },
     #[error("llama.cpp backend failed to start: {0}")]
@@ -53,7 +56,10 @@ pub struct Window {
 
 impl Default for Window {
     fn default() -> Self {
-        Window { ctx: 2048, slide: 512 }
+        Window {
+            ctx: 2048,
+            slide: 512,
+        }
     }
 }
 
@@ -74,7 +80,10 @@ pub struct ModelOptions {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 }, threads: 0 }
+        ModelOptions {
+            gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 },
+            threads: 0,
+        }
     }
 }
 
@@ -110,15 +119,22 @@ impl Model {
         let digest = sha256_file(path)?;
         let backend = backend()?;
         let params = LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers);
-        let inner = LlamaModel::load_from_file(backend, path, &params)
-            .map_err(|_| ModelError::Load { path: path.to_path_buf() })?;
+        let inner =
+            LlamaModel::load_from_file(backend, path, &params).map_err(|_| ModelError::Load {
+                path: path.to_path_buf(),
+            })?;
         let vocab = inner.vocab();
         let n_vocab = vocab.n_tokens().max(0) as usize;
         let bos = vocab.bos().0.max(0) as u32;
         let offloaded = backend.supports_gpu_offload() && opts.gpu_layers > 0;
-        let descriptor = format!("llama-cpp-sys-2 0.1.160; predictor {PREDICTOR_VERSION}; gpu {offloaded}; {}", system_info());
+        let descriptor = format!(
+            "llama-cpp-sys-2 0.1.160; predictor {PREDICTOR_VERSION}; gpu {offloaded}; {}",
+            system_info()
+        );
         let threads = if opts.threads == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             opts.threads
         };
@@ -163,7 +179,12 @@ impl Model {
 
     /// Tokenizes plain text (special-token syntax is treated as text).
     pub fn tokenize(&self, text: &[u8]) -> Vec<u32> {
-        self.inner.vocab().tokenize(text, false, false).into_iter().map(|t| t.0 as u32).collect()
+        self.inner
+            .vocab()
+            .tokenize(text, false, false)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect()
     }
 
     /// Appends the bytes of `tokens` to `out`.
@@ -189,7 +210,10 @@ impl Model {
     pub fn session(&self, n_seq: u32, window: Window) -> Result<Session<'_>, ModelError> {
         let n_seq = n_seq.max(1);
         let n_ctx = n_seq * window.ctx;
-        let err = || ModelError::Context { n_seq, n_ctx: window.ctx };
+        let err = || ModelError::Context {
+            n_seq,
+            n_ctx: window.ctx,
+        };
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(n_ctx))
             .with_n_seq_max(n_seq)
@@ -204,9 +228,17 @@ impl Model {
         static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let ctx = {
             let _guard = CREATE.lock().unwrap_or_else(|p| p.into_inner());
-            self.inner.new_context(backend()?, params).map_err(|_| err())?
+            self.inner
+                .new_context(backend()?, params)
+                .map_err(|_| err())?
         };
-        Ok(Session { ctx, batch: LlamaBatch::new(n_seq as usize, 1), window, n_seq, rows: Vec::new() })
+        Ok(Session {
+            ctx,
+            batch: LlamaBatch::new(n_seq as usize, 1),
+            window,
+            n_seq,
+            rows: Vec::new(),
+        })
     }
 }
 
@@ -216,11 +248,17 @@ fn system_info() -> String {
     if p.is_null() {
         return String::new();
     }
-    unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().trim().to_string()
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .trim()
+        .to_string()
 }
 
 fn sha256_file(path: &Path) -> Result<[u8; 32], ModelError> {
-    let read_err = |source| ModelError::Read { path: path.to_path_buf(), source };
+    let read_err = |source| ModelError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             ModelError::NotFound(path.to_path_buf())
@@ -277,11 +315,18 @@ impl<'m> Session<'m> {
         for f in feeds {
             debug_assert!(f.seq < self.n_seq && f.pos < self.window.ctx);
             self.batch
-                .add(LlamaToken(f.token as i32), f.pos as i32, &[f.seq as i32], f.logits)
+                .add(
+                    LlamaToken(f.token as i32),
+                    f.pos as i32,
+                    &[f.seq as i32],
+                    f.logits,
+                )
                 .map_err(|e| ModelError::Decode(e.to_string()))?;
             self.rows.push(f.seq);
         }
-        self.ctx.decode(&mut self.batch).map_err(|e| ModelError::Decode(e.to_string()))
+        self.ctx
+            .decode(&mut self.batch)
+            .map_err(|e| ModelError::Decode(e.to_string()))
     }
 
     /// Logits after the `i`-th feed of the last [`Session::decode`] (which must have
@@ -302,9 +347,15 @@ impl<'m> Session<'m> {
     /// and shifts the rest down by `slide`. Returns the next free position.
     pub fn slide(&mut self, seq: u32, next_pos: u32) -> Result<u32, ModelError> {
         let s = self.window.slide;
-        let kv = |e: llama_cpp_2::context::kv_cache::KvCacheConversionError| ModelError::Kv(e.to_string());
-        self.ctx.kv_cache_seq_rm(seq as i32, Some(1), Some(1 + s)).map_err(kv)?;
-        self.ctx.kv_cache_seq_add(seq as i32, Some(1 + s), Some(next_pos), -(s as i32)).map_err(kv)?;
+        let kv = |e: llama_cpp_2::context::kv_cache::KvCacheConversionError| {
+            ModelError::Kv(e.to_string())
+        };
+        self.ctx
+            .kv_cache_seq_rm(seq as i32, Some(1), Some(1 + s))
+            .map_err(kv)?;
+        self.ctx
+            .kv_cache_seq_add(seq as i32, Some(1 + s), Some(next_pos), -(s as i32))
+            .map_err(kv)?;
         Ok(next_pos - s)
     }
 }

@@ -15,7 +15,10 @@ pub struct PredictorConfig {
 
 impl Default for PredictorConfig {
     fn default() -> Self {
-        PredictorConfig { flags: Flags(Flags::DEFAULT), temperature: 1.0 }
+        PredictorConfig {
+            flags: Flags(Flags::DEFAULT),
+            temperature: 1.0,
+        }
     }
 }
 
@@ -55,8 +58,16 @@ impl Predictor {
             cfg,
             v: n_vocab,
             probs: Vec::with_capacity(n_vocab),
-            mix: if ensemble { vec![0.0; n_vocab] } else { Vec::new() },
-            scratch: if f.has(Flags::NGRAM) { vec![0.0; n_vocab] } else { Vec::new() },
+            mix: if ensemble {
+                vec![0.0; n_vocab]
+            } else {
+                Vec::new()
+            },
+            scratch: if f.has(Flags::NGRAM) {
+                vec![0.0; n_vocab]
+            } else {
+                Vec::new()
+            },
             cdf: Cdf::default(),
             history: Vec::new(),
             ngram: f.has(Flags::NGRAM).then(NGram::default),
@@ -75,9 +86,15 @@ impl Predictor {
     /// Makes this step's cheap predictions and says whether the model's logits are
     /// needed. Must be called once before every [`Predictor::predict`].
     pub fn prepare(&mut self) -> bool {
-        let mut step = Step { use_llm: true, ..Default::default() };
+        let mut step = Step {
+            use_llm: true,
+            ..Default::default()
+        };
         if self.ensemble() {
-            step.ngram = self.ngram.as_ref().map(|ng| ng.predict(&self.history, &mut self.scratch));
+            step.ngram = self
+                .ngram
+                .as_ref()
+                .map(|ng| ng.predict(&self.history, &mut self.scratch));
             let m = self.matcher.as_mut().and_then(|m| m.predict(&self.history));
             step.matched = m.map(|(t, p, _)| (t, p));
             let bucket = match m.map(|(_, _, len)| len) {
@@ -178,10 +195,24 @@ impl Predictor {
         let step = &self.step;
         let v = self.v;
         let t = token as usize;
-        let p_llm = if step.use_llm && step.llm_sum > 0.0 { self.probs.get(t).map_or(0.0, |p| p / step.llm_sum) } else { 0.0 };
+        let p_llm = if step.use_llm && step.llm_sum > 0.0 {
+            self.probs.get(t).map_or(0.0, |p| p / step.llm_sum)
+        } else {
+            0.0
+        };
         let p_ng = step.ngram.as_ref().map_or(0.0, |s| s.prob(token, v));
-        let p_m = step.matched.map_or(0.0, |(mt, p)| if mt == token { p + (1.0 - p) / v as f32 } else { (1.0 - p) / v as f32 });
-        self.mixer.update(step.set, [p_llm, p_ng, p_m], [step.use_llm, step.ngram.is_some(), step.matched.is_some()]);
+        let p_m = step.matched.map_or(0.0, |(mt, p)| {
+            if mt == token {
+                p + (1.0 - p) / v as f32
+            } else {
+                (1.0 - p) / v as f32
+            }
+        });
+        self.mixer.update(
+            step.set,
+            [p_llm, p_ng, p_m],
+            [step.use_llm, step.ngram.is_some(), step.matched.is_some()],
+        );
         if let Some(b) = &mut self.bias {
             b.update(&self.mix, step.sum, token);
         }

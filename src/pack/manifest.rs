@@ -64,7 +64,15 @@ pub struct Header {
 
 impl Header {
     pub fn new(shard: Option<u32>, shards: u32, plan: String, files: u64, bytes: u64) -> Header {
-        Header { manifest: MANIFEST_KIND.into(), version: MANIFEST_VERSION, shard, shards, plan, files, bytes }
+        Header {
+            manifest: MANIFEST_KIND.into(),
+            version: MANIFEST_VERSION,
+            shard,
+            shards,
+            plan,
+            files,
+            bytes,
+        }
     }
 }
 
@@ -126,7 +134,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// A path as (UTF-8 string, hex) with exactly one set.
@@ -140,7 +151,9 @@ fn split_path(p: &Path) -> (Option<String>, Option<String>) {
 fn join_path(s: Option<String>, h: Option<String>, what: &str) -> Result<Option<PathBuf>, String> {
     match (s, h) {
         (Some(s), None) => Ok(Some(PathBuf::from(s))),
-        (None, Some(h)) => unhex(&h).map(|b| Some(PathBuf::from(OsString::from_vec(b)))).ok_or_else(|| format!("bad {what}_hex")),
+        (None, Some(h)) => unhex(&h)
+            .map(|b| Some(PathBuf::from(OsString::from_vec(b))))
+            .ok_or_else(|| format!("bad {what}_hex")),
         (None, None) => Ok(None),
         (Some(_), Some(_)) => Err(format!("both {what} and {what}_hex")),
     }
@@ -171,14 +184,20 @@ impl TryFrom<RawEntry> for Entry {
     type Error = String;
     fn try_from(r: RawEntry) -> Result<Entry, String> {
         let rel = join_path(r.path, r.path_hex, "path")?.ok_or("no path")?;
-        if rel.as_os_str().is_empty() || rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        if rel.as_os_str().is_empty()
+            || rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
             return Err(format!("{}: not a plain relative path", rel.display()));
         }
         let target = join_path(r.target, r.target_hex, "target")?;
         if (r.kind == EntryKind::Symlink) != target.is_some() {
             return Err("a target is given exactly for symlinks".into());
         }
-        let crc32c = u32::from_str_radix(&r.crc32c, 16).map_err(|_| format!("bad crc32c {:?}", r.crc32c))?;
+        let crc32c =
+            u32::from_str_radix(&r.crc32c, 16).map_err(|_| format!("bad crc32c {:?}", r.crc32c))?;
         if r.sha256.len() != 64 || unhex(&r.sha256).is_none() {
             return Err(format!("bad sha256 {:?}", r.sha256));
         }
@@ -233,7 +252,9 @@ impl PartialManifest {
 
     fn write(&mut self, s: &str) -> Result<(), PackError> {
         // One write call per line, so a killed process leaves no half line behind.
-        self.file.write_all(s.as_bytes()).map_err(PackError::io(&self.path))
+        self.file
+            .write_all(s.as_bytes())
+            .map_err(PackError::io(&self.path))
     }
 
     pub fn append(&mut self, e: &Entry) -> Result<(), PackError> {
@@ -248,7 +269,12 @@ impl PartialManifest {
 
 /// Sorts entries by path bytes.
 pub fn sort(entries: &mut [Entry]) {
-    entries.sort_by(|a, b| a.rel.as_os_str().as_bytes().cmp(b.rel.as_os_str().as_bytes()));
+    entries.sort_by(|a, b| {
+        a.rel
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.rel.as_os_str().as_bytes())
+    });
 }
 
 /// Writes a whole manifest to `path` through a synced temporary file and a rename.
@@ -272,19 +298,35 @@ pub fn write(path: &Path, header: &Header, entries: &[Entry]) -> Result<(), Pack
     })();
     r.map_err(|source| {
         let _ = std::fs::remove_file(&tmp);
-        PackError::Io { path: path.to_path_buf(), source }
+        PackError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     })
 }
 
 /// Reads a whole manifest.
 pub fn read(path: &Path) -> Result<(Header, Vec<Entry>), PackError> {
-    let f = File::open(path).map_err(|source| PackError::NoInput { path: path.to_path_buf(), source })?;
-    let bad = |line: usize, why: String| PackError::Manifest { path: path.to_path_buf(), line, why };
+    let f = File::open(path).map_err(|source| PackError::NoInput {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |line: usize, why: String| PackError::Manifest {
+        path: path.to_path_buf(),
+        line,
+        why,
+    };
     let mut lines = BufReader::new(f).lines();
-    let first = lines.next().ok_or_else(|| bad(1, "empty".into()))?.map_err(PackError::io(path))?;
+    let first = lines
+        .next()
+        .ok_or_else(|| bad(1, "empty".into()))?
+        .map_err(PackError::io(path))?;
     let header: Header = serde_json::from_str(&first).map_err(|e| bad(1, e.to_string()))?;
     if header.manifest != MANIFEST_KIND || header.version != MANIFEST_VERSION {
-        return Err(bad(1, format!("not a version {MANIFEST_VERSION} {MANIFEST_KIND} manifest")));
+        return Err(bad(
+            1,
+            format!("not a version {MANIFEST_VERSION} {MANIFEST_KIND} manifest"),
+        ));
     }
     let mut entries = Vec::new();
     for (i, l) in lines.enumerate() {
@@ -316,7 +358,11 @@ impl fmt::Display for MergeSummary {
             self.files,
             self.bytes,
             self.stored,
-            if self.bytes > 0 { self.stored as f64 * 8.0 / self.bytes as f64 } else { 0.0 }
+            if self.bytes > 0 {
+                self.stored as f64 * 8.0 / self.bytes as f64
+            } else {
+                0.0
+            }
         )?;
         for (fp, n) in &self.fingerprints {
             write!(f, "\n  {n} blobs need the model and build {fp}")?;
@@ -329,11 +375,16 @@ impl fmt::Display for MergeSummary {
 /// and `.partial` file.
 fn list(dir: &Path) -> Result<Vec<(Shard, bool)>, PackError> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|source| PackError::NoInput { path: dir.to_path_buf(), source })? {
+    for e in std::fs::read_dir(dir).map_err(|source| PackError::NoInput {
+        path: dir.to_path_buf(),
+        source,
+    })? {
         let e = e.map_err(PackError::io(dir))?;
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix("manifest-") else { continue };
+        let Some(rest) = name.strip_prefix("manifest-") else {
+            continue;
+        };
         let (rest, done) = match rest.strip_suffix(".jsonl") {
             Some(r) => (r, true),
             None => match rest.strip_suffix(".jsonl.partial") {
@@ -341,7 +392,9 @@ fn list(dir: &Path) -> Result<Vec<(Shard, bool)>, PackError> {
                 None => continue,
             },
         };
-        let Some((i, n)) = rest.split_once("-of-") else { continue };
+        let Some((i, n)) = rest.split_once("-of-") else {
+            continue;
+        };
         if let Ok(s) = format!("{i}/{n}").parse::<Shard>() {
             out.push((s, done));
         }
@@ -363,8 +416,18 @@ pub fn merge(dir: &Path, shards: Option<u32>) -> Result<MergeSummary, PackError>
             counts.dedup();
             match counts[..] {
                 [n] => n,
-                [] => return Err(PackError::Incomplete(format!("{}: no shard manifests (has `nacrithfs pack` run?)", dir.display()))),
-                _ => return Err(PackError::Usage(format!("{}: manifests of {counts:?} shards; pick one with --shards", dir.display()))),
+                [] => {
+                    return Err(PackError::Incomplete(format!(
+                        "{}: no shard manifests (has `nacrithfs pack` run?)",
+                        dir.display()
+                    )))
+                }
+                _ => {
+                    return Err(PackError::Usage(format!(
+                        "{}: manifests of {counts:?} shards; pick one with --shards",
+                        dir.display()
+                    )))
+                }
             }
         }
     };
@@ -372,7 +435,11 @@ pub fn merge(dir: &Path, shards: Option<u32>) -> Result<MergeSummary, PackError>
     for i in 0..n {
         let s = Shard::new(i, n).map_err(PackError::Usage)?;
         if !found.contains(&(s, true)) {
-            let state = if found.contains(&(s, false)) { "unfinished" } else { "not started" };
+            let state = if found.contains(&(s, false)) {
+                "unfinished"
+            } else {
+                "not started"
+            };
             missing.push(format!("{s} {state}"));
         }
     }
@@ -389,9 +456,16 @@ pub fn merge(dir: &Path, shards: Option<u32>) -> Result<MergeSummary, PackError>
         let s = Shard { index: i, count: n };
         let path = dir.join(shard_name(s));
         let (h, entries) = read(&path)?;
-        let bad = |why: String| PackError::Manifest { path: path.clone(), line: 1, why };
+        let bad = |why: String| PackError::Manifest {
+            path: path.clone(),
+            line: 1,
+            why,
+        };
         if h.shard != Some(i) || h.shards != n {
-            return Err(bad(format!("header says shard {:?} of {}, expected {s}", h.shard, h.shards)));
+            return Err(bad(format!(
+                "header says shard {:?} of {}, expected {s}",
+                h.shard, h.shards
+            )));
         }
         match &plan {
             None => plan = Some((h.plan.clone(), s)),
@@ -403,15 +477,27 @@ pub fn merge(dir: &Path, shards: Option<u32>) -> Result<MergeSummary, PackError>
             Some(_) => {}
         }
         if entries.len() as u64 != h.files {
-            return Err(bad(format!("{} files listed, {} planned", entries.len(), h.files)));
+            return Err(bad(format!(
+                "{} files listed, {} planned",
+                entries.len(),
+                h.files
+            )));
         }
         for e in entries {
             if e.shard != i {
-                return Err(bad(format!("{}: listed with shard {}", e.rel.display(), e.shard)));
+                return Err(bad(format!(
+                    "{}: listed with shard {}",
+                    e.rel.display(),
+                    e.shard
+                )));
             }
             let key = e.rel.as_os_str().as_bytes().to_vec();
             if let Some(prev) = all.insert(key, e) {
-                return Err(bad(format!("{}: also listed by shard {}", prev.rel.display(), prev.shard)));
+                return Err(bad(format!(
+                    "{}: also listed by shard {}",
+                    prev.rel.display(),
+                    prev.shard
+                )));
             }
         }
     }
@@ -422,12 +508,29 @@ pub fn merge(dir: &Path, shards: Option<u32>) -> Result<MergeSummary, PackError>
             *fingerprints.entry(fp.clone()).or_insert(0) += 1;
         }
     }
-    let bytes = entries.iter().filter(|e| e.kind != EntryKind::Symlink).map(|e| e.size).sum();
+    let bytes = entries
+        .iter()
+        .filter(|e| e.kind != EntryKind::Symlink)
+        .map(|e| e.size)
+        .sum();
     let stored = entries.iter().map(|e| e.stored).sum();
-    let header = Header::new(None, n, plan.map(|p| p.0).unwrap_or_default(), entries.len() as u64, bytes);
+    let header = Header::new(
+        None,
+        n,
+        plan.map(|p| p.0).unwrap_or_default(),
+        entries.len() as u64,
+        bytes,
+    );
     let path = dir.join(MERGED_NAME);
     write(&path, &header, &entries)?;
-    Ok(MergeSummary { path, shards: n, files: entries.len() as u64, bytes, stored, fingerprints })
+    Ok(MergeSummary {
+        path,
+        shards: n,
+        files: entries.len() as u64,
+        bytes,
+        stored,
+        fingerprints,
+    })
 }
 
 #[cfg(test)]
@@ -459,9 +562,15 @@ mod tests {
             assert_eq!(serde_json::from_str::<Entry>(&s).unwrap(), e, "{s}");
         }
         let s = serde_json::to_string(&entry(b"a/b.txt", 1)).unwrap();
-        assert!(s.starts_with(r#"{"path":"a/b.txt","kind":"blob","size":10,"sha256":""#), "{s}");
+        assert!(
+            s.starts_with(r#"{"path":"a/b.txt","kind":"blob","size":10,"sha256":""#),
+            "{s}"
+        );
         assert!(s.contains(r#""crc32c":"deadbeef""#));
-        for bad in [r#"{"path":"../x","kind":"plain","size":0,"sha256":"00","crc32c":"0","stored":0,"shard":0}"#, r#"{"kind":"plain"}"#] {
+        for bad in [
+            r#"{"path":"../x","kind":"plain","size":0,"sha256":"00","crc32c":"0","stored":0,"shard":0}"#,
+            r#"{"kind":"plain"}"#,
+        ] {
             assert!(serde_json::from_str::<Entry>(bad).is_err(), "{bad}");
         }
     }
@@ -478,21 +587,31 @@ mod tests {
         let (s0, s1) = (Shard { index: 0, count: 2 }, Shard { index: 1, count: 2 });
         assert!(matches!(merge(dir, None), Err(PackError::Incomplete(_))));
         shard_manifest(dir, s0, "p", &[entry(b"b", 0), entry(b"d", 0)]);
-        let mut partial = PartialManifest::create(dir, s1, &Header::new(Some(1), 2, "p".into(), 1, 0)).unwrap();
+        let mut partial =
+            PartialManifest::create(dir, s1, &Header::new(Some(1), 2, "p".into(), 1, 0)).unwrap();
         partial.append(&entry(b"a", 1)).unwrap();
         let e = merge(dir, None).unwrap_err().to_string();
         assert!(e.contains("1/2 unfinished"), "{e}");
         shard_manifest(dir, s1, "q", &[entry(b"a", 1)]);
-        assert!(merge(dir, None).unwrap_err().to_string().contains("different file list"));
+        assert!(merge(dir, None)
+            .unwrap_err()
+            .to_string()
+            .contains("different file list"));
         shard_manifest(dir, s1, "p", &[entry(b"b", 1)]);
-        assert!(merge(dir, None).unwrap_err().to_string().contains("also listed"));
+        assert!(merge(dir, None)
+            .unwrap_err()
+            .to_string()
+            .contains("also listed"));
         shard_manifest(dir, s1, "p", &[entry(b"a", 1), entry(b"c", 1)]);
         partial.remove().unwrap();
         let m = merge(dir, None).unwrap();
         assert_eq!((m.files, m.bytes, m.stored), (4, 40, 20));
         let (h, entries) = read(&m.path).unwrap();
         assert_eq!((h.shard, h.shards, h.files), (None, 2, 4));
-        let names: Vec<_> = entries.iter().map(|e| e.rel.to_str().unwrap().to_string()).collect();
+        let names: Vec<_> = entries
+            .iter()
+            .map(|e| e.rel.to_str().unwrap().to_string())
+            .collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
         // Another shard count present: the merge needs to be told which.
         shard_manifest(dir, Shard { index: 0, count: 1 }, "p", &[entry(b"a", 0)]);

@@ -51,14 +51,24 @@ pub enum PackError {
     #[error("{}: {why}", .path.display())]
     Mismatch { path: PathBuf, why: String },
     #[error("{}, line {line}: {why}", .path.display())]
-    Manifest { path: PathBuf, line: usize, why: String },
+    Manifest {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
     /// Shards whose manifests are missing: they have not finished (yet).
     #[error("{0}")]
     Incomplete(String),
     /// Some files of a shard failed; the others are done. Rerunning the shard retries
     /// only the failed ones.
     #[error("{op} shard {shard}: {failed} of {total} files failed{}; first: {first}", if *.op == "verify" { "" } else { " (rerun the shard to retry them)" })]
-    Failed { op: &'static str, shard: Shard, failed: usize, total: usize, first: Box<PackError> },
+    Failed {
+        op: &'static str,
+        shard: Shard,
+        failed: usize,
+        total: usize,
+        first: Box<PackError>,
+    },
 }
 
 impl PackError {
@@ -84,7 +94,9 @@ impl Shard {
             return Err("the number of shards must be at least 1".into());
         }
         if index >= count {
-            return Err(format!("shard index {index} is out of range 0..{count} (indexes count from 0)"));
+            return Err(format!(
+                "shard index {index} is out of range 0..{count} (indexes count from 0)"
+            ));
         }
         Ok(Shard { index, count })
     }
@@ -105,8 +117,14 @@ impl FromStr for Shard {
     type Err = String;
     /// Parses `I/N`.
     fn from_str(s: &str) -> Result<Shard, String> {
-        let (i, n) = s.split_once('/').ok_or_else(|| format!("{s:?}: expected I/N, e.g. 0/4"))?;
-        let num = |x: &str| x.trim().parse::<u32>().map_err(|_| format!("{s:?}: expected I/N with whole numbers, e.g. 0/4"));
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected I/N, e.g. 0/4"))?;
+        let num = |x: &str| {
+            x.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{s:?}: expected I/N with whole numbers, e.g. 0/4"))
+        };
         Shard::new(num(i)?, num(n)?)
     }
 }
@@ -125,12 +143,17 @@ pub fn resolve_shard(
     let usage = PackError::Usage;
     if let Some(s) = flag {
         if shards.is_some_and(|n| n != s.count) {
-            return Err(usage(format!("--shard {s} contradicts --shards {}", shards.unwrap_or(0))));
+            return Err(usage(format!(
+                "--shard {s} contradicts --shards {}",
+                shards.unwrap_or(0)
+            )));
         }
         return Ok((s, "--shard"));
     }
     let number = |name: &str, v: String| -> Result<u32, PackError> {
-        v.trim().parse::<u32>().map_err(|_| usage(format!("${name}={v:?} is not a whole number")))
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| usage(format!("${name}={v:?} is not a whole number")))
     };
     let count_from_env = |fallback: Option<(&str, String)>| -> Result<Option<u32>, PackError> {
         if let Some(n) = shards {
@@ -149,23 +172,33 @@ pub fn resolve_shard(
         let count = count_from_env(None)?.ok_or_else(|| {
             usage(format!("JOB_COMPLETION_INDEX is set but not the number of shards: set ${SHARDS_ENV} to the Job's completions (or pass --shards)"))
         })?;
-        return Shard::new(index, count).map(|s| (s, "JOB_COMPLETION_INDEX")).map_err(usage);
+        return Shard::new(index, count)
+            .map(|s| (s, "JOB_COMPLETION_INDEX"))
+            .map_err(usage);
     }
     if let Some(v) = env("SLURM_ARRAY_TASK_ID") {
         let id = number("SLURM_ARRAY_TASK_ID", v)?;
         if let Some(step) = env("SLURM_ARRAY_TASK_STEP") {
             if number("SLURM_ARRAY_TASK_STEP", step)? != 1 {
-                return Err(usage("Slurm array with a step: use a contiguous array such as --array=0-7".into()));
+                return Err(usage(
+                    "Slurm array with a step: use a contiguous array such as --array=0-7".into(),
+                ));
             }
         }
         let min = match env("SLURM_ARRAY_TASK_MIN") {
             Some(m) => number("SLURM_ARRAY_TASK_MIN", m)?,
             None => 0,
         };
-        let index = id.checked_sub(min).ok_or_else(|| usage(format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")))?;
+        let index = id.checked_sub(min).ok_or_else(|| {
+            usage(format!(
+                "SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"
+            ))
+        })?;
         let count = count_from_env(env("SLURM_ARRAY_TASK_COUNT").map(|v| ("SLURM_ARRAY_TASK_COUNT", v)))?
             .ok_or_else(|| usage(format!("SLURM_ARRAY_TASK_ID is set but not SLURM_ARRAY_TASK_COUNT: set ${SHARDS_ENV} (or pass --shards)")))?;
-        return Shard::new(index, count).map(|s| (s, "SLURM_ARRAY_TASK_ID")).map_err(usage);
+        return Shard::new(index, count)
+            .map(|s| (s, "SLURM_ARRAY_TASK_ID"))
+            .map_err(usage);
     }
     match shards {
         Some(n) if n > 1 => Err(usage(format!(
@@ -185,7 +218,10 @@ pub struct LazyEngine<'a> {
 
 impl<'a> LazyEngine<'a> {
     pub fn new(load: impl Fn() -> Result<Engine, ModelError> + 'a) -> Self {
-        LazyEngine { load: Box::new(load), cell: OnceCell::new() }
+        LazyEngine {
+            load: Box::new(load),
+            cell: OnceCell::new(),
+        }
     }
 
     pub fn get(&self) -> Result<&Engine, ModelError> {
@@ -208,13 +244,19 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| m.get(k).cloned()
     }
 
     #[test]
     fn shard_parsing() {
-        assert_eq!("2/5".parse::<Shard>().unwrap(), Shard { index: 2, count: 5 });
+        assert_eq!(
+            "2/5".parse::<Shard>().unwrap(),
+            Shard { index: 2, count: 5 }
+        );
         assert!("5/5".parse::<Shard>().is_err());
         assert!("0/0".parse::<Shard>().is_err());
         assert!("1".parse::<Shard>().is_err());
@@ -226,24 +268,70 @@ mod tests {
     fn shard_from_flag_and_environment() {
         let none = env(&[]);
         assert_eq!(resolve_shard(None, None, &none).unwrap().0, Shard::ALL);
-        assert_eq!(resolve_shard(Some(Shard { index: 1, count: 2 }), None, &none).unwrap().0, Shard { index: 1, count: 2 });
+        assert_eq!(
+            resolve_shard(Some(Shard { index: 1, count: 2 }), None, &none)
+                .unwrap()
+                .0,
+            Shard { index: 1, count: 2 }
+        );
         assert!(resolve_shard(Some(Shard { index: 1, count: 2 }), Some(3), &none).is_err());
         assert!(resolve_shard(None, Some(3), &none).is_err());
         // Kubernetes: the index from the Job, the count from us.
         let k8s = env(&[("JOB_COMPLETION_INDEX", "3"), ("NACRITHFS_SHARDS", "4")]);
-        assert_eq!(resolve_shard(None, None, &k8s).unwrap(), (Shard { index: 3, count: 4 }, "JOB_COMPLETION_INDEX"));
+        assert_eq!(
+            resolve_shard(None, None, &k8s).unwrap(),
+            (Shard { index: 3, count: 4 }, "JOB_COMPLETION_INDEX")
+        );
         assert!(resolve_shard(None, None, env(&[("JOB_COMPLETION_INDEX", "3")])).is_err());
-        assert_eq!(resolve_shard(None, Some(5), env(&[("JOB_COMPLETION_INDEX", "3")])).unwrap().0, Shard { index: 3, count: 5 });
-        assert!(resolve_shard(None, None, env(&[("JOB_COMPLETION_INDEX", "4"), ("NACRITHFS_SHARDS", "4")])).is_err());
+        assert_eq!(
+            resolve_shard(None, Some(5), env(&[("JOB_COMPLETION_INDEX", "3")]))
+                .unwrap()
+                .0,
+            Shard { index: 3, count: 5 }
+        );
+        assert!(resolve_shard(
+            None,
+            None,
+            env(&[("JOB_COMPLETION_INDEX", "4"), ("NACRITHFS_SHARDS", "4")])
+        )
+        .is_err());
         // Slurm: 0-based arrays, 1-based arrays through TASK_MIN, steps refused.
-        let slurm = env(&[("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_COUNT", "8")]);
-        assert_eq!(resolve_shard(None, None, &slurm).unwrap(), (Shard { index: 2, count: 8 }, "SLURM_ARRAY_TASK_ID"));
-        let one_based = env(&[("SLURM_ARRAY_TASK_ID", "8"), ("SLURM_ARRAY_TASK_MIN", "1"), ("SLURM_ARRAY_TASK_COUNT", "8")]);
-        assert_eq!(resolve_shard(None, None, &one_based).unwrap().0, Shard { index: 7, count: 8 });
-        let stepped = env(&[("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_COUNT", "4"), ("SLURM_ARRAY_TASK_STEP", "2")]);
+        let slurm = env(&[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "8"),
+        ]);
+        assert_eq!(
+            resolve_shard(None, None, &slurm).unwrap(),
+            (Shard { index: 2, count: 8 }, "SLURM_ARRAY_TASK_ID")
+        );
+        let one_based = env(&[
+            ("SLURM_ARRAY_TASK_ID", "8"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "8"),
+        ]);
+        assert_eq!(
+            resolve_shard(None, None, &one_based).unwrap().0,
+            Shard { index: 7, count: 8 }
+        );
+        let stepped = env(&[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_TASK_STEP", "2"),
+        ]);
         assert!(resolve_shard(None, None, &stepped).is_err());
-        assert!(resolve_shard(None, None, env(&[("SLURM_ARRAY_TASK_ID", "x"), ("SLURM_ARRAY_TASK_COUNT", "8")])).is_err());
+        assert!(resolve_shard(
+            None,
+            None,
+            env(&[
+                ("SLURM_ARRAY_TASK_ID", "x"),
+                ("SLURM_ARRAY_TASK_COUNT", "8")
+            ])
+        )
+        .is_err());
         // An explicit flag wins over the environment.
-        assert_eq!(resolve_shard(Some(Shard::ALL), None, &k8s).unwrap().1, "--shard");
+        assert_eq!(
+            resolve_shard(Some(Shard::ALL), None, &k8s).unwrap().1,
+            "--shard"
+        );
     }
 }

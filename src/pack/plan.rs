@@ -79,11 +79,20 @@ pub fn walk(root: &Path, internal: Option<&str>) -> Result<Tree, PackError> {
                 stack.push(child.clone());
                 tree.dirs.push(child);
             } else if ft.is_file() {
-                tree.items.push(Item { rel: child, kind: ItemKind::File, size: md.len() });
+                tree.items.push(Item {
+                    rel: child,
+                    kind: ItemKind::File,
+                    size: md.len(),
+                });
             } else if ft.is_symlink() {
-                tree.items.push(Item { rel: child, kind: ItemKind::Symlink, size: md.len() });
+                tree.items.push(Item {
+                    rel: child,
+                    kind: ItemKind::Symlink,
+                    size: md.len(),
+                });
             } else {
-                tree.skipped.push((child, "not a regular file, directory or symlink"));
+                tree.skipped
+                    .push((child, "not a regular file, directory or symlink"));
             }
         }
     }
@@ -100,10 +109,13 @@ pub fn assign(weights: &[u64], shards: u32) -> Vec<u32> {
     let mut order: Vec<usize> = (0..weights.len()).collect();
     // Stable sort: equal weights keep path order.
     order.sort_by_key(|&i| Reverse(weights[i]));
-    let mut loads: BinaryHeap<Reverse<(u128, u32)>> = (0..shards).map(|s| Reverse((0u128, s))).collect();
+    let mut loads: BinaryHeap<Reverse<(u128, u32)>> =
+        (0..shards).map(|s| Reverse((0u128, s))).collect();
     let mut out = vec![0u32; weights.len()];
     for i in order {
-        let Some(Reverse((load, s))) = loads.pop() else { break };
+        let Some(Reverse((load, s))) = loads.pop() else {
+            break;
+        };
         out[i] = s;
         loads.push(Reverse((load + weights[i] as u128, s)));
     }
@@ -114,7 +126,12 @@ pub fn assign(weights: &[u64], shards: u32) -> Vec<u32> {
 pub fn shard_items(items: &[Item], shard: super::Shard) -> Vec<Item> {
     let weights: Vec<u64> = items.iter().map(Item::weight).collect();
     let a = assign(&weights, shard.count);
-    items.iter().zip(a).filter(|(_, s)| *s == shard.index).map(|(i, _)| i.clone()).collect()
+    items
+        .iter()
+        .zip(a)
+        .filter(|(_, s)| *s == shard.index)
+        .map(|(i, _)| i.clone())
+        .collect()
 }
 
 /// A digest of the (path, kind, size) list the assignment was computed from.
@@ -126,7 +143,10 @@ pub fn digest(items: &[Item]) -> String {
         h.update([matches!(i.kind, ItemKind::Symlink) as u8]);
         h.update(i.size.to_le_bytes());
     }
-    h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    h.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -167,9 +187,17 @@ mod tests {
     }
 
     fn items() -> impl Strategy<Value = Vec<Item>> {
-        proptest::collection::btree_map("[a-c]{1,3}(/[a-c]{1,2})?", 0u64..5000, 0..60).prop_map(|m| {
-            m.into_iter().map(|(p, size)| Item { rel: PathBuf::from(p), kind: ItemKind::File, size }).collect()
-        })
+        proptest::collection::btree_map("[a-c]{1,3}(/[a-c]{1,2})?", 0u64..5000, 0..60).prop_map(
+            |m| {
+                m.into_iter()
+                    .map(|(p, size)| Item {
+                        rel: PathBuf::from(p),
+                        kind: ItemKind::File,
+                        size,
+                    })
+                    .collect()
+            },
+        )
     }
 
     proptest! {

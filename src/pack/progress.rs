@@ -38,7 +38,18 @@ impl Meter {
             pb
         });
         let now = Instant::now();
-        let m = Meter { op, shard, files_total, bytes_total, files: 0, bytes: 0, worked: 0, start: now, last_log: now, bar };
+        let m = Meter {
+            op,
+            shard,
+            files_total,
+            bytes_total,
+            files: 0,
+            bytes: 0,
+            worked: 0,
+            start: now,
+            last_log: now,
+            bar,
+        };
         if let Some(b) = &m.bar {
             b.set_message(m.status());
         }
@@ -48,12 +59,19 @@ impl Meter {
     /// "3/10 files, 1.2 KiB/4.0 KiB, 310 B/s, 10s left".
     pub fn status(&self) -> String {
         let secs = self.start.elapsed().as_secs_f64();
-        let rate = if secs > 0.0 { self.worked as f64 / secs } else { 0.0 };
+        let rate = if secs > 0.0 {
+            self.worked as f64 / secs
+        } else {
+            0.0
+        };
         let left = self.bytes_total.saturating_sub(self.bytes);
         let eta = if left == 0 {
             "done".to_string()
         } else if self.worked > 0 && rate > 0.0 {
-            format!("{} left", HumanDuration(Duration::from_secs_f64(left as f64 / rate)))
+            format!(
+                "{} left",
+                HumanDuration(Duration::from_secs_f64(left as f64 / rate))
+            )
         } else {
             "time left unknown".to_string()
         };
@@ -99,6 +117,12 @@ impl Meter {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-        log::info!("{} {}: {} in {}", self.op, self.shard, self.status(), HumanDuration(self.start.elapsed()));
+        log::info!(
+            "{} {}: {} in {}",
+            self.op,
+            self.shard,
+            self.status(),
+            HumanDuration(self.start.elapsed())
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! the shard then fails as a whole, and a rerun retries only what is not done. Only a
 //! missing model stops a shard at once.
 
-use super::manifest::{self, fingerprint_str, sha256_hex, Entry, EntryKind, Header, PartialManifest};
+use super::manifest::{
+    self, fingerprint_str, sha256_hex, Entry, EntryKind, Header, PartialManifest,
+};
 use super::plan::{self, shard_items, walk, Item, ItemKind};
 use super::progress::Meter;
 use super::staging::Staging;
@@ -71,13 +73,28 @@ pub struct Report {
 
 impl Report {
     fn new(op: &'static str, shard: Shard, files: usize) -> Report {
-        Report { op, shard, files: files as u64, worked: 0, skipped: 0, bytes: 0, stored: 0, unlisted: 0, manifest: None, fingerprint: None }
+        Report {
+            op,
+            shard,
+            files: files as u64,
+            worked: 0,
+            skipped: 0,
+            bytes: 0,
+            stored: 0,
+            unlisted: 0,
+            manifest: None,
+            fingerprint: None,
+        }
     }
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bpb = if self.bytes > 0 { self.stored as f64 * 8.0 / self.bytes as f64 } else { 0.0 };
+        let bpb = if self.bytes > 0 {
+            self.stored as f64 * 8.0 / self.bytes as f64
+        } else {
+            0.0
+        };
         match self.op {
             "pack" => write!(
                 f,
@@ -106,10 +123,16 @@ impl fmt::Display for Report {
 
 /// `dir` made absolute; it must exist and be a directory.
 fn existing_dir(dir: &Path) -> Result<PathBuf, PackError> {
-    let no = |source| PackError::NoInput { path: dir.to_path_buf(), source };
+    let no = |source| PackError::NoInput {
+        path: dir.to_path_buf(),
+        source,
+    };
     let p = dir.canonicalize().map_err(no)?;
     if !p.is_dir() {
-        return Err(no(io::Error::new(io::ErrorKind::NotADirectory, "not a directory")));
+        return Err(no(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        )));
     }
     Ok(p)
 }
@@ -144,7 +167,11 @@ fn resolve(p: &Path) -> Result<PathBuf, PackError> {
 
 fn disjoint(a: &Path, b: &Path) -> Result<(), PackError> {
     if a.starts_with(b) || b.starts_with(a) {
-        return Err(PackError::Usage(format!("{} and {} must not contain each other", a.display(), b.display())));
+        return Err(PackError::Usage(format!(
+            "{} and {} must not contain each other",
+            a.display(),
+            b.display()
+        )));
     }
     Ok(())
 }
@@ -169,13 +196,20 @@ fn mirror_dirs(from: &Path, to: &Path, dirs: &[PathBuf]) -> Result<(), PackError
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let dm = std::fs::symlink_metadata(&d).map_err(PackError::io(&d))?;
                 if !dm.is_dir() {
-                    return Err(PackError::Io { path: d, source: io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a directory") });
+                    return Err(PackError::Io {
+                        path: d,
+                        source: io::Error::new(
+                            io::ErrorKind::AlreadyExists,
+                            "exists and is not a directory",
+                        ),
+                    });
                 }
             }
             Err(e) => return Err(PackError::Io { path: d, source: e }),
         }
         let mode = (md.mode() & 0o7777) | 0o700;
-        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode)).map_err(PackError::io(&d))?;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))
+            .map_err(PackError::io(&d))?;
     }
     Ok(())
 }
@@ -221,7 +255,10 @@ fn symlink_entry(rel: &Path, target: PathBuf, shard: u32) -> Entry {
 fn fatal(e: PackError) -> Result<PackError, PackError> {
     match e {
         PackError::Model(_) => Err(e),
-        PackError::Codec { source: crate::Error::Model(m), .. } => Err(PackError::Model(m)),
+        PackError::Codec {
+            source: crate::Error::Model(m),
+            ..
+        } => Err(PackError::Model(m)),
         other => Ok(other),
     }
 }
@@ -237,7 +274,13 @@ struct Tally {
 
 impl Tally {
     fn new(op: &'static str, shard: Shard, total: usize, bytes: u64) -> Tally {
-        Tally { op, shard, total, meter: Meter::new(op, shard, total as u64, bytes), failures: Vec::new() }
+        Tally {
+            op,
+            shard,
+            total,
+            meter: Meter::new(op, shard, total as u64, bytes),
+            failures: Vec::new(),
+        }
     }
 
     fn ok(&mut self, report: &mut Report, size: u64, worked: bool) {
@@ -252,7 +295,10 @@ impl Tally {
     /// Records a failed entry; a fatal error (no model) is returned instead.
     fn fail(&mut self, size: u64, e: PackError) -> Result<(), PackError> {
         let e = fatal(e)?;
-        self.meter.log(log::Level::Error, &format!("{} {}: {e}", self.op, self.shard));
+        self.meter.log(
+            log::Level::Error,
+            &format!("{} {}: {e}", self.op, self.shard),
+        );
         self.meter.done(size, false);
         self.failures.push(e);
         Ok(())
@@ -266,7 +312,13 @@ impl Tally {
         }
         let failed = self.failures.len();
         let first = Box::new(self.failures.swap_remove(0));
-        Err(PackError::Failed { op: self.op, shard: self.shard, failed, total: self.total, first })
+        Err(PackError::Failed {
+            op: self.op,
+            shard: self.shard,
+            failed,
+            total: self.total,
+            first,
+        })
     }
 }
 
@@ -308,11 +360,22 @@ pub fn pack(opts: &PackOptions, engine: &LazyEngine) -> Result<Report, PackError
     // An earlier run's manifest stops describing DEST the moment this run starts.
     let final_path = internal.join(manifest::shard_name(shard));
     match std::fs::remove_file(&final_path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(PackError::Io { path: final_path, source: e }),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(PackError::Io {
+                path: final_path,
+                source: e,
+            })
+        }
         _ => {}
     }
     let bytes_total = mine.iter().map(|i| i.size).sum();
-    let header = Header::new(Some(shard.index), shard.count, plan::digest(&tree.items), mine.len() as u64, bytes_total);
+    let header = Header::new(
+        Some(shard.index),
+        shard.count,
+        plan::digest(&tree.items),
+        mine.len() as u64,
+        bytes_total,
+    );
     let partial = PartialManifest::create(&internal, shard, &header)?;
     mirror_dirs(&src, &dest, &tree.dirs)?;
     log::info!(
@@ -343,7 +406,13 @@ pub fn pack(opts: &PackOptions, engine: &LazyEngine) -> Result<Report, PackError
         run.item(item)?;
     }
     run.flush()?;
-    let PackRun { mut entries, mut report, tally, partial, .. } = run;
+    let PackRun {
+        mut entries,
+        mut report,
+        tally,
+        partial,
+        ..
+    } = run;
     tally.finish()?;
     manifest::sort(&mut entries);
     manifest::write(&final_path, &header, &entries)?;
@@ -397,7 +466,9 @@ impl PackRun<'_, '_> {
             Ok(Step::Compress(p)) => {
                 self.batch_bytes += p.data.len() as u64;
                 self.batch.push(p);
-                if self.batch_bytes >= self.opts.batch_bytes.max(1) || self.batch.len() >= BATCH_FILES {
+                if self.batch_bytes >= self.opts.batch_bytes.max(1)
+                    || self.batch.len() >= BATCH_FILES
+                {
                     self.flush()?;
                 }
                 Ok(())
@@ -409,7 +480,11 @@ impl PackRun<'_, '_> {
     /// Counts a finished entry and lists it in the partial manifest.
     fn record(&mut self, entry: Entry, size: u64, worked: bool) -> Result<(), PackError> {
         self.partial.append(&entry)?;
-        self.report.bytes += if entry.kind == EntryKind::Symlink { 0 } else { entry.size };
+        self.report.bytes += if entry.kind == EntryKind::Symlink {
+            0
+        } else {
+            entry.size
+        };
         self.report.stored += entry.stored;
         self.tally.ok(&mut self.report, size, worked);
         self.entries.push(entry);
@@ -428,7 +503,10 @@ impl PackRun<'_, '_> {
         let mut f = File::open(&sp).map_err(PackError::io(&sp))?;
         let md = f.metadata().map_err(PackError::io(&sp))?;
         if !md.is_file() {
-            return Err(PackError::Mismatch { path: sp, why: "no longer a regular file".into() });
+            return Err(PackError::Mismatch {
+                path: sp,
+                why: "no longer a regular file".into(),
+            });
         }
         let data = read_all(&mut f, &sp)?;
         let crc = crc32c::crc32c(&data);
@@ -461,7 +539,14 @@ impl PackRun<'_, '_> {
             entry.needs_model = Some(text);
             return Ok(Step::Done(entry, false));
         }
-        Ok(Step::Compress(Pending { item: item.clone(), src: sp, dest: dp, file: f, data, entry }))
+        Ok(Step::Compress(Pending {
+            item: item.clone(),
+            src: sp,
+            dest: dp,
+            file: f,
+            data,
+            entry,
+        }))
     }
 
     /// Compresses the batch in one model run and commits each blob. When the run fails
@@ -480,24 +565,40 @@ impl PackRun<'_, '_> {
             Err(crate::Error::Model(m)) => return Err(PackError::Model(m)),
             Err(e) if batch.len() == 1 => vec![Err(e)],
             Err(e) => {
-                log::warn!("pack {}: a batch of {} files failed ({e}); compressing them one by one", self.shard, batch.len());
-                data.iter().map(|d| engine.compress(d, compress, None)).collect()
+                log::warn!(
+                    "pack {}: a batch of {} files failed ({e}); compressing them one by one",
+                    self.shard,
+                    batch.len()
+                );
+                data.iter()
+                    .map(|d| engine.compress(d, compress, None))
+                    .collect()
             }
         };
         drop(data);
         let fingerprint = fingerprint_str(&engine.model().fingerprint());
         for (p, r) in batch.into_iter().zip(results) {
             let size = p.item.size;
-            let done = r.map_err(|source| PackError::Codec { path: p.src.clone(), source }).and_then(|c| {
-                let tmp = self.staging.file(&c.blob, &p.file, true)?;
-                self.staging.commit(&tmp, &p.dest)?;
-                log::debug!("{}: {} -> {} bytes", p.item.rel.display(), p.data.len(), c.blob.len());
-                let mut entry = p.entry;
-                entry.stored = c.blob.len() as u64;
-                entry.fingerprint = Some(fingerprint.clone());
-                entry.needs_model = Some(c.stats.chunks > 0);
-                Ok(entry)
-            });
+            let done = r
+                .map_err(|source| PackError::Codec {
+                    path: p.src.clone(),
+                    source,
+                })
+                .and_then(|c| {
+                    let tmp = self.staging.file(&c.blob, &p.file, true)?;
+                    self.staging.commit(&tmp, &p.dest)?;
+                    log::debug!(
+                        "{}: {} -> {} bytes",
+                        p.item.rel.display(),
+                        p.data.len(),
+                        c.blob.len()
+                    );
+                    let mut entry = p.entry;
+                    entry.stored = c.blob.len() as u64;
+                    entry.fingerprint = Some(fingerprint.clone());
+                    entry.needs_model = Some(c.stats.chunks > 0);
+                    Ok(entry)
+                });
             match done {
                 Ok(entry) => self.record(entry, size, true)?,
                 Err(e) => self.tally.fail(size, e)?,
@@ -510,7 +611,11 @@ impl PackRun<'_, '_> {
 /// A blob at `dest` that holds exactly `len` bytes of CRC-32C `crc`: its size,
 /// fingerprint and whether it has text. A blob is renamed into place only after it was
 /// verified, so finding one is proof enough.
-fn packed_already(dest: &Path, len: u64, crc: u32) -> Result<Option<(u64, Fingerprint, bool)>, PackError> {
+fn packed_already(
+    dest: &Path,
+    len: u64,
+    crc: u32,
+) -> Result<Option<(u64, Fingerprint, bool)>, PackError> {
     match std::fs::symlink_metadata(dest) {
         Ok(md) if md.is_file() => {}
         _ => return Ok(None),
@@ -520,57 +625,83 @@ fn packed_already(dest: &Path, len: u64, crc: u32) -> Result<Option<(u64, Finger
     }
     let bytes = std::fs::read(dest).map_err(PackError::io(dest))?;
     match Blob::parse(&bytes) {
-        Ok(b) if b.header.original_len == len && b.header.original_crc == crc => {
-            Ok(Some((bytes.len() as u64, b.header.fingerprint, !b.chunks.is_empty())))
-        }
+        Ok(b) if b.header.original_len == len && b.header.original_crc == crc => Ok(Some((
+            bytes.len() as u64,
+            b.header.fingerprint,
+            !b.chunks.is_empty(),
+        ))),
         Ok(_) => Ok(None),
         Err(e) => {
-            log::warn!("{}: unreadable blob ({e}), packing it again", dest.display());
+            log::warn!(
+                "{}: unreadable blob ({e}), packing it again",
+                dest.display()
+            );
             Ok(None)
         }
     }
 }
 
 /// Writes this shard's files of the packed tree `packed` as plain files into `out`.
-pub fn unpack(packed: &Path, out: &Path, shard: Shard, engine: &LazyEngine) -> Result<Report, PackError> {
+pub fn unpack(
+    packed: &Path,
+    out: &Path,
+    shard: Shard,
+    engine: &LazyEngine,
+) -> Result<Report, PackError> {
     let root = existing_dir(packed)?;
     let out = output_dir(out, &root)?;
     let tree = walk(&root, Some(INTERNAL_DIR))?;
     let mine = shard_items(&tree.items, shard);
     let staging = Staging::open(out.join(UNPACK_TMP), format!("unpack-{}", shard.tag()))?;
     mirror_dirs(&root, &out, &tree.dirs)?;
-    log::info!("unpack {shard}: {} of {} files, {} -> {}", mine.len(), tree.items.len(), root.display(), out.display());
+    log::info!(
+        "unpack {shard}: {} of {} files, {} -> {}",
+        mine.len(),
+        tree.items.len(),
+        root.display(),
+        out.display()
+    );
     let mut report = Report::new("unpack", shard, mine.len());
-    let r = each("unpack", shard, &mine, |i| i.size, &mut report, |item, report| {
-        let (bp, op) = (root.join(&item.rel), out.join(&item.rel));
-        if item.kind == ItemKind::Symlink {
-            let target = std::fs::read_link(&bp).map_err(PackError::io(&bp))?;
-            return mirror_symlink(&staging, &target, &op);
-        }
-        let mut f = File::open(&bp).map_err(PackError::io(&bp))?;
-        let data = read_all(&mut f, &bp)?;
-        report.stored += data.len() as u64;
-        let codec = |source: crate::Error| PackError::Codec { path: bp.clone(), source };
-        if !is_blob_file(&f).map_err(PackError::io(&bp))? {
-            report.bytes += data.len() as u64;
-            if same_plain(&op, data.len() as u64, crc32c::crc32c(&data))? {
+    let r = each(
+        "unpack",
+        shard,
+        &mine,
+        |i| i.size,
+        &mut report,
+        |item, report| {
+            let (bp, op) = (root.join(&item.rel), out.join(&item.rel));
+            if item.kind == ItemKind::Symlink {
+                let target = std::fs::read_link(&bp).map_err(PackError::io(&bp))?;
+                return mirror_symlink(&staging, &target, &op);
+            }
+            let mut f = File::open(&bp).map_err(PackError::io(&bp))?;
+            let data = read_all(&mut f, &bp)?;
+            report.stored += data.len() as u64;
+            let codec = |source: crate::Error| PackError::Codec {
+                path: bp.clone(),
+                source,
+            };
+            if !is_blob_file(&f).map_err(PackError::io(&bp))? {
+                report.bytes += data.len() as u64;
+                if same_plain(&op, data.len() as u64, crc32c::crc32c(&data))? {
+                    return Ok(false);
+                }
+                let tmp = staging.file(&data, &f, false)?;
+                staging.commit(&tmp, &op)?;
+                return Ok(true);
+            }
+            let blob = Blob::parse(&data).map_err(|e| codec(e.into()))?;
+            report.bytes += blob.header.original_len;
+            if same_plain(&op, blob.header.original_len, blob.header.original_crc)? {
                 return Ok(false);
             }
-            let tmp = staging.file(&data, &f, false)?;
+            drop(blob);
+            let plain = engine.get()?.decompress(&data, None).map_err(codec)?;
+            let tmp = staging.file(&plain, &f, false)?;
             staging.commit(&tmp, &op)?;
-            return Ok(true);
-        }
-        let blob = Blob::parse(&data).map_err(|e| codec(e.into()))?;
-        report.bytes += blob.header.original_len;
-        if same_plain(&op, blob.header.original_len, blob.header.original_crc)? {
-            return Ok(false);
-        }
-        drop(blob);
-        let plain = engine.get()?.decompress(&data, None).map_err(codec)?;
-        let tmp = staging.file(&plain, &f, false)?;
-        staging.commit(&tmp, &op)?;
-        Ok(true)
-    });
+            Ok(true)
+        },
+    );
     staging.remove_dir_if_empty();
     r?;
     report.fingerprint = engine.loaded().map(|e| e.model().fingerprint());
@@ -593,7 +724,10 @@ pub fn verify(opts: &VerifyOptions, engine: &LazyEngine) -> Result<Report, PackE
         if h.shard.is_some() {
             log::warn!("{}: a single shard's manifest; files of other shards will show as not in the manifest", m.display());
         }
-        expected = entries.into_iter().map(|e| (e.rel.as_os_str().as_bytes().to_vec(), e)).collect();
+        expected = entries
+            .into_iter()
+            .map(|e| (e.rel.as_os_str().as_bytes().to_vec(), e))
+            .collect();
     }
     let tree = walk(&root, Some(INTERNAL_DIR))?;
     // The union of what is there and what should be there, in path-byte order.
@@ -609,53 +743,97 @@ pub fn verify(opts: &VerifyOptions, engine: &LazyEngine) -> Result<Report, PackE
         .values()
         .map(|(i, e)| match (i, e) {
             (Some(i), _) => i.clone(),
-            (None, Some(e)) => Item { rel: e.rel.clone(), kind: ItemKind::File, size: e.stored },
+            (None, Some(e)) => Item {
+                rel: e.rel.clone(),
+                kind: ItemKind::File,
+                size: e.stored,
+            },
             (None, None) => unreachable!("every key has an item or an entry"),
         })
         .collect();
     let mine = shard_items(&keys, shard);
-    log::info!("verify {shard}: {} of {} files of {}", mine.len(), keys.len(), root.display());
+    log::info!(
+        "verify {shard}: {} of {} files of {}",
+        mine.len(),
+        keys.len(),
+        root.display()
+    );
     let mut report = Report::new("verify", shard, mine.len());
     report.manifest = manifest_path.clone();
     let have_manifest = manifest_path.is_some();
-    each("verify", shard, &mine, |i| i.size, &mut report, |key, report| {
-        let Some((item, entry)) = all.get(key.rel.as_os_str().as_bytes()) else { return Ok(false) };
-        let path = root.join(&key.rel);
-        let mismatch = |why: String| PackError::Mismatch { path: path.clone(), why };
-        let Some(item) = item else { return Err(mismatch("listed in the manifest but missing".into())) };
-        if entry.is_none() && have_manifest {
-            report.unlisted += 1;
-            log::warn!("{}: not in the manifest", path.display());
-        }
-        if item.kind == ItemKind::Symlink {
-            let target = std::fs::read_link(&path).map_err(PackError::io(&path))?;
+    each(
+        "verify",
+        shard,
+        &mine,
+        |i| i.size,
+        &mut report,
+        |key, report| {
+            let Some((item, entry)) = all.get(key.rel.as_os_str().as_bytes()) else {
+                return Ok(false);
+            };
+            let path = root.join(&key.rel);
+            let mismatch = |why: String| PackError::Mismatch {
+                path: path.clone(),
+                why,
+            };
+            let Some(item) = item else {
+                return Err(mismatch("listed in the manifest but missing".into()));
+            };
+            if entry.is_none() && have_manifest {
+                report.unlisted += 1;
+                log::warn!("{}: not in the manifest", path.display());
+            }
+            if item.kind == ItemKind::Symlink {
+                let target = std::fs::read_link(&path).map_err(PackError::io(&path))?;
+                if let Some(e) = entry {
+                    if e.target.as_deref() != Some(target.as_path()) {
+                        return Err(mismatch(format!(
+                            "symlink to {}, the manifest says {:?}",
+                            target.display(),
+                            e.target
+                        )));
+                    }
+                }
+                return Ok(false);
+            }
+            let mut f = File::open(&path).map_err(PackError::io(&path))?;
+            let data = read_all(&mut f, &path)?;
+            let blob = is_blob_file(&f).map_err(PackError::io(&path))?;
+            let plain = if blob {
+                engine
+                    .get()?
+                    .decompress(&data, None)
+                    .map_err(|source| PackError::Codec {
+                        path: path.clone(),
+                        source,
+                    })?
+            } else {
+                data
+            };
+            report.bytes += plain.len() as u64;
             if let Some(e) = entry {
-                if e.target.as_deref() != Some(target.as_path()) {
-                    return Err(mismatch(format!("symlink to {}, the manifest says {:?}", target.display(), e.target)));
+                let kind = if blob {
+                    EntryKind::Blob
+                } else {
+                    EntryKind::Plain
+                };
+                if e.kind != kind {
+                    return Err(mismatch(format!(
+                        "stored as {kind:?}, the manifest says {:?}",
+                        e.kind
+                    )));
+                }
+                if e.size != plain.len() as u64 || e.sha256 != sha256_hex(&plain) {
+                    return Err(mismatch(format!(
+                        "decodes to {} bytes that differ from the manifest's {} bytes",
+                        plain.len(),
+                        e.size
+                    )));
                 }
             }
-            return Ok(false);
-        }
-        let mut f = File::open(&path).map_err(PackError::io(&path))?;
-        let data = read_all(&mut f, &path)?;
-        let blob = is_blob_file(&f).map_err(PackError::io(&path))?;
-        let plain = if blob {
-            engine.get()?.decompress(&data, None).map_err(|source| PackError::Codec { path: path.clone(), source })?
-        } else {
-            data
-        };
-        report.bytes += plain.len() as u64;
-        if let Some(e) = entry {
-            let kind = if blob { EntryKind::Blob } else { EntryKind::Plain };
-            if e.kind != kind {
-                return Err(mismatch(format!("stored as {kind:?}, the manifest says {:?}", e.kind)));
-            }
-            if e.size != plain.len() as u64 || e.sha256 != sha256_hex(&plain) {
-                return Err(mismatch(format!("decodes to {} bytes that differ from the manifest's {} bytes", plain.len(), e.size)));
-            }
-        }
-        Ok(blob)
-    })?;
+            Ok(blob)
+        },
+    )?;
     report.fingerprint = engine.loaded().map(|e| e.model().fingerprint());
     Ok(report)
 }

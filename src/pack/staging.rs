@@ -23,11 +23,22 @@ impl Staging {
     /// Creates `dir` (private: temporary files hold plaintext) and deletes this
     /// prefix's leftovers from an earlier run.
     pub fn open(dir: PathBuf, prefix: String) -> Result<Staging, PackError> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(PackError::io(&dir))?;
-        let s = Staging { dir, prefix, seq: Cell::new(0) };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(PackError::io(&dir))?;
+        let s = Staging {
+            dir,
+            prefix,
+            seq: Cell::new(0),
+        };
         let n = s.clean()?;
         if n > 0 {
-            log::info!("deleted {n} temporary files of an interrupted run from {}", s.dir.display());
+            log::info!(
+                "deleted {n} temporary files of an interrupted run from {}",
+                s.dir.display()
+            );
         }
         Ok(s)
     }
@@ -54,13 +65,19 @@ impl Staging {
     /// Recreates the directory when a finishing shard removed it (see
     /// [`Staging::remove_dir_if_empty`]); true if the caller should try again.
     fn gone(&self, e: &io::Error) -> bool {
-        e.kind() == io::ErrorKind::NotFound && std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir).is_ok()
+        e.kind() == io::ErrorKind::NotFound
+            && std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .is_ok()
     }
 
     fn next(&self) -> PathBuf {
         let n = self.seq.get();
         self.seq.set(n + 1);
-        self.dir.join(format!("{}-{}-{n}.tmp", self.prefix, std::process::id()))
+        self.dir
+            .join(format!("{}-{}-{n}.tmp", self.prefix, std::process::id()))
     }
 
     /// Writes `data` into a new temporary file with `like`'s metadata (mode, owner,
@@ -69,7 +86,11 @@ impl Staging {
         let mut retried = false;
         loop {
             let path = self.next();
-            let mut f = match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            let mut f = match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) if !retried && self.gone(&e) => {
@@ -114,7 +135,10 @@ impl Staging {
     pub fn commit(&self, tmp: &Path, target: &Path) -> Result<(), PackError> {
         if let Err(source) = std::fs::rename(tmp, target) {
             let _ = std::fs::remove_file(tmp);
-            return Err(PackError::Io { path: target.to_path_buf(), source });
+            return Err(PackError::Io {
+                path: target.to_path_buf(),
+                source,
+            });
         }
         if let Some(d) = target.parent() {
             if let Ok(d) = File::open(d) {

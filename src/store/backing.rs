@@ -45,7 +45,10 @@ pub struct BPath {
 impl BPath {
     /// `self/name`, through the same directory fd.
     pub fn join(&self, name: impl AsRef<Path>) -> BPath {
-        BPath { path: self.path.join(name), dir: self.dir.clone() }
+        BPath {
+            path: self.path.join(name),
+            dir: self.dir.clone(),
+        }
     }
 }
 
@@ -102,12 +105,19 @@ impl std::error::Error for Context {}
 
 fn ctx(what: impl std::fmt::Display, e: io::Error) -> io::Error {
     let errno = os_errno(&e);
-    io::Error::new(e.kind(), Context { msg: format!("{what}: {e}"), errno })
+    io::Error::new(
+        e.kind(),
+        Context {
+            msg: format!("{what}: {e}"),
+            errno,
+        },
+    )
 }
 
 /// The OS error number of `e`, also through the context added by this module.
 pub fn os_errno(e: &io::Error) -> Option<i32> {
-    e.raw_os_error().or_else(|| e.get_ref()?.downcast_ref::<Context>()?.errno)
+    e.raw_os_error()
+        .or_else(|| e.get_ref()?.downcast_ref::<Context>()?.errno)
 }
 
 impl Backing {
@@ -116,8 +126,16 @@ impl Backing {
         let root = root.canonicalize().map_err(|e| ctx(root.display(), e))?;
         let tmp = root.join(INTERNAL_DIR).join("tmp");
         // Private: temporary files hold plaintext of files whatever their modes.
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&tmp).map_err(|e| ctx(tmp.display(), e))?;
-        Ok(Backing { root, tmp, seq: AtomicU64::new(0) })
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&tmp)
+            .map_err(|e| ctx(tmp.display(), e))?;
+        Ok(Backing {
+            root,
+            tmp,
+            seq: AtomicU64::new(0),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -143,7 +161,10 @@ impl Backing {
         let abs = self.path(rel);
         // Room for one more component (callers join a new name onto a directory).
         if abs.as_os_str().len() + 2 * (libc::NAME_MAX as usize + 1) < libc::PATH_MAX as usize {
-            return Ok(BPath { path: abs, dir: None });
+            return Ok(BPath {
+                path: abs,
+                dir: None,
+            });
         }
         let mut comps: Vec<&OsStr> = rel.iter().collect();
         let last = comps.pop();
@@ -158,7 +179,10 @@ impl Backing {
         if let Some(l) = last {
             path.push(l);
         }
-        Ok(BPath { path, dir: Some(Arc::new(fd)) })
+        Ok(BPath {
+            path,
+            dir: Some(Arc::new(fd)),
+        })
     }
 
     /// Deletes leftovers of interrupted writes: every temporary file. Returns how many.
@@ -167,7 +191,11 @@ impl Backing {
         for e in std::fs::read_dir(&self.tmp).map_err(|e| ctx(self.tmp.display(), e))? {
             let e = e?;
             let p = e.path();
-            let r = if e.file_type()?.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            let r = if e.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
             r.map_err(|e| ctx(p.display(), e))?;
             n += 1;
         }
@@ -211,7 +239,12 @@ impl Backing {
         loop {
             let n = self.seq.fetch_add(1, Ordering::Relaxed);
             let p = self.tmp.join(format!("{}-{n}.tmp", std::process::id()));
-            match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p) {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&p)
+            {
                 Ok(f) => return Ok((p, f)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(ctx(p.display(), e)),
@@ -245,7 +278,12 @@ impl Backing {
     /// Renames a prepared temporary file over `target` and syncs the directory.
     pub fn commit(&self, tmp: &Path, target: &Path) -> io::Result<()> {
         fault_pause("before-rename", target);
-        std::fs::rename(tmp, target).map_err(|e| ctx(format!("rename {} -> {}", tmp.display(), target.display()), e))?;
+        std::fs::rename(tmp, target).map_err(|e| {
+            ctx(
+                format!("rename {} -> {}", tmp.display(), target.display()),
+                e,
+            )
+        })?;
         fault_pause("after-rename", target);
         if let Some(dir) = target.parent() {
             if let Ok(d) = File::open(dir) {
@@ -283,7 +321,10 @@ fn fault_pause(point: &str, target: &Path) {
     });
     if let Some((p, ms)) = spec {
         if p == point {
-            log::warn!("NACRITHFS_FAULT: pausing {ms} ms {point} of {}", target.display());
+            log::warn!(
+                "NACRITHFS_FAULT: pausing {ms} ms {point} of {}",
+                target.display()
+            );
             std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
     }
@@ -311,8 +352,14 @@ pub fn copy_metadata(from: &File, to: &File) -> io::Result<()> {
     }
     cvt(unsafe { libc::fchmod(to.as_raw_fd(), (md.mode() & 0o7777) as libc::mode_t) })?;
     let ts = [
-        libc::timespec { tv_sec: md.atime(), tv_nsec: md.atime_nsec() },
-        libc::timespec { tv_sec: md.mtime(), tv_nsec: md.mtime_nsec() },
+        libc::timespec {
+            tv_sec: md.atime(),
+            tv_nsec: md.atime_nsec(),
+        },
+        libc::timespec {
+            tv_sec: md.mtime(),
+            tv_nsec: md.mtime_nsec(),
+        },
     ];
     cvt(unsafe { libc::futimens(to.as_raw_fd(), ts.as_ptr()) })?;
     Ok(())
@@ -345,7 +392,9 @@ fn absent(e: &io::Error) -> bool {
 }
 
 /// Reads an xattr with a size probe; `None` when it does not exist.
-fn get_with(mut call: impl FnMut(*mut libc::c_void, usize) -> isize) -> io::Result<Option<Vec<u8>>> {
+fn get_with(
+    mut call: impl FnMut(*mut libc::c_void, usize) -> isize,
+) -> io::Result<Option<Vec<u8>>> {
     loop {
         let n = call(std::ptr::null_mut(), 0);
         if n < 0 {
@@ -378,12 +427,28 @@ pub fn fget_xattr(f: &File, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
 
 pub fn fset_xattr(f: &File, name: impl AsRef<OsStr>, value: &[u8]) -> io::Result<()> {
     let n = cstr(name.as_ref())?;
-    cvt(unsafe { libc::fsetxattr(f.as_raw_fd(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+    cvt(unsafe {
+        libc::fsetxattr(
+            f.as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
 }
 
 pub fn lset_xattr(path: &Path, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
     let (p, n) = (cstr(path.as_os_str())?, cstr(name)?);
-    cvt(unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
+    cvt(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
 }
 
 pub fn lremove_xattr(path: &Path, name: &OsStr) -> io::Result<()> {
@@ -392,16 +457,25 @@ pub fn lremove_xattr(path: &Path, name: &OsStr) -> io::Result<()> {
 }
 
 fn split_names(raw: Vec<u8>) -> Vec<OsString> {
-    raw.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| OsString::from_vec(s.to_vec())).collect()
+    raw.split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsString::from_vec(s.to_vec()))
+        .collect()
 }
 
 pub fn llist_xattr(path: &Path) -> io::Result<Vec<OsString>> {
     let p = cstr(path.as_os_str())?;
-    Ok(split_names(get_with(|buf, len| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) })?.unwrap_or_default()))
+    Ok(split_names(
+        get_with(|buf, len| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) })?
+            .unwrap_or_default(),
+    ))
 }
 
 pub fn flist_xattr(f: &File) -> io::Result<Vec<OsString>> {
-    Ok(split_names(get_with(|buf, len| unsafe { libc::flistxattr(f.as_raw_fd(), buf.cast(), len) })?.unwrap_or_default()))
+    Ok(split_names(
+        get_with(|buf, len| unsafe { libc::flistxattr(f.as_raw_fd(), buf.cast(), len) })?
+            .unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]
@@ -414,13 +488,21 @@ mod tests {
         let b = Backing::open(dir.path()).unwrap();
         let target = dir.path().join("f");
         std::fs::write(&target, b"NC06 but plaintext").unwrap();
-        assert!(!is_blob_path(&target).unwrap(), "content never decides the state");
+        assert!(
+            !is_blob_path(&target).unwrap(),
+            "content never decides the state"
+        );
         let src = File::open(&target).unwrap();
         fset_xattr(&src, "user.keep", b"v").unwrap();
         let (tmp, _) = b.prepare(b"blob", &src, true).unwrap();
         b.commit(&tmp, &target).unwrap();
         assert!(is_blob_path(&target).unwrap());
-        assert_eq!(lget_xattr(&target, OsStr::new("user.keep")).unwrap().as_deref(), Some(&b"v"[..]));
+        assert_eq!(
+            lget_xattr(&target, OsStr::new("user.keep"))
+                .unwrap()
+                .as_deref(),
+            Some(&b"v"[..])
+        );
         assert_eq!(std::fs::read(&target).unwrap(), b"blob");
         b.temp_file().unwrap();
         assert_eq!(b.clean_tmp().unwrap(), 1);

@@ -19,13 +19,19 @@ pub struct CodecError {
 
 impl CodecError {
     pub fn eio(msg: impl Into<String>) -> Self {
-        CodecError { msg: msg.into(), errno: libc::EIO }
+        CodecError {
+            msg: msg.into(),
+            errno: libc::EIO,
+        }
     }
 }
 
 impl From<crate::Error> for CodecError {
     fn from(e: crate::Error) -> Self {
-        CodecError { errno: e.errno(), msg: e.to_string() }
+        CodecError {
+            errno: e.errno(),
+            msg: e.to_string(),
+        }
     }
 }
 
@@ -58,7 +64,10 @@ pub struct Nc06Codec {
 
 impl Nc06Codec {
     pub fn new(engine: Arc<Engine>) -> Self {
-        Nc06Codec { engine, opts: CompressOptions::default() }
+        Nc06Codec {
+            engine,
+            opts: CompressOptions::default(),
+        }
     }
 }
 
@@ -81,8 +90,17 @@ impl Codec for Nc06Codec {
     fn open(&self, bytes: Vec<u8>) -> Result<Arc<dyn OpenBlob>, CodecError> {
         let blob = Blob::parse(&bytes).map_err(|e| CodecError::eio(e.to_string()))?;
         let index = blob.index();
-        let extents = index.extents.iter().map(|e| (e.orig_offset, e.len)).collect();
-        Ok(Arc::new(Nc06Blob { engine: self.engine.clone(), blob, index, extents }))
+        let extents = index
+            .extents
+            .iter()
+            .map(|e| (e.orig_offset, e.len))
+            .collect();
+        Ok(Arc::new(Nc06Blob {
+            engine: self.engine.clone(),
+            blob,
+            index,
+            extents,
+        }))
     }
 }
 
@@ -103,13 +121,21 @@ impl OpenBlob for Nc06Blob {
     }
 
     fn decode(&self, range: Range<usize>) -> Result<Vec<u8>, CodecError> {
-        let (Some(first), Some(last)) = (self.extents.get(range.start), range.end.checked_sub(1).and_then(|l| self.extents.get(l))) else {
+        let (Some(first), Some(last)) = (
+            self.extents.get(range.start),
+            range.end.checked_sub(1).and_then(|l| self.extents.get(l)),
+        ) else {
             return Ok(Vec::new());
         };
         let (start, end) = (first.0, last.0 + last.1);
-        let (base, bytes) = self.engine.decompress_range(&self.blob, &self.index, start, end, None)?;
+        let (base, bytes) =
+            self.engine
+                .decompress_range(&self.blob, &self.index, start, end, None)?;
         if base != start || bytes.len() as u64 != end - start {
-            return Err(CodecError::eio(format!("decoded range {base}+{} does not match extents {start}..{end}", bytes.len())));
+            return Err(CodecError::eio(format!(
+                "decoded range {base}+{} does not match extents {start}..{end}",
+                bytes.len()
+            )));
         }
         Ok(bytes)
     }
@@ -138,17 +164,24 @@ impl Codec for StandInCodec {
         if &prefix[..4] != FAKE_MAGIC {
             return Err(CodecError::eio("bad magic"));
         }
-        Ok(Some(u64::from_le_bytes(prefix[4..12].try_into().unwrap_or([0; 8]))))
+        Ok(Some(u64::from_le_bytes(
+            prefix[4..12].try_into().unwrap_or([0; 8]),
+        )))
     }
 
     fn open(&self, blob: Vec<u8>) -> Result<Arc<dyn OpenBlob>, CodecError> {
-        let len = self.original_len(&blob)?.ok_or_else(|| CodecError::eio("truncated"))?;
+        let len = self
+            .original_len(&blob)?
+            .ok_or_else(|| CodecError::eio("truncated"))?;
         let data = zstd::decode_all(&blob[12..]).map_err(|e| CodecError::eio(e.to_string()))?;
         if data.len() as u64 != len {
             return Err(CodecError::eio("length mismatch"));
         }
         let step = self.extent.max(1);
-        let extents = (0..len).step_by(step as usize).map(|o| (o, step.min(len - o))).collect();
+        let extents = (0..len)
+            .step_by(step as usize)
+            .map(|o| (o, step.min(len - o)))
+            .collect();
         Ok(Arc::new(StandInBlob { data, extents }))
     }
 }
@@ -168,7 +201,10 @@ impl OpenBlob for StandInBlob {
     }
 
     fn decode(&self, range: Range<usize>) -> Result<Vec<u8>, CodecError> {
-        let (Some(first), Some(last)) = (self.extents.get(range.start), range.end.checked_sub(1).and_then(|l| self.extents.get(l))) else {
+        let (Some(first), Some(last)) = (
+            self.extents.get(range.start),
+            range.end.checked_sub(1).and_then(|l| self.extents.get(l)),
+        ) else {
             return Ok(Vec::new());
         };
         Ok(self.data[first.0 as usize..(last.0 + last.1) as usize].to_vec())

@@ -18,7 +18,13 @@ pub fn model() -> Arc<Model> {
 }
 
 pub fn engine(streams: u32) -> Engine {
-    Engine::new(model(), EngineConfig { streams, workers: 1 })
+    Engine::new(
+        model(),
+        EngineConfig {
+            streams,
+            workers: 1,
+        },
+    )
 }
 
 pub const ENGLISH: &str = include_str!("../data/english.txt");
@@ -29,7 +35,9 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut s = seed;
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 56) as u8
         })
         .collect()

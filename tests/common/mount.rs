@@ -19,14 +19,26 @@ pub fn bin() -> Command {
 }
 
 pub fn is_mountpoint(p: &Path) -> bool {
-    Command::new("mountpoint").arg("-q").arg(p).status().is_ok_and(|s| s.success())
+    Command::new("mountpoint")
+        .arg("-q")
+        .arg(p)
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 pub fn force_unmount(mnt: &Path) {
     if is_mountpoint(mnt) || std::fs::metadata(mnt).is_err() {
-        let _ = Command::new("fusermount3").arg("-u").arg(mnt).stderr(Stdio::null()).status();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(mnt)
+            .stderr(Stdio::null())
+            .status();
         if is_mountpoint(mnt) || std::fs::metadata(mnt).is_err() {
-            let _ = Command::new("umount").arg("-l").arg(mnt).stderr(Stdio::null()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(mnt)
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -47,7 +59,12 @@ pub struct Opts<'a> {
 
 impl Default for Opts<'_> {
     fn default() -> Self {
-        Opts { model: None, allow_other: false, log: None, env: Vec::new() }
+        Opts {
+            model: None,
+            allow_other: false,
+            log: None,
+            env: Vec::new(),
+        }
     }
 }
 
@@ -71,26 +88,40 @@ impl Mount {
         }
         match o.log {
             Some(l) => {
-                let f = std::fs::OpenOptions::new().create(true).append(true).open(l).expect("daemon log");
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(l)
+                    .expect("daemon log");
                 cmd.stderr(f)
             }
             None => cmd.stderr(Stdio::inherit()),
         };
         let child = cmd.spawn().expect("spawn nacrithfs mount");
-        let mut m = Mount { child: Some(child), mnt: mnt.to_path_buf(), log: o.log.map(Path::to_path_buf) };
+        let mut m = Mount {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+            log: o.log.map(Path::to_path_buf),
+        };
         let t = Instant::now();
         while !is_mountpoint(mnt) {
             if let Some(Ok(Some(st))) = m.child.as_mut().map(|c| c.try_wait()) {
                 panic!("mount exited early: {st}{}", m.log_text());
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "mount not ready after 60 s");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "mount not ready after 60 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         m
     }
 
     pub fn log_text(&self) -> String {
-        self.log.as_ref().and_then(|l| std::fs::read_to_string(l).ok()).unwrap_or_default()
+        self.log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {
@@ -106,7 +137,10 @@ impl Mount {
             if let Some(st) = child.try_wait().expect("wait") {
                 break st;
             }
-            assert!(t.elapsed() < Duration::from_secs(60), "daemon did not exit after SIGTERM");
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "daemon did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         };
         assert!(st.success(), "daemon exit: {st}");
@@ -126,7 +160,11 @@ impl Mount {
     pub fn rss_kib(&self) -> (u64, u64) {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |k: &str| {
-            s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+            s.lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
@@ -137,8 +175,15 @@ impl Mount {
 
     /// Blocks until nothing is queued, compressing or open for writing.
     pub fn wait(&self) -> String {
-        let out = bin().args(["wait", self.mnt.to_str().unwrap(), "--timeout", "300"]).output().expect("wait");
-        assert!(out.status.success(), "wait: {}", String::from_utf8_lossy(&out.stderr));
+        let out = bin()
+            .args(["wait", self.mnt.to_str().unwrap(), "--timeout", "300"])
+            .output()
+            .expect("wait");
+        assert!(
+            out.status.success(),
+            "wait: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -196,7 +241,12 @@ impl Rng {
 
     /// `n` bytes that are never text but compress: random pieces and runs of a byte
     /// chosen by `run_byte`, alternating at random, each at most `max_piece` long.
-    pub fn binary(&mut self, n: usize, max_piece: u64, mut run_byte: impl FnMut(&mut Rng) -> u8) -> Vec<u8> {
+    pub fn binary(
+        &mut self,
+        n: usize,
+        max_piece: u64,
+        mut run_byte: impl FnMut(&mut Rng) -> u8,
+    ) -> Vec<u8> {
         let mut v = Vec::with_capacity(n);
         while v.len() < n {
             let k = (1 + self.below(max_piece) as usize).min(n - v.len());
@@ -213,5 +263,8 @@ impl Rng {
 
 /// The seed: `NACRITHFS_SEED` when set, else the given default.
 pub fn seed(default: u64) -> u64 {
-    std::env::var("NACRITHFS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var("NACRITHFS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
