@@ -40,9 +40,9 @@ pub enum Command {
         /// Tokens dropped from a full window.
         #[arg(long, default_value_t = Window::default().slide)]
         slide: u32,
-        /// Predictors for text, comma-separated: llm (always), ngram, match, bias, skip;
-        /// or "raw" for the model alone.
-        #[arg(long, default_value = "llm")]
+        /// Predictors for text, comma-separated: llm (always), ngram, match, bias, skip,
+        /// linear (the reference's linear mixer); "raw" or "llm" alone for the model alone.
+        #[arg(long, default_value = "llm,ngram")]
         predictors: String,
         /// Skip decoding the blob back before writing it (faster, not recommended).
         #[arg(long)]
@@ -87,6 +87,30 @@ pub enum Command {
         /// Also write the rows as CSV here.
         #[arg(long)]
         csv: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Ablation of the ensemble: the model's logits for the files are computed once
+    /// (cached) and replayed through each predictor configuration; prints bits/byte,
+    /// skipped tokens and time per token for each.
+    BenchEnsemble {
+        /// Text files (default: ../shared/corpus/sample_{3k,50k,100k}.txt).
+        files: Vec<PathBuf>,
+        /// Where the logits are cached (about 200 KB per token).
+        #[arg(long, default_value = "bench-out/logits")]
+        cache: PathBuf,
+        /// Configurations, separated by ';', each a predictor list as for compress.
+        #[arg(
+            long,
+            default_value = "llm;ngram;match;bias;ngram,match;ngram,match,bias;ngram,match,bias,skip;linear,ngram,match,bias;linear,ngram,match,bias,skip"
+        )]
+        configs: String,
+        /// Log-mixer parameters: lr_llm,lr_ngram,lr_match,lr_bias,w_ngram0,w_match0,skip_bits.
+        #[arg(long, value_delimiter = ',')]
+        mix_params: Vec<f32>,
+        /// Text chunk size in bytes.
+        #[arg(long, default_value_t = crate::DEFAULT_CHUNK_SIZE)]
+        chunk_size: usize,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -264,6 +288,8 @@ pub enum CliError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Pack(#[from] PackError),
+    #[error(transparent)]
+    Lab(#[from] crate::bench::ensemble::LabError),
 }
 
 fn codec_exit_code(e: &crate::Error) -> i32 {
@@ -296,6 +322,8 @@ impl CliError {
             CliError::Codec { source, .. } => codec_exit_code(source),
             CliError::Model(_) => 69,
             CliError::Pack(e) => pack_exit_code(e),
+            CliError::Lab(crate::bench::ensemble::LabError::Model(_)) => 69,
+            CliError::Lab(_) => 74,
         }
     }
 }
@@ -537,6 +565,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("{s}");
             Ok(())
         }
+        Command::BenchEnsemble {
+            files,
+            cache,
+            configs,
+            mix_params,
+            chunk_size,
+            model,
+        } => crate::bench::ensemble::run_cli(
+            &files,
+            &cache,
+            &configs,
+            &mix_params,
+            chunk_size,
+            &model,
+        ),
         Command::BenchEngine {
             file,
             streams_list,
@@ -661,8 +704,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 /// Parses `--predictors`.
-fn parse_predictors(list: &str) -> Result<Flags, CliError> {
+/// A predictor list such as `ngram,match,bias`. The parts are mixed in the log domain
+/// unless `linear` asks for the reference's linear mix.
+pub(crate) fn parse_predictors(list: &str) -> Result<Flags, CliError> {
     let mut f = Flags::LLM;
+    let mut linear = false;
     for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         f |= match name {
             "raw" | "llm" => Flags::LLM,
@@ -670,12 +716,19 @@ fn parse_predictors(list: &str) -> Result<Flags, CliError> {
             "match" => Flags::MATCH,
             "bias" => Flags::BIAS,
             "skip" => Flags::SKIP | Flags::NGRAM,
+            "linear" => {
+                linear = true;
+                0
+            }
             other => {
                 return Err(CliError::Usage(format!(
-                    "unknown predictor {other:?} (llm, ngram, match, bias, skip, raw)"
+                    "unknown predictor {other:?} (llm, ngram, match, bias, skip, linear, raw)"
                 )))
             }
         };
+    }
+    if !linear && f & (Flags::NGRAM | Flags::MATCH | Flags::BIAS) != 0 {
+        f |= Flags::LOGMIX;
     }
     Ok(Flags(f))
 }

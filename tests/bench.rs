@@ -44,7 +44,7 @@ fn bench_tiny_file_writes_table_csv_json_and_plot() {
         stdout.contains("| english.txt | nacrithfs raw | 200 |"),
         "{stdout}"
     );
-    assert!(!stdout.contains("ensemble"), "{stdout}");
+    assert!(!stdout.contains("nacrithfs default"), "{stdout}");
 
     let csv = std::fs::read_to_string(out_dir.join("bench.csv")).unwrap();
     assert!(csv.starts_with("file,bytes,h0,h1,h2,compressor,"), "{csv}");

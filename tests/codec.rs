@@ -238,3 +238,26 @@ fn corrupt_streams_fail_cleanly_never_with_wrong_bytes() {
         assert!(e.decompress(&c.blob[..cut], None).is_err());
     }
 }
+
+#[test]
+fn ensemble_blobs_decode_bit_exactly_in_a_batch_and_alone() {
+    // Both mixers with every part on (the skip included), coded in a batch of three
+    // streams and decoded by one: the cheap models must stay identical on both sides.
+    use nacrithfs::format::Flags;
+    let data = &ENGLISH.as_bytes()[..700];
+    let all = Flags::NGRAM | Flags::MATCH | Flags::BIAS | Flags::SKIP;
+    for flags in [
+        Flags::LLM | all,
+        Flags::LLM | all | Flags::LOGMIX,
+        Flags::LLM | Flags::MATCH | Flags::LOGMIX,
+    ] {
+        let opts = CompressOptions {
+            chunk_size: 350,
+            window: Window { ctx: 96, slide: 32 },
+            flags: Flags(flags),
+            ..Default::default()
+        };
+        let b = roundtrip(data, &opts, 3, 1);
+        assert_eq!(b.header.flags, Flags(flags));
+    }
+}

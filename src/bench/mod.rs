@@ -1,4 +1,4 @@
-//! `nacrithfs bench`: nacrithfs (raw model and full ensemble) beside gzip, bzip2, xz,
+//! `nacrithfs bench`: nacrithfs (raw model and the default ensemble) beside gzip, bzip2, xz,
 //! zstd and brotli on the same files in the same run, with each file's order-0/1/2
 //! entropy; a Markdown table on stdout, CSV and JSON files, and PNG plots.
 //!
@@ -6,6 +6,7 @@
 //! numbers count. Fast compressors are repeated until their runs add up to `--min-secs`
 //! so their speeds are means, not timer noise.
 
+pub mod ensemble;
 mod entropy;
 mod external;
 mod plot;
@@ -38,7 +39,7 @@ pub struct BenchArgs {
     /// Directory for bench.csv, bench.json, bpb.png and throughput.png.
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
-    /// Run nacrithfs with the raw model only, not also with the full ensemble.
+    /// Run nacrithfs with the raw model only, not also with the default ensemble.
     #[arg(long)]
     pub no_ensemble: bool,
     /// Repeat each compressor until its runs take at least this many seconds.
@@ -231,7 +232,7 @@ pub fn machine() -> Machine {
     }
 }
 
-fn default_files() -> Vec<PathBuf> {
+pub(crate) fn default_files() -> Vec<PathBuf> {
     DEFAULT_FILES
         .iter()
         .map(PathBuf::from)
@@ -323,7 +324,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchError> {
     });
     let mut nacrith: Vec<(&str, u16)> = vec![("nacrithfs raw", Flags::LLM)];
     if !args.no_ensemble {
-        nacrith.push(("nacrithfs ensemble", Flags::KNOWN));
+        nacrith.push(("nacrithfs default", Flags::DEFAULT));
     }
 
     for (path, data) in &inputs {

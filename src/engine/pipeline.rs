@@ -189,6 +189,19 @@ impl Engine {
     }
 
     /// Segments a file and tokenizes its text, checking each chunk's round trip.
+    /// The token streams of `data`'s text chunks, as compression would code them, and
+    /// how many bytes of text they hold (for measurements: `nacrithfs bench-ensemble`).
+    pub fn token_streams(&self, data: &[u8], opts: &CompressOptions) -> (Vec<TokenStream>, u64) {
+        let p = self.prepare(data, opts);
+        let text = p
+            .pieces
+            .iter()
+            .filter(|x| x.kind == ExtentKind::Text)
+            .map(|x| x.range.len() as u64)
+            .sum();
+        (p.tokens, text)
+    }
+
     fn prepare<'a>(&self, data: &'a [u8], opts: &CompressOptions) -> Prepared<'a> {
         let seg_opts = SegmentOptions {
             chunk_size: opts.chunk_size,

@@ -56,6 +56,8 @@ pub struct NGram {
 pub struct Sparse {
     pub items: Vec<(u32, f32)>,
     pub uniform: f32,
+    /// The highest order whose context had statistics (0: none).
+    pub order: usize,
 }
 
 impl Sparse {
@@ -63,6 +65,7 @@ impl Sparse {
         Sparse {
             items: Vec::new(),
             uniform: 1.0,
+            order: 0,
         }
     }
 
@@ -118,12 +121,14 @@ impl NGram {
             }
             for &(t, cnt) in &c.items {
                 let s = &mut scratch[t as usize];
-                if *s == 0.0 && !touched.contains(&t) {
+                // Counts are >= 1 and `keep` > 0, so a touched token is never 0 again.
+                if *s == 0.0 {
                     touched.push(t);
                 }
                 *s += cnt as f32 * d;
             }
             out.uniform *= keep;
+            out.order = order;
         }
         out.items = touched
             .iter()

@@ -4,6 +4,7 @@
 pub mod ensemble;
 mod fingerprint;
 mod llama;
+pub mod logmix;
 mod predictor;
 
 pub use fingerprint::Fingerprint;

@@ -3,6 +3,7 @@
 //! blob's flags, so a decoder configures itself from the header.
 
 use super::ensemble::{BiasHead, MatchModel, Mixer, NGram, Sparse, SKIP_BITS, SKIP_WARMUP};
+use super::logmix::{Inputs, LogMix, LogMixParams};
 use crate::codec::{fixed_sum, softmax_into, Cdf};
 use crate::format::Flags;
 
@@ -29,6 +30,7 @@ struct Step {
     set: usize,
     ngram: Option<Sparse>,
     matched: Option<(u32, f32)>,
+    match_len: usize,
     llm_sum: f32,
     sum: f32,
     weights: [f32; 3],
@@ -46,14 +48,26 @@ pub struct Predictor {
     matcher: Option<MatchModel>,
     mixer: Mixer,
     bias: Option<BiasHead>,
+    logmix: Option<LogMix>,
     step: Step,
     skipped: u64,
 }
 
 impl Predictor {
     pub fn new(n_vocab: usize, cfg: PredictorConfig) -> Predictor {
+        Predictor::with_mix_params(n_vocab, cfg, LogMixParams::default())
+    }
+
+    /// Like [`Predictor::new`] with other log-mixer learning rates. Blobs do not record
+    /// these, so only measurements (`nacrithfs bench-ensemble`) may change them.
+    pub fn with_mix_params(
+        n_vocab: usize,
+        cfg: PredictorConfig,
+        params: LogMixParams,
+    ) -> Predictor {
         let f = cfg.flags;
         let ensemble = f.has(Flags::NGRAM) || f.has(Flags::MATCH) || f.has(Flags::BIAS);
+        let logmix = ensemble && f.has(Flags::LOGMIX);
         Predictor {
             cfg,
             v: n_vocab,
@@ -73,7 +87,8 @@ impl Predictor {
             ngram: f.has(Flags::NGRAM).then(NGram::default),
             matcher: f.has(Flags::MATCH).then(MatchModel::default),
             mixer: Mixer::default(),
-            bias: f.has(Flags::BIAS).then(|| BiasHead::new(n_vocab)),
+            bias: (f.has(Flags::BIAS) && !logmix).then(|| BiasHead::new(n_vocab)),
+            logmix: logmix.then(|| LogMix::new(n_vocab, f.has(Flags::BIAS), params)),
             step: Step::default(),
             skipped: 0,
         }
@@ -97,6 +112,7 @@ impl Predictor {
                 .map(|ng| ng.predict(&self.history, &mut self.scratch));
             let m = self.matcher.as_mut().and_then(|m| m.predict(&self.history));
             step.matched = m.map(|(t, p, _)| (t, p));
+            step.match_len = m.map_or(0, |(_, _, len)| len);
             let bucket = match m.map(|(_, _, len)| len) {
                 None => 0,
                 Some(l) if l < 8 => 1,
@@ -105,7 +121,8 @@ impl Predictor {
             };
             if self.cfg.flags.has(Flags::SKIP) && self.history.len() >= SKIP_WARMUP {
                 if let Some(ng) = &step.ngram {
-                    step.use_llm = ng.entropy(self.v) >= SKIP_BITS;
+                    let limit = self.logmix.as_ref().map_or(SKIP_BITS, |l| l.skip_bits());
+                    step.use_llm = ng.entropy(self.v) >= limit;
                 }
             }
             step.set = bucket + if step.use_llm { 0 } else { 4 };
@@ -127,6 +144,20 @@ impl Predictor {
     pub fn predict(&mut self, logits: Option<&[f32]>) -> &Cdf {
         let ensemble = self.ensemble();
         let step = &mut self.step;
+        if let Some(lm) = &mut self.logmix {
+            let inp = Inputs {
+                ngram: step
+                    .ngram
+                    .as_ref()
+                    .map(|s| (&s.items[..], s.uniform, s.order)),
+                matched: step.matched.map(|(t, _)| (t, step.match_len)),
+            };
+            let (w, sum) = lm.predict(logits, self.cfg.temperature, &inp);
+            if self.cdf.set_weights(w, sum).is_err() {
+                let _ = self.cdf.set_weights(&[1.0], 1.0);
+            }
+            return &self.cdf;
+        }
         if let Some(l) = logits {
             step.llm_sum = softmax_into(l, self.cfg.temperature, &mut self.probs);
         }
@@ -192,6 +223,11 @@ impl Predictor {
         if !self.ensemble() {
             return;
         }
+        if let Some(lm) = &mut self.logmix {
+            lm.update(token);
+            self.learn(token);
+            return;
+        }
         let step = &self.step;
         let v = self.v;
         let t = token as usize;
@@ -216,6 +252,11 @@ impl Predictor {
         if let Some(b) = &mut self.bias {
             b.update(&self.mix, step.sum, token);
         }
+        self.learn(token);
+    }
+
+    /// The cheap models learn `token` and it joins the history.
+    fn learn(&mut self, token: u32) {
         if let Some(ng) = &mut self.ngram {
             ng.update(&self.history, token);
         }

@@ -1,0 +1,452 @@
+//! `nacrithfs bench-ensemble`: the ablation of the ensemble. The model's logits for
+//! every token of the files' text chunks are computed once (cached on disk, they are
+//! most of the cost) and then replayed through the real [`Predictor`] under each
+//! configuration, so a table of many configurations costs one model run. The bits are
+//! the ideal code length under the quantised CDFs, which the arithmetic coder meets
+//! within 0.1 % (tests/codec.rs); the replay gives exactly the CDFs compression would.
+//!
+//! Time per token: the model's decode time per token is measured with and without the
+//! output layer (a skipped token still enters the model's context, but its logits are
+//! not computed), and the predictor's own time is measured in the replay.
+
+use crate::engine::{CompressOptions, Engine, TokenStream};
+use crate::format::Flags;
+use crate::model::logmix::LogMixParams;
+use crate::model::{Feed, Model, ModelError, Predictor, PredictorConfig, Window};
+use rayon::prelude::*;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("logit cache {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+type Error = LabError;
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> LabError + '_ {
+    move |source| LabError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One configuration's result over all files.
+#[derive(Clone, Debug)]
+pub struct AblationRow {
+    pub name: String,
+    pub flags: Flags,
+    pub bytes: u64,
+    pub tokens: u64,
+    pub bits: f64,
+    pub skipped: u64,
+    pub predictor_secs: f64,
+}
+
+impl AblationRow {
+    pub fn bits_per_byte(&self) -> f64 {
+        self.bits / self.bytes.max(1) as f64
+    }
+}
+
+/// Model time per token, with and without the output layer, from the capture run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ModelTiming {
+    pub secs_per_token: f64,
+    pub secs_per_token_no_logits: f64,
+}
+
+/// Logits of every token of `streams`, stored as `V` little-endian f32 per token.
+pub struct LogitCache {
+    path: PathBuf,
+    v: usize,
+    lens: Vec<usize>,
+}
+
+const CACHE_MAGIC: &[u8; 8] = b"NCLOGIT1";
+
+impl LogitCache {
+    /// Opens the cache at `path` if it holds `streams` for a vocabulary of `v`, else
+    /// runs the model over `streams` (all in lockstep, one sequence each, exactly as the
+    /// engine feeds them) and writes it.
+    pub fn open_or_capture(
+        path: &Path,
+        model: &Model,
+        streams: &[TokenStream],
+        window: Window,
+    ) -> Result<(LogitCache, Option<ModelTiming>), Error> {
+        let v = model.n_vocab();
+        let lens: Vec<usize> = streams.iter().map(|s| s.0.len()).collect();
+        if let Ok(f) = std::fs::File::open(path) {
+            let mut r = BufReader::new(f);
+            let mut head = [0u8; 8];
+            let mut n = [0u8; 8];
+            if r.read_exact(&mut head).is_ok()
+                && &head == CACHE_MAGIC
+                && r.read_exact(&mut n).is_ok()
+            {
+                let expect =
+                    16 + 8 * lens.len() as u64 + lens.iter().sum::<usize>() as u64 * v as u64 * 4;
+                let ok_len = std::fs::metadata(path)
+                    .map(|m| m.len() == expect)
+                    .unwrap_or(false);
+                let mut stored = Vec::new();
+                for _ in 0..u64::from_le_bytes(n) {
+                    let mut b = [0u8; 8];
+                    if r.read_exact(&mut b).is_err() {
+                        break;
+                    }
+                    stored.push(u64::from_le_bytes(b) as usize);
+                }
+                if ok_len && stored == lens {
+                    return Ok((
+                        LogitCache {
+                            path: path.to_path_buf(),
+                            v,
+                            lens,
+                        },
+                        None,
+                    ));
+                }
+            }
+        }
+        let timing = capture(path, model, streams, window)?;
+        Ok((
+            LogitCache {
+                path: path.to_path_buf(),
+                v,
+                lens,
+            },
+            Some(timing),
+        ))
+    }
+
+    fn offset(&self, stream: usize) -> u64 {
+        16 + 8 * self.lens.len() as u64
+            + self.lens[..stream].iter().sum::<usize>() as u64 * self.v as u64 * 4
+    }
+
+    /// The logits of stream `i`, one row of `V` per token.
+    pub fn stream(&self, i: usize) -> Result<Vec<f32>, Error> {
+        use std::io::{Seek, SeekFrom};
+        let e = io(&self.path);
+        let mut f = std::fs::File::open(&self.path).map_err(&e)?;
+        f.seek(SeekFrom::Start(self.offset(i))).map_err(&e)?;
+        let mut bytes = vec![0u8; self.lens[i] * self.v * 4];
+        f.read_exact(&mut bytes).map_err(&e)?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}
+
+/// Runs the model over all streams in lockstep and writes their logits to `path`.
+fn capture(
+    path: &Path,
+    model: &Model,
+    streams: &[TokenStream],
+    window: Window,
+) -> Result<ModelTiming, Error> {
+    let e = io(path);
+    let tmp = path.with_extension("partial");
+    let mut w = BufWriter::with_capacity(1 << 22, std::fs::File::create(&tmp).map_err(&e)?);
+    w.write_all(CACHE_MAGIC).map_err(&e)?;
+    w.write_all(&(streams.len() as u64).to_le_bytes())
+        .map_err(&e)?;
+    for s in streams {
+        w.write_all(&(s.0.len() as u64).to_le_bytes()).map_err(&e)?;
+    }
+    // The streams advance together but are stored one after another: each stream's
+    // rows go to its own spill file, concatenated at the end.
+    let dir = tmp.with_extension("spill");
+    std::fs::create_dir_all(&dir).map_err(&e)?;
+    let mut spills: Vec<BufWriter<std::fs::File>> = (0..streams.len())
+        .map(|i| {
+            std::fs::File::create(dir.join(i.to_string()))
+                .map(|f| BufWriter::with_capacity(1 << 20, f))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(&e)?;
+    let n = streams.len().max(1) as u32;
+    let mut session = model.session(n, window)?;
+    let bos = model.bos();
+    let mut pos = vec![0u32; streams.len()];
+    let longest = streams.iter().map(|s| s.0.len()).max().unwrap_or(0);
+    let probe = longest.min(256);
+    let (mut model_secs, mut fed) = (0.0f64, 0u64);
+    for step in 0..longest {
+        let mut feeds = Vec::new();
+        for (i, s) in streams.iter().enumerate() {
+            if step >= s.0.len() {
+                continue;
+            }
+            if pos[i] == window.ctx {
+                pos[i] = session.slide(i as u32, pos[i])?;
+            }
+            let token = if step == 0 { bos } else { s.0[step - 1] };
+            feeds.push(Feed {
+                seq: i as u32,
+                token,
+                pos: pos[i],
+                logits: true,
+            });
+            pos[i] += 1;
+        }
+        let t = Instant::now();
+        session.decode(&feeds)?;
+        if step < probe {
+            model_secs += t.elapsed().as_secs_f64();
+            fed += feeds.len() as u64;
+        }
+        for (row, f) in feeds.iter().enumerate() {
+            let l = session.logits(row);
+            let spill = &mut spills[f.seq as usize];
+            for x in l {
+                spill.write_all(&x.to_le_bytes()).map_err(&e)?;
+            }
+        }
+    }
+    for (i, s) in spills.into_iter().enumerate() {
+        s.into_inner().map_err(|x| e(x.into_error()))?;
+        let mut r = std::fs::File::open(dir.join(i.to_string())).map_err(&e)?;
+        std::io::copy(&mut r, &mut w).map_err(&e)?;
+    }
+    w.into_inner()
+        .map_err(|x| e(x.into_error()))?
+        .sync_all()
+        .map_err(&e)?;
+    std::fs::rename(&tmp, path).map_err(&e)?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The same calls without the output layer, on a fresh context: what a skipped
+    // token costs the model.
+    drop(session);
+    let mut session = model.session(n, window)?;
+    let mut pos = vec![0u32; streams.len()];
+    let (mut probe_secs, mut probe_fed) = (0.0f64, 0u64);
+    for step in 0..probe {
+        let mut feeds = Vec::new();
+        for (i, s) in streams.iter().enumerate() {
+            if step >= s.0.len() {
+                continue;
+            }
+            let token = if step == 0 { bos } else { s.0[step - 1] };
+            feeds.push(Feed {
+                seq: i as u32,
+                token,
+                pos: pos[i],
+                logits: false,
+            });
+            pos[i] += 1;
+        }
+        let t = Instant::now();
+        session.decode(&feeds)?;
+        probe_secs += t.elapsed().as_secs_f64();
+        probe_fed += feeds.len() as u64;
+    }
+    // Both figures cover the first `probe` steps, so attention lengths match.
+    Ok(ModelTiming {
+        secs_per_token: model_secs / fed.max(1) as f64,
+        secs_per_token_no_logits: probe_secs / probe_fed.max(1) as f64,
+    })
+}
+
+/// Replays every configuration over the cached logits of all streams.
+pub fn replay(
+    cache: &LogitCache,
+    streams: &[TokenStream],
+    configs: &[(String, Flags)],
+    params: LogMixParams,
+) -> Result<Vec<AblationRow>, Error> {
+    let v = cache.v;
+    let mut rows: Vec<AblationRow> = configs
+        .iter()
+        .map(|(name, flags)| AblationRow {
+            name: name.clone(),
+            flags: *flags,
+            bytes: 0,
+            tokens: 0,
+            bits: 0.0,
+            skipped: 0,
+            predictor_secs: 0.0,
+        })
+        .collect();
+    for (i, s) in streams.iter().enumerate() {
+        let logits = cache.stream(i)?;
+        let results: Vec<(f64, u64, f64)> = configs
+            .par_iter()
+            .map(|(_, flags)| {
+                let mut p = Predictor::with_mix_params(
+                    v,
+                    PredictorConfig {
+                        flags: *flags,
+                        temperature: 1.0,
+                    },
+                    params,
+                );
+                let mut bits = 0.0f64;
+                let t = Instant::now();
+                for (k, &tok) in s.0.iter().enumerate() {
+                    let want = p.prepare();
+                    let l = &logits[k * v..(k + 1) * v];
+                    let cdf = p.predict(want.then_some(l));
+                    bits -= cdf.prob(tok as usize).log2();
+                    p.update(tok);
+                }
+                (bits, p.skipped(), t.elapsed().as_secs_f64())
+            })
+            .collect();
+        for (row, (bits, skipped, secs)) in rows.iter_mut().zip(results) {
+            row.bits += bits;
+            row.skipped += skipped;
+            row.predictor_secs += secs;
+            row.tokens += s.0.len() as u64;
+        }
+    }
+    Ok(rows)
+}
+
+/// The text token streams of `files` as compression cuts them, and their text bytes.
+pub fn streams_of(
+    engine: &Engine,
+    files: &[Vec<u8>],
+    opts: &CompressOptions,
+) -> (Vec<TokenStream>, u64) {
+    let mut out = Vec::new();
+    let mut bytes = 0;
+    for d in files {
+        let (s, b) = engine.token_streams(d, opts);
+        out.extend(s);
+        bytes += b;
+    }
+    (out, bytes)
+}
+
+/// The `bench-ensemble` command: capture (or reuse) the logits, replay every
+/// configuration, print the ablation table.
+pub fn run_cli(
+    files: &[PathBuf],
+    cache_dir: &Path,
+    configs: &str,
+    mix: &[f32],
+    chunk_size: usize,
+    model: &crate::cli::ModelArgs,
+) -> Result<(), crate::cli::CliError> {
+    use crate::cli::CliError;
+    let files = if files.is_empty() {
+        super::default_files()
+    } else {
+        files.to_vec()
+    };
+    if files.is_empty() {
+        return Err(CliError::Usage(
+            "no FILES given and the shared corpus is not there".into(),
+        ));
+    }
+    let mut params = LogMixParams::default();
+    let fields: [&mut f32; 7] = [
+        &mut params.lr_llm,
+        &mut params.lr_ngram,
+        &mut params.lr_match,
+        &mut params.lr_bias,
+        &mut params.w_ngram0,
+        &mut params.w_match0,
+        &mut params.skip_bits,
+    ];
+    for (dst, &x) in fields.into_iter().zip(mix) {
+        *dst = x;
+    }
+    let configs: Vec<(String, Flags)> = configs
+        .split(';')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| crate::cli::parse_predictors(c).map(|f| (c.to_string(), f)))
+        .collect::<Result<_, _>>()?;
+    let engine = model.engine()?;
+    let opts = CompressOptions {
+        chunk_size,
+        ..Default::default()
+    };
+    std::fs::create_dir_all(cache_dir).map_err(|source| CliError::CantCreate {
+        path: cache_dir.to_path_buf(),
+        source,
+    })?;
+    println!("mixer parameters: {params:?}");
+    println!("| file | configuration | bits/byte | vs model alone | skipped | predictor µs/token | est. tokens/s (1 stream) |");
+    println!("|---|---|---|---|---|---|---|");
+    for file in &files {
+        let data = std::fs::read(file).map_err(|source| CliError::NoInput {
+            path: file.clone(),
+            source,
+        })?;
+        let (streams, text_bytes) = streams_of(&engine, std::slice::from_ref(&data), &opts);
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let stem = format!(
+            "{name}-{}-{}-{chunk_size}",
+            data.len(),
+            crc32c::crc32c(&data)
+        );
+        let path = cache_dir.join(format!("{stem}.f32"));
+        let timing_path = cache_dir.join(format!("{stem}.timing"));
+        let (cache, timing) =
+            LogitCache::open_or_capture(&path, engine.model(), &streams, opts.window)?;
+        if let Some(t) = timing {
+            let _ = std::fs::write(
+                &timing_path,
+                format!("{} {}\n", t.secs_per_token, t.secs_per_token_no_logits),
+            );
+        }
+        let timing = std::fs::read_to_string(&timing_path).ok().and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<f64>().ok());
+            Some(ModelTiming {
+                secs_per_token: it.next()??,
+                secs_per_token_no_logits: it.next()??,
+            })
+        });
+        let mut rows = replay(&cache, &streams, &configs, params)?;
+        rows.iter_mut().for_each(|r| r.bytes = text_bytes);
+        let raw = rows
+            .iter()
+            .find(|r| r.flags == Flags(Flags::LLM))
+            .map(|r| r.bits_per_byte());
+        for r in &rows {
+            let bpb = r.bits_per_byte();
+            let vs = raw
+                .map(|x| format!("{:+.1} %", 100.0 * (r.bits_per_byte() / x - 1.0)))
+                .unwrap_or_default();
+            let us = 1e6 * r.predictor_secs / r.tokens.max(1) as f64;
+            let skip = r.skipped as f64 / r.tokens.max(1) as f64;
+            let est = timing
+                .map(|t| {
+                    let model = (1.0 - skip) * t.secs_per_token + skip * t.secs_per_token_no_logits;
+                    format!("{:.1}", 1.0 / (model + us * 1e-6))
+                })
+                .unwrap_or_default();
+            println!(
+                "| {name} | {} | {bpb:.4} | {vs} | {:.1} % | {us:.0} | {est} |",
+                r.name,
+                100.0 * skip
+            );
+        }
+        if let Some(t) = timing {
+            println!(
+                "model per token (first 256 steps, {} streams): {:.2} ms with logits, {:.2} ms without",
+                streams.len(),
+                t.secs_per_token * 1e3,
+                t.secs_per_token_no_logits * 1e3
+            );
+        }
+    }
+    Ok(())
+}
