@@ -703,8 +703,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// Parses `--predictors`.
-/// A predictor list such as `ngram,match,bias`. The parts are mixed in the log domain
+/// Parses `--predictors`: a predictor list such as `ngram,match,bias`. The parts are mixed in the log domain
 /// unless `linear` asks for the reference's linear mix.
 pub(crate) fn parse_predictors(list: &str) -> Result<Flags, CliError> {
     let mut f = Flags::LLM;

@@ -149,26 +149,50 @@ fn bench_ensemble_replays_cached_logits_for_every_configuration() {
     let run = || {
         let out = bin()
             .args(["bench-ensemble", input.to_str().unwrap(), "--threads", "1"])
-            .args(["--cache", cache.to_str().unwrap(), "--configs", "llm;ngram;linear,ngram,match,bias"])
+            .args([
+                "--cache",
+                cache.to_str().unwrap(),
+                "--configs",
+                "llm;ngram;linear,ngram,match,bias",
+            ])
             .output()
             .expect("spawn nacrithfs bench-ensemble");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         stdout
     };
     let first = run();
     for config in ["llm", "ngram", "linear,ngram,match,bias"] {
-        assert!(first.contains(&format!("| english.txt | {config} |")), "{first}");
+        assert!(
+            first.contains(&format!("| english.txt | {config} |")),
+            "{first}"
+        );
     }
-    assert!(first.contains("| english.txt | llm | ") && first.contains("| +0.0 % |"), "{first}");
+    assert!(
+        first.contains("| english.txt | llm | ") && first.contains("| +0.0 % |"),
+        "{first}"
+    );
     assert!(first.contains("model per token"), "{first}");
     // The second run reads the cache: the same bits, no new capture.
     let mtime = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
-    let f32s: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "f32")).collect();
+    let f32s: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "f32"))
+        .collect();
     assert_eq!(f32s.len(), 1, "{f32s:?}");
     let before = mtime(&f32s[0]);
     let second = run();
     assert_eq!(mtime(&f32s[0]), before);
-    let bits = |s: &str| s.lines().filter(|l| l.starts_with("| english.txt")).map(|l| l.split('|').nth(3).unwrap().trim().to_string()).collect::<Vec<_>>();
+    let bits = |s: &str| {
+        s.lines()
+            .filter(|l| l.starts_with("| english.txt"))
+            .map(|l| l.split('|').nth(3).unwrap().trim().to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(bits(&first), bits(&second));
 }

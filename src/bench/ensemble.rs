@@ -9,10 +9,10 @@
 //! output layer (a skipped token still enters the model's context, but its logits are
 //! not computed), and the predictor's own time is measured in the replay.
 
-use crate::engine::{CompressOptions, Engine, TokenStream};
+use crate::engine::{CompressOptions, TokenStream};
 use crate::format::Flags;
 use crate::model::logmix::LogMixParams;
-use crate::model::{Feed, Model, ModelError, Predictor, PredictorConfig, Window};
+use crate::model::{Feed, Model, ModelError, Predictor, PredictorConfig, Session, Window};
 use rayon::prelude::*;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -82,52 +82,43 @@ impl LogitCache {
         streams: &[TokenStream],
         window: Window,
     ) -> Result<(LogitCache, Option<ModelTiming>), Error> {
-        let v = model.n_vocab();
-        let lens: Vec<usize> = streams.iter().map(|s| s.0.len()).collect();
-        if let Ok(f) = std::fs::File::open(path) {
-            let mut r = BufReader::new(f);
-            let mut head = [0u8; 8];
-            let mut n = [0u8; 8];
-            if r.read_exact(&mut head).is_ok()
-                && &head == CACHE_MAGIC
-                && r.read_exact(&mut n).is_ok()
-            {
-                let expect =
-                    16 + 8 * lens.len() as u64 + lens.iter().sum::<usize>() as u64 * v as u64 * 4;
-                let ok_len = std::fs::metadata(path)
-                    .map(|m| m.len() == expect)
-                    .unwrap_or(false);
-                let mut stored = Vec::new();
-                for _ in 0..u64::from_le_bytes(n) {
-                    let mut b = [0u8; 8];
-                    if r.read_exact(&mut b).is_err() {
-                        break;
-                    }
-                    stored.push(u64::from_le_bytes(b) as usize);
-                }
-                if ok_len && stored == lens {
-                    return Ok((
-                        LogitCache {
-                            path: path.to_path_buf(),
-                            v,
-                            lens,
-                        },
-                        None,
-                    ));
-                }
-            }
-        }
-        let timing = capture(path, model, streams, window)?;
-        Ok((
-            LogitCache {
-                path: path.to_path_buf(),
-                v,
-                lens,
-            },
-            Some(timing),
-        ))
+        let cache = LogitCache {
+            path: path.to_path_buf(),
+            v: model.n_vocab(),
+            lens: streams.iter().map(|s| s.0.len()).collect(),
+        };
+        let timing = if cache.is_complete() {
+            None
+        } else {
+            Some(capture(path, model, streams, window)?)
+        };
+        Ok((cache, timing))
     }
 
+    /// Whether the file at `path` is a finished cache of exactly these streams.
+    fn is_complete(&self) -> bool {
+        let Ok(f) = std::fs::File::open(&self.path) else {
+            return false;
+        };
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut r = BufReader::new(f);
+        let mut word = [0u8; 8];
+        if r.read_exact(&mut word).is_err() || &word != CACHE_MAGIC {
+            return false;
+        }
+        let mut stored = Vec::new();
+        for _ in 0..=self.lens.len() {
+            if r.read_exact(&mut word).is_err() {
+                return false;
+            }
+            stored.push(u64::from_le_bytes(word) as usize);
+        }
+        stored[0] == self.lens.len()
+            && stored[1..] == self.lens[..]
+            && size == self.offset(self.lens.len())
+    }
+
+    /// Where stream `stream`'s rows start (`offset(n)` is the file's size).
     fn offset(&self, stream: usize) -> u64 {
         16 + 8 * self.lens.len() as u64
             + self.lens[..stream].iter().sum::<usize>() as u64 * self.v as u64 * 4
@@ -146,6 +137,41 @@ impl LogitCache {
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect())
     }
+}
+
+/// Steps timed with and without the output layer.
+const PROBE_STEPS: usize = 256;
+
+/// The feeds of lockstep step `step`: each stream still running gives the token before
+/// `step` (BOS first) at its next position, sliding its window when full, as the
+/// engine's workers do.
+fn step_feeds(
+    session: &mut Session<'_>,
+    streams: &[TokenStream],
+    step: usize,
+    pos: &mut [u32],
+    bos: u32,
+    logits: bool,
+) -> Result<Vec<Feed>, Error> {
+    let ctx = session.window().ctx;
+    let mut feeds = Vec::with_capacity(streams.len());
+    for (i, s) in streams.iter().enumerate() {
+        if step >= s.0.len() {
+            continue;
+        }
+        if pos[i] == ctx {
+            pos[i] = session.slide(i as u32, pos[i])?;
+        }
+        let token = if step == 0 { bos } else { s.0[step - 1] };
+        feeds.push(Feed {
+            seq: i as u32,
+            token,
+            pos: pos[i],
+            logits,
+        });
+        pos[i] += 1;
+    }
+    Ok(feeds)
 }
 
 /// Runs the model over all streams in lockstep and writes their logits to `path`.
@@ -180,26 +206,10 @@ fn capture(
     let bos = model.bos();
     let mut pos = vec![0u32; streams.len()];
     let longest = streams.iter().map(|s| s.0.len()).max().unwrap_or(0);
-    let probe = longest.min(256);
+    let probe = longest.min(PROBE_STEPS);
     let (mut model_secs, mut fed) = (0.0f64, 0u64);
     for step in 0..longest {
-        let mut feeds = Vec::new();
-        for (i, s) in streams.iter().enumerate() {
-            if step >= s.0.len() {
-                continue;
-            }
-            if pos[i] == window.ctx {
-                pos[i] = session.slide(i as u32, pos[i])?;
-            }
-            let token = if step == 0 { bos } else { s.0[step - 1] };
-            feeds.push(Feed {
-                seq: i as u32,
-                token,
-                pos: pos[i],
-                logits: true,
-            });
-            pos[i] += 1;
-        }
+        let feeds = step_feeds(&mut session, streams, step, &mut pos, bos, true)?;
         let t = Instant::now();
         session.decode(&feeds)?;
         if step < probe {
@@ -233,20 +243,7 @@ fn capture(
     let mut pos = vec![0u32; streams.len()];
     let (mut probe_secs, mut probe_fed) = (0.0f64, 0u64);
     for step in 0..probe {
-        let mut feeds = Vec::new();
-        for (i, s) in streams.iter().enumerate() {
-            if step >= s.0.len() {
-                continue;
-            }
-            let token = if step == 0 { bos } else { s.0[step - 1] };
-            feeds.push(Feed {
-                seq: i as u32,
-                token,
-                pos: pos[i],
-                logits: false,
-            });
-            pos[i] += 1;
-        }
+        let feeds = step_feeds(&mut session, streams, step, &mut pos, bos, false)?;
         let t = Instant::now();
         session.decode(&feeds)?;
         probe_secs += t.elapsed().as_secs_f64();
@@ -263,6 +260,7 @@ fn capture(
 pub fn replay(
     cache: &LogitCache,
     streams: &[TokenStream],
+    text_bytes: u64,
     configs: &[(String, Flags)],
     params: LogMixParams,
 ) -> Result<Vec<AblationRow>, Error> {
@@ -272,7 +270,7 @@ pub fn replay(
         .map(|(name, flags)| AblationRow {
             name: name.clone(),
             flags: *flags,
-            bytes: 0,
+            bytes: text_bytes,
             tokens: 0,
             bits: 0.0,
             skipped: 0,
@@ -312,22 +310,6 @@ pub fn replay(
         }
     }
     Ok(rows)
-}
-
-/// The text token streams of `files` as compression cuts them, and their text bytes.
-pub fn streams_of(
-    engine: &Engine,
-    files: &[Vec<u8>],
-    opts: &CompressOptions,
-) -> (Vec<TokenStream>, u64) {
-    let mut out = Vec::new();
-    let mut bytes = 0;
-    for d in files {
-        let (s, b) = engine.token_streams(d, opts);
-        out.extend(s);
-        bytes += b;
-    }
-    (out, bytes)
 }
 
 /// The `bench-ensemble` command: capture (or reuse) the logits, replay every
@@ -387,7 +369,7 @@ pub fn run_cli(
             path: file.clone(),
             source,
         })?;
-        let (streams, text_bytes) = streams_of(&engine, std::slice::from_ref(&data), &opts);
+        let (streams, text_bytes) = engine.token_streams(&data, &opts);
         let name = file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -414,8 +396,7 @@ pub fn run_cli(
                 secs_per_token_no_logits: it.next()??,
             })
         });
-        let mut rows = replay(&cache, &streams, &configs, params)?;
-        rows.iter_mut().for_each(|r| r.bytes = text_bytes);
+        let rows = replay(&cache, &streams, text_bytes, &configs, params)?;
         let raw = rows
             .iter()
             .find(|r| r.flags == Flags(Flags::LLM))
@@ -423,7 +404,7 @@ pub fn run_cli(
         for r in &rows {
             let bpb = r.bits_per_byte();
             let vs = raw
-                .map(|x| format!("{:+.1} %", 100.0 * (r.bits_per_byte() / x - 1.0)))
+                .map(|x| format!("{:+.1} %", 100.0 * (bpb / x - 1.0)))
                 .unwrap_or_default();
             let us = 1e6 * r.predictor_secs / r.tokens.max(1) as f64;
             let skip = r.skipped as f64 / r.tokens.max(1) as f64;
@@ -441,7 +422,7 @@ pub fn run_cli(
         }
         if let Some(t) = timing {
             println!(
-                "model per token (first 256 steps, {} streams): {:.2} ms with logits, {:.2} ms without",
+                "model per token (first {PROBE_STEPS} steps, {} streams): {:.2} ms with logits, {:.2} ms without",
                 streams.len(),
                 t.secs_per_token * 1e3,
                 t.secs_per_token_no_logits * 1e3

@@ -27,7 +27,8 @@ pub struct CdfError {
     symbols: usize,
 }
 
-const LANES: usize = 8;
+/// Fixed lanes of the vectorised sums and maxima (a fixed order of operations).
+pub const LANES: usize = 8;
 
 /// 2^x for x <= 0, branch-free so the loops around it vectorise: the nearest integer
 /// (found with the 1.5 * 2^23 rounding trick) goes into the exponent bits, the fraction
@@ -91,7 +92,7 @@ pub fn softmax_into(logits: &[f32], temperature: f32, out: &mut Vec<f32>) -> f32
 }
 
 /// The maximum of `v` (NaN ignored), through eight fixed lanes so it vectorises.
-fn lane_max(v: &[f32]) -> f32 {
+pub fn lane_max(v: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = v.chunks_exact(LANES);
     for c in &mut chunks {
@@ -119,8 +120,12 @@ pub fn fixed_sum(v: &[f32]) -> f32 {
     for (j, &x) in chunks.remainder().iter().enumerate() {
         lanes[j] += x as f64;
     }
-    (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
-        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))) as f32
+    lane_total(&lanes) as f32
+}
+
+/// The sum of eight f64 lanes, in a fixed pairwise order.
+pub fn lane_total(l: &[f64; LANES]) -> f64 {
+    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
 }
 
 impl Cdf {

@@ -8,4 +8,7 @@ mod arith;
 mod cdf;
 
 pub use arith::{Decoder, Encoder};
-pub use cdf::{exp2_neg, fixed_sum, log2_pos, softmax_into, Cdf, PRECISION_BITS, TOTAL};
+pub use cdf::{
+    exp2_neg, fixed_sum, lane_max, lane_total, log2_pos, softmax_into, Cdf, LANES, PRECISION_BITS,
+    TOTAL,
+};

@@ -188,7 +188,6 @@ impl Engine {
         Ok(out)
     }
 
-    /// Segments a file and tokenizes its text, checking each chunk's round trip.
     /// The token streams of `data`'s text chunks, as compression would code them, and
     /// how many bytes of text they hold (for measurements: `nacrithfs bench-ensemble`).
     pub fn token_streams(&self, data: &[u8], opts: &CompressOptions) -> (Vec<TokenStream>, u64) {
@@ -202,6 +201,7 @@ impl Engine {
         (p.tokens, text)
     }
 
+    /// Segments a file and tokenizes its text, checking each chunk's round trip.
     fn prepare<'a>(&self, data: &'a [u8], opts: &CompressOptions) -> Prepared<'a> {
         let seg_opts = SegmentOptions {
             chunk_size: opts.chunk_size,

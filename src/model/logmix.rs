@@ -16,14 +16,13 @@
 //! lanes), a sparse correction, the CDF pass, and with the bias head one dense update.
 //! All in f32/f64 with a fixed order of operations and no platform `exp`/`log`.
 
-use crate::codec::{exp2_neg, log2_pos};
+use crate::codec::{exp2_neg, lane_max, lane_total, log2_pos, LANES};
 
 /// Weight sets: match length bucket (8) x highest N-gram order found (0..=4 -> 4
 /// buckets), and again for steps without the model (confidence skip).
 const MATCH_BUCKETS: usize = 8;
 const ORDER_BUCKETS: usize = 4;
 const SETS: usize = MATCH_BUCKETS * ORDER_BUCKETS;
-const LANES: usize = 8;
 /// Largest total boost (bits) a sparse token may get, so 2^x stays finite in f32.
 const BOOST_MAX: f32 = 60.0;
 /// Bias head range (bits) and its offset, so every dense exponent is <= 0.
@@ -151,25 +150,31 @@ impl LogMix {
         // log2-probability up to a constant; accumulates sum(w) and sum(w * lp).
         let mut s_w = [0.0f64; LANES];
         let mut s_wlp = [0.0f64; LANES];
-        match logits {
-            Some(l) if l.len() == v && max_of(l).is_finite() => {
-                let max = max_of(l);
+        let max = logits.filter(|l| l.len() == v).map_or(f32::NAN, lane_max);
+        let w0 = match logits {
+            Some(l) if max.is_finite() => {
                 let k = std::f32::consts::LOG2_E / temperature;
                 for (x, &y) in self.lp.iter_mut().zip(l) {
                     *x = (y - max) * k;
                 }
-                let bias: &[f32] = self.bias.as_deref().unwrap_or(&[]);
-                dense(&self.lp, bias, w0, &mut self.w, &mut s_w, &mut s_wlp);
+                w0
             }
             _ => {
                 // No model (skipped or degenerate): every token starts equal.
                 self.lp.iter_mut().for_each(|x| *x = 0.0);
-                let bias: &[f32] = self.bias.as_deref().unwrap_or(&[]);
-                dense(&self.lp, bias, 0.0, &mut self.w, &mut s_w, &mut s_wlp);
+                0.0
             }
-        }
-        let mut sum = lanes_total(&s_w);
-        let mut swlp = lanes_total(&s_wlp);
+        };
+        dense(
+            &self.lp,
+            self.bias.as_deref(),
+            w0,
+            &mut self.w,
+            &mut s_w,
+            &mut s_wlp,
+        );
+        let mut sum = lane_total(&s_w);
+        let mut swlp = lane_total(&s_wlp);
 
         // Sparse correction: the N-gram's and the match model's tokens.
         self.sparse.clear();
@@ -246,52 +251,34 @@ impl LogMix {
 /// w(t) = 2^(w0 * lp(t) + b(t) - BIAS_MAX) with the sums of w and w * lp in fixed lanes.
 /// Blocks of `BLOCK` tokens are summed in f32 lanes (so the loop vectorises), the block
 /// sums in f64: a fixed order, and far more precise than one f32 sum of 49,152 terms.
+/// Without a bias head `b` is 0 (adding +0.0 changes no exponent).
 fn dense(
     lp: &[f32],
-    bias: &[f32],
+    bias: Option<&[f32]>,
     w0: f32,
     out: &mut [f32],
     s_w: &mut [f64; LANES],
     s_wlp: &mut [f64; LANES],
 ) {
     const BLOCK: usize = 256;
+    let zeros = [0.0f32; BLOCK];
     let n = lp.len().min(out.len());
-    let bias = if bias.len() >= n {
-        Some(&bias[..n])
-    } else {
-        None
-    };
+    let bias = bias.filter(|b| b.len() >= n);
     let mut start = 0;
     while start < n {
         let end = (start + BLOCK).min(n);
         let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
-        let o = &mut out[start..end];
-        let l = &lp[start..end];
-        match bias {
-            Some(bs) => {
-                let bs = &bs[start..end];
-                for ((oc, lc), bc) in o
-                    .chunks_mut(LANES)
-                    .zip(l.chunks(LANES))
-                    .zip(bs.chunks(LANES))
-                {
-                    for j in 0..oc.len() {
-                        let x = exp2_neg(w0 * lc[j] + bc[j] - BIAS_MAX);
-                        oc[j] = x;
-                        a[j] += x;
-                        b[j] += x * lc[j];
-                    }
-                }
-            }
-            None => {
-                for (oc, lc) in o.chunks_mut(LANES).zip(l.chunks(LANES)) {
-                    for j in 0..oc.len() {
-                        let x = exp2_neg(w0 * lc[j] - BIAS_MAX);
-                        oc[j] = x;
-                        a[j] += x;
-                        b[j] += x * lc[j];
-                    }
-                }
+        let bs = bias.map_or(&zeros[..end - start], |bs| &bs[start..end]);
+        let chunks = out[start..end]
+            .chunks_mut(LANES)
+            .zip(lp[start..end].chunks(LANES))
+            .zip(bs.chunks(LANES));
+        for ((oc, lc), bc) in chunks {
+            for j in 0..oc.len() {
+                let x = exp2_neg(w0 * lc[j] + bc[j] - BIAS_MAX);
+                oc[j] = x;
+                a[j] += x;
+                b[j] += x * lc[j];
             }
         }
         for j in 0..LANES {
@@ -300,24 +287,6 @@ fn dense(
         }
         start = end;
     }
-}
-
-fn lanes_total(l: &[f64; LANES]) -> f64 {
-    ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))
-}
-
-fn max_of(v: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = v.chunks_exact(LANES);
-    for c in &mut chunks {
-        for j in 0..LANES {
-            lanes[j] = lanes[j].max(c[j]);
-        }
-    }
-    for (j, &x) in chunks.remainder().iter().enumerate() {
-        lanes[j] = lanes[j].max(x);
-    }
-    lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
 
 #[cfg(test)]

@@ -72,7 +72,8 @@ impl Predictor {
             cfg,
             v: n_vocab,
             probs: Vec::with_capacity(n_vocab),
-            mix: if ensemble {
+            // The linear mixer's output; the log mixer keeps its own.
+            mix: if ensemble && !logmix {
                 vec![0.0; n_vocab]
             } else {
                 Vec::new()
@@ -95,7 +96,7 @@ impl Predictor {
     }
 
     fn ensemble(&self) -> bool {
-        !self.mix.is_empty()
+        !self.mix.is_empty() || self.logmix.is_some()
     }
 
     /// Makes this step's cheap predictions and says whether the model's logits are
@@ -153,9 +154,7 @@ impl Predictor {
                 matched: step.matched.map(|(t, _)| (t, step.match_len)),
             };
             let (w, sum) = lm.predict(logits, self.cfg.temperature, &inp);
-            if self.cdf.set_weights(w, sum).is_err() {
-                let _ = self.cdf.set_weights(&[1.0], 1.0);
-            }
+            set_cdf(&mut self.cdf, w, sum);
             return &self.cdf;
         }
         if let Some(l) = logits {
@@ -163,9 +162,7 @@ impl Predictor {
         }
         if !ensemble {
             // The plain model: no mixing pass at all.
-            if self.cdf.set_weights(&self.probs, step.llm_sum).is_err() {
-                let _ = self.cdf.set_weights(&[1.0], 1.0);
-            }
+            set_cdf(&mut self.cdf, &self.probs, step.llm_sum);
             return &self.cdf;
         }
         let v = self.v as f32;
@@ -212,9 +209,7 @@ impl Predictor {
             b.apply(&mut self.mix);
         }
         step.sum = fixed_sum(&self.mix);
-        if self.cdf.set_weights(&self.mix, step.sum).is_err() {
-            let _ = self.cdf.set_weights(&[1.0], 1.0);
-        }
+        set_cdf(&mut self.cdf, &self.mix, step.sum);
         &self.cdf
     }
 
@@ -264,5 +259,13 @@ impl Predictor {
             m.update(&self.history, token);
         }
         self.history.push(token);
+    }
+}
+
+/// Sets `cdf` from weights; a vocabulary the CDF cannot hold (none, or over 2^23
+/// symbols) gives a one-symbol CDF on both sides alike.
+fn set_cdf(cdf: &mut Cdf, w: &[f32], sum: f32) {
+    if cdf.set_weights(w, sum).is_err() {
+        let _ = cdf.set_weights(&[1.0], 1.0);
     }
 }
