@@ -16,6 +16,19 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("spawn nacrithfs")
 }
 
+/// Runs the binary with `input` on stdin and stdout captured.
+fn pipe(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn assert_clean_failure(out: &Output, output_file: &Path, what: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{what}: succeeded");
@@ -50,39 +63,12 @@ fn compress_decompress_info_and_pipes() {
     assert!(out.status.success());
     assert_eq!(out.stdout, &ENGLISH.as_bytes()[..250]);
     // stdin to stdout, both ways.
-    let mut child = bin()
-        .args(["compress", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"hello, world\n")
-            .unwrap();
-    }
-    let piped = child.wait_with_output().unwrap();
+    let piped = pipe(&["compress", "-"], b"hello, world\n");
     assert!(piped.status.success());
-    let mut child = bin()
-        .args(["decompress", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&piped.stdout)
-            .unwrap();
-    }
-    assert_eq!(child.wait_with_output().unwrap().stdout, b"hello, world\n");
+    assert_eq!(
+        pipe(&["decompress", "-"], &piped.stdout).stdout,
+        b"hello, world\n"
+    );
     let info = run(&["info", blob.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(

@@ -20,6 +20,14 @@ fn roundtrip(data: &[u8], opts: &CompressOptions, enc_streams: u32, dec_streams:
     Blob::parse(&c.blob).expect("parse")
 }
 
+/// The defaults without the verifying decode: for tests that decode the blob themselves.
+fn unverified() -> CompressOptions {
+    CompressOptions {
+        verify: false,
+        ..Default::default()
+    }
+}
+
 fn kinds(b: &Blob) -> Vec<ExtentKind> {
     b.extents.iter().map(|e| e.kind).collect()
 }
@@ -190,16 +198,7 @@ fn sliding_window_is_deterministic() {
 fn blobs_of_another_model_or_build_are_refused() {
     let data = &ENGLISH.as_bytes()[..200];
     let e = engine(1);
-    let c = e
-        .compress(
-            data,
-            &CompressOptions {
-                verify: false,
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+    let c = e.compress(data, &unverified(), None).unwrap();
     let mut blob = Blob::parse(&c.blob).unwrap();
     blob.header.fingerprint.backend[0] ^= 1;
     match e.decompress(&blob.to_bytes(), None) {
@@ -215,16 +214,7 @@ fn blobs_of_another_model_or_build_are_refused() {
 fn corrupt_streams_fail_cleanly_never_with_wrong_bytes() {
     let data = &ENGLISH.as_bytes()[..300];
     let e = engine(1);
-    let c = e
-        .compress(
-            data,
-            &CompressOptions {
-                verify: false,
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+    let c = e.compress(data, &unverified(), None).unwrap();
     let n = c.blob.len();
     for pos in [n - 1, n - 5, n / 2 + 20] {
         let mut bad = c.blob.clone();
