@@ -84,6 +84,12 @@ pub enum Command {
         /// Predictors, as for compress.
         #[arg(long, default_value = "llm")]
         predictors: String,
+        /// Model context window per stream, in tokens.
+        #[arg(long, default_value_t = Window::default().ctx)]
+        ctx: u32,
+        /// Tokens dropped from a full window.
+        #[arg(long, default_value_t = Window::default().slide)]
+        slide: u32,
         /// Also write the rows as CSV here.
         #[arg(long)]
         csv: Option<PathBuf>,
@@ -111,6 +117,12 @@ pub enum Command {
         /// Text chunk size in bytes.
         #[arg(long, default_value_t = crate::DEFAULT_CHUNK_SIZE)]
         chunk_size: usize,
+        /// Model context window per stream, in tokens.
+        #[arg(long, default_value_t = Window::default().ctx)]
+        ctx: u32,
+        /// Tokens dropped from a full window.
+        #[arg(long, default_value_t = Window::default().slide)]
+        slide: u32,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -423,6 +435,18 @@ fn spinner(what: &str) -> indicatif::ProgressBar {
     pb
 }
 
+/// The window from `--ctx` and `--slide`, checked.
+fn window_arg(ctx: u32, slide: u32) -> Result<Window, CliError> {
+    let window = Window { ctx, slide };
+    if window.is_valid() {
+        Ok(window)
+    } else {
+        Err(CliError::Usage(format!(
+            "invalid window: --ctx {ctx} --slide {slide}"
+        )))
+    }
+}
+
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Compress {
@@ -437,12 +461,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             force,
         } => {
             let flags = parse_predictors(&predictors)?;
-            let window = Window { ctx, slide };
-            if !window.is_valid() {
-                return Err(CliError::Usage(format!(
-                    "invalid window: --ctx {ctx} --slide {slide}"
-                )));
-            }
+            let window = window_arg(ctx, slide)?;
             if chunk_size < 64 {
                 return Err(CliError::Usage("--chunk-size must be at least 64".into()));
             }
@@ -571,6 +590,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             configs,
             mix_params,
             chunk_size,
+            ctx,
+            slide,
             model,
         } => crate::bench::ensemble::run_cli(
             &files,
@@ -578,6 +599,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             &configs,
             &mix_params,
             chunk_size,
+            window_arg(ctx, slide)?,
             &model,
         ),
         Command::BenchEngine {
@@ -585,10 +607,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             streams_list,
             tokens_per_stream,
             predictors,
+            ctx,
+            slide,
             csv,
             model,
         } => {
             let flags = parse_predictors(&predictors)?;
+            let window = window_arg(ctx, slide)?;
             let text = read_input(&file)?;
             let engine = load_engine(&model)?;
             let predictor = crate::model::PredictorConfig {
@@ -598,7 +623,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             println!("| streams | mode | tokens | seconds | tokens/s | KB/s | % of raw | model s | predictor+coder s | bits/byte | RSS MiB |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|");
             let mut raw_rate = 0.0;
-            let rows = crate::engine::bench::run(engine.model().clone(), &text, &streams_list, tokens_per_stream.max(1), predictor, |r| {
+            let rows = crate::engine::bench::run(engine.model().clone(), &text, &streams_list, tokens_per_stream.max(1), window, predictor, |r| {
                 if r.mode == "raw" {
                     raw_rate = r.tokens_per_s();
                 }

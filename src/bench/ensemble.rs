@@ -320,6 +320,7 @@ pub fn run_cli(
     configs: &str,
     mix: &[f32],
     chunk_size: usize,
+    window: Window,
     model: &crate::cli::ModelArgs,
 ) -> Result<(), crate::cli::CliError> {
     use crate::cli::CliError;
@@ -355,6 +356,7 @@ pub fn run_cli(
     let engine = model.engine()?;
     let opts = CompressOptions {
         chunk_size,
+        window,
         ..Default::default()
     };
     std::fs::create_dir_all(cache_dir).map_err(|source| CliError::CantCreate {
@@ -374,8 +376,14 @@ pub fn run_cli(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        // The default window keeps the names caches had before windows were a choice.
+        let win = if window == Window::default() {
+            String::new()
+        } else {
+            format!("-ctx{}-slide{}", window.ctx, window.slide)
+        };
         let stem = format!(
-            "{name}-{}-{}-{chunk_size}",
+            "{name}-{}-{}-{chunk_size}{win}",
             data.len(),
             crc32c::crc32c(&data)
         );

@@ -130,6 +130,7 @@ pub fn run(
     text: &[u8],
     streams: &[u32],
     per_stream: usize,
+    window: Window,
     predictor: PredictorConfig,
     mut report: impl FnMut(&BenchRow),
 ) -> Result<Vec<BenchRow>> {
@@ -138,7 +139,6 @@ pub fn run(
         return Err(Error::Engine("the input has no text to tokenize".into()));
     }
     let bytes_per_token = text.len() as f64 / tokens.len() as f64;
-    let window = Window::default();
     let mut rows = Vec::new();
     for &s in streams {
         let s = s.max(1);
