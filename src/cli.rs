@@ -123,6 +123,9 @@ pub enum Command {
         /// Tokens dropped from a full window.
         #[arg(long, default_value_t = Window::default().slide)]
         slide: u32,
+        /// Also print how well the model's top-token probability matches its hit rate.
+        #[arg(long)]
+        calibration: bool,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -592,16 +595,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             chunk_size,
             ctx,
             slide,
+            calibration,
             model,
-        } => crate::bench::ensemble::run_cli(
-            &files,
-            &cache,
-            &configs,
-            &mix_params,
-            chunk_size,
-            window_arg(ctx, slide)?,
-            &model,
-        ),
+        } => {
+            let lab = crate::bench::ensemble::LabOptions {
+                cache_dir: &cache,
+                configs: &configs,
+                mix: &mix_params,
+                chunk_size,
+                window: window_arg(ctx, slide)?,
+                calibration,
+            };
+            crate::bench::ensemble::run_cli(&files, &lab, &model)
+        }
         Command::BenchEngine {
             file,
             streams_list,

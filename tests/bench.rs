@@ -146,7 +146,7 @@ fn bench_ensemble_replays_cached_logits_for_every_configuration() {
     let input = dir.path().join("english.txt");
     std::fs::write(&input, &ENGLISH.as_bytes()[..300]).unwrap();
     let cache = dir.path().join("logits");
-    let run = || {
+    let run = |extra: &[&str]| {
         let out = bin()
             .args(["bench-ensemble", input.to_str().unwrap(), "--threads", "1"])
             .args([
@@ -155,6 +155,7 @@ fn bench_ensemble_replays_cached_logits_for_every_configuration() {
                 "--configs",
                 "llm;ngram;linear,ngram,match,bias",
             ])
+            .args(extra)
             .output()
             .expect("spawn nacrithfs bench-ensemble");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -165,7 +166,7 @@ fn bench_ensemble_replays_cached_logits_for_every_configuration() {
         );
         stdout
     };
-    let first = run();
+    let first = run(&["--calibration"]);
     for config in ["llm", "ngram", "linear,ngram,match,bias"] {
         assert!(
             first.contains(&format!("| english.txt | {config} |")),
@@ -177,6 +178,11 @@ fn bench_ensemble_replays_cached_logits_for_every_configuration() {
         "{first}"
     );
     assert!(first.contains("model per token"), "{first}");
+    assert!(
+        first.contains("calibration of the model on english.txt")
+            && first.contains("top token recalibrated by bin in hindsight"),
+        "{first}"
+    );
     // The second run reads the cache: the same bits, no new capture.
     let mtime = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
     let f32s: Vec<_> = std::fs::read_dir(&cache)
@@ -186,7 +192,7 @@ fn bench_ensemble_replays_cached_logits_for_every_configuration() {
         .collect();
     assert_eq!(f32s.len(), 1, "{f32s:?}");
     let before = mtime(&f32s[0]);
-    let second = run();
+    let second = run(&[]);
     assert_eq!(mtime(&f32s[0]), before);
     let bits = |s: &str| {
         s.lines()
@@ -195,4 +201,16 @@ fn bench_ensemble_replays_cached_logits_for_every_configuration() {
             .collect::<Vec<_>>()
     };
     assert_eq!(bits(&first), bits(&second));
+    // Another window (small enough to slide in 300 bytes) is a cache of its own.
+    let third = run(&["--ctx", "32", "--slide", "8"]);
+    assert!(third.contains("| english.txt | llm | "), "{third}");
+    assert!(
+        cache
+            .join(format!(
+                "{}-ctx32-slide8.f32",
+                f32s[0].file_stem().unwrap().to_str().unwrap()
+            ))
+            .exists(),
+        "{third}"
+    );
 }

@@ -312,18 +312,124 @@ pub fn replay(
     Ok(rows)
 }
 
+/// How well the model's confidence matches how often it is right, over all cached steps:
+/// tokens by the probability of the model's top token (in tenths), with that
+/// probability's mean and the share of steps whose coded token was the top one.
+/// A calibrated model leaves a secondary estimation (SSE/APM) of it nothing to correct.
+#[derive(Clone, Debug, Default)]
+pub struct Calibration {
+    pub bins: [CalibrationBin; 10],
+    /// Bits saved (negative: added) by giving each step's top token its bin's hit rate,
+    /// the rest scaled to match, with the hit rates known in hindsight: an optimistic
+    /// bound on what recalibrating the top token can win.
+    pub recalibration_bits: f64,
+    /// Bits saved by a document cache, with its boost known in hindsight: every token
+    /// already seen in the stream gets its probability times 2^beta (renormalised), for
+    /// each of [`CACHE_BOOSTS`].
+    pub cache_bits: [f64; 4],
+    /// The model's own bits over the same steps.
+    pub model_bits: f64,
+}
+
+/// The document-cache boosts (bits) that [`Calibration`] tries.
+pub const CACHE_BOOSTS: [f64; 4] = [0.1, 0.25, 0.5, 1.0];
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CalibrationBin {
+    pub tokens: u64,
+    pub p_sum: f64,
+    pub hits: u64,
+}
+
+impl CalibrationBin {
+    pub fn mean_p(&self) -> f64 {
+        self.p_sum / self.tokens.max(1) as f64
+    }
+    pub fn hit_rate(&self) -> f64 {
+        self.hits as f64 / self.tokens.max(1) as f64
+    }
+}
+
+/// Measures [`Calibration`] over the cached logits of `streams`.
+pub fn calibration(cache: &LogitCache, streams: &[TokenStream]) -> Result<Calibration, Error> {
+    let v = cache.v;
+    let mut cal = Calibration::default();
+    // (bin, p(top), top was coded) of every step; the bound needs the bins' final rates.
+    let mut steps: Vec<(usize, f64, bool)> = Vec::new();
+    let mut probs = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        let logits = cache.stream(i)?;
+        let mut seen = vec![false; v];
+        let mut seen_list: Vec<usize> = Vec::new();
+        for (k, &tok) in s.0.iter().enumerate() {
+            let sum =
+                crate::codec::softmax_into(&logits[k * v..(k + 1) * v], 1.0, &mut probs) as f64;
+            let (top, p_top) =
+                probs
+                    .iter()
+                    .enumerate()
+                    .fold((0, 0.0f32), |b, (t, &p)| if p > b.1 { (t, p) } else { b });
+            let p_top = p_top as f64 / sum;
+            let p_tok = probs.get(tok as usize).map_or(0.0, |&p| p as f64 / sum);
+            cal.model_bits -= p_tok.max(f64::MIN_POSITIVE).log2();
+            let bin = ((p_top * 10.0) as usize).min(9);
+            let hit = top == tok as usize;
+            let b = &mut cal.bins[bin];
+            b.tokens += 1;
+            b.p_sum += p_top;
+            b.hits += hit as u64;
+            steps.push((bin, p_top, hit));
+            let p_seen = seen_list.iter().map(|&t| probs[t] as f64).sum::<f64>() / sum;
+            let tok_seen = seen.get(tok as usize).copied().unwrap_or(false);
+            for (bits, beta) in cal.cache_bits.iter_mut().zip(CACHE_BOOSTS) {
+                let gain = if tok_seen { beta } else { 0.0 };
+                *bits += gain - (1.0 + (beta.exp2() - 1.0) * p_seen).log2();
+            }
+            if let Some(x) = seen.get_mut(tok as usize).filter(|x| !**x) {
+                *x = true;
+                seen_list.push(tok as usize);
+            }
+        }
+    }
+    for (bin, p, hit) in steps {
+        let h = cal.bins[bin].hit_rate().clamp(1e-9, 1.0 - 1e-9);
+        cal.recalibration_bits += if hit {
+            (h / p).log2()
+        } else {
+            ((1.0 - h) / (1.0 - p).max(1e-12)).log2()
+        };
+    }
+    Ok(cal)
+}
+
+/// What `bench-ensemble` measures, from its command line.
+pub struct LabOptions<'a> {
+    pub cache_dir: &'a Path,
+    /// `;`-separated predictor lists.
+    pub configs: &'a str,
+    /// Log-mixer parameters in [`LogMixParams`]' field order; missing ones default.
+    pub mix: &'a [f32],
+    pub chunk_size: usize,
+    pub window: Window,
+    pub calibration: bool,
+}
+
 /// The `bench-ensemble` command: capture (or reuse) the logits, replay every
 /// configuration, print the ablation table.
 pub fn run_cli(
     files: &[PathBuf],
-    cache_dir: &Path,
-    configs: &str,
-    mix: &[f32],
-    chunk_size: usize,
-    window: Window,
+    lab: &LabOptions<'_>,
     model: &crate::cli::ModelArgs,
 ) -> Result<(), crate::cli::CliError> {
     use crate::cli::CliError;
+    let LabOptions {
+        cache_dir,
+        configs,
+        mix,
+        chunk_size,
+        window,
+        calibration: show_calibration,
+    } = *lab;
     let files = if files.is_empty() {
         super::default_files()
     } else {
@@ -427,6 +533,32 @@ pub fn run_cli(
                 r.name,
                 100.0 * skip
             );
+        }
+        if show_calibration {
+            let c = calibration(&cache, &streams)?;
+            println!("calibration of the model on {name}: p(top) bin, tokens, mean p(top), how often the top token was coded");
+            for (i, b) in c.bins.iter().enumerate().filter(|(_, b)| b.tokens > 0) {
+                println!(
+                    "  {:.1}-{:.1}: {} tokens, mean {:.3}, hit {:.3}",
+                    i as f64 / 10.0,
+                    (i + 1) as f64 / 10.0,
+                    b.tokens,
+                    b.mean_p(),
+                    b.hit_rate()
+                );
+            }
+            let pct = |bits: f64| 100.0 * bits / c.model_bits.max(1e-9);
+            println!(
+                "  top token recalibrated by bin in hindsight: saves {:+.2} % of the model's {:.0} bits",
+                pct(c.recalibration_bits),
+                c.model_bits
+            );
+            for (bits, beta) in c.cache_bits.iter().zip(CACHE_BOOSTS) {
+                println!(
+                    "  document cache, seen tokens x 2^{beta}: saves {:+.2} %",
+                    pct(*bits)
+                );
+            }
         }
         if let Some(t) = timing {
             println!(
