@@ -34,12 +34,8 @@ pub enum Command {
         /// Target size of independently coded text chunks, in bytes.
         #[arg(long, default_value_t = crate::DEFAULT_CHUNK_SIZE)]
         chunk_size: usize,
-        /// Model context window per stream, in tokens.
-        #[arg(long, default_value_t = Window::default().ctx)]
-        ctx: u32,
-        /// Tokens dropped from a full window.
-        #[arg(long, default_value_t = Window::default().slide)]
-        slide: u32,
+        #[command(flatten)]
+        window: WindowArgs,
         /// Predictors for text, comma-separated: llm (always), ngram, match, bias, skip,
         /// linear (the reference's linear mixer); "raw" or "llm" alone for the model alone.
         #[arg(long, default_value = "llm,ngram")]
@@ -84,12 +80,8 @@ pub enum Command {
         /// Predictors, as for compress.
         #[arg(long, default_value = "llm")]
         predictors: String,
-        /// Model context window per stream, in tokens.
-        #[arg(long, default_value_t = Window::default().ctx)]
-        ctx: u32,
-        /// Tokens dropped from a full window.
-        #[arg(long, default_value_t = Window::default().slide)]
-        slide: u32,
+        #[command(flatten)]
+        window: WindowArgs,
         /// Also write the rows as CSV here.
         #[arg(long)]
         csv: Option<PathBuf>,
@@ -117,12 +109,8 @@ pub enum Command {
         /// Text chunk size in bytes.
         #[arg(long, default_value_t = crate::DEFAULT_CHUNK_SIZE)]
         chunk_size: usize,
-        /// Model context window per stream, in tokens.
-        #[arg(long, default_value_t = Window::default().ctx)]
-        ctx: u32,
-        /// Tokens dropped from a full window.
-        #[arg(long, default_value_t = Window::default().slide)]
-        slide: u32,
+        #[command(flatten)]
+        window: WindowArgs,
         /// Also print how well the model's top-token probability matches its hit rate.
         #[arg(long)]
         calibration: bool,
@@ -260,6 +248,32 @@ fn mount_error(e: crate::fs::mount::MountError) -> CliError {
             source.kind(),
             format!("{what}: {source}"),
         )),
+    }
+}
+
+/// The model's context window per stream, as every command that runs the model takes it.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct WindowArgs {
+    /// Model context window per stream, in tokens.
+    #[arg(long, default_value_t = Window::default().ctx)]
+    ctx: u32,
+    /// Tokens dropped from a full window.
+    #[arg(long, default_value_t = Window::default().slide)]
+    slide: u32,
+}
+
+impl WindowArgs {
+    /// The window from `--ctx` and `--slide`, checked.
+    fn window(self) -> Result<Window, CliError> {
+        let WindowArgs { ctx, slide } = self;
+        let window = Window { ctx, slide };
+        if window.is_valid() {
+            Ok(window)
+        } else {
+            Err(CliError::Usage(format!(
+                "invalid window: --ctx {ctx} --slide {slide}"
+            )))
+        }
     }
 }
 
@@ -438,18 +452,6 @@ fn spinner(what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-/// The window from `--ctx` and `--slide`, checked.
-fn window_arg(ctx: u32, slide: u32) -> Result<Window, CliError> {
-    let window = Window { ctx, slide };
-    if window.is_valid() {
-        Ok(window)
-    } else {
-        Err(CliError::Usage(format!(
-            "invalid window: --ctx {ctx} --slide {slide}"
-        )))
-    }
-}
-
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Compress {
@@ -457,14 +459,13 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             output,
             model,
             chunk_size,
-            ctx,
-            slide,
+            window,
             predictors,
             no_verify,
             force,
         } => {
             let flags = parse_predictors(&predictors)?;
-            let window = window_arg(ctx, slide)?;
+            let window = window.window()?;
             if chunk_size < 64 {
                 return Err(CliError::Usage("--chunk-size must be at least 64".into()));
             }
@@ -593,8 +594,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             configs,
             mix_params,
             chunk_size,
-            ctx,
-            slide,
+            window,
             calibration,
             model,
         } => {
@@ -603,7 +603,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 configs: &configs,
                 mix: &mix_params,
                 chunk_size,
-                window: window_arg(ctx, slide)?,
+                window: window.window()?,
                 calibration,
             };
             crate::bench::ensemble::run_cli(&files, &lab, &model)
@@ -613,13 +613,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             streams_list,
             tokens_per_stream,
             predictors,
-            ctx,
-            slide,
+            window,
             csv,
             model,
         } => {
             let flags = parse_predictors(&predictors)?;
-            let window = window_arg(ctx, slide)?;
+            let window = window.window()?;
             let text = read_input(&file)?;
             let engine = load_engine(&model)?;
             let predictor = crate::model::PredictorConfig {
