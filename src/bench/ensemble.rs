@@ -263,6 +263,7 @@ pub fn replay(
     text_bytes: u64,
     configs: &[(String, Flags)],
     params: LogMixParams,
+    mut calibration: Option<&mut Calibration>,
 ) -> Result<Vec<AblationRow>, Error> {
     let v = cache.v;
     let mut rows: Vec<AblationRow> = configs
@@ -279,6 +280,9 @@ pub fn replay(
         .collect();
     for (i, s) in streams.iter().enumerate() {
         let logits = cache.stream(i)?;
+        if let Some(c) = calibration.as_deref_mut() {
+            c.add_stream(&logits, v, &s.0);
+        }
         let results: Vec<(f64, u64, f64)> = configs
             .par_iter()
             .map(|(_, flags)| {
@@ -309,6 +313,9 @@ pub fn replay(
             row.tokens += s.0.len() as u64;
         }
     }
+    if let Some(c) = calibration {
+        c.finish();
+    }
     Ok(rows)
 }
 
@@ -329,6 +336,8 @@ pub struct Calibration {
     pub cache_bits: [f64; 4],
     /// The model's own bits over the same steps.
     pub model_bits: f64,
+    /// (bin, p(top), top was coded) of every step, for the recalibration bound.
+    steps: Vec<(usize, f64, bool)>,
 }
 
 /// The document-cache boosts (bits) that [`Calibration`] tries.
@@ -350,18 +359,13 @@ impl CalibrationBin {
     }
 }
 
-/// Measures [`Calibration`] over the cached logits of `streams`.
-pub fn calibration(cache: &LogitCache, streams: &[TokenStream]) -> Result<Calibration, Error> {
-    let v = cache.v;
-    let mut cal = Calibration::default();
-    // (bin, p(top), top was coded) of every step; the bound needs the bins' final rates.
-    let mut steps: Vec<(usize, f64, bool)> = Vec::new();
-    let mut probs = Vec::new();
-    for (i, s) in streams.iter().enumerate() {
-        let logits = cache.stream(i)?;
+impl Calibration {
+    /// Adds one stream: `logits` holds a row of `v` per token of `tokens`.
+    fn add_stream(&mut self, logits: &[f32], v: usize, tokens: &[u32]) {
+        let mut probs = Vec::new();
         let mut seen = vec![false; v];
         let mut seen_list: Vec<usize> = Vec::new();
-        for (k, &tok) in s.0.iter().enumerate() {
+        for (k, &tok) in tokens.iter().enumerate() {
             let sum =
                 crate::codec::softmax_into(&logits[k * v..(k + 1) * v], 1.0, &mut probs) as f64;
             let (top, p_top) =
@@ -371,17 +375,17 @@ pub fn calibration(cache: &LogitCache, streams: &[TokenStream]) -> Result<Calibr
                     .fold((0, 0.0f32), |b, (t, &p)| if p > b.1 { (t, p) } else { b });
             let p_top = p_top as f64 / sum;
             let p_tok = probs.get(tok as usize).map_or(0.0, |&p| p as f64 / sum);
-            cal.model_bits -= p_tok.max(f64::MIN_POSITIVE).log2();
+            self.model_bits -= p_tok.max(f64::MIN_POSITIVE).log2();
             let bin = ((p_top * 10.0) as usize).min(9);
             let hit = top == tok as usize;
-            let b = &mut cal.bins[bin];
+            let b = &mut self.bins[bin];
             b.tokens += 1;
             b.p_sum += p_top;
             b.hits += hit as u64;
-            steps.push((bin, p_top, hit));
+            self.steps.push((bin, p_top, hit));
             let p_seen = seen_list.iter().map(|&t| probs[t] as f64).sum::<f64>() / sum;
             let tok_seen = seen.get(tok as usize).copied().unwrap_or(false);
-            for (bits, beta) in cal.cache_bits.iter_mut().zip(CACHE_BOOSTS) {
+            for (bits, beta) in self.cache_bits.iter_mut().zip(CACHE_BOOSTS) {
                 let gain = if tok_seen { beta } else { 0.0 };
                 *bits += gain - (1.0 + (beta.exp2() - 1.0) * p_seen).log2();
             }
@@ -391,15 +395,19 @@ pub fn calibration(cache: &LogitCache, streams: &[TokenStream]) -> Result<Calibr
             }
         }
     }
-    for (bin, p, hit) in steps {
-        let h = cal.bins[bin].hit_rate().clamp(1e-9, 1.0 - 1e-9);
-        cal.recalibration_bits += if hit {
-            (h / p).log2()
-        } else {
-            ((1.0 - h) / (1.0 - p).max(1e-12)).log2()
-        };
+
+    /// The recalibration bound, once every stream is in (it needs the bins' final rates).
+    fn finish(&mut self) {
+        self.recalibration_bits = 0.0;
+        for &(bin, p, hit) in &self.steps {
+            let h = self.bins[bin].hit_rate().clamp(1e-9, 1.0 - 1e-9);
+            self.recalibration_bits += if hit {
+                (h / p).log2()
+            } else {
+                ((1.0 - h) / (1.0 - p).max(1e-12)).log2()
+            };
+        }
     }
-    Ok(cal)
 }
 
 /// What `bench-ensemble` measures, from its command line.
@@ -510,7 +518,9 @@ pub fn run_cli(
                 secs_per_token_no_logits: it.next()??,
             })
         });
-        let rows = replay(&cache, &streams, text_bytes, &configs, params)?;
+        // Calibration reads the same logits as the replay, in the same pass.
+        let mut cal = show_calibration.then(Calibration::default);
+        let rows = replay(&cache, &streams, text_bytes, &configs, params, cal.as_mut())?;
         let raw = rows
             .iter()
             .find(|r| r.flags == Flags(Flags::LLM))
@@ -534,8 +544,7 @@ pub fn run_cli(
                 100.0 * skip
             );
         }
-        if show_calibration {
-            let c = calibration(&cache, &streams)?;
+        if let Some(c) = cal {
             println!("calibration of the model on {name}: p(top) bin, tokens, mean p(top), how often the top token was coded");
             for (i, b) in c.bins.iter().enumerate().filter(|(_, b)| b.tokens > 0) {
                 println!(
