@@ -81,16 +81,19 @@ fn plot_engine_alone_draws_throughput_and_bad_csv_fails_cleanly() {
         "streams,mode,tokens,seconds,tokens_per_s,kb_per_s\n1,raw,500,5,100,0.3\n16,raw,500,2,250,0.9\n1,decompress,500,6,83,0.3\n16,decompress,500,2.3,217,0.8\n",
     )
     .unwrap();
-    let out = bin()
-        .args([
-            "bench",
-            "--plot-engine",
-            csv.to_str().unwrap(),
-            "--out",
-            dir.path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let plot = || {
+        bin()
+            .args([
+                "bench",
+                "--plot-engine",
+                csv.to_str().unwrap(),
+                "--out",
+                dir.path().to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = plot();
     assert!(
         out.status.success(),
         "{}",
@@ -103,16 +106,7 @@ fn plot_engine_alone_draws_throughput_and_bad_csv_fails_cleanly() {
     assert!(out.stdout.is_empty());
 
     std::fs::write(&csv, "streams,mode,tokens_per_s\nfour,raw,1\n").unwrap();
-    let out = bin()
-        .args([
-            "bench",
-            "--plot-engine",
-            csv.to_str().unwrap(),
-            "--out",
-            dir.path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = plot();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()

@@ -269,15 +269,12 @@ fn swapped_model_refuses_text_blobs_instead_of_returning_wrong_bytes() {
     let log = d.root.path().join("daemon.log");
     let en = text(300);
     let bin_data = binary(&mut Rng(3), 20_000);
-    let m = Mount::start_with(
-        &d.backing,
-        &d.mnt,
-        Opts {
-            model: Some(&model),
-            log: Some(&log),
-            ..Default::default()
-        },
-    );
+    let opts = || Opts {
+        model: Some(&model),
+        log: Some(&log),
+        ..Default::default()
+    };
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
     std::fs::write(d.mnt.join("en.txt"), &en).unwrap();
     std::fs::write(d.mnt.join("data.bin"), &bin_data).unwrap();
     m.wait();
@@ -294,15 +291,7 @@ fn swapped_model_refuses_text_blobs_instead_of_returning_wrong_bytes() {
         f.read_exact_at(&mut b, at).unwrap();
         f.write_all_at(&[b[0] ^ 1], at).unwrap();
     }
-    let m = Mount::start_with(
-        &d.backing,
-        &d.mnt,
-        Opts {
-            model: Some(&model),
-            log: Some(&log),
-            ..Default::default()
-        },
-    );
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
     match std::fs::read(d.mnt.join("en.txt")) {
         Ok(v) => panic!(
             "en.txt decoded with another model: {} bytes{}",
