@@ -1,5 +1,5 @@
 //! Times the per-token CPU work (softmax + CDF + one coder step) over a 49,152-symbol vocabulary.
-use nacrithfs::codec::{softmax_into, Cdf, Encoder};
+use nc06::codec::{softmax_into, Cdf, Encoder};
 use std::time::Instant;
 
 fn main() {

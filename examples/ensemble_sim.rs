@@ -1,9 +1,9 @@
 //! Simulates mixer variants over a trace from `ensemble_trace` (code length depends
 //! only on each model's probability of the actual token; CDF quantisation ignored).
 //!   cargo run --release --example ensemble_sim -- TRACE
-use nacrithfs::format::Flags;
-use nacrithfs::model::ensemble::{MatchModel, NGram};
-use nacrithfs::model::{Predictor, PredictorConfig};
+use nc06::format::Flags;
+use nc06::predict::ensemble::{MatchModel, NGram};
+use nc06::predict::{Predictor, PredictorConfig};
 
 const V: usize = 49_152;
 
@@ -133,7 +133,7 @@ fn main() {
         let mut w = vec![v.init; 16];
         let mut bits = 0.0;
         for (i, &(pn, ngmax, pm, ml)) in feats.iter().enumerate() {
-            let set = (v.sets)(ml, ngmax as f32);
+            let set = (v.sets)(ml, ngmax);
             let ws = &mut w[set];
             let pmv = pm.unwrap_or(0.0);
             let act = [true, true, pm.is_some()];
@@ -150,8 +150,8 @@ fn main() {
                 }
             }
             let s: f64 = ws.iter().sum();
-            for k in 0..3 {
-                ws[k] = (1.0 - v.share) * ws[k] / s + v.share / 3.0;
+            for w in ws.iter_mut() {
+                *w = (1.0 - v.share) * *w / s + v.share / 3.0;
             }
         }
         println!(

@@ -2,8 +2,9 @@
 //! default window), so mixer variants can be simulated offline:
 //!   cargo run --release --example ensemble_trace -- FILE MAXBYTES OUT
 //! OUT holds u32 count, then (u32 token, f32 p) pairs.
-use nacrithfs::codec::softmax_into;
-use nacrithfs::model::{resolve_model_path, Feed, Model, ModelOptions, Window};
+use nacrithfs_engine::model::{resolve_model_path, Model, ModelOptions};
+use nc06::codec::softmax_into;
+use nc06::Window;
 use std::io::Write;
 
 fn main() {
@@ -17,24 +18,14 @@ fn main() {
     let mut probs = Vec::new();
     let mut out = Vec::new();
     out.extend_from_slice(&(tokens.len() as u32).to_le_bytes());
-    let mut pos = 0;
     let mut input = model.bos();
     for &t in &tokens {
-        if pos == w.ctx {
-            pos = s.slide(0, pos).unwrap();
-        }
-        s.decode(&[Feed {
-            seq: 0,
-            token: input,
-            pos,
-            logits: true,
-        }])
-        .unwrap();
+        let feed = s.feed(0, input, true).unwrap();
+        s.decode(&[feed]).unwrap();
         let sum = softmax_into(s.logits(0), 1.0, &mut probs);
         out.extend_from_slice(&t.to_le_bytes());
         out.extend_from_slice(&(probs[t as usize] / sum).to_le_bytes());
         input = t;
-        pos += 1;
     }
     std::fs::File::create(&args[3])
         .unwrap()

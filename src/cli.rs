@@ -1,11 +1,18 @@
-//! The `nacrithfs` command line: argument types, commands, and exit codes.
+//! The `nacrithfs` commands: their arguments and what each one does.
 
-use crate::engine::{CompressOptions, Engine, EngineConfig};
-use crate::format::{Blob, ExtentKind, Flags};
-use crate::model::{resolve_model_path, Model, ModelError, ModelOptions, Window};
-use crate::pack::{LazyEngine, PackError, PackOptions, Shard, VerifyOptions};
-use clap::{Args, Parser, Subcommand};
+use crate::args::{ModelArgs, ShardArgs, WindowArgs};
+use crate::error::CliError;
+use crate::nc06_codec::Nc06Codec;
+use clap::{Parser, Subcommand};
+use nacrithfs_engine::model::{resolve_model_path, Model, ModelOptions};
+use nacrithfs_engine::{CompressOptions, Engine, DEFAULT_CHUNK_SIZE};
+use nacrithfs_fs::mount::{Mounting, ServeOptions};
+use nacrithfs_fs::store::AtomicFile;
+use nacrithfs_pack::{LazyEngine, PackOptions, VerifyOptions};
+use nc06::format::{Blob, ExtentKind};
+use std::ffi::OsStr;
 use std::io::{IsTerminal, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,7 +39,7 @@ pub enum Command {
         #[command(flatten)]
         model: ModelArgs,
         /// Target size of independently coded text chunks, in bytes.
-        #[arg(long, default_value_t = crate::DEFAULT_CHUNK_SIZE)]
+        #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
         chunk_size: usize,
         #[command(flatten)]
         window: WindowArgs,
@@ -46,6 +53,9 @@ pub enum Command {
         /// Overwrite OUTPUT if it exists.
         #[arg(short, long)]
         force: bool,
+        /// Do not print the summary line on stderr.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Decompress an NC06 blob.
     Decompress {
@@ -107,7 +117,7 @@ pub enum Command {
         #[arg(long, value_delimiter = ',')]
         mix_params: Vec<f32>,
         /// Text chunk size in bytes.
-        #[arg(long, default_value_t = crate::DEFAULT_CHUNK_SIZE)]
+        #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
         chunk_size: usize,
         #[command(flatten)]
         window: WindowArgs,
@@ -207,156 +217,6 @@ impl Command {
     }
 }
 
-/// Which shard this process is.
-#[derive(Args, Debug, Clone)]
-pub struct ShardArgs {
-    /// This process's shard, I/N with I counting from 0 (default: JOB_COMPLETION_INDEX
-    /// with $NACRITHFS_SHARDS, or SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_COUNT; else the
-    /// whole tree).
-    #[arg(long, value_name = "I/N")]
-    pub shard: Option<String>,
-    /// Number of shards when the index comes from the environment (default: $NACRITHFS_SHARDS).
-    #[arg(long, value_name = "N")]
-    pub shards: Option<u32>,
-}
-
-impl ShardArgs {
-    fn resolve(&self, op: &str) -> Result<Shard, CliError> {
-        // Parsed here rather than by clap, so a bad value exits 64 like every usage error.
-        let flag = self
-            .shard
-            .as_deref()
-            .map(|s| {
-                s.parse::<Shard>()
-                    .map_err(|e| CliError::Usage(format!("--shard {e}")))
-            })
-            .transpose()?;
-        let (shard, from) =
-            crate::pack::resolve_shard(flag, self.shards, |k| std::env::var(k).ok())?;
-        log::info!("{op}: shard {shard} ({from})");
-        Ok(shard)
-    }
-}
-
-/// Maps a mount failure onto the command line's exit codes.
-fn mount_error(e: crate::fs::mount::MountError) -> CliError {
-    use crate::fs::mount::MountError;
-    match e {
-        MountError::Model(m) => CliError::Model(m),
-        MountError::Setup(msg) => CliError::Usage(msg),
-        MountError::Io { what, source } => CliError::Io(std::io::Error::new(
-            source.kind(),
-            format!("{what}: {source}"),
-        )),
-    }
-}
-
-/// The model's context window per stream, as every command that runs the model takes it.
-#[derive(Args, Debug, Clone, Copy)]
-pub struct WindowArgs {
-    /// Model context window per stream, in tokens.
-    #[arg(long, default_value_t = Window::default().ctx)]
-    ctx: u32,
-    /// Tokens dropped from a full window.
-    #[arg(long, default_value_t = Window::default().slide)]
-    slide: u32,
-}
-
-impl WindowArgs {
-    /// The window from `--ctx` and `--slide`, checked.
-    fn window(self) -> Result<Window, CliError> {
-        let WindowArgs { ctx, slide } = self;
-        let window = Window { ctx, slide };
-        if window.is_valid() {
-            Ok(window)
-        } else {
-            Err(CliError::Usage(format!(
-                "invalid window: --ctx {ctx} --slide {slide}"
-            )))
-        }
-    }
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct ModelArgs {
-    /// GGUF model (default: $NACRITHFS_MODEL, else ~/.cache/nacrithfs/SmolLM2-135M-Instruct.Q4_1.gguf).
-    #[arg(long, global = true)]
-    pub model: Option<PathBuf>,
-    /// Streams decoded together per model call.
-    #[arg(long, default_value_t = crate::DEFAULT_STREAMS)]
-    pub streams: u32,
-    /// llama.cpp threads per worker (0: all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Model workers, each with its own llama.cpp context of --streams sequences. One
-    /// context already uses every CPU core; use one per GPU.
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
-}
-
-/// A command failure with the exit code it maps to (sysexits.h).
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error("{0}")]
-    Usage(String),
-    #[error("{path}: {source}")]
-    NoInput {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    CantCreate {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{what}: {source}")]
-    Codec { what: String, source: crate::Error },
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error(transparent)]
-    Pack(#[from] PackError),
-    #[error(transparent)]
-    Lab(#[from] crate::bench::ensemble::LabError),
-}
-
-fn codec_exit_code(e: &crate::Error) -> i32 {
-    match e {
-        crate::Error::Model(_) => 69,
-        crate::Error::VerifyFailed { .. } => 70,
-        _ => 65,
-    }
-}
-
-fn pack_exit_code(e: &PackError) -> i32 {
-    match e {
-        PackError::Usage(_) => 64,
-        PackError::NoInput { .. } | PackError::Incomplete(_) => 66,
-        PackError::Io { .. } => 74,
-        PackError::Codec { source, .. } => codec_exit_code(source),
-        PackError::Model(_) => 69,
-        PackError::Mismatch { .. } | PackError::Manifest { .. } => 65,
-        PackError::Failed { first, .. } => pack_exit_code(first),
-    }
-}
-
-impl CliError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            CliError::Usage(_) => 64,
-            CliError::NoInput { .. } => 66,
-            CliError::CantCreate { .. } => 73,
-            CliError::Io(_) => 74,
-            CliError::Codec { source, .. } => codec_exit_code(source),
-            CliError::Model(_) => 69,
-            CliError::Pack(e) => pack_exit_code(e),
-            CliError::Lab(crate::bench::ensemble::LabError::Model(_)) => 69,
-            CliError::Lab(_) => 74,
-        }
-    }
-}
-
 fn is_dash(p: &Path) -> bool {
     p.as_os_str() == "-"
 }
@@ -385,55 +245,43 @@ pub fn write_atomic(path: &Path, data: &[u8], force: bool) -> Result<(), CliErro
         out.flush()?;
         return Ok(());
     }
+    if !force && path.exists() {
+        return Err(CliError::Exists(path.to_path_buf()));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let cant = |source| CliError::CantCreate {
         path: path.to_path_buf(),
         source,
     };
-    if !force && path.exists() {
-        return Err(cant(std::io::Error::new(
-            std::io::ErrorKind::AlreadyExists,
-            "exists (use --force to overwrite)",
-        )));
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".nacrithfs-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .map_err(cant)?;
+    let mut tmp = AtomicFile::create_in(dir, ".nacrithfs").map_err(cant)?;
     tmp.write_all(data).map_err(cant)?;
-    tmp.as_file().sync_all().map_err(cant)?;
-    tmp.persist(path).map_err(|e| cant(e.error))?;
+    tmp.commit(path).map_err(cant)?;
     Ok(())
+}
+
+/// Where `compress` writes by default: `INPUT.nc06`, byte for byte (a file name that is
+/// not UTF-8 keeps its bytes).
+fn compressed_name(input: &Path) -> PathBuf {
+    let mut name = input.as_os_str().to_owned();
+    name.push(".nc06");
+    PathBuf::from(name)
+}
+
+/// Where `decompress` writes by default: INPUT without its `.nc06`, byte for byte;
+/// `None` when there is no such suffix (or nothing before it).
+fn decompressed_name(input: &Path) -> Option<PathBuf> {
+    let stem = input.as_os_str().as_bytes().strip_suffix(b".nc06")?;
+    if stem.is_empty() || stem.ends_with(b"/") {
+        return None;
+    }
+    Some(PathBuf::from(OsStr::from_bytes(stem)))
 }
 
 fn load_engine(args: &ModelArgs) -> Result<Engine, CliError> {
     Ok(args.engine()?)
-}
-
-impl ModelArgs {
-    /// Loads the model these arguments name and wraps it in an engine.
-    pub fn engine(&self) -> Result<Engine, ModelError> {
-        let path = resolve_model_path(self.model.clone())?;
-        let model = Model::load(
-            &path,
-            &ModelOptions {
-                threads: self.threads,
-                ..Default::default()
-            },
-        )?;
-        log::debug!("model {}: {}", path.display(), model.fingerprint());
-        Ok(Engine::new(
-            Arc::new(model),
-            EngineConfig {
-                streams: self.streams.max(1),
-                workers: self.workers.max(1),
-            },
-        ))
-    }
 }
 
 fn spinner(what: &str) -> indicatif::ProgressBar {
@@ -463,8 +311,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             predictors,
             no_verify,
             force,
+            quiet,
         } => {
-            let flags = parse_predictors(&predictors)?;
+            let flags = crate::args::predictors(&predictors)?;
             let window = window.window()?;
             if chunk_size < 64 {
                 return Err(CliError::Usage("--chunk-size must be at least 64".into()));
@@ -473,7 +322,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 if is_dash(&input) {
                     PathBuf::from("-")
                 } else {
-                    PathBuf::from(format!("{}.nc06", input.display()))
+                    compressed_name(&input)
                 }
             });
             let data = read_input(&input)?;
@@ -496,8 +345,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             pb.finish_and_clear();
             write_atomic(&output, &c.blob, force)?;
             let s = &c.stats;
-            log::info!(
-                "{}: {} -> {} bytes ({:.4} bits/byte), {} tokens in {} chunks ({} skipped), encode {:.1}s (model {:.1}s), verify {:.1}s",
+            if quiet {
+                return Ok(());
+            }
+            // On stderr, so it never mixes with a blob written to stdout.
+            eprintln!(
+                "nacrithfs: {}: {} -> {} bytes ({:.4} bits/byte), {} tokens in {} chunks ({} skipped), encode {:.1}s (model {:.1}s), verify {:.1}s",
                 input.display(),
                 s.original,
                 s.compressed,
@@ -520,9 +373,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let output = match output {
                 Some(o) => o,
                 None if is_dash(&input) => PathBuf::from("-"),
-                None => match input.to_str().and_then(|s| s.strip_suffix(".nc06")) {
-                    Some(stem) if !stem.is_empty() => PathBuf::from(stem),
-                    _ => {
+                None => match decompressed_name(&input) {
+                    Some(name) => name,
+                    None => {
                         return Err(CliError::Usage(format!(
                             "{}: no .nc06 suffix; name the output with -o",
                             input.display()
@@ -555,27 +408,19 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             cache_mb,
             allow_other,
         } => {
-            // Checked before the model is loaded, so a bad path fails fast.
-            crate::fs::mount::preflight(&backing, &mountpoint).map_err(mount_error)?;
-            let path = resolve_model_path(model.model.clone())?;
-            let args = crate::fs::mount::MountArgs {
-                backing,
-                mountpoint,
-                model: path,
-                model_options: ModelOptions {
-                    threads: model.threads,
-                    ..Default::default()
-                },
-                streams: model.streams,
-                workers: model.workers,
+            // The paths are checked before the model is loaded, so a bad one fails fast,
+            // and the model's threads start after the signals are blocked.
+            let mounting = Mounting::new(&backing, &mountpoint)?;
+            let engine = Arc::new(model.engine()?);
+            let opts = ServeOptions {
                 jobs,
                 cache_mb,
                 allow_other,
             };
-            crate::fs::mount::run(args).map_err(mount_error)
+            Ok(mounting.serve(Arc::new(Nc06Codec::new(engine)), &opts)?)
         }
         Command::Status { mountpoint } => {
-            let s = crate::fs::mount::status(&mountpoint).map_err(mount_error)?;
+            let s = nacrithfs_fs::mount::status(&mountpoint)?;
             println!("{s}");
             Ok(())
         }
@@ -584,7 +429,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             timeout,
         } => {
             let t = timeout.map(std::time::Duration::from_secs);
-            let s = crate::fs::mount::wait(&mountpoint, t).map_err(mount_error)?;
+            let s = nacrithfs_fs::mount::wait(&mountpoint, t)?;
             println!("{s}");
             Ok(())
         }
@@ -606,7 +451,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 window: window.window()?,
                 calibration,
             };
-            crate::bench::ensemble::run_cli(&files, &lab, &model)
+            Ok(crate::bench::ensemble::run_cli(&files, &lab, &model)?)
         }
         Command::BenchEngine {
             file,
@@ -617,18 +462,18 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             csv,
             model,
         } => {
-            let flags = parse_predictors(&predictors)?;
+            let flags = crate::args::predictors(&predictors)?;
             let window = window.window()?;
             let text = read_input(&file)?;
             let engine = load_engine(&model)?;
-            let predictor = crate::model::PredictorConfig {
+            let predictor = nc06::predict::PredictorConfig {
                 flags,
                 temperature: 1.0,
             };
             println!("| streams | mode | tokens | seconds | tokens/s | KB/s | % of raw | model s | predictor+coder s | bits/byte | RSS MiB |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|");
             let mut raw_rate = 0.0;
-            let rows = crate::engine::bench::run(engine.model().clone(), &text, &streams_list, tokens_per_stream.max(1), window, predictor, |r| {
+            let rows = nacrithfs_engine::bench::run(engine.model().clone(), &text, &streams_list, tokens_per_stream.max(1), window, predictor, |r| {
                 if r.mode == "raw" {
                     raw_rate = r.tokens_per_s();
                 }
@@ -649,7 +494,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             })
             .map_err(|source| CliError::Codec { what: file.display().to_string(), source })?;
             if let Some(path) = csv {
-                let mut out = String::from(crate::engine::bench::BenchRow::CSV_HEADER);
+                let mut out = String::from(nacrithfs_engine::bench::BenchRow::CSV_HEADER);
                 out.push('\n');
                 for r in &rows {
                     out.push_str(&r.csv());
@@ -679,7 +524,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 compress,
                 batch_bytes,
             };
-            let report = crate::pack::pack(&opts, &engine)?;
+            let report = nacrithfs_pack::pack(&opts, &engine)?;
             println!("{report}");
             Ok(())
         }
@@ -691,7 +536,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let shard = shard.resolve("unpack")?;
             let engine = LazyEngine::new(|| model.engine());
-            let report = crate::pack::unpack(&packed, &out, shard, &engine)?;
+            let report = nacrithfs_pack::unpack(&packed, &out, shard, &engine)?;
             println!("{report}");
             Ok(())
         }
@@ -703,7 +548,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let shard = shard.resolve("verify")?;
             let engine = LazyEngine::new(|| model.engine());
-            let report = crate::pack::verify(
+            let report = nacrithfs_pack::verify(
                 &VerifyOptions {
                     dest: packed,
                     shard,
@@ -715,8 +560,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::MergeManifests { packed, shards } => {
-            let dir = packed.join(crate::store::backing::INTERNAL_DIR);
-            let summary = crate::pack::merge(&dir, shards)?;
+            let dir = packed.join(nacrithfs_fs::store::backing::INTERNAL_DIR);
+            let summary = nacrithfs_pack::merge(&dir, shards)?;
             println!("{summary}");
             Ok(())
         }
@@ -733,35 +578,6 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// Parses `--predictors`: a predictor list such as `ngram,match,bias`. The parts are mixed in the log domain
-/// unless `linear` asks for the reference's linear mix.
-pub(crate) fn parse_predictors(list: &str) -> Result<Flags, CliError> {
-    let mut f = Flags::LLM;
-    let mut linear = false;
-    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        f |= match name {
-            "raw" | "llm" => Flags::LLM,
-            "ngram" => Flags::NGRAM,
-            "match" => Flags::MATCH,
-            "bias" => Flags::BIAS,
-            "skip" => Flags::SKIP | Flags::NGRAM,
-            "linear" => {
-                linear = true;
-                0
-            }
-            other => {
-                return Err(CliError::Usage(format!(
-                    "unknown predictor {other:?} (llm, ngram, match, bias, skip, linear, raw)"
-                )))
-            }
-        };
-    }
-    if !linear && f & (Flags::NGRAM | Flags::MATCH | Flags::BIAS) != 0 {
-        f |= Flags::LOGMIX;
-    }
-    Ok(Flags(f))
-}
-
 fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
     let h = &blob.header;
     let text: u64 = blob
@@ -771,7 +587,7 @@ fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
         .map(|e| e.len)
         .sum();
     println!("file:         {}", path.display());
-    println!("format:       NC06 version {}", crate::format::VERSION);
+    println!("format:       NC06 version {}", nc06::format::VERSION);
     println!(
         "original:     {} bytes (crc32c {:08x})",
         h.original_len, h.original_crc
@@ -840,5 +656,26 @@ fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
                 }
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStringExt;
+
+    #[test]
+    fn output_names_keep_the_bytes_of_non_utf8_names() {
+        let raw = PathBuf::from(std::ffi::OsString::from_vec(b"dir/caf\xe9.txt".to_vec()));
+        let c = compressed_name(&raw);
+        assert_eq!(c.as_os_str().as_bytes(), b"dir/caf\xe9.txt.nc06");
+        assert_eq!(decompressed_name(&c), Some(raw));
+        assert_eq!(decompressed_name(Path::new("a.txt")), None);
+        assert_eq!(decompressed_name(Path::new(".nc06")), None);
+        assert_eq!(decompressed_name(Path::new("d/.nc06")), None);
+        assert_eq!(
+            decompressed_name(Path::new("x.nc06")),
+            Some(PathBuf::from("x"))
+        );
     }
 }

@@ -1,43 +1,115 @@
-//! The crate's error type: every way compressing or decoding can fail, with context.
+//! How a command fails: one error type for the whole command line, each with the
+//! sysexits.h code it exits with.
 
-use crate::format::FormatError;
-use crate::model::{Fingerprint, ModelError};
+use crate::bench::BenchError;
+use nacrithfs_engine::model::ModelError;
+use nacrithfs_fs::mount::MountError;
+use nacrithfs_fs::FsError;
+use nacrithfs_pack::PackError;
+use std::path::PathBuf;
 
+/// A command failure with the exit code it maps to (sysexits.h).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Format(#[from] FormatError),
+pub enum CliError {
+    /// Bad arguments (64).
+    #[error("{0}")]
+    Usage(String),
+    /// An input that cannot be read (66).
+    #[error("{}: {source}", .path.display())]
+    NoInput {
+        /// The input.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An output that cannot be written (73).
+    #[error("{}: {}", .path.display(), .source.report())]
+    CantCreate {
+        /// The output.
+        path: PathBuf,
+        /// Why.
+        source: FsError,
+    },
+    /// An output that exists, without `--force` (73).
+    #[error("{}: exists (use --force to overwrite)", .0.display())]
+    Exists(PathBuf),
+    /// Other I/O (74).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A blob that cannot be coded or decoded (65; 69 without a model; 70 when the
+    /// verification failed).
+    #[error("{what}: {source}")]
+    Codec {
+        /// The file.
+        what: String,
+        /// Why.
+        source: nacrithfs_engine::Error,
+    },
+    /// The model cannot be loaded (69).
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("blob was made with {blob}, but the loaded model gives {ours}: decode it with the same model file and build (see `nacrithfs info`)")]
-    FingerprintMismatch {
-        blob: Fingerprint,
-        ours: Fingerprint,
-    },
-    #[error("text chunk {chunk} decodes to data that fails its checksum: the blob is corrupt or was made by another model/build")]
-    ChunkChecksum { chunk: usize },
-    #[error("binary frame {frame} is corrupt: {why}")]
-    Frame { frame: usize, why: String },
-    #[error("decoded file fails its checksum: the blob is corrupt")]
-    FileChecksum,
-    #[error(
-        "verification failed: chunk {chunk} did not decode back to its input (no blob written)"
-    )]
-    VerifyFailed { chunk: usize },
-    #[error("corrupt stream: {0}")]
-    Corrupt(String),
-    #[error("inference engine: {0}")]
-    Engine(String),
+    /// `pack`, `unpack`, `verify` or `merge-manifests` failed.
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    /// A benchmark failed.
+    #[error(transparent)]
+    Bench(#[from] BenchError),
+    /// The mount, `status` or `wait` failed.
+    #[error(transparent)]
+    Mount(#[from] MountError),
 }
 
-impl Error {
-    /// The errno a filesystem should report for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            Error::Model(ModelError::Context { .. }) => libc::ENOMEM,
-            _ => libc::EIO,
-        }
+fn codec_exit_code(e: &nacrithfs_engine::Error) -> i32 {
+    use nacrithfs_engine::Error;
+    match e {
+        Error::Model(_) => 69,
+        Error::VerifyFailed { .. } => 70,
+        Error::Shared(e) => codec_exit_code(e),
+        _ => 65,
     }
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+fn pack_exit_code(e: &PackError) -> i32 {
+    match e {
+        PackError::Usage(_) => 64,
+        PackError::NoInput { .. } | PackError::Incomplete(_) => 66,
+        PackError::Io { .. } | PackError::Store(_) => 74,
+        PackError::Codec { source, .. } => codec_exit_code(source),
+        PackError::Model(_) => 69,
+        PackError::Mismatch { .. } | PackError::Manifest { .. } => 65,
+        PackError::Failed { first, .. } => pack_exit_code(first),
+    }
+}
+
+fn bench_exit_code(e: &BenchError) -> i32 {
+    match e {
+        BenchError::Usage(_) => 64,
+        BenchError::NoInput { .. } => 66,
+        BenchError::Model(_) => 69,
+        BenchError::Codec { source, .. } => codec_exit_code(source),
+        // A compressor that does not give back its input: the software failed.
+        BenchError::RoundTrip { .. } => 70,
+        BenchError::Io { .. }
+        | BenchError::Store(_)
+        | BenchError::Tool { .. }
+        | BenchError::Plot(_) => 74,
+    }
+}
+
+impl CliError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 64,
+            CliError::NoInput { .. } => 66,
+            CliError::CantCreate { .. } | CliError::Exists(_) => 73,
+            CliError::Io(_) => 74,
+            CliError::Codec { source, .. } => codec_exit_code(source),
+            CliError::Model(_) => 69,
+            CliError::Pack(e) => pack_exit_code(e),
+            CliError::Bench(e) => bench_exit_code(e),
+            CliError::Mount(MountError::Setup(_)) => 64,
+            CliError::Mount(MountError::Fs(_)) => 74,
+        }
+    }
+}

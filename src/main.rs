@@ -1,5 +1,14 @@
+//! `nacrithfs`: the command line over the workspace's crates — compress and decompress
+//! files, mount a compressing filesystem, pack a corpus, and measure all of it.
+
+mod args;
+mod bench;
+mod cli;
+mod error;
+mod nc06_codec;
+
 use clap::Parser;
-use nacrithfs::cli::{run, Cli};
+use cli::{run, Cli};
 
 fn main() {
     let cli = Cli::parse();

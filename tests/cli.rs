@@ -4,7 +4,7 @@
 mod common;
 
 use common::{noise, ENGLISH};
-use nacrithfs::format::Blob;
+use nc06::format::Blob;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -167,4 +167,57 @@ fn missing_inputs_and_models_are_clear_errors() {
         junk.to_str().unwrap(),
     ]);
     assert_clean_failure(&out, &out_file, "junk model");
+}
+
+#[test]
+fn non_utf8_names_keep_their_bytes_and_the_summary_is_shown() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let dir = tempfile::tempdir().unwrap();
+    let name = OsString::from_vec(b"caf\xe9 notes.txt".to_vec());
+    let input = dir.path().join(&name);
+    std::fs::write(&input, &ENGLISH.as_bytes()[..120]).unwrap();
+    let out = bin().arg("compress").arg(&input).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The summary is visible without RUST_LOG, on stderr.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("nacrithfs: ") && stderr.contains("-> ") && stderr.contains("bits/byte"),
+        "{stderr}"
+    );
+    let mut blob_name = name.clone();
+    blob_name.push(".nc06");
+    let blob = dir.path().join(&blob_name);
+    assert!(blob.exists(), "the .nc06 name lost the name's bytes");
+    std::fs::remove_file(&input).unwrap();
+    let out = bin().arg("decompress").arg(&blob).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(&input).unwrap(), &ENGLISH.as_bytes()[..120]);
+    assert!(input.as_os_str().as_bytes().ends_with(b"caf\xe9 notes.txt"));
+    // --quiet silences the summary.
+    let again = bin()
+        .args(["compress", "-q", "-f"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(again.status.success() && again.stderr.is_empty());
+}
+
+#[test]
+fn mix_params_of_the_wrong_length_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.txt");
+    std::fs::write(&f, b"text").unwrap();
+    let out = run(&["bench-ensemble", f.to_str().unwrap(), "--mix-params", "1,2"]);
+    assert_clean_failure(&out, &dir.path().join("none"), "short --mix-params");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("7 values"));
 }

@@ -4,10 +4,10 @@
 mod common;
 
 use common::{engine, noise, ENGLISH, MULTILINGUAL};
-use nacrithfs::engine::CompressOptions;
-use nacrithfs::format::{Blob, ExtentKind};
-use nacrithfs::model::Window;
-use nacrithfs::Error;
+use nacrithfs_engine::CompressOptions;
+use nacrithfs_engine::Error;
+use nc06::format::{Blob, ExtentKind};
+use nc06::Window;
 
 fn roundtrip(data: &[u8], opts: &CompressOptions, enc_streams: u32, dec_streams: u32) -> Blob {
     let c = engine(enc_streams)
@@ -59,7 +59,7 @@ fn multilingual_utf8_is_coded_by_the_model() {
 
 #[test]
 fn source_code_roundtrips() {
-    let src = include_str!("../src/format/varint.rs");
+    let src = include_str!("../crates/nc06/src/format/varint.rs");
     let end = (0..=900).rev().find(|&i| src.is_char_boundary(i)).unwrap();
     let b = roundtrip(&src.as_bytes()[..end], &CompressOptions::default(), 2, 2);
     assert_eq!(kinds(&b), vec![ExtentKind::Text]);
@@ -156,9 +156,9 @@ fn concurrent_requests_share_the_pool_and_code_the_same_bytes() {
             },
         ),
     ];
-    let shared = nacrithfs::engine::Engine::new(
+    let shared = nacrithfs_engine::Engine::new(
         common::model(),
-        nacrithfs::engine::EngineConfig {
+        nacrithfs_engine::EngineConfig {
             streams: 6,
             workers: 2,
         },
@@ -233,7 +233,7 @@ fn corrupt_streams_fail_cleanly_never_with_wrong_bytes() {
 fn ensemble_blobs_decode_bit_exactly_in_a_batch_and_alone() {
     // Both mixers with every part on (the skip included), coded in a batch of three
     // streams and decoded by one: the cheap models must stay identical on both sides.
-    use nacrithfs::format::Flags;
+    use nc06::format::Flags;
     let data = &ENGLISH.as_bytes()[..700];
     let all = Flags::NGRAM | Flags::MATCH | Flags::BIAS | Flags::SKIP;
     for flags in [

@@ -8,7 +8,7 @@
 mod mount;
 
 use mount::{bin, dirs, serial, Mount, Opts, Rng};
-use nacrithfs::store::backing::is_blob_path;
+use nacrithfs_fs::store::backing::is_blob_path;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -18,7 +18,8 @@ use std::process::Command;
 const ENGLISH: &str = include_str!("data/english.txt");
 
 fn model_path() -> std::path::PathBuf {
-    nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh")
+    nacrithfs_engine::model::resolve_model_path(None)
+        .expect("model missing: run scripts/fetch-model.sh")
 }
 
 fn text(n: usize) -> Vec<u8> {
@@ -90,6 +91,7 @@ fn full_backing_disk_gives_enospc_and_keeps_the_plaintext() {
     let planned = rng.bytes(8 << 20);
     let mut f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .open(d.mnt.join("big.bin"))
         .unwrap();

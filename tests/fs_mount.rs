@@ -16,7 +16,7 @@ mod mount;
 use mount::{bin, force_unmount, is_mountpoint, Mount, SERIAL};
 
 fn model_present() {
-    nacrithfs::model::resolve_model_path(None)
+    nacrithfs_engine::model::resolve_model_path(None)
         .expect("model missing: run scripts/fetch-model.sh (the fs tests need the real model)");
 }
 
@@ -242,6 +242,7 @@ fn kill_9_while_compressing_then_recover() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // SAFETY: kill(2) with a pid and a signal number; no memory is involved.
     unsafe { libc::kill(m.pid() as i32, libc::SIGKILL) };
     std::thread::sleep(Duration::from_millis(300));
     force_unmount(&d.mnt);

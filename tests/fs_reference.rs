@@ -4,8 +4,8 @@
 //! codec is a cheap stand-in (zstd in a fake header, tiny extents) — this tests the
 //! layer above the codec; tests/fs_mount.rs runs the real model.
 
-use nacrithfs::fs::core::{Core, CoreConfig, Ino, Kind, SetAttr, ROOT_INO};
-use nacrithfs::store::{Backing, StandInCodec};
+use nacrithfs_fs::core::{Core, CoreConfig, Ino, Kind, SetAttr, ROOT_INO};
+use nacrithfs_fs::store::{Backing, StandInCodec};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -131,6 +131,7 @@ impl Harness {
 
     fn apply(&mut self, op: &Op) {
         let c = self.core.clone();
+        // SAFETY: geteuid/getegid take nothing and cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         match op {
             Op::Create(i) => {
@@ -351,6 +352,7 @@ fn hidden_names_and_unlink_while_open() {
     assert!(c
         .setxattr(ROOT_INO, OsStr::new("user.nacrithfs.state"), b"nc06", 0)
         .is_err());
+    // SAFETY: geteuid/getegid take nothing and cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let (a, fh, _) = c
         .create(ROOT_INO, OsStr::new("f"), 0o600, libc::O_RDWR, uid, gid)
@@ -388,4 +390,30 @@ fn hidden_names_and_unlink_while_open() {
             .unwrap()
             .starts_with(b"FAKE")
     );
+}
+
+#[test]
+fn bad_handles_are_ebadf_and_errors_name_the_file() {
+    let h = Harness::new();
+    let c = &h.core;
+    assert_eq!(c.fsync(12345, false).unwrap_err().errno(), libc::EBADF);
+    assert_eq!(c.read(12345, 0, 10).unwrap_err().errno(), libc::EBADF);
+    assert_eq!(c.write(12345, 0, b"x").unwrap_err().errno(), libc::EBADF);
+    c.mkdir(ROOT_INO, OsStr::new("dir-x"), 0o755, 0, 0).unwrap();
+    let e = c
+        .mkdir(ROOT_INO, OsStr::new("dir-x"), 0o755, 0, 0)
+        .unwrap_err();
+    assert_eq!(e.errno(), libc::EEXIST);
+    assert!(e.to_string().contains("dir-x"), "{e}");
+    // A read-only handle cannot write, and fsync of an open file is fine.
+    // SAFETY: geteuid/getegid take nothing and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (a, fh, _) = c
+        .create(ROOT_INO, OsStr::new("f"), 0o600, libc::O_RDWR, uid, gid)
+        .unwrap();
+    c.fsync(fh, true).unwrap();
+    c.release(fh);
+    let (fh, _) = c.open(a.ino, libc::O_RDONLY).unwrap();
+    assert_eq!(c.write(fh, 0, b"x").unwrap_err().errno(), libc::EBADF);
+    c.release(fh);
 }

@@ -153,6 +153,7 @@ impl Fsx {
         if by_path {
             let c =
                 std::ffi::CString::new(self.path(i).into_os_string().into_encoded_bytes()).unwrap();
+            // SAFETY: c is a NUL-terminated path that outlives the call.
             if unsafe { libc::truncate(c.as_ptr(), size as libc::off_t) } != 0 {
                 self.fail(format!("truncate: {}", std::io::Error::last_os_error()));
             }
@@ -264,7 +265,7 @@ impl Fsx {
     fn check_compressed(&self) {
         for f in &self.files {
             let b = self.backing.join(f.rel);
-            let blob = nacrithfs::store::backing::is_blob_path(&b).unwrap();
+            let blob = nacrithfs_fs::store::backing::is_blob_path(&b).unwrap();
             assert!(
                 f.model.is_empty() || blob,
                 "{}: not compressed after wait (seed {})",
@@ -284,7 +285,8 @@ fn ops_wanted() -> u64 {
 
 #[test]
 fn fsx_random_ops_across_compression_and_remounts() {
-    nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
+    nacrithfs_engine::model::resolve_model_path(None)
+        .expect("model missing: run scripts/fetch-model.sh");
     let _g = serial();
     let d = dirs();
     let seed = seed(0x5eed_f5c5);

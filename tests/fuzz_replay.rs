@@ -3,7 +3,7 @@
 //! inserted bytes, truncations, splices), reproducibly. No model needed.
 //! `NACRITHFS_FUZZ_ITERS` sets the mutations per target (default 20000).
 
-use nacrithfs::format::fuzzing;
+use nc06::format::fuzzing;
 use std::path::Path;
 
 struct Rng(u64);

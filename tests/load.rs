@@ -55,7 +55,8 @@ fn content(rng: &mut Rng, text: bool) -> Vec<u8> {
 
 #[test]
 fn concurrent_writers_and_readers_bounded_memory_nothing_lost() {
-    nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
+    nacrithfs_engine::model::resolve_model_path(None)
+        .expect("model missing: run scripts/fetch-model.sh");
     let _g = serial();
     let d = dirs();
     let secs: u64 = std::env::var("NACRITHFS_LOAD_SECS")

@@ -8,9 +8,9 @@
 mod mount;
 
 use mount::Mount;
-use nacrithfs::pack::manifest::{self, sha256_hex, EntryKind};
-use nacrithfs::pack::plan::{self, ItemKind};
-use nacrithfs::pack::Shard;
+use nacrithfs_pack::manifest::{self, sha256_hex, EntryKind};
+use nacrithfs_pack::plan::{self, ItemKind};
+use nacrithfs_pack::Shard;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -154,7 +154,8 @@ fn packed_counts(report: &str) -> (u64, u64, u64) {
 
 #[test]
 fn three_shards_one_killed_then_merge_verify_unpack_mount() {
-    nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
+    nacrithfs_engine::model::resolve_model_path(None)
+        .expect("model missing: run scripts/fetch-model.sh");
     let t0 = Instant::now();
     let root = tempfile::tempdir().unwrap();
     let (src, dest, out, mnt) = (
@@ -309,7 +310,7 @@ fn three_shards_one_killed_then_merge_verify_unpack_mount() {
         );
         // The destination is a backing directory: marked blobs, plain empty files, symlinks.
         let d = dest.join(&item.rel);
-        let blob = nacrithfs::store::backing::is_blob_path(&d).unwrap();
+        let blob = nacrithfs_fs::store::backing::is_blob_path(&d).unwrap();
         assert_eq!(blob, kind == EntryKind::Blob, "{}", item.rel.display());
         if blob {
             assert_eq!(&std::fs::read(&d).unwrap()[..4], b"NC06");
@@ -522,8 +523,8 @@ fn usage_errors_are_one_line_with_sysexits_codes() {
 
 #[test]
 fn batched_blobs_equal_single_file_blobs() {
-    use nacrithfs::engine::{CompressOptions, Engine, EngineConfig};
-    use nacrithfs::model::{resolve_model_path, Model, ModelOptions};
+    use nacrithfs_engine::model::{resolve_model_path, Model, ModelOptions};
+    use nacrithfs_engine::{CompressOptions, Engine, EngineConfig};
     let path = resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
     // One thread: on a shared 2-core machine, llama.cpp's spinning OpenMP team collapses.
     let model = std::sync::Arc::new(

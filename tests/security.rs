@@ -8,8 +8,8 @@
 mod mount;
 
 use mount::{dirs, serial, Mount, Opts};
-use nacrithfs::fs::core::{Core, CoreConfig, ROOT_INO};
-use nacrithfs::store::{Backing, StandInCodec};
+use nacrithfs_fs::core::{Core, CoreConfig, ROOT_INO};
+use nacrithfs_fs::store::{Backing, StandInCodec};
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -110,7 +110,8 @@ fn core_refuses_names_that_leave_their_directory() {
 
 #[test]
 fn permissions_symlinks_and_internal_state_through_the_mount() {
-    nacrithfs::model::resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
+    nacrithfs_engine::model::resolve_model_path(None)
+        .expect("model missing: run scripts/fetch-model.sh");
     let _g = serial();
     let d = dirs();
     std::fs::set_permissions(d.root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -223,9 +224,9 @@ fn permissions_symlinks_and_internal_state_through_the_mount() {
             outside_md.mtime_nsec()
         )
     );
-    assert!(!nacrithfs::store::backing::is_blob_path(&outside).unwrap());
+    assert!(!nacrithfs_fs::store::backing::is_blob_path(&outside).unwrap());
     assert!(
-        nacrithfs::store::backing::llist_xattr(&outside)
+        nacrithfs_fs::store::xattr::llist_xattr(&outside)
             .unwrap()
             .is_empty(),
         "xattrs set on a file outside BACKING"
@@ -260,20 +261,21 @@ fn permissions_symlinks_and_internal_state_through_the_mount() {
     let file = d.mnt.join("pub/open");
     let c = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
     let name = std::ffi::CString::new("user.nacrithfs.state").unwrap();
+    // SAFETY: c and name are NUL-terminated; the value is 4 valid bytes.
     let r = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), b"nc06".as_ptr().cast(), 4, 0) };
     assert_eq!(r, -1, "reserved xattr set through the mount");
-    assert!(nacrithfs::store::backing::lget_xattr(
+    assert!(nacrithfs_fs::store::xattr::lget_xattr(
         &file,
         name.as_c_str().to_str().unwrap().as_ref()
     )
     .unwrap()
     .is_none());
     assert!(
-        nacrithfs::store::backing::is_blob_path(&d.backing.join("pub/open")).unwrap(),
+        nacrithfs_fs::store::backing::is_blob_path(&d.backing.join("pub/open")).unwrap(),
         "pub/open should be compressed"
     );
     assert!(
-        nacrithfs::store::backing::llist_xattr(&file)
+        nacrithfs_fs::store::xattr::llist_xattr(&file)
             .unwrap()
             .is_empty(),
         "reserved xattr listed"

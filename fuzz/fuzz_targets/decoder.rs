@@ -1,3 +1,3 @@
 //! The arithmetic decoder on arbitrary streams, with arbitrary CDFs.
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| nacrithfs::format::fuzzing::decoder(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| nc06::format::fuzzing::decoder(data));

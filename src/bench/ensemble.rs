@@ -9,33 +9,25 @@
 //! output layer (a skipped token still enters the model's context, but its logits are
 //! not computed), and the predictor's own time is measured in the replay.
 
-use crate::engine::{CompressOptions, TokenStream};
-use crate::format::Flags;
-use crate::model::logmix::LogMixParams;
-use crate::model::{Feed, Model, ModelError, Predictor, PredictorConfig, Session, Window};
+use super::BenchError;
+use crate::args::ModelArgs;
+use nacrithfs_engine::model::{Feed, Model, Session};
+use nacrithfs_engine::{CompressOptions, TokenStream};
+use nacrithfs_fs::store::AtomicFile;
+use nc06::format::Flags;
+use nc06::predict::logmix::LogMixParams;
+use nc06::predict::{Predictor, PredictorConfig};
+use nc06::Window;
 use rayon::prelude::*;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(Debug, thiserror::Error)]
-pub enum LabError {
-    #[error("logit cache {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Model(#[from] ModelError),
-}
+type Error = BenchError;
 
-type Error = LabError;
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> LabError + '_ {
-    move |source| LabError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+/// An I/O error of the logit cache at `path`.
+fn io(path: &Path) -> impl Fn(std::io::Error) -> BenchError {
+    super::io_err(format!("logit cache {}", path.display()))
 }
 
 /// One configuration's result over all files.
@@ -143,33 +135,21 @@ impl LogitCache {
 const PROBE_STEPS: usize = 256;
 
 /// The feeds of lockstep step `step`: each stream still running gives the token before
-/// `step` (BOS first) at its next position, sliding its window when full, as the
-/// engine's workers do.
+/// `step` (BOS first), through [`Session::feed`] as the engine's workers do.
 fn step_feeds(
     session: &mut Session<'_>,
     streams: &[TokenStream],
     step: usize,
-    pos: &mut [u32],
     bos: u32,
     logits: bool,
 ) -> Result<Vec<Feed>, Error> {
-    let ctx = session.window().ctx;
     let mut feeds = Vec::with_capacity(streams.len());
     for (i, s) in streams.iter().enumerate() {
         if step >= s.0.len() {
             continue;
         }
-        if pos[i] == ctx {
-            pos[i] = session.slide(i as u32, pos[i])?;
-        }
         let token = if step == 0 { bos } else { s.0[step - 1] };
-        feeds.push(Feed {
-            seq: i as u32,
-            token,
-            pos: pos[i],
-            logits,
-        });
-        pos[i] += 1;
+        feeds.push(session.feed(i as u32, token, logits)?);
     }
     Ok(feeds)
 }
@@ -182,8 +162,10 @@ fn capture(
     window: Window,
 ) -> Result<ModelTiming, Error> {
     let e = io(path);
-    let tmp = path.with_extension("partial");
-    let mut w = BufWriter::with_capacity(1 << 22, std::fs::File::create(&tmp).map_err(&e)?);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = AtomicFile::create_in(dir, ".logits")?;
+    let spill_dir = tmp.path().with_extension("spill");
+    let mut w = BufWriter::with_capacity(1 << 22, tmp);
     w.write_all(CACHE_MAGIC).map_err(&e)?;
     w.write_all(&(streams.len() as u64).to_le_bytes())
         .map_err(&e)?;
@@ -192,7 +174,7 @@ fn capture(
     }
     // The streams advance together but are stored one after another: each stream's
     // rows go to its own spill file, concatenated at the end.
-    let dir = tmp.with_extension("spill");
+    let dir = spill_dir;
     std::fs::create_dir_all(&dir).map_err(&e)?;
     let mut spills: Vec<BufWriter<std::fs::File>> = (0..streams.len())
         .map(|i| {
@@ -204,12 +186,11 @@ fn capture(
     let n = streams.len().max(1) as u32;
     let mut session = model.session(n, window)?;
     let bos = model.bos();
-    let mut pos = vec![0u32; streams.len()];
     let longest = streams.iter().map(|s| s.0.len()).max().unwrap_or(0);
     let probe = longest.min(PROBE_STEPS);
     let (mut model_secs, mut fed) = (0.0f64, 0u64);
     for step in 0..longest {
-        let feeds = step_feeds(&mut session, streams, step, &mut pos, bos, true)?;
+        let feeds = step_feeds(&mut session, streams, step, bos, true)?;
         let t = Instant::now();
         session.decode(&feeds)?;
         if step < probe {
@@ -218,7 +199,7 @@ fn capture(
         }
         for (row, f) in feeds.iter().enumerate() {
             let l = session.logits(row);
-            let spill = &mut spills[f.seq as usize];
+            let spill = &mut spills[f.seq() as usize];
             for x in l {
                 spill.write_all(&x.to_le_bytes()).map_err(&e)?;
             }
@@ -229,21 +210,18 @@ fn capture(
         let mut r = std::fs::File::open(dir.join(i.to_string())).map_err(&e)?;
         std::io::copy(&mut r, &mut w).map_err(&e)?;
     }
+    let _ = std::fs::remove_dir_all(&dir);
     w.into_inner()
         .map_err(|x| e(x.into_error()))?
-        .sync_all()
-        .map_err(&e)?;
-    std::fs::rename(&tmp, path).map_err(&e)?;
-    let _ = std::fs::remove_dir_all(&dir);
+        .commit(path)?;
 
     // The same calls without the output layer, on a fresh context: what a skipped
     // token costs the model.
     drop(session);
     let mut session = model.session(n, window)?;
-    let mut pos = vec![0u32; streams.len()];
     let (mut probe_secs, mut probe_fed) = (0.0f64, 0u64);
     for step in 0..probe {
-        let feeds = step_feeds(&mut session, streams, step, &mut pos, bos, false)?;
+        let feeds = step_feeds(&mut session, streams, step, bos, false)?;
         let t = Instant::now();
         session.decode(&feeds)?;
         probe_secs += t.elapsed().as_secs_f64();
@@ -367,7 +345,7 @@ impl Calibration {
         let mut seen_list: Vec<usize> = Vec::new();
         for (k, &tok) in tokens.iter().enumerate() {
             let sum =
-                crate::codec::softmax_into(&logits[k * v..(k + 1) * v], 1.0, &mut probs) as f64;
+                nc06::codec::softmax_into(&logits[k * v..(k + 1) * v], 1.0, &mut probs) as f64;
             let (top, p_top) =
                 probs
                     .iter()
@@ -427,9 +405,8 @@ pub struct LabOptions<'a> {
 pub fn run_cli(
     files: &[PathBuf],
     lab: &LabOptions<'_>,
-    model: &crate::cli::ModelArgs,
-) -> Result<(), crate::cli::CliError> {
-    use crate::cli::CliError;
+    model: &ModelArgs,
+) -> Result<(), BenchError> {
     let LabOptions {
         cache_dir,
         configs,
@@ -444,9 +421,15 @@ pub fn run_cli(
         files.to_vec()
     };
     if files.is_empty() {
-        return Err(CliError::Usage(
+        return Err(BenchError::Usage(
             "no FILES given and the shared corpus is not there".into(),
         ));
+    }
+    if !mix.is_empty() && mix.len() != 7 {
+        return Err(BenchError::Usage(format!(
+            "--mix-params takes 7 values (lr_llm,lr_ngram,lr_match,lr_bias,w_ngram0,w_match0,skip_bits), not {}",
+            mix.len()
+        )));
     }
     let mut params = LogMixParams::default();
     let fields: [&mut f32; 7] = [
@@ -465,7 +448,11 @@ pub fn run_cli(
         .split(';')
         .map(str::trim)
         .filter(|c| !c.is_empty())
-        .map(|c| crate::cli::parse_predictors(c).map(|f| (c.to_string(), f)))
+        .map(|c| {
+            c.parse::<Flags>()
+                .map(|f| (c.to_string(), f))
+                .map_err(|e| BenchError::Usage(e.to_string()))
+        })
         .collect::<Result<_, _>>()?;
     let engine = model.engine()?;
     let opts = CompressOptions {
@@ -473,15 +460,12 @@ pub fn run_cli(
         window,
         ..Default::default()
     };
-    std::fs::create_dir_all(cache_dir).map_err(|source| CliError::CantCreate {
-        path: cache_dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(cache_dir).map_err(io(cache_dir))?;
     println!("mixer parameters: {params:?}");
     println!("| file | configuration | bits/byte | vs model alone | skipped | predictor µs/token | est. tokens/s (1 stream) |");
     println!("|---|---|---|---|---|---|---|");
     for file in &files {
-        let data = std::fs::read(file).map_err(|source| CliError::NoInput {
+        let data = std::fs::read(file).map_err(|source| BenchError::NoInput {
             path: file.clone(),
             source,
         })?;

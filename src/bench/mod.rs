@@ -14,14 +14,14 @@ mod report;
 
 pub use entropy::entropy;
 pub use external::{External, EXTERNALS};
-pub use plot::{parse_engine_csv, EnginePoint, PlotError};
+pub use plot::{parse_engine_csv, PlotError};
 pub use report::{FileReport, Machine, ModelInfo, Report, Row};
 
-use crate::cli::{CliError, ModelArgs};
-use crate::engine::{CompressOptions, Engine};
-use crate::format::Flags;
-use crate::model::ModelError;
+use crate::args::ModelArgs;
 use clap::Args;
+use nacrithfs_engine::model::ModelError;
+use nacrithfs_engine::{CompressOptions, Engine};
+use nc06::format::Flags;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -74,30 +74,22 @@ pub enum BenchError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("{what}: {source}")]
-    Codec { what: String, source: crate::Error },
+    Codec {
+        what: String,
+        source: nacrithfs_engine::Error,
+    },
     #[error(transparent)]
     Plot(#[from] PlotError),
+    /// Writing an output file.
+    #[error("{}", .0.report())]
+    Store(#[from] nacrithfs_fs::FsError),
 }
 
-impl From<BenchError> for CliError {
-    fn from(e: BenchError) -> CliError {
-        match e {
-            BenchError::Usage(m) => CliError::Usage(m),
-            BenchError::NoInput { path, source } => CliError::NoInput { path, source },
-            BenchError::Model(m) => CliError::Model(m),
-            BenchError::Codec { what, source } => CliError::Codec { what, source },
-            BenchError::RoundTrip { compressor, file } => CliError::Codec {
-                what: format!("{compressor} on {file}"),
-                source: crate::Error::VerifyFailed { chunk: 0 },
-            },
-            other => CliError::Io(std::io::Error::other(other.to_string())),
-        }
-    }
-}
-
-fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> BenchError {
+/// Names what an I/O error was about: `.map_err(io_err(path.display()))`.
+pub(crate) fn io_err(what: impl std::fmt::Display) -> impl Fn(std::io::Error) -> BenchError {
+    let what = what.to_string();
     move |source| BenchError::Io {
-        what: what.to_string(),
+        what: what.clone(),
         source,
     }
 }
@@ -119,6 +111,7 @@ fn timed<T, E>(min_secs: f64, mut f: impl FnMut() -> Result<T, E>) -> Result<(f6
 fn self_peak_rss_kib() -> Option<u64> {
     // SAFETY: rusage is plain old data and getrusage only writes into it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: ru is a valid rusage to write into.
     (unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } == 0)
         .then_some(ru.ru_maxrss.max(0) as u64)
 }
@@ -400,7 +393,7 @@ mod tests {
         })
         .unwrap();
         assert!(runs >= 4 && last == runs as i32, "{runs} {last}");
-        assert!(mean >= 0.004 && mean < 0.02, "{mean}");
+        assert!((0.004..0.02).contains(&mean), "{mean}");
         let (_, runs, _) = timed::<_, ()>(0.0, || Ok(())).unwrap();
         assert_eq!(runs, 1);
         assert!(timed::<(), _>(1.0, || Err("boom")).is_err());

@@ -1,8 +1,8 @@
 //! Shared set-up for tests that run the real model.
 #![allow(dead_code)]
 
-use nacrithfs::engine::{Engine, EngineConfig};
-use nacrithfs::model::{resolve_model_path, Model, ModelOptions};
+use nacrithfs_engine::model::{resolve_model_path, Model, ModelOptions};
+use nacrithfs_engine::{Engine, EngineConfig};
 use std::sync::{Arc, OnceLock};
 
 /// The real default model, loaded once per test binary. A missing model fails loudly:

@@ -50,22 +50,12 @@ pub struct Mount {
     pub log: Option<PathBuf>,
 }
 
+#[derive(Default)]
 pub struct Opts<'a> {
     pub model: Option<&'a Path>,
     pub allow_other: bool,
     pub log: Option<&'a Path>,
     pub env: Vec<(&'a str, String)>,
-}
-
-impl Default for Opts<'_> {
-    fn default() -> Self {
-        Opts {
-            model: None,
-            allow_other: false,
-            log: None,
-            env: Vec::new(),
-        }
-    }
 }
 
 impl Mount {
@@ -131,6 +121,7 @@ impl Mount {
     /// SIGTERM, then the daemon must unmount and exit 0.
     pub fn stop(mut self) {
         let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) with a pid and a signal number; no memory is involved.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let t = Instant::now();
         let st = loop {
@@ -150,6 +141,7 @@ impl Mount {
     /// kill -9, then clear the dead mount.
     pub fn kill9(mut self) {
         let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) with a pid and a signal number; no memory is involved.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let _ = child.wait();
         force_unmount(&self.mnt);
@@ -254,7 +246,7 @@ impl Rng {
                 v.extend(self.bytes(k));
             } else {
                 let b = run_byte(self);
-                v.extend(std::iter::repeat(b).take(k));
+                v.extend(std::iter::repeat_n(b, k));
             }
         }
         v

@@ -1,0 +1,418 @@
+//! llama.cpp backend: loading, tokenizer, and multi-sequence decoding sessions.
+//!
+//! Determinism rules (measured with llama-cpp-2 0.1.160 on CPU): flash attention off,
+//! a non-unified KV cache (each sequence has its own cells), and exactly one token per
+//! sequence per decode call. Under these rules a sequence's logits do not depend on
+//! which other sequences share the call, so a chunk encoded in a batch of 32 decodes
+//! alone to the same bytes.
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use nc06::{Fingerprint, Window};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// Version of everything after the logits (softmax, CDF, coder). Part of the backend
+/// descriptor, so changing that code changes the fingerprint.
+const PREDICTOR_VERSION: u32 = 2;
+
+/// What can go wrong with the model or llama.cpp. llama.cpp's own errors are kept as
+/// sources.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// There is no model file at this path.
+    #[error("no model at {}; run scripts/fetch-model.sh to fetch the default model, or pass --model PATH / set NACRITHFS_MODEL", .0.display())]
+    NotFound(PathBuf),
+    /// The model file cannot be read (to fingerprint it).
+    #[error("cannot read model {}", .path.display())]
+    Read {
+        /// The model file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// llama.cpp does not take the file as a model.
+    #[error("llama.cpp could not load {} as a GGUF model", .path.display())]
+    Load {
+        /// The model file.
+        path: PathBuf,
+        /// What llama.cpp said.
+        #[source]
+        source: llama_cpp_2::LlamaModelLoadError,
+    },
+    /// llama.cpp's backend did not start.
+    #[error("llama.cpp backend failed to start")]
+    Backend(#[source] Arc<llama_cpp_2::LlamaCppError>),
+    /// No context of this size could be made (usually: not enough memory).
+    #[error("llama.cpp could not create a context for {n_seq} sequences of {n_ctx} tokens")]
+    Context {
+        /// Sequences asked for.
+        n_seq: u32,
+        /// Positions per sequence.
+        n_ctx: u32,
+        /// What llama.cpp said.
+        #[source]
+        source: llama_cpp_2::LlamaContextLoadError,
+    },
+    /// A token could not be added to the batch.
+    #[error("llama.cpp batch is full")]
+    Batch(#[source] llama_cpp_2::llama_batch::BatchAddError),
+    /// A decode call failed.
+    #[error("llama.cpp decode failed")]
+    Decode(#[source] llama_cpp_2::DecodeError),
+    /// A KV cache operation (clear, slide) failed.
+    #[error("KV cache operation failed")]
+    Kv(#[source] llama_cpp_2::context::kv_cache::KvCacheConversionError),
+    /// A feed for a sequence the context does not have.
+    #[error("sequence {seq} of a context with {n_seq}")]
+    NoSequence {
+        /// The sequence asked for.
+        seq: u32,
+        /// Sequences in the context.
+        n_seq: u32,
+    },
+}
+
+/// How the model is loaded; nothing here changes what is predicted on a CPU.
+#[derive(Clone, Debug)]
+pub struct ModelOptions {
+    /// Layers to offload to a GPU (ignored by CPU builds).
+    pub gpu_layers: u32,
+    /// Threads for llama.cpp; 0 means all available cores.
+    pub threads: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 },
+            threads: 0,
+        }
+    }
+}
+
+fn backend() -> Result<&'static LlamaBackend, ModelError> {
+    static BACKEND: OnceLock<Result<LlamaBackend, Arc<llama_cpp_2::LlamaCppError>>> =
+        OnceLock::new();
+    BACKEND
+        .get_or_init(|| {
+            let mut b = LlamaBackend::init().map_err(Arc::new)?;
+            if std::env::var_os("NACRITHFS_LLAMA_LOG").is_none() {
+                b.void_logs();
+            }
+            Ok(b)
+        })
+        .as_ref()
+        .map_err(|e| ModelError::Backend(e.clone()))
+}
+
+/// A loaded GGUF model, shared by every session and worker.
+pub struct Model {
+    inner: LlamaModel,
+    path: PathBuf,
+    fingerprint: Fingerprint,
+    descriptor: String,
+    bos: u32,
+    n_vocab: usize,
+    threads: i32,
+    /// Layers run on a GPU (so a decode call is fast and the CPU side matters).
+    offloaded: bool,
+}
+
+impl Model {
+    /// Loads the GGUF file at `path` and fingerprints it (its SHA-256 and this build).
+    pub fn load(path: &Path, opts: &ModelOptions) -> Result<Model, ModelError> {
+        let digest = sha256_file(path)?;
+        let backend = backend()?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers);
+        let inner = LlamaModel::load_from_file(backend, path, &params).map_err(|source| {
+            ModelError::Load {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let vocab = inner.vocab();
+        let n_vocab = vocab.n_tokens().max(0) as usize;
+        let bos = vocab.bos().0.max(0) as u32;
+        let offloaded = backend.supports_gpu_offload() && opts.gpu_layers > 0;
+        let descriptor = format!(
+            "llama-cpp-sys-2 0.1.160; predictor {PREDICTOR_VERSION}; gpu {offloaded}; {}",
+            system_info()
+        );
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            opts.threads
+        };
+        Ok(Model {
+            fingerprint: Fingerprint::new(&digest, &descriptor),
+            inner,
+            path: path.to_path_buf(),
+            descriptor,
+            bos,
+            n_vocab,
+            threads: threads.min(256) as i32,
+            offloaded,
+        })
+    }
+
+    /// What a blob coded by this model and build records.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// Human-readable description of the inference build (what the backend digest hashes).
+    pub fn descriptor(&self) -> &str {
+        &self.descriptor
+    }
+
+    /// The model file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Tokens in the vocabulary (the size of every CDF).
+    pub fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+
+    /// Whether the model runs on a GPU.
+    pub fn offloaded(&self) -> bool {
+        self.offloaded
+    }
+
+    /// The token every sequence starts from; the first real token is predicted after it.
+    pub fn bos(&self) -> u32 {
+        self.bos
+    }
+
+    /// Tokenizes plain text (special-token syntax is treated as text).
+    pub fn tokenize(&self, text: &[u8]) -> Vec<u32> {
+        self.inner
+            .vocab()
+            .tokenize(text, false, false)
+            .into_iter()
+            .map(|t| t.0 as u32)
+            .collect()
+    }
+
+    /// Appends the bytes of `tokens` to `out`.
+    pub fn detokenize_into(&self, tokens: &[u32], out: &mut Vec<u8>) {
+        let vocab = self.inner.vocab();
+        for &t in tokens {
+            if (t as usize) < self.n_vocab {
+                vocab.token_to_piece_into(LlamaToken(t as i32), out, false, None);
+            }
+        }
+    }
+
+    /// Tokens of `text` if they give back exactly `text`, else `None` (such text must
+    /// take the binary path: the tokenizer would change it).
+    pub fn tokenize_exact(&self, text: &[u8]) -> Option<Vec<u32>> {
+        let tokens = self.tokenize(text);
+        let mut back = Vec::with_capacity(text.len());
+        self.detokenize_into(&tokens, &mut back);
+        (back == text).then_some(tokens)
+    }
+
+    /// A decoding context for up to `n_seq` sequences of `window.ctx` positions each.
+    pub fn session(&self, n_seq: u32, window: Window) -> Result<Session<'_>, ModelError> {
+        let n_seq = n_seq.max(1);
+        let n_ctx = n_seq.saturating_mul(window.ctx);
+        let err = |source| ModelError::Context {
+            n_seq,
+            n_ctx: window.ctx,
+            source,
+        };
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_seq_max(n_seq)
+            .with_n_batch(n_seq.max(64))
+            .with_n_ubatch(n_seq.max(64))
+            .with_n_threads(self.threads)
+            .with_n_threads_batch(self.threads)
+            .with_kv_unified(false)
+            .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
+            .with_no_perf(true);
+        // llama.cpp mutates the model while creating a context: never do it concurrently.
+        static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let ctx = {
+            let _guard = CREATE.lock().unwrap_or_else(|p| p.into_inner());
+            self.inner.new_context(backend()?, params).map_err(err)?
+        };
+        Ok(Session {
+            ctx,
+            batch: LlamaBatch::new(n_seq as usize, 1),
+            window,
+            n_seq,
+            next_pos: vec![0; n_seq as usize],
+        })
+    }
+}
+
+fn system_info() -> String {
+    // SAFETY: llama_print_system_info returns a pointer to a static, NUL-terminated buffer.
+    let p = unsafe { llama_cpp_sys_2::llama_print_system_info() };
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: p is non-null and points to llama.cpp's static NUL-terminated buffer.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .trim()
+        .to_string()
+}
+
+fn sha256_file(path: &Path) -> Result<[u8; 32], ModelError> {
+    let read_err = |source| ModelError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ModelError::NotFound(path.to_path_buf())
+        } else {
+            read_err(e)
+        }
+    })?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// One llama.cpp context holding up to `n_seq` independent sequences.
+pub struct Session<'m> {
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    window: Window,
+    n_seq: u32,
+    /// The position of each sequence's next token.
+    next_pos: Vec<u32>,
+}
+
+/// One token to feed: sequence `seq` at position `pos`. Made only by
+/// [`Session::feed`], so every lockstep loop advances and slides positions alike.
+#[derive(Clone, Copy, Debug)]
+pub struct Feed {
+    seq: u32,
+    token: u32,
+    pos: u32,
+    /// Whether this row's logits are wanted (rows without skip the output layer).
+    logits: bool,
+}
+
+impl Feed {
+    /// The sequence this token goes to.
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Its position in the sequence.
+    pub fn pos(&self) -> u32 {
+        self.pos
+    }
+}
+
+impl<'m> Session<'m> {
+    /// Sequences the context holds.
+    pub fn n_seq(&self) -> u32 {
+        self.n_seq
+    }
+
+    /// The window of every sequence.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
+    /// The feed that gives `token` to sequence `seq` at its next position, sliding the
+    /// sequence's window first when it is full (see [`Session::slide`]). Every lockstep
+    /// loop builds its steps from this, so all of them slide exactly alike; the feeds of
+    /// one step go to one [`Session::decode`] call.
+    pub fn feed(&mut self, seq: u32, token: u32, logits: bool) -> Result<Feed, ModelError> {
+        let i = seq as usize;
+        let Some(&pos) = self.next_pos.get(i) else {
+            return Err(ModelError::NoSequence {
+                seq,
+                n_seq: self.n_seq,
+            });
+        };
+        let pos = if pos == self.window.ctx {
+            self.slide(seq, pos)?
+        } else {
+            pos
+        };
+        self.next_pos[i] = pos + 1;
+        Ok(Feed {
+            seq,
+            token,
+            pos,
+            logits,
+        })
+    }
+
+    /// Runs one decode call with one token for each listed sequence (each at most once).
+    /// Afterwards `logits(i)` holds the prediction after `feeds[i]`.
+    pub fn decode(&mut self, feeds: &[Feed]) -> Result<(), ModelError> {
+        self.batch.clear();
+        for f in feeds {
+            debug_assert!(f.seq < self.n_seq && f.pos < self.window.ctx);
+            self.batch
+                .add(
+                    LlamaToken(f.token as i32),
+                    f.pos as i32,
+                    &[f.seq as i32],
+                    f.logits,
+                )
+                .map_err(ModelError::Batch)?;
+        }
+        self.ctx.decode(&mut self.batch).map_err(ModelError::Decode)
+    }
+
+    /// Logits after the `i`-th feed of the last [`Session::decode`] (which must have
+    /// asked for them).
+    pub fn logits(&self, i: usize) -> &[f32] {
+        self.ctx.get_logits_ith(i as i32)
+    }
+
+    /// Forgets everything of sequence `seq`, so a new stream can start in its cells.
+    pub fn clear(&mut self, seq: u32) -> Result<(), ModelError> {
+        if let Some(p) = self.next_pos.get_mut(seq as usize) {
+            *p = 0;
+        }
+        self.ctx
+            .clear_kv_cache_seq(Some(seq), None, None)
+            .map(|_| ())
+            .map_err(ModelError::Kv)
+    }
+
+    /// Makes room in a full sequence: drops positions `1..1+slide` (keeping the sink at 0)
+    /// and shifts the rest down by `slide`. Returns the next free position.
+    fn slide(&mut self, seq: u32, next_pos: u32) -> Result<u32, ModelError> {
+        let s = self.window.slide;
+        self.ctx
+            .kv_cache_seq_rm(seq as i32, Some(1), Some(1 + s))
+            .map_err(ModelError::Kv)?;
+        self.ctx
+            .kv_cache_seq_add(seq as i32, Some(1 + s), Some(next_pos), -(s as i32))
+            .map_err(ModelError::Kv)?;
+        Ok(next_pos - s)
+    }
+}

@@ -1,0 +1,524 @@
+//! Whole files: segmentation, tokenizer round-trip checks, binary frames beside the
+//! model streams, verification by decoding, and the NC06 container around it all.
+
+use super::jobs::{DecodeJob, EncodeJob, Work};
+use super::{CodedStream, Engine, Progress, TokenStream};
+use crate::{Error, Result};
+use nc06::format::{
+    compress_frame, decompress_frame, segment, Blob, ChunkEntry, Extent, ExtentKind, Flags,
+    FrameEntry, FrameError, Header, Index, SegmentOptions, FRAME_SIZE,
+};
+use nc06::predict::PredictorConfig;
+use nc06::Window;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Instant;
+
+/// Choices that shape the blob (and are recorded in it where the decoder needs them).
+#[derive(Clone, Debug)]
+pub struct CompressOptions {
+    /// Target size of a text chunk, in bytes.
+    pub chunk_size: usize,
+    /// The context window of every chunk's stream.
+    pub window: Window,
+    /// Softmax temperature (1.0: the model's own distribution).
+    pub temperature: f32,
+    /// Which predictors run (see [`Flags`]).
+    pub flags: Flags,
+    /// Decode every chunk back and compare before returning the blob.
+    pub verify: bool,
+}
+
+impl CompressOptions {
+    fn predictor(&self) -> PredictorConfig {
+        PredictorConfig {
+            flags: self.flags,
+            temperature: self.temperature,
+        }
+    }
+}
+
+impl Default for CompressOptions {
+    fn default() -> Self {
+        CompressOptions {
+            chunk_size: nc06::format::DEFAULT_CHUNK_SIZE,
+            window: Window::default(),
+            temperature: 1.0,
+            flags: Flags(Flags::DEFAULT),
+            verify: true,
+        }
+    }
+}
+
+/// What compressing one file did.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Bytes in.
+    pub original: u64,
+    /// Blob bytes out.
+    pub compressed: u64,
+    /// Bytes coded by the model.
+    pub text_bytes: u64,
+    /// Bytes in binary frames.
+    pub binary_bytes: u64,
+    /// Tokens coded.
+    pub tokens: u64,
+    /// Text chunks.
+    pub chunks: usize,
+    /// Binary frames.
+    pub frames: usize,
+    /// Ideal code length of the tokens under the quantised CDFs, in bits.
+    pub ideal_bits: f64,
+    /// Bytes of all chunk streams.
+    pub stream_bytes: u64,
+    /// Seconds coding (model and frames, in parallel).
+    pub encode_secs: f64,
+    /// Seconds decoding the streams back to verify them.
+    pub verify_secs: f64,
+    /// Tokens coded without asking the model (confidence skip).
+    pub skipped: u64,
+    /// Seconds inside llama.cpp decode calls while encoding.
+    pub model_secs: f64,
+}
+
+/// A compressed file.
+pub struct Compressed {
+    /// The serialised NC06 blob.
+    pub blob: Vec<u8>,
+    /// What it took.
+    pub stats: Stats,
+}
+
+/// An extent being built: its kind and its byte range in the input.
+struct Piece {
+    kind: ExtentKind,
+    range: Range<usize>,
+}
+
+/// A file segmented and tokenized, waiting for the model.
+struct Prepared<'a> {
+    data: &'a [u8],
+    pieces: Vec<Piece>,
+    /// Token streams of the text pieces, in order (moved into the batch's run).
+    tokens: Vec<TokenStream>,
+    binary: Vec<u8>,
+}
+
+/// A file's binary frames: table entry and stored bytes.
+type Frames = Vec<(FrameEntry, Vec<u8>)>;
+
+impl Engine {
+    /// Compresses `data` into an NC06 blob. With `opts.verify` the blob is returned only
+    /// after every chunk decoded back to its exact input.
+    pub fn compress(
+        &self,
+        data: &[u8],
+        opts: &CompressOptions,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Compressed> {
+        let mut out = self.compress_batch(&[data], opts, progress)?;
+        out.pop()
+            .unwrap_or(Err(Error::Internal("compress_batch returned no result")))
+    }
+
+    /// Compresses several files in one model run: the text chunks of all of them share
+    /// the lockstep streams, so many small files keep the batch as full as one large
+    /// file would. Each blob is byte-identical to compressing its file alone (a
+    /// sequence's logits do not depend on the others in the call). A failure of the run
+    /// itself fails the whole batch (`Err`); a file whose chunk does not verify gets its
+    /// own `Err` in the returned list. Timings in each file's [`Stats`] are its share,
+    /// by tokens, of the batch's.
+    pub fn compress_batch(
+        &self,
+        files: &[&[u8]],
+        opts: &CompressOptions,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Vec<Result<Compressed>>> {
+        let mut prepared: Vec<Prepared> = files.iter().map(|d| self.prepare(d, opts)).collect();
+        // All token streams in file order; file i owns streams[spans[i]].
+        let mut tokens: Vec<TokenStream> = Vec::new();
+        let mut spans: Vec<Range<usize>> = Vec::with_capacity(files.len());
+        for p in &mut prepared {
+            let start = tokens.len();
+            tokens.append(&mut p.tokens);
+            spans.push(start..tokens.len());
+        }
+
+        let t0 = Instant::now();
+        let (frames, coded) = std::thread::scope(|scope| {
+            let frames = scope.spawn(|| {
+                prepared
+                    .iter()
+                    .map(|p| frames_of(&p.binary))
+                    .collect::<Vec<Frames>>()
+            });
+            let coded = self.encode(&tokens, opts.window, opts.predictor(), progress);
+            (frames.join(), coded)
+        });
+        let frames = frames.map_err(|_| Error::Panicked("binary frame compressor"))?;
+        let (coded, run) = coded?;
+        let encode_secs = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        // Per file: the first chunk that did not decode back, if any.
+        let mut failed: Vec<Option<usize>> = vec![None; files.len()];
+        if opts.verify {
+            let streams: Vec<(&[u8], u32)> =
+                coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
+            let back = self.decode_streams(&streams, opts.window, opts.predictor(), progress)?;
+            for (f, span) in spans.iter().enumerate() {
+                failed[f] = span
+                    .clone()
+                    .find(|&i| back[i] != tokens[i])
+                    .map(|i| i - span.start);
+            }
+        }
+        let verify_secs = t1.elapsed().as_secs_f64();
+
+        let total_tokens: u64 = tokens.iter().map(|t| t.0.len() as u64).sum();
+        let mut out = Vec::with_capacity(files.len());
+        for (f, (p, frames)) in prepared.iter().zip(frames).enumerate() {
+            if let Some(chunk) = failed[f] {
+                out.push(Err(Error::VerifyFailed { chunk }));
+                continue;
+            }
+            let span = spans[f].clone();
+            let file_tokens: u64 = tokens[span.clone()].iter().map(|t| t.0.len() as u64).sum();
+            let share = if files.len() == 1 {
+                1.0
+            } else if total_tokens > 0 {
+                file_tokens as f64 / total_tokens as f64
+            } else {
+                0.0
+            };
+            let mut c = self.assemble(p, &coded[span], frames, opts)?;
+            let s = &mut c.stats;
+            s.tokens = file_tokens;
+            s.encode_secs = encode_secs * share;
+            s.verify_secs = verify_secs * share;
+            s.model_secs = run.model_secs * share;
+            s.skipped = (run.skipped as f64 * share).round() as u64;
+            out.push(Ok(c));
+        }
+        Ok(out)
+    }
+
+    /// The token streams of `data`'s text chunks, as compression would code them, and
+    /// how many bytes of text they hold (for measurements: `nacrithfs bench-ensemble`).
+    pub fn token_streams(&self, data: &[u8], opts: &CompressOptions) -> (Vec<TokenStream>, u64) {
+        let p = self.prepare(data, opts);
+        let text = p
+            .pieces
+            .iter()
+            .filter(|x| x.kind == ExtentKind::Text)
+            .map(|x| x.range.len() as u64)
+            .sum();
+        (p.tokens, text)
+    }
+
+    /// Segments a file and tokenizes its text, checking each chunk's round trip.
+    fn prepare<'a>(&self, data: &'a [u8], opts: &CompressOptions) -> Prepared<'a> {
+        let seg_opts = SegmentOptions {
+            chunk_size: opts.chunk_size,
+            ..Default::default()
+        };
+        let mut pieces: Vec<Piece> = Vec::new();
+        let mut tokens: Vec<TokenStream> = Vec::new();
+        for s in segment(data, &seg_opts) {
+            let toks = match s.kind {
+                ExtentKind::Text => self.model.tokenize_exact(&data[s.range.clone()]),
+                ExtentKind::Binary => None,
+            };
+            let kind = if toks.is_some() {
+                ExtentKind::Text
+            } else {
+                ExtentKind::Binary
+            };
+            if kind == ExtentKind::Text {
+                tokens.push(TokenStream(toks.unwrap_or_default()));
+            } else if s.kind == ExtentKind::Text {
+                log::debug!(
+                    "text at {:?} does not survive the tokenizer round trip; storing it as binary",
+                    s.range
+                );
+            }
+            match pieces.last_mut() {
+                Some(last) if kind == ExtentKind::Binary && last.kind == ExtentKind::Binary => {
+                    last.range.end = s.range.end
+                }
+                _ => pieces.push(Piece {
+                    kind,
+                    range: s.range,
+                }),
+            }
+        }
+        let binary: Vec<u8> = pieces
+            .iter()
+            .filter(|p| p.kind == ExtentKind::Binary)
+            .flat_map(|p| data[p.range.clone()].iter().copied())
+            .collect();
+        Prepared {
+            data,
+            pieces,
+            tokens,
+            binary,
+        }
+    }
+
+    /// Builds, serialises and re-parses one file's blob from its coded streams and frames.
+    fn assemble(
+        &self,
+        p: &Prepared<'_>,
+        coded: &[CodedStream],
+        frames: Frames,
+        opts: &CompressOptions,
+    ) -> Result<Compressed> {
+        let data = p.data;
+        let mut text_chunks = p.pieces.iter().filter(|p| p.kind == ExtentKind::Text);
+        let chunks: Vec<ChunkEntry> = coded
+            .iter()
+            .map(|c| {
+                let range = text_chunks
+                    .next()
+                    .map(|p| p.range.clone())
+                    .unwrap_or_default();
+                ChunkEntry {
+                    tokens: c.tokens,
+                    stream_len: c.bytes.len() as u32,
+                    crc: crc32c::crc32c(&data[range]),
+                }
+            })
+            .collect();
+        let mut payload: Vec<u8> = Vec::new();
+        for c in coded {
+            payload.extend_from_slice(&c.bytes);
+        }
+        for (_, stored) in &frames {
+            payload.extend_from_slice(stored);
+        }
+        let blob = Blob {
+            header: Header {
+                flags: opts.flags,
+                original_len: data.len() as u64,
+                original_crc: crc32c::crc32c(data),
+                fingerprint: self.model.fingerprint(),
+                window: opts.window,
+                temperature: opts.temperature,
+                chunk_size: opts.chunk_size as u32,
+            },
+            extents: p
+                .pieces
+                .iter()
+                .map(|p| Extent {
+                    kind: p.kind,
+                    len: p.range.len() as u64,
+                })
+                .collect(),
+            chunks,
+            frames: frames.iter().map(|(f, _)| *f).collect(),
+            payload,
+        };
+        let bytes = blob.to_bytes();
+        // The container must read back as written before anyone trusts it.
+        if Blob::parse(&bytes)? != blob {
+            return Err(Error::ContainerRoundTrip);
+        }
+        let stats = Stats {
+            original: data.len() as u64,
+            compressed: bytes.len() as u64,
+            text_bytes: p
+                .pieces
+                .iter()
+                .filter(|p| p.kind == ExtentKind::Text)
+                .map(|p| p.range.len() as u64)
+                .sum(),
+            binary_bytes: p.binary.len() as u64,
+            chunks: coded.len(),
+            frames: frames.len(),
+            ideal_bits: coded.iter().map(|c| c.ideal_bits).sum(),
+            stream_bytes: coded.iter().map(|c| c.bytes.len() as u64).sum(),
+            ..Default::default()
+        };
+        Ok(Compressed { blob: bytes, stats })
+    }
+
+    /// Arithmetic-codes token streams, all in lockstep.
+    pub fn encode(
+        &self,
+        streams: &[TokenStream],
+        window: Window,
+        predictor: PredictorConfig,
+        progress: Option<Progress<'_>>,
+    ) -> Result<(Vec<CodedStream>, super::RunStats)> {
+        let works = streams
+            .iter()
+            .map(|t| Work::Encode(EncodeJob::new(t.0.clone())))
+            .collect();
+        let (done, stats) = self.run(works, window, predictor, progress)?;
+        let coded = done
+            .into_iter()
+            .map(|w| match w {
+                Work::Encode(j) => Ok(j.into_stream()),
+                Work::Decode(_) => Err(Error::Internal("encode returned a decode job")),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((coded, stats))
+    }
+
+    /// Decodes `(stream, token count)` pairs, all in lockstep.
+    pub fn decode_streams(
+        &self,
+        streams: &[(&[u8], u32)],
+        window: Window,
+        predictor: PredictorConfig,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Vec<TokenStream>> {
+        let works = streams
+            .iter()
+            .map(|(b, n)| Work::Decode(DecodeJob::new(b.to_vec(), *n)))
+            .collect();
+        let (done, _) = self.run(works, window, predictor, progress)?;
+        done.into_iter()
+            .map(|w| match w {
+                Work::Decode(j) => Ok(j.into_tokens()),
+                Work::Encode(_) => Err(Error::Internal("decode returned an encode job")),
+            })
+            .collect()
+    }
+
+    /// Refuses blobs whose text was coded by another model or build.
+    pub fn check_fingerprint(&self, blob: &Blob) -> Result<()> {
+        let ours = self.model.fingerprint();
+        if !blob.chunks.is_empty() && blob.header.fingerprint != ours {
+            return Err(Error::FingerprintMismatch {
+                blob: blob.header.fingerprint,
+                ours,
+            });
+        }
+        Ok(())
+    }
+
+    /// Decompresses a whole blob, checking every checksum.
+    pub fn decompress(&self, bytes: &[u8], progress: Option<Progress<'_>>) -> Result<Vec<u8>> {
+        let blob = Blob::parse(bytes)?;
+        let index = blob.index();
+        let (_, out) =
+            self.decompress_range(&blob, &index, 0, blob.header.original_len, progress)?;
+        if crc32c::crc32c(&out) != blob.header.original_crc {
+            return Err(Error::FileChecksum);
+        }
+        Ok(out)
+    }
+
+    /// Decodes only the extents overlapping `[start, end)` of the original file.
+    /// Returns the offset of the first decoded byte and the bytes of those whole extents.
+    pub fn decompress_range(
+        &self,
+        blob: &Blob,
+        index: &Index,
+        start: u64,
+        end: u64,
+        progress: Option<Progress<'_>>,
+    ) -> Result<(u64, Vec<u8>)> {
+        let ext = index.overlapping(start, end);
+        let Some(first) = index.extents.get(ext.start) else {
+            return Ok((start.min(blob.header.original_len), Vec::new()));
+        };
+        let base = first.orig_offset;
+        let texts: Vec<usize> = index.extents[ext.clone()]
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Text)
+            .map(|e| e.chunk)
+            .collect();
+        if !texts.is_empty() {
+            self.check_fingerprint(blob)?;
+        }
+        let streams: Vec<(&[u8], u32)> = texts
+            .iter()
+            .map(|&c| (blob.chunk_stream(index, c), blob.chunks[c].tokens))
+            .collect();
+        let predictor = PredictorConfig {
+            flags: blob.header.flags,
+            temperature: blob.header.temperature,
+        };
+        let decoded = self.decode_streams(&streams, blob.header.window, predictor, progress)?;
+        let mut text_bytes: HashMap<usize, Vec<u8>> = HashMap::new();
+        for (&c, toks) in texts.iter().zip(decoded) {
+            let mut bytes = Vec::new();
+            self.model.detokenize_into(&toks.0, &mut bytes);
+            if crc32c::crc32c(&bytes) != blob.chunks[c].crc {
+                return Err(Error::ChunkChecksum { chunk: c });
+            }
+            text_bytes.insert(c, bytes);
+        }
+        let mut frames: HashMap<usize, Vec<u8>> = HashMap::new();
+        let mut out = Vec::new();
+        for e in &index.extents[ext] {
+            match e.kind {
+                ExtentKind::Text => {
+                    let bytes = text_bytes.remove(&e.chunk).unwrap_or_default();
+                    if bytes.len() as u64 != e.len {
+                        return Err(Error::ChunkChecksum { chunk: e.chunk });
+                    }
+                    out.extend_from_slice(&bytes);
+                }
+                ExtentKind::Binary => {
+                    let (mut off, end) = (e.binary_offset, e.binary_offset + e.len);
+                    while off < end {
+                        let f = (off / FRAME_SIZE as u64) as usize;
+                        let raw = match frames.entry(f) {
+                            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(v) => {
+                                v.insert(self.frame(blob, index, f)?)
+                            }
+                        };
+                        let in_frame = (off - f as u64 * FRAME_SIZE as u64) as usize;
+                        let take = ((end - off) as usize).min(raw.len() - in_frame);
+                        out.extend_from_slice(&raw[in_frame..in_frame + take]);
+                        off += take as u64;
+                    }
+                }
+            }
+        }
+        Ok((base, out))
+    }
+
+    fn frame(&self, blob: &Blob, index: &Index, f: usize) -> Result<Vec<u8>> {
+        let entry = blob.frames.get(f).ok_or(Error::Frame {
+            frame: f,
+            source: FrameError::Missing,
+        })?;
+        let raw = decompress_frame(
+            entry.method,
+            blob.frame_bytes(index, f),
+            entry.raw_len as usize,
+        )
+        .map_err(|source| Error::Frame { frame: f, source })?;
+        if crc32c::crc32c(&raw) != entry.crc {
+            return Err(Error::Frame {
+                frame: f,
+                source: FrameError::Checksum,
+            });
+        }
+        Ok(raw)
+    }
+}
+
+/// Cuts binary bytes into frames, each stored with the better classical codec.
+fn frames_of(binary: &[u8]) -> Frames {
+    binary
+        .chunks(FRAME_SIZE)
+        .map(|raw| {
+            let (method, stored) = compress_frame(raw);
+            (
+                FrameEntry {
+                    method,
+                    raw_len: raw.len() as u32,
+                    stored_len: stored.len() as u32,
+                    crc: crc32c::crc32c(raw),
+                },
+                stored,
+            )
+        })
+        .collect()
+}

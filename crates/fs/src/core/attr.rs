@@ -1,0 +1,226 @@
+//! Attributes: getattr (a blob shows its original size, read from its header without
+//! decoding), setattr, statfs.
+
+use super::inode::Table;
+use super::types::{timespec, to_time, Attr, Ino, Kind, SetAttr, Statfs, ROOT_INO, STATUS_INO};
+use super::{cpath, Core};
+use crate::error::{FsError, FsResult, IoContext};
+use crate::store::backing::{self, BPath};
+use crate::store::xattr::cvt;
+use std::ffi::CString;
+use std::fs::{File, Metadata};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Where a node's metadata is: its backing path, or (unlinked) its open file.
+pub(super) enum Target {
+    Path(BPath),
+    Orphan(Arc<File>),
+}
+
+impl Core {
+    /// For a node the kernel still knows but whose file is gone (unlinked, or replaced by
+    /// a rename, while nothing held it open): ESTALE makes the kernel look the path up
+    /// again, so an open racing with a rename over the file opens the new file instead
+    /// of failing with ENOENT (found by tests/load.rs).
+    pub(super) fn stale() -> FsError {
+        FsError::refused(
+            libc::ESTALE,
+            "file replaced or removed since it was looked up",
+        )
+    }
+
+    /// Where the metadata of `ino` is.
+    pub(super) fn target(&self, t: &Table, ino: Ino) -> FsResult<Target> {
+        let n = t.node(ino)?;
+        if ino != ROOT_INO && n.is_orphan() {
+            return match &n.content {
+                Some(c) => Ok(Target::Orphan(c.file().clone())),
+                None => Err(Self::stale()),
+            };
+        }
+        Ok(Target::Path(self.path_of(t, ino)?))
+    }
+
+    pub(super) fn status_attr(&self) -> Attr {
+        Attr {
+            ino: STATUS_INO,
+            size: 0,
+            blocks: 0,
+            atime: self.started,
+            mtime: self.started,
+            ctime: self.started,
+            kind: Kind::File,
+            perm: 0o444,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            blksize: 4096,
+        }
+    }
+
+    /// The attributes of `ino`, whose backing entry is at `path`.
+    pub(super) fn attr_at(&self, ino: Ino, path: &BPath) -> FsResult<Attr> {
+        self.attr_of(ino, &Target::Path(path.clone()))
+    }
+
+    fn attr_of(&self, ino: Ino, target: &Target) -> FsResult<Attr> {
+        let (md, file) = match target {
+            Target::Path(p) => (std::fs::symlink_metadata(p).ctx(p.display())?, None),
+            Target::Orphan(f) => (f.metadata().ctx("fstat")?, Some(f.clone())),
+        };
+        let mut size = md.len();
+        if md.is_file() {
+            let f = match (file, target) {
+                (Some(f), _) => f,
+                (None, Target::Path(p)) => {
+                    if !backing::is_blob_path(p).ctx(p.display())? {
+                        return Ok(Self::attr_from(ino, &md, size));
+                    }
+                    Arc::new(File::open(p).ctx(p.display())?)
+                }
+                (None, Target::Orphan(f)) => f.clone(),
+            };
+            if backing::is_blob_file(&f).ctx("fgetxattr")? {
+                let name: &dyn std::fmt::Display = match target {
+                    Target::Path(p) => &p.display(),
+                    Target::Orphan(_) => &"(unlinked file)",
+                };
+                // A blob whose header is unreadable keeps its stored size, so it can
+                // still be looked up, renamed, replaced and removed; reads of it fail.
+                match self.blobs.original_len(&*self.codec, &f, &md, name) {
+                    Ok(len) => size = len,
+                    Err(e) => log::warn!("{}", e.report()),
+                }
+            }
+        }
+        Ok(Self::attr_from(ino, &md, size))
+    }
+
+    pub(super) fn attr_from(ino: Ino, md: &Metadata, size: u64) -> Attr {
+        Attr {
+            ino,
+            size,
+            blocks: md.blocks(),
+            atime: to_time(md.atime(), md.atime_nsec()),
+            mtime: to_time(md.mtime(), md.mtime_nsec()),
+            ctime: to_time(md.ctime(), md.ctime_nsec()),
+            kind: Kind::of(md),
+            perm: (md.mode() & 0o7777) as u16,
+            nlink: md.nlink() as u32,
+            uid: md.uid(),
+            gid: md.gid(),
+            rdev: md.rdev() as u32,
+            blksize: md.blksize() as u32,
+        }
+    }
+
+    /// The attributes of `ino`.
+    pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
+        if ino == STATUS_INO {
+            return Ok(self.status_attr());
+        }
+        let target = self.target(&self.table(), ino)?;
+        self.attr_of(ino, &target)
+    }
+
+    /// Changes size, mode, owner and times; returns the new attributes.
+    pub fn setattr(&self, ino: Ino, a: &SetAttr) -> FsResult<Attr> {
+        if ino == STATUS_INO {
+            return Err(FsError::refused(
+                libc::EPERM,
+                "the status file is read-only",
+            ));
+        }
+        if let Some(size) = a.size {
+            self.truncate(ino, size)?;
+        }
+        let mut t = self.table();
+        let target = self.target(&t, ino)?;
+        t.meta_changed(ino); // a compression in flight would copy stale metadata
+        if let Some(n) = t.get_mut(ino) {
+            if a.size.is_some() && n.opens == 0 {
+                n.content = None;
+            }
+        }
+        let fd_or_path =
+            |f: &dyn Fn(libc::c_int, &CString, libc::c_int) -> libc::c_int| -> FsResult<()> {
+                match &target {
+                    Target::Path(p) => {
+                        cvt(f(libc::AT_FDCWD, &cpath(p)?, libc::AT_SYMLINK_NOFOLLOW))
+                            .ctx(p.display())
+                    }
+                    Target::Orphan(file) => cvt(f(
+                        file.as_raw_fd(),
+                        &CString::default(),
+                        libc::AT_EMPTY_PATH,
+                    ))
+                    .ctx("orphan"),
+                }
+            };
+        if a.uid.is_some() || a.gid.is_some() {
+            let (u, g) = (a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX));
+            // SAFETY: fchownat with a valid dir fd (or AT_FDCWD) and a NUL-terminated
+            // path that outlives the call.
+            fd_or_path(&|dir, p, fl| unsafe { libc::fchownat(dir, p.as_ptr(), u, g, fl) })?;
+        }
+        if let Some(mode) = a.mode {
+            let mode = (mode & 0o7777) as libc::mode_t;
+            match &target {
+                // Linux cannot chmod a symlink itself; the kernel never asks.
+                Target::Path(p) => {
+                    // SAFETY: chmod of a NUL-terminated path.
+                    cvt(unsafe { libc::chmod(cpath(p)?.as_ptr(), mode) }).ctx(p.display())?
+                }
+                Target::Orphan(f) => {
+                    // SAFETY: fchmod of an open fd.
+                    cvt(unsafe { libc::fchmod(f.as_raw_fd(), mode) }).ctx("fchmod")?
+                }
+            }
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            let ts = [timespec(a.atime), timespec(a.mtime)];
+            // SAFETY: utimensat with a valid dir fd, a NUL-terminated path and an array
+            // of two timespecs.
+            fd_or_path(&|dir, p, fl| unsafe {
+                libc::utimensat(dir, p.as_ptr(), ts.as_ptr(), fl & libc::AT_SYMLINK_NOFOLLOW)
+            })
+            .or_else(|e| match &target {
+                Target::Orphan(f) => {
+                    // SAFETY: futimens of an open fd with an array of two timespecs.
+                    cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) }).ctx("futimens")
+                }
+                _ => Err(e),
+            })?;
+        }
+        let queue = a.size.is_some() && t.get(ino).is_some_and(|n| n.wants_compression());
+        drop(t);
+        if queue {
+            self.queue.push(ino);
+        }
+        self.attr_of(ino, &target)
+    }
+
+    /// Statistics of the backing filesystem.
+    pub fn statfs(&self) -> FsResult<Statfs> {
+        let root: &Path = self.backing.root();
+        let p = cpath(root)?;
+        // SAFETY: statvfs is plain old data, filled in by the call.
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: p is a NUL-terminated path and s a valid statvfs to write.
+        cvt(unsafe { libc::statvfs(p.as_ptr(), &mut s) }).ctx("statvfs")?;
+        Ok(Statfs {
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            bsize: s.f_bsize as u32,
+            namelen: s.f_namemax as u32,
+            frsize: s.f_frsize as u32,
+        })
+    }
+}

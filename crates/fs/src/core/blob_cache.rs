@@ -1,0 +1,165 @@
+//! What the core keeps of compressed files: their original lengths (read from blob
+//! headers), their decoded extents in an LRU bounded in bytes, and one decode gate per
+//! blob, so concurrent readers of the same chunks wait for one decode instead of each
+//! running the model.
+
+use super::lock;
+use super::read_full_at;
+use crate::error::{FsResult, IoContext};
+use crate::store::codec::damaged;
+use crate::store::{Codec, OpenBlob};
+use lru::LruCache;
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
+
+/// Identifies an immutable blob file: (dev, ino, ctime). A replaced or rewritten file
+/// gets a new key, so cached headers and extents never go stale.
+pub(super) type BlobKey = (u64, u64, i64, i64);
+
+/// The [`BlobKey`] of the file `md` describes.
+pub(super) fn blob_key(md: &Metadata) -> BlobKey {
+    (md.dev(), md.ino(), md.ctime(), md.ctime_nsec())
+}
+
+/// Decoded extents of blobs, bounded in bytes.
+struct ExtentCache {
+    lru: LruCache<(BlobKey, usize), Arc<Vec<u8>>>,
+    bytes: usize,
+    cap: usize,
+}
+
+impl ExtentCache {
+    fn insert(&mut self, k: (BlobKey, usize), v: Arc<Vec<u8>>) {
+        self.bytes += v.len();
+        if let Some(old) = self.lru.put(k, v) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.cap {
+            match self.lru.pop_lru() {
+                Some((_, v)) => self.bytes -= v.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// Headers, decoded extents and decode gates of the blobs the core reads.
+pub(super) struct BlobCache {
+    extents: Mutex<ExtentCache>,
+    headers: Mutex<HashMap<BlobKey, u64>>,
+    gates: Mutex<HashMap<BlobKey, Arc<Mutex<()>>>>,
+}
+
+impl BlobCache {
+    /// A cache holding at most `cap` bytes of decoded extents.
+    pub fn new(cap: usize) -> BlobCache {
+        BlobCache {
+            extents: Mutex::new(ExtentCache {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                cap,
+            }),
+            headers: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records the original length of a blob just written.
+    pub fn set_len(&self, key: BlobKey, len: u64) {
+        lock(&self.headers).insert(key, len);
+    }
+
+    /// The original length of the blob `f` (described by `md`), from its header,
+    /// cached by [`BlobKey`]. `name` is for error messages.
+    pub fn original_len(
+        &self,
+        codec: &dyn Codec,
+        f: &File,
+        md: &Metadata,
+        name: &dyn std::fmt::Display,
+    ) -> FsResult<u64> {
+        let key = blob_key(md);
+        if let Some(&len) = lock(&self.headers).get(&key) {
+            return Ok(len);
+        }
+        let mut want = 4096usize;
+        let len = loop {
+            let mut buf = vec![0u8; want];
+            let n = read_full_at(f, &mut buf, 0).ctx(format!("{name}: reading blob header"))?;
+            buf.truncate(n);
+            match codec.original_len(&buf).map_err(|e| e.in_file(name))? {
+                Some(len) => break len,
+                None if n < want => {
+                    return Err(damaged("blob header truncated").in_file(name));
+                }
+                None => want *= 4,
+            }
+        };
+        self.set_len(key, len);
+        Ok(len)
+    }
+
+    /// Reads `[offset, offset+size)` of a blob, decoding only the extents not cached.
+    pub fn read(
+        &self,
+        blob: &dyn OpenBlob,
+        key: BlobKey,
+        offset: u64,
+        size: u64,
+    ) -> FsResult<Vec<u8>> {
+        let len = blob.len();
+        if offset >= len || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = (offset + size).min(len);
+        let ext = blob.extents();
+        let first = ext.partition_point(|e| e.0 + e.1 <= offset);
+        let last = ext.partition_point(|e| e.0 < end);
+        let gate = lock(&self.gates).entry(key).or_default().clone();
+        let one = lock(&gate);
+        let mut parts: Vec<Option<Arc<Vec<u8>>>> = {
+            let mut c = lock(&self.extents);
+            (first..last)
+                .map(|i| c.lru.get(&(key, i)).cloned())
+                .collect()
+        };
+        let missing: Vec<usize> = (first..last)
+            .filter(|i| parts[i - first].is_none())
+            .collect();
+        if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
+            log::debug!("decoding extents {lo}..={hi} of blob {key:?}");
+            let bytes = blob.decode(lo..hi + 1)?;
+            let mut at = 0usize;
+            let mut c = lock(&self.extents);
+            for i in lo..=hi {
+                let l = ext[i].1 as usize;
+                let piece = bytes
+                    .get(at..at + l)
+                    .ok_or_else(|| damaged(format!("extent {i} decoded too short")))?;
+                let v = Arc::new(piece.to_vec());
+                parts[i - first] = Some(v.clone());
+                c.insert((key, i), v);
+                at += l;
+            }
+        }
+        drop(one);
+        drop(gate);
+        {
+            let mut g = lock(&self.gates);
+            if g.get(&key).is_some_and(|g| Arc::strong_count(g) == 1) {
+                g.remove(&key);
+            }
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (i, p) in (first..last).zip(parts) {
+            let p = p.ok_or_else(|| damaged("extent missing"))?;
+            let (s, l) = ext[i];
+            let from = offset.max(s) - s;
+            let to = end.min(s + l) - s;
+            out.extend_from_slice(&p[from as usize..to as usize]);
+        }
+        Ok(out)
+    }
+}

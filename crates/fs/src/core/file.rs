@@ -1,0 +1,223 @@
+//! Open files: open and create, read, write, fsync and release.
+
+use super::content::Content;
+use super::handles::Handle;
+use super::inode::noent;
+use super::namespace::chown_quiet;
+use super::read_full_at;
+use super::types::{Attr, Ino, Kind, OpenReply, STATUS_INO};
+use super::Core;
+use crate::error::{FsError, FsResult, IoContext};
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::Arc;
+
+impl Core {
+    /// Opens `ino` with `open(2)`'s `flags`; returns the handle and how the kernel
+    /// should cache it.
+    pub fn open(&self, ino: Ino, flags: i32) -> FsResult<(u64, OpenReply)> {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let trunc = write && flags & libc::O_TRUNC != 0;
+        if ino == STATUS_INO {
+            if write {
+                return Err(FsError::refused(
+                    libc::EACCES,
+                    "the status file is read-only",
+                ));
+            }
+            let data = self.status().to_json().into_bytes();
+            return Ok((
+                self.handles.insert(Handle::Status { data }),
+                OpenReply {
+                    keep_cache: false,
+                    direct_io: true,
+                },
+            ));
+        }
+        let content = {
+            let mut t = self.table();
+            let node = t.node(ino)?;
+            if node.is_orphan() && node.content.is_none() {
+                return Err(Self::stale());
+            }
+            match node.kind {
+                Kind::Dir => {
+                    return Err(FsError::refused(libc::EISDIR, "is a directory"));
+                }
+                Kind::File => {}
+                _ => return Err(FsError::refused(libc::ENXIO, "not a regular file")),
+            }
+            // O_TRUNC replaces the content without reading it (a damaged blob too).
+            let c = if trunc {
+                None
+            } else {
+                Some(self.load_content(&mut t, ino)?)
+            };
+            if let Some(n) = t.get_mut(ino) {
+                n.opens += 1;
+                n.writers += write as u32;
+            }
+            c
+        };
+        let fh = self.handles.insert(Handle::File { ino, write });
+        if trunc {
+            if let Err(e) = self.truncate(ino, 0) {
+                self.release(fh);
+                return Err(e);
+            }
+            return Ok((fh, OpenReply::default()));
+        }
+        Ok((
+            fh,
+            OpenReply {
+                keep_cache: matches!(content, Some(Content::Blob { .. })),
+                direct_io: false,
+            },
+        ))
+    }
+
+    /// Creates and opens regular file `name` in `parent` (or opens it, if it exists
+    /// and `O_EXCL` is not set).
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &std::ffi::OsStr,
+        mode: u32,
+        flags: i32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<(Attr, u64, OpenReply)> {
+        let path = self.new_entry(parent, name)?;
+        let f = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o7777)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AlreadyExists && flags & libc::O_EXCL == 0 =>
+            {
+                let attr = self.lookup(parent, name)?;
+                let (fh, reply) = self.open(attr.ino, flags)?;
+                return Ok((self.getattr(attr.ino)?, fh, reply));
+            }
+            Err(e) => return Err(FsError::io(path.display(), e)),
+        };
+        chown_quiet(&path, uid, gid)?;
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let md = f.metadata().ctx(path.display())?;
+        let ino = {
+            let mut t = self.table();
+            let ino = t.node_for(parent, name, &md);
+            if let Some(n) = t.get_mut(ino) {
+                n.lookups += 1;
+                n.opens += 1;
+                n.writers += write as u32;
+                n.content = Some(Content::Plain(Arc::new(f)));
+            }
+            ino
+        };
+        let fh = self.handles.insert(Handle::File { ino, write });
+        Ok((Self::attr_from(ino, &md, 0), fh, OpenReply::default()))
+    }
+
+    /// Reads up to `size` bytes at `offset` (decoding only what a blob needs).
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let status = self.handles.with(fh, |h| match h {
+            Some(Handle::Status { data }) => {
+                let start = (offset as usize).min(data.len());
+                Some(data[start..(start + size as usize).min(data.len())].to_vec())
+            }
+            _ => None,
+        });
+        if let Some(data) = status {
+            return Ok(data);
+        }
+        let ino = self.handles.file(fh, false)?;
+        let content = self
+            .table()
+            .get(ino)
+            .and_then(|n| n.content.clone())
+            .ok_or_else(noent)?;
+        match content {
+            Content::Plain(f) => {
+                let mut buf = vec![0u8; size as usize];
+                let n = read_full_at(&f, &mut buf, offset).ctx("pread")?;
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Content::Blob { blob, key, .. } => self
+                .blobs
+                .read(&*blob, key, offset, size as u64)
+                .map_err(|e| e.in_file(self.describe(ino))),
+        }
+    }
+
+    /// Writes `data` at `offset`; returns how much landed (short on a full disk).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let ino = self.handles.file(fh, true)?;
+        let f = self.ensure_plain(ino)?;
+        // A write that fills the disk part-way is a short write (as on ext4): the caller
+        // learns how much landed, and its next write gets ENOSPC.
+        let mut n = 0;
+        while n < data.len() {
+            match f.write_at(&data[n..], offset + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) if n > 0 => break,
+                Err(e) => return Err(FsError::io(self.describe(ino), e)),
+            }
+        }
+        Ok(n as u32)
+    }
+
+    /// Flushes a file's plaintext to disk (a blob is already synced when it is made).
+    /// EBADF for a handle that is not an open file.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        if self
+            .handles
+            .with(fh, |h| matches!(h, Some(Handle::Status { .. })))
+        {
+            return Ok(());
+        }
+        let ino = self.handles.file(fh, false)?;
+        let c = self.table().get(ino).and_then(|n| n.content.clone());
+        if let Some(Content::Plain(f)) = c {
+            if datasync {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
+            .ctx("fsync")?;
+        }
+        Ok(())
+    }
+
+    /// Closes a file handle; the last writer's close of a modified file queues it.
+    pub fn release(&self, fh: u64) {
+        let Some(Handle::File { ino, write }) = self.handles.remove(fh) else {
+            return;
+        };
+        let mut t = self.table();
+        let mut queue = false;
+        if let Some(n) = t.get_mut(ino) {
+            n.opens = n.opens.saturating_sub(1);
+            if write {
+                n.writers = n.writers.saturating_sub(1);
+            }
+            queue = n.wants_compression();
+            if n.opens == 0 {
+                n.content = None;
+            }
+        }
+        t.maybe_remove(ino);
+        drop(t);
+        if queue {
+            log::debug!("inode {ino}: queued for compression");
+            self.queue.push(ino);
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! `nacrithfs mount`, `status` and `wait`: checks, the FUSE session, signals, and the
+//! status client.
+//!
+//! Status mechanism: the daemon serves a hidden read-only file `MNT/.nacrithfs-status`
+//! (reachable by name, never listed by readdir) whose content is the live counters as a
+//! small JSON object, generated when it is opened. `status` reads it once; `wait` polls
+//! it until nothing is queued, compressing or open for writing. No socket, no lookup of
+//! BACKING from MNT. The daemon also publishes the same JSON to
+//! `BACKING/.nacrithfs/status.json` after each job, for post-mortems.
+
+use crate::core::{Core, CoreConfig, Status, STATUS_NAME};
+use crate::error::FsError;
+use crate::fuse::NacrithFuse;
+use crate::store::{Backing, Codec};
+use fuser::{Config, MountOption, SessionACL};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Why a mount failed, or `status`/`wait` could not read one.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The backing directory or mount point is unusable, or the path is not a mount.
+    #[error("{0}")]
+    Setup(String),
+    /// The backing store or the FUSE session failed.
+    #[error("{}", .0.report())]
+    Fs(#[from] FsError),
+}
+
+/// How a mount serves, once its paths are checked.
+pub struct ServeOptions {
+    /// Files compressed at once.
+    pub jobs: usize,
+    /// Memory for decoded extents, in MiB.
+    pub cache_mb: usize,
+    /// Let other users access the mount.
+    pub allow_other: bool,
+}
+
+/// Checks everything that can be checked before loading the model.
+pub fn preflight(backing: &Path, mountpoint: &Path) -> Result<(PathBuf, PathBuf), MountError> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(MountError::Setup("/dev/fuse does not exist: load the fuse module (modprobe fuse) or run with --device /dev/fuse".into()));
+    }
+    let b = backing
+        .canonicalize()
+        .map_err(|e| MountError::Setup(format!("backing directory {}: {e}", backing.display())))?;
+    if !b.is_dir() {
+        return Err(MountError::Setup(format!(
+            "backing directory {}: not a directory",
+            backing.display()
+        )));
+    }
+    let m = mountpoint
+        .canonicalize()
+        .map_err(|e| MountError::Setup(format!("mount point {}: {e}", mountpoint.display())))?;
+    let md = std::fs::metadata(&m)
+        .map_err(|e| MountError::Setup(format!("mount point {}: {e}", m.display())))?;
+    if !md.is_dir() {
+        return Err(MountError::Setup(format!(
+            "mount point {}: not a directory",
+            m.display()
+        )));
+    }
+    let parent = m.parent().unwrap_or(Path::new("/"));
+    let pmd = std::fs::metadata(parent)
+        .map_err(|e| MountError::Setup(format!("{}: {e}", parent.display())))?;
+    if pmd.dev() != md.dev() || (pmd.ino() == md.ino() && m != Path::new("/")) {
+        return Err(MountError::Setup(format!(
+            "mount point {}: busy (something is already mounted there)",
+            m.display()
+        )));
+    }
+    let mut entries = std::fs::read_dir(&m)
+        .map_err(|e| MountError::Setup(format!("mount point {}: {e}", m.display())))?;
+    if entries.next().is_some() {
+        return Err(MountError::Setup(format!(
+            "mount point {}: not empty",
+            m.display()
+        )));
+    }
+    if m.starts_with(&b) || b.starts_with(&m) {
+        return Err(MountError::Setup(format!(
+            "mount point {} and backing directory {} must not contain each other",
+            m.display(),
+            b.display()
+        )));
+    }
+    Ok((b, m))
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and every thread spawned after) and returns
+/// their set, for a dedicated thread to `sigwait` on.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before any use; the
+    // calls only read and write `set` and this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Unmounts `mnt` with fusermount3 (lazily if busy), falling back to umount(2).
+pub fn unmount(mnt: &Path) {
+    for args in [&["-u"][..], &["-u", "-z"][..]] {
+        match std::process::Command::new("fusermount3")
+            .args(args)
+            .arg(mnt)
+            .status()
+        {
+            Ok(s) if s.success() => return,
+            Ok(s) => log::warn!("fusermount3 {args:?} {}: {s}", mnt.display()),
+            Err(e) => log::warn!("fusermount3: {e}"),
+        }
+    }
+    if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
+        // SAFETY: c is a NUL-terminated path; MNT_DETACH is a plain flag.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A mount being set up: its paths are checked and SIGINT/SIGTERM are blocked, so
+/// every thread started from here on (the model's included) inherits the mask and
+/// only the signal thread sees them. Load the model after this, then [`Mounting::serve`].
+pub struct Mounting {
+    backing: PathBuf,
+    mnt: PathBuf,
+    sigset: libc::sigset_t,
+}
+
+impl Mounting {
+    /// Checks the paths (see [`preflight`]) and blocks the signals.
+    pub fn new(backing: &Path, mountpoint: &Path) -> Result<Mounting, MountError> {
+        let (backing, mnt) = preflight(backing, mountpoint)?;
+        let sigset = block_signals();
+        // Modes from the kernel are final (it applied the caller's umask); ours must not.
+        // SAFETY: umask only sets this process's file mode creation mask.
+        unsafe { libc::umask(0) };
+        Ok(Mounting {
+            backing,
+            mnt,
+            sigset,
+        })
+    }
+
+    /// Mounts and serves until unmounted or signalled; returns once unmounted.
+    pub fn serve(self, codec: Arc<dyn Codec>, opts: &ServeOptions) -> Result<(), MountError> {
+        let Mounting {
+            backing: backing_dir,
+            mnt,
+            sigset,
+        } = self;
+        let backing = Backing::open(&backing_dir)?;
+        let core = Core::new(
+            backing,
+            codec,
+            CoreConfig {
+                cache_bytes: opts.cache_mb.max(1) << 20,
+            },
+        )?;
+        let core = Arc::new(core);
+        let (cleaned, queued) = core.recover()?;
+        log::info!("recovery: {cleaned} temporary files deleted, {queued} plaintext files queued");
+        let spawn_err = |what: &str, e| FsError::io(format!("spawning {what}"), e);
+        let mut workers = Vec::new();
+        for i in 0..opts.jobs.max(1) {
+            let c = core.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("compress-{i}"))
+                .spawn(move || c.worker())
+                .map_err(|e| spawn_err("a compressor", e))?;
+            workers.push(h);
+        }
+        {
+            let mnt = mnt.clone();
+            std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || loop {
+                    let mut sig = 0;
+                    // SAFETY: sigset is an initialised signal set and sig a valid out pointer.
+                    if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                        log::info!("signal {sig}: unmounting {}", mnt.display());
+                        unmount(&mnt);
+                    }
+                })
+                .map_err(|e| spawn_err("the signal thread", e))?;
+        }
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName(format!("nacrithfs:{}", backing_dir.display())),
+            MountOption::Subtype("nacrithfs".into()),
+            MountOption::DefaultPermissions,
+            MountOption::RW,
+        ];
+        if opts.allow_other {
+            config.acl = SessionACL::All;
+            config.mount_options.push(MountOption::AutoUnmount);
+        }
+        // Several request threads: a read that decodes takes seconds and must not stall
+        // every other request.
+        config.n_threads = Some(4);
+        let session = fuser::Session::new(NacrithFuse::new(core.clone()), &mnt, &config)
+            .map_err(|e| MountError::Setup(format!("cannot mount {}: {e}", mnt.display())))?;
+        log::info!("mounted {} on {}", backing_dir.display(), mnt.display());
+        let r = session.run();
+        core.shutdown();
+        r.map_err(|e| FsError::io("FUSE session", e))?;
+        log::info!("unmounted {}", mnt.display());
+        finish_workers(workers, SHUTDOWN_GRACE);
+        Ok(())
+    }
+}
+
+/// How long an unmounted daemon waits for a compression in progress.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Waits up to `grace` for the workers (told to stop) to finish their current job. One
+/// still busy is inside llama.cpp, and returning from `main` would run llama.cpp's
+/// static destructors under it (a SIGSEGV at exit, found by tests/fsx.rs); so the
+/// process leaves at once with `_exit` instead. That loses nothing: the file being
+/// compressed is still plaintext in BACKING, its temporary blob is deleted and the file
+/// queued again at the next mount, exactly as after a kill -9 (tests/crash.rs).
+fn finish_workers(workers: Vec<std::thread::JoinHandle<()>>, grace: Duration) {
+    let t = Instant::now();
+    while workers.iter().any(|h| !h.is_finished()) {
+        if t.elapsed() > grace {
+            log::info!("a compression is still running: left for the next mount");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            let _ = std::io::stderr().flush();
+            // SAFETY: _exit ends the process at once; nothing after it runs.
+            unsafe { libc::_exit(0) };
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for h in workers {
+        let _ = h.join();
+    }
+}
+
+/// Reads the live status of the mount at `mnt`.
+pub fn status(mnt: &Path) -> Result<Status, MountError> {
+    let p = mnt.join(STATUS_NAME);
+    let s = std::fs::read_to_string(&p).map_err(|e| {
+        MountError::Setup(format!("{}: not a nacrithfs mount ({e})", mnt.display()))
+    })?;
+    Status::from_json(&s)
+        .ok_or_else(|| MountError::Setup(format!("{}: unreadable status {s:?}", p.display())))
+}
+
+/// Polls until nothing is queued, compressing or open for writing.
+pub fn wait(mnt: &Path, timeout: Option<Duration>) -> Result<Status, MountError> {
+    let start = Instant::now();
+    loop {
+        let s = status(mnt)?;
+        if s.idle() {
+            return Ok(s);
+        }
+        if timeout.is_some_and(|t| start.elapsed() > t) {
+            return Err(MountError::Setup(format!("timed out; {s}")));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,16 @@
+//! Storage under the filesystem: the backing directory layout and plaintext-vs-blob
+//! state ([`backing`]), atomic file replacement ([`atomic`]), extended attributes
+//! ([`xattr`]), the codec as the filesystem sees it ([`codec`]), and the compression
+//! queue ([`queue`]). The workers that drain the queue live in [`crate::core`], because
+//! committing a blob must be atomic with the inode table.
+
+pub mod atomic;
+pub mod backing;
+pub mod codec;
+pub mod queue;
+pub mod xattr;
+
+pub use atomic::AtomicFile;
+pub use backing::Backing;
+pub use codec::{Codec, OpenBlob, StandInCodec};
+pub use queue::WorkQueue;

@@ -1,0 +1,160 @@
+//! The classical codec for binary extents: each frame of up to [`FRAME_SIZE`] bytes is
+//! stored with whichever of zstd -19 and xz -9e is smaller, or raw when neither helps.
+
+use std::io::Read;
+
+/// Raw bytes per binary frame. Frames are the unit of random access to binary data.
+pub const FRAME_SIZE: usize = 1 << 20;
+
+/// How a frame is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Stored as it is.
+    Raw = 0,
+    /// zstd.
+    Zstd = 1,
+    /// xz (LZMA2).
+    Xz = 2,
+}
+
+impl Method {
+    /// The method with table code `v`, if there is one.
+    pub fn from_u8(v: u8) -> Option<Method> {
+        match v {
+            0 => Some(Method::Raw),
+            1 => Some(Method::Zstd),
+            2 => Some(Method::Xz),
+            _ => None,
+        }
+    }
+
+    /// The method's name, for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Raw => "raw",
+            Method::Zstd => "zstd",
+            Method::Xz => "xz",
+        }
+    }
+}
+
+/// Compresses one frame, returning the method and the stored bytes.
+pub fn compress_frame(raw: &[u8]) -> (Method, Vec<u8>) {
+    let mut best = (Method::Raw, raw.to_vec());
+    if raw.len() < 32 {
+        return best;
+    }
+    if let Ok(z) = zstd::bulk::compress(raw, 19) {
+        if z.len() < best.1.len() {
+            best = (Method::Zstd, z);
+        }
+    }
+    let mut x = Vec::new();
+    // Preset 9 with the "extreme" flag (LZMA_PRESET_EXTREME), i.e. xz -9e.
+    let preset = 9 | (1 << 31);
+    if xz2::read::XzEncoder::new(raw, preset)
+        .read_to_end(&mut x)
+        .is_ok()
+        && x.len() < best.1.len()
+    {
+        best = (Method::Xz, x);
+    }
+    best
+}
+
+/// Why a binary frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The stored bytes are not a valid stream of the frame's method.
+    #[error("corrupt {method} stream")]
+    Stream {
+        /// The frame's method.
+        method: &'static str,
+        /// What the decompressor said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stream decodes, to the wrong number of bytes.
+    #[error("{method} frame expands to {got} bytes, expected {want}")]
+    Length {
+        /// The frame's method.
+        method: &'static str,
+        /// Bytes it expanded to (at most `want + 1`: decoding stops there).
+        got: usize,
+        /// Bytes the frame table records.
+        want: usize,
+    },
+    /// The frame decodes to bytes that fail the CRC-32C of the frame table.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// The frame table has no such frame.
+    #[error("no such frame in the table")]
+    Missing,
+}
+
+/// Decompresses one frame that must expand to exactly `raw_len` bytes.
+pub fn decompress_frame(
+    method: Method,
+    stored: &[u8],
+    raw_len: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let stream = |source| FrameError::Stream {
+        method: method.name(),
+        source,
+    };
+    let mut out = Vec::new();
+    match method {
+        Method::Raw => out.extend_from_slice(stored),
+        Method::Zstd => {
+            zstd::stream::read::Decoder::new(stored)
+                .map_err(stream)?
+                .take(raw_len as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(stream)?;
+        }
+        Method::Xz => {
+            xz2::read::XzDecoder::new(stored)
+                .take(raw_len as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(stream)?;
+        }
+    }
+    if out.len() != raw_len {
+        return Err(FrameError::Length {
+            method: method.name(),
+            got: out.len(),
+            want: raw_len,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn picks_a_real_codec_for_redundant_data() {
+        let raw: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let (m, stored) = compress_frame(&raw);
+        assert_ne!(m, Method::Raw);
+        assert_eq!(decompress_frame(m, &stored, raw.len()).unwrap(), raw);
+    }
+
+    proptest! {
+        #[test]
+        fn frames_roundtrip(raw in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let (m, stored) = compress_frame(&raw);
+            prop_assert!(stored.len() <= raw.len());
+            prop_assert_eq!(decompress_frame(m, &stored, raw.len()).unwrap(), raw);
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200), n in 0usize..1000) {
+            for m in [Method::Raw, Method::Zstd, Method::Xz] {
+                let _ = decompress_frame(m, &data, n);
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Cutting a file into text and binary extents.
+//!
+//! Unlike the reference, text is UTF-8 aware: accents, CJK and emoji are text. Bytes
+//! the SmolLM2 tokenizer cannot give back (0x04 0x06 0x13 0x14 0x16 0x1d, invalid
+//! UTF-8, and the lead bytes 0xf1/0xf2 that have no token) are binary. The caller still
+//! checks every text segment's tokenizer round trip before trusting it.
+
+use super::container::ExtentKind;
+use std::ops::Range;
+
+/// How a file is cut into extents.
+#[derive(Clone, Debug)]
+pub struct SegmentOptions {
+    /// Text runs shorter than this are not worth a model stream; they become binary.
+    pub min_text: usize,
+    /// Binary gaps of at most this many bytes between text runs are coded as text.
+    pub bridge: usize,
+    /// Text runs longer than this are cut into balanced chunks of at most this size.
+    pub chunk_size: usize,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        SegmentOptions {
+            min_text: 64,
+            bridge: 8,
+            chunk_size: super::DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// One extent as segmentation proposes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Text for the model, or binary.
+    pub kind: ExtentKind,
+    /// Its bytes in the input.
+    pub range: Range<usize>,
+}
+
+/// ASCII control bytes the tokenizer has no token for.
+const NO_TOKEN: [u8; 6] = [0x04, 0x06, 0x13, 0x14, 0x16, 0x1d];
+
+/// Length of the text character at the start of `b`, or 0 if it is not text.
+fn text_char_len(b: &[u8]) -> usize {
+    let c = b[0];
+    match c {
+        b'\t' | b'\n' | b'\r' | 0x20..=0x7e => 1,
+        0xc2..=0xf4 if c != 0xf1 && c != 0xf2 => {
+            let n = if c < 0xe0 {
+                2
+            } else if c < 0xf0 {
+                3
+            } else {
+                4
+            };
+            if b.len() >= n && std::str::from_utf8(&b[..n]).is_ok() {
+                n
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    }
+}
+
+/// A binary byte that may still sit inside text when it bridges two text runs.
+fn bridgeable(c: u8) -> bool {
+    (c < 0x20 || c == 0x7f) && !NO_TOKEN.contains(&c)
+}
+
+fn push(out: &mut Vec<Segment>, kind: ExtentKind, range: Range<usize>) {
+    if range.is_empty() {
+        return;
+    }
+    if let Some(last) = out.last_mut() {
+        if last.kind == kind && last.range.end == range.start {
+            last.range.end = range.end;
+            return;
+        }
+    }
+    out.push(Segment { kind, range });
+}
+
+/// Cuts `data` into extents covering it in order, with no two neighbours of the same
+/// kind except text chunks split for size.
+pub fn segment(data: &[u8], opts: &SegmentOptions) -> Vec<Segment> {
+    // 1. Runs by character class.
+    let mut runs: Vec<Segment> = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        let n = text_char_len(&data[i..]);
+        if n > 0 {
+            push(&mut runs, ExtentKind::Text, i..i + n);
+            i += n;
+        } else {
+            push(&mut runs, ExtentKind::Binary, i..i + 1);
+            i += 1;
+        }
+    }
+    // 2. Bridge short gaps of harmless bytes between text runs.
+    let mut bridged: Vec<Segment> = Vec::new();
+    for (k, r) in runs.iter().enumerate() {
+        let is_gap = r.kind == ExtentKind::Binary
+            && k > 0
+            && k + 1 < runs.len()
+            && r.range.len() <= opts.bridge
+            && data[r.range.clone()].iter().all(|&c| bridgeable(c));
+        let kind = if is_gap { ExtentKind::Text } else { r.kind };
+        push(&mut bridged, kind, r.range.clone());
+    }
+    // 3. Short text is not worth a model stream.
+    let mut merged: Vec<Segment> = Vec::new();
+    for r in bridged {
+        let kind = if r.kind == ExtentKind::Text && r.range.len() < opts.min_text {
+            ExtentKind::Binary
+        } else {
+            r.kind
+        };
+        push(&mut merged, kind, r.range);
+    }
+    // 4. Long text is cut into balanced chunks at line or word boundaries.
+    let mut out = Vec::with_capacity(merged.len());
+    for r in merged {
+        if r.kind == ExtentKind::Text && r.range.len() > opts.chunk_size {
+            split_text(data, r.range, opts.chunk_size.max(64), &mut out);
+        } else {
+            out.push(r);
+        }
+    }
+    out
+}
+
+fn split_text(data: &[u8], range: Range<usize>, chunk: usize, out: &mut Vec<Segment>) {
+    let mut start = range.start;
+    let mut left = range.len();
+    while left > chunk {
+        let pieces = left.div_ceil(chunk);
+        let target = left / pieces;
+        let cut = best_cut(
+            data,
+            start,
+            start + target,
+            start + chunk.min(target + target / 8),
+        );
+        out.push(Segment {
+            kind: ExtentKind::Text,
+            range: start..cut,
+        });
+        left -= cut - start;
+        start = cut;
+    }
+    out.push(Segment {
+        kind: ExtentKind::Text,
+        range: start..range.end,
+    });
+}
+
+/// A cut position in `(start, hi]` near `target`: after a newline if there is one within
+/// an eighth of the target, else after a space, else at a character boundary.
+fn best_cut(data: &[u8], start: usize, target: usize, hi: usize) -> usize {
+    let lo = start + (target - start) * 7 / 8;
+    for pat in [b'\n', b' '] {
+        if let Some(p) = data[lo..hi].iter().rposition(|&c| c == pat) {
+            return lo + p + 1;
+        }
+    }
+    // Back up to a UTF-8 character boundary (never past `lo`, which is > start).
+    let mut cut = target.max(start + 1);
+    while cut > lo && cut < data.len() && (data[cut] & 0xc0) == 0x80 {
+        cut -= 1;
+    }
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kinds(s: &[Segment]) -> Vec<(ExtentKind, usize)> {
+        s.iter().map(|x| (x.kind, x.range.len())).collect()
+    }
+
+    #[test]
+    fn utf8_is_text() {
+        let text = "Ça va? 東京は晴れです 🙂 — naïve façade. ".repeat(4);
+        let s = segment(text.as_bytes(), &SegmentOptions::default());
+        assert_eq!(kinds(&s), vec![(ExtentKind::Text, text.len())]);
+    }
+
+    #[test]
+    fn binary_with_embedded_text() {
+        let mut d = vec![0u8, 0xff, 0xfe, 0x80];
+        d.extend_from_slice(
+            "hello world, this is a long enough piece of text to be worth it.".as_bytes(),
+        );
+        d.extend_from_slice(&[0x00, 0x01]);
+        d.extend_from_slice(
+            "and this continues the text after a bridged two-byte gap right here".as_bytes(),
+        );
+        d.extend_from_slice(&[0xff; 3]);
+        let s = segment(&d, &SegmentOptions::default());
+        assert_eq!(
+            s.iter().map(|x| x.kind).collect::<Vec<_>>(),
+            vec![ExtentKind::Binary, ExtentKind::Text, ExtentKind::Binary]
+        );
+        assert_eq!(s[1].range.len(), d.len() - 7);
+    }
+
+    #[test]
+    fn no_token_bytes_are_never_bridged() {
+        let mut d = "x".repeat(100).into_bytes();
+        d.push(0x04);
+        d.extend_from_slice("y".repeat(100).as_bytes());
+        let s = segment(&d, &SegmentOptions::default());
+        assert_eq!(
+            kinds(&s),
+            vec![
+                (ExtentKind::Text, 100),
+                (ExtentKind::Binary, 1),
+                (ExtentKind::Text, 100)
+            ]
+        );
+    }
+
+    #[test]
+    fn long_text_is_split_in_balanced_chunks_at_newlines() {
+        let line = "The quick brown fox jumps over the lazy dog.\n";
+        let text = line.repeat(1000);
+        let opts = SegmentOptions {
+            chunk_size: 8192,
+            ..Default::default()
+        };
+        let s = segment(text.as_bytes(), &opts);
+        assert_eq!(s.len(), text.len().div_ceil(8192));
+        for seg in &s {
+            assert!(seg.range.len() <= 8192);
+            assert_eq!(text.as_bytes()[seg.range.end - 1], b'\n');
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn segments_tile_the_input(data in proptest::collection::vec(prop_oneof![
+            4 => 0x20u8..0x7f, 1 => any::<u8>(), 1 => Just(b'\n')], 0..3000),
+            chunk in 64usize..600) {
+            let opts = SegmentOptions { chunk_size: chunk, ..Default::default() };
+            let s = segment(&data, &opts);
+            let mut pos = 0;
+            for seg in &s {
+                prop_assert_eq!(seg.range.start, pos);
+                prop_assert!(!seg.range.is_empty());
+                if seg.kind == ExtentKind::Text {
+                    prop_assert!(seg.range.len() <= chunk);
+                    prop_assert!(std::str::from_utf8(&data[seg.range.clone()]).is_ok());
+                    prop_assert!(!data[seg.range.clone()].iter().any(|c| NO_TOKEN.contains(c) || *c == 0xf1 || *c == 0xf2));
+                }
+                pos = seg.range.end;
+            }
+            prop_assert_eq!(pos, data.len());
+        }
+
+        #[test]
+        fn utf8_text_splits_on_char_boundaries(s in "\\PC{0,2000}", chunk in 64usize..300) {
+            let opts = SegmentOptions { chunk_size: chunk, min_text: 1, bridge: 0 };
+            for seg in segment(s.as_bytes(), &opts) {
+                prop_assert!(s.is_char_boundary(seg.range.start) && s.is_char_boundary(seg.range.end));
+            }
+        }
+    }
+}

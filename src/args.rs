@@ -1,0 +1,116 @@
+//! Arguments that several commands share: which model and how to run it, the context
+//! window, and the shard of a corpus. Below both the commands (`cli`) and the
+//! benchmarks (`bench`), which use them.
+
+use crate::error::CliError;
+use clap::Args;
+use nacrithfs_engine::model::{resolve_model_path, Model, ModelError, ModelOptions};
+use nacrithfs_engine::{Engine, EngineConfig};
+use nacrithfs_pack::Shard;
+use nc06::Window;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Which model, and how the engine runs it.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// GGUF model (default: $NACRITHFS_MODEL, else ~/.cache/nacrithfs/SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, global = true)]
+    pub model: Option<PathBuf>,
+    /// Streams decoded together per model call.
+    #[arg(long, default_value_t = nacrithfs_engine::DEFAULT_STREAMS)]
+    pub streams: u32,
+    /// llama.cpp threads per worker (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Model workers, each with its own llama.cpp context of --streams sequences. One
+    /// context already uses every CPU core; use one per GPU.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+}
+
+impl ModelArgs {
+    /// Loads the model these arguments name and wraps it in an engine.
+    pub fn engine(&self) -> Result<Engine, ModelError> {
+        let path = resolve_model_path(self.model.clone())?;
+        let model = Model::load(
+            &path,
+            &ModelOptions {
+                threads: self.threads,
+                ..Default::default()
+            },
+        )?;
+        log::debug!("model {}: {}", path.display(), model.fingerprint());
+        Ok(Engine::new(
+            Arc::new(model),
+            EngineConfig {
+                streams: self.streams.max(1),
+                workers: self.workers.max(1),
+            },
+        ))
+    }
+}
+
+/// The model's context window per stream, as every command that runs the model takes it.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct WindowArgs {
+    /// Model context window per stream, in tokens.
+    #[arg(long, default_value_t = Window::default().ctx)]
+    ctx: u32,
+    /// Tokens dropped from a full window.
+    #[arg(long, default_value_t = Window::default().slide)]
+    slide: u32,
+}
+
+impl WindowArgs {
+    /// The window from `--ctx` and `--slide`, checked.
+    pub fn window(self) -> Result<Window, CliError> {
+        let WindowArgs { ctx, slide } = self;
+        let window = Window { ctx, slide };
+        if window.is_valid() {
+            Ok(window)
+        } else {
+            Err(CliError::Usage(format!(
+                "invalid window: --ctx {ctx} --slide {slide}"
+            )))
+        }
+    }
+}
+
+/// Which shard this process is.
+#[derive(Args, Debug, Clone)]
+pub struct ShardArgs {
+    /// This process's shard, I/N with I counting from 0 (default: JOB_COMPLETION_INDEX
+    /// with $NACRITHFS_SHARDS, or SLURM_ARRAY_TASK_ID with SLURM_ARRAY_TASK_COUNT; else the
+    /// whole tree).
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Number of shards when the index comes from the environment (default: $NACRITHFS_SHARDS).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<u32>,
+}
+
+impl ShardArgs {
+    /// The shard, from the flag or the environment; logged with where it came from.
+    pub fn resolve(&self, op: &str) -> Result<Shard, CliError> {
+        // Parsed here rather than by clap, so a bad value exits 64 like every usage error.
+        let flag = self
+            .shard
+            .as_deref()
+            .map(|s| {
+                s.parse::<Shard>()
+                    .map_err(|e| CliError::Usage(format!("--shard {e}")))
+            })
+            .transpose()?;
+        let (shard, from) =
+            nacrithfs_pack::resolve_shard(flag, self.shards, |k| std::env::var(k).ok())?;
+        log::info!("{op}: shard {shard} ({from})");
+        Ok(shard)
+    }
+}
+
+/// `--predictors`: a predictor list, as [`nc06::format::Flags`] parses it.
+pub fn predictors(list: &str) -> Result<nc06::format::Flags, CliError> {
+    list.parse()
+        .map_err(|e: nc06::format::UnknownPredictor| CliError::Usage(e.to_string()))
+}
