@@ -143,6 +143,12 @@ pub enum Command {
         /// Let other users access the mount (and unmount it when the daemon dies).
         #[arg(long)]
         allow_other: bool,
+        /// Honour set-uid/set-gid bits of files in the mount (default: nosuid).
+        #[arg(long)]
+        suid: bool,
+        /// Honour device nodes in the mount (default: nodev).
+        #[arg(long)]
+        dev: bool,
     },
     /// Show a mount's compression counters.
     Status { mountpoint: PathBuf },
@@ -407,6 +413,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             jobs,
             cache_mb,
             allow_other,
+            suid,
+            dev,
         } => {
             // The paths are checked before the model is loaded, so a bad one fails fast,
             // and the model's threads start after the signals are blocked.
@@ -416,6 +424,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 jobs,
                 cache_mb,
                 allow_other,
+                suid,
+                dev,
             };
             Ok(mounting.serve(Arc::new(Nc06Codec::new(engine)), &opts)?)
         }

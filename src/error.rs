@@ -8,7 +8,9 @@ use nacrithfs_fs::FsError;
 use nacrithfs_pack::PackError;
 use std::path::PathBuf;
 
-/// A command failure with the exit code it maps to (sysexits.h).
+/// A command failure with the exit code it maps to (sysexits.h): 64 usage, 65 bad
+/// blob, 66 missing input, 69 model unavailable, 70 verification failed, 73 cannot
+/// create output, 74 I/O error, 75 backing directory in use.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// Bad arguments (64).
@@ -109,6 +111,8 @@ impl CliError {
             CliError::Pack(e) => pack_exit_code(e),
             CliError::Bench(e) => bench_exit_code(e),
             CliError::Mount(MountError::Setup(_)) => 64,
+            // EX_TEMPFAIL: another daemon serves BACKING; try again once it is gone.
+            CliError::Mount(MountError::Busy(_)) => 75,
             CliError::Mount(MountError::Fs(_)) => 74,
         }
     }

@@ -5,7 +5,7 @@
 //! layer above the codec; tests/fs_mount.rs runs the real model.
 
 use nacrithfs_fs::core::{Core, CoreConfig, Ino, Kind, SetAttr, ROOT_INO};
-use nacrithfs_fs::store::{Backing, StandInCodec};
+use nacrithfs_fs::store::{Backing, Caller, StandInCodec};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -143,8 +143,7 @@ impl Harness {
                         OsStr::new(n),
                         0o644,
                         libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
-                        uid,
-                        gid,
+                        &Caller::user(uid, gid),
                     )
                 });
                 if self.parent_ok(p) && !self.model.contains_key(p) {
@@ -160,7 +159,7 @@ impl Harness {
                 let (d, n) = split(p);
                 let r = self
                     .resolve(d)
-                    .map(|pi| c.mkdir(pi, OsStr::new(n), 0o755, uid, gid));
+                    .map(|pi| c.mkdir(pi, OsStr::new(n), 0o755, &Caller::user(uid, gid)));
                 if self.parent_ok(p) && !self.model.contains_key(p) {
                     assert_eq!(r.expect("parent").expect("mkdir").kind, Kind::Dir);
                     self.model.insert(p.into(), Entry::Dir);
@@ -347,7 +346,7 @@ fn hidden_names_and_unlink_while_open() {
     let c = &h.core;
     assert!(c.lookup(ROOT_INO, OsStr::new(".nacrithfs")).is_err());
     assert!(c
-        .mkdir(ROOT_INO, OsStr::new(".nacrithfs"), 0o755, 0, 0)
+        .mkdir(ROOT_INO, OsStr::new(".nacrithfs"), 0o755, &Caller::ROOT)
         .is_err());
     assert!(c
         .setxattr(ROOT_INO, OsStr::new("user.nacrithfs.state"), b"nc06", 0)
@@ -355,17 +354,31 @@ fn hidden_names_and_unlink_while_open() {
     // SAFETY: geteuid/getegid take nothing and cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let (a, fh, _) = c
-        .create(ROOT_INO, OsStr::new("f"), 0o600, libc::O_RDWR, uid, gid)
+        .create(
+            ROOT_INO,
+            OsStr::new("f"),
+            0o600,
+            libc::O_RDWR,
+            &Caller::user(uid, gid),
+        )
         .unwrap();
     c.write(fh, 0, b"hello world").unwrap();
     c.release(fh);
     c.drain();
     assert_eq!(c.status().compressed, 1);
-    // Opened compressed, unlinked, still readable; a hard link keeps the inode.
-    let l = c.link(a.ino, ROOT_INO, OsStr::new("g")).unwrap();
-    assert_eq!((l.ino, l.nlink), (a.ino, 2));
+    // Opened compressed, unlinked, still readable; a hard link keeps the inode, and
+    // makes the file plaintext first, so that a blob always has one link.
     let (fh, reply) = c.open(a.ino, libc::O_RDONLY).unwrap();
     assert!(reply.keep_cache);
+    let l = c.link(a.ino, ROOT_INO, OsStr::new("g")).unwrap();
+    assert_eq!((l.ino, l.nlink), (a.ino, 2));
+    for n in ["f", "g"] {
+        let p = h.core.backing().path(std::path::Path::new(n));
+        assert!(
+            !nacrithfs_fs::store::backing::is_blob_path(&p).unwrap(),
+            "{n}"
+        );
+    }
     c.unlink(ROOT_INO, OsStr::new("f")).unwrap();
     c.unlink(ROOT_INO, OsStr::new("g")).unwrap();
     assert_eq!(c.read(fh, 6, 100).unwrap(), b"world");
@@ -399,9 +412,10 @@ fn bad_handles_are_ebadf_and_errors_name_the_file() {
     assert_eq!(c.fsync(12345, false).unwrap_err().errno(), libc::EBADF);
     assert_eq!(c.read(12345, 0, 10).unwrap_err().errno(), libc::EBADF);
     assert_eq!(c.write(12345, 0, b"x").unwrap_err().errno(), libc::EBADF);
-    c.mkdir(ROOT_INO, OsStr::new("dir-x"), 0o755, 0, 0).unwrap();
+    c.mkdir(ROOT_INO, OsStr::new("dir-x"), 0o755, &Caller::ROOT)
+        .unwrap();
     let e = c
-        .mkdir(ROOT_INO, OsStr::new("dir-x"), 0o755, 0, 0)
+        .mkdir(ROOT_INO, OsStr::new("dir-x"), 0o755, &Caller::ROOT)
         .unwrap_err();
     assert_eq!(e.errno(), libc::EEXIST);
     assert!(e.to_string().contains("dir-x"), "{e}");
@@ -409,7 +423,13 @@ fn bad_handles_are_ebadf_and_errors_name_the_file() {
     // SAFETY: geteuid/getegid take nothing and cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let (a, fh, _) = c
-        .create(ROOT_INO, OsStr::new("f"), 0o600, libc::O_RDWR, uid, gid)
+        .create(
+            ROOT_INO,
+            OsStr::new("f"),
+            0o600,
+            libc::O_RDWR,
+            &Caller::user(uid, gid),
+        )
         .unwrap();
     c.fsync(fh, true).unwrap();
     c.release(fh);

@@ -9,7 +9,7 @@ mod mount;
 
 use mount::{dirs, serial, Mount, Opts};
 use nacrithfs_fs::core::{Core, CoreConfig, ROOT_INO};
-use nacrithfs_fs::store::{Backing, StandInCodec};
+use nacrithfs_fs::store::{Backing, Caller, StandInCodec};
 use std::ffi::OsStr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -60,20 +60,21 @@ fn core_refuses_names_that_leave_their_directory() {
         let n = OsStr::new(bad);
         assert!(core.lookup(ROOT_INO, n).is_err(), "lookup {bad:?}");
         assert!(
-            core.create(ROOT_INO, n, 0o644, libc::O_RDWR, 0, 0).is_err(),
+            core.create(ROOT_INO, n, 0o644, libc::O_RDWR, &Caller::ROOT)
+                .is_err(),
             "create {bad:?}"
         );
         assert!(
-            core.mkdir(ROOT_INO, n, 0o755, 0, 0).is_err(),
+            core.mkdir(ROOT_INO, n, 0o755, &Caller::ROOT).is_err(),
             "mkdir {bad:?}"
         );
         assert!(
-            core.symlink(ROOT_INO, n, Path::new("/etc/passwd"), 0, 0)
+            core.symlink(ROOT_INO, n, Path::new("/etc/passwd"), &Caller::ROOT)
                 .is_err(),
             "symlink {bad:?}"
         );
         assert!(
-            core.mknod(ROOT_INO, n, libc::S_IFIFO | 0o644, 0, 0, 0)
+            core.mknod(ROOT_INO, n, libc::S_IFIFO | 0o644, 0, &Caller::ROOT)
                 .is_err(),
             "mknod {bad:?}"
         );
@@ -81,7 +82,13 @@ fn core_refuses_names_that_leave_their_directory() {
         assert!(core.rmdir(ROOT_INO, n).is_err(), "rmdir {bad:?}");
     }
     let f = core
-        .create(ROOT_INO, OsStr::new("f"), 0o644, libc::O_RDWR, 0, 0)
+        .create(
+            ROOT_INO,
+            OsStr::new("f"),
+            0o644,
+            libc::O_RDWR,
+            &Caller::ROOT,
+        )
         .unwrap();
     core.release(f.1);
     for bad in ["..", "../f2", "x/y"] {
@@ -98,7 +105,7 @@ fn core_refuses_names_that_leave_their_directory() {
     // The internal directory is neither visible nor creatable at the root.
     assert!(core.lookup(ROOT_INO, OsStr::new(".nacrithfs")).is_err());
     assert!(core
-        .mkdir(ROOT_INO, OsStr::new(".nacrithfs"), 0o755, 0, 0)
+        .mkdir(ROOT_INO, OsStr::new(".nacrithfs"), 0o755, &Caller::ROOT)
         .is_err());
     assert_eq!(
         listing(outer.path()),

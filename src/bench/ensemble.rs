@@ -164,7 +164,7 @@ fn capture(
     let e = io(path);
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = AtomicFile::create_in(dir, ".logits")?;
-    let spill_dir = tmp.path().with_extension("spill");
+    let spill_dir = path.with_extension("spill");
     let mut w = BufWriter::with_capacity(1 << 22, tmp);
     w.write_all(CACHE_MAGIC).map_err(&e)?;
     w.write_all(&(streams.len() as u64).to_le_bytes())

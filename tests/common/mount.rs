@@ -14,8 +14,13 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The binary under test; `NACRITHFS_TEST_BIN` runs the tests against another build
+/// (for example one from before a fix, to see a test fail there).
 pub fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_nacrithfs"))
+    match std::env::var_os("NACRITHFS_TEST_BIN") {
+        Some(b) => Command::new(b),
+        None => Command::new(env!("CARGO_BIN_EXE_nacrithfs")),
+    }
 }
 
 pub fn is_mountpoint(p: &Path) -> bool {

@@ -3,6 +3,7 @@
 
 use crate::core::{Attr, Core, Kind, OpenReply, SetAttr, SetTime};
 use crate::error::FsError;
+use crate::store::Caller;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
@@ -65,6 +66,15 @@ fn attr(a: &Attr) -> FileAttr {
 fn errno(op: &str, e: &FsError) -> Errno {
     log::log!(e.level(), "{op}: {}", e.report());
     Errno::from_i32(e.errno())
+}
+
+/// Who sent the request: new entries are created as this user.
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
 }
 
 fn time(t: Option<TimeOrNow>) -> Option<SetTime> {
@@ -196,8 +206,7 @@ impl Filesystem for NacrithFuse {
         log::debug!("mknod({parent}, {name:?}, {mode:o})");
         reply_entry(
             "mknod",
-            self.core
-                .mknod(parent.0, name, mode, rdev, req.uid(), req.gid()),
+            self.core.mknod(parent.0, name, mode, rdev, &caller(req)),
             reply,
         );
     }
@@ -214,7 +223,7 @@ impl Filesystem for NacrithFuse {
         log::debug!("mkdir({parent}, {name:?}, {mode:o})");
         reply_entry(
             "mkdir",
-            self.core.mkdir(parent.0, name, mode, req.uid(), req.gid()),
+            self.core.mkdir(parent.0, name, mode, &caller(req)),
             reply,
         );
     }
@@ -240,8 +249,7 @@ impl Filesystem for NacrithFuse {
         log::debug!("symlink({parent}, {link_name:?} -> {target:?})");
         reply_entry(
             "symlink",
-            self.core
-                .symlink(parent.0, link_name, target, req.uid(), req.gid()),
+            self.core.symlink(parent.0, link_name, target, &caller(req)),
             reply,
         );
     }
@@ -405,12 +413,13 @@ impl Filesystem for NacrithFuse {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        log::debug!("fsyncdir({ino})");
+        reply_empty("fsyncdir", self.core.fsyncdir(ino.0), reply);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -471,10 +480,7 @@ impl Filesystem for NacrithFuse {
         reply: ReplyCreate,
     ) {
         log::debug!("create({parent}, {name:?}, {mode:o}, {flags:#x})");
-        match self
-            .core
-            .create(parent.0, name, mode, flags, req.uid(), req.gid())
-        {
+        match self.core.create(parent.0, name, mode, flags, &caller(req)) {
             Ok((a, fh, r)) => {
                 reply.created(&TTL, &attr(&a), Generation(0), FileHandle(fh), fopen(r))
             }

@@ -11,7 +11,7 @@
 use crate::core::{Core, CoreConfig, Status, STATUS_NAME};
 use crate::error::FsError;
 use crate::fuse::NacrithFuse;
-use crate::store::{Backing, Codec};
+use crate::store::{Backing, BackingLock, Codec, LockMode};
 use fuser::{Config, MountOption, SessionACL};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -24,6 +24,9 @@ pub enum MountError {
     /// The backing directory or mount point is unusable, or the path is not a mount.
     #[error("{0}")]
     Setup(String),
+    /// Another nacrithfs process holds the backing directory.
+    #[error("{0}")]
+    Busy(String),
     /// The backing store or the FUSE session failed.
     #[error("{}", .0.report())]
     Fs(#[from] FsError),
@@ -37,6 +40,10 @@ pub struct ServeOptions {
     pub cache_mb: usize,
     /// Let other users access the mount.
     pub allow_other: bool,
+    /// Honour set-uid and set-gid bits of files in the mount (default: nosuid).
+    pub suid: bool,
+    /// Honour device nodes in the mount (default: nodev).
+    pub dev: bool,
 }
 
 /// Checks everything that can be checked before loading the model.
@@ -129,21 +136,33 @@ pub fn unmount(mnt: &Path) {
 /// every thread started from here on (the model's included) inherits the mask and
 /// only the signal thread sees them. Load the model after this, then [`Mounting::serve`].
 pub struct Mounting {
-    backing: PathBuf,
+    backing: Backing,
+    lock: BackingLock,
     mnt: PathBuf,
     sigset: libc::sigset_t,
 }
 
 impl Mounting {
-    /// Checks the paths (see [`preflight`]) and blocks the signals.
+    /// Checks the paths (see [`preflight`]), opens BACKING and takes its lock (one
+    /// daemon per backing directory: a second gets [`MountError::Busy`]), and blocks
+    /// the signals.
     pub fn new(backing: &Path, mountpoint: &Path) -> Result<Mounting, MountError> {
         let (backing, mnt) = preflight(backing, mountpoint)?;
+        let backing = Backing::open(&backing)?;
+        let lock = backing.lock(LockMode::Exclusive).map_err(|e| {
+            if e.errno() == libc::EBUSY {
+                MountError::Busy(e.to_string())
+            } else {
+                MountError::Fs(e)
+            }
+        })?;
         let sigset = block_signals();
         // Modes from the kernel are final (it applied the caller's umask); ours must not.
         // SAFETY: umask only sets this process's file mode creation mask.
         unsafe { libc::umask(0) };
         Ok(Mounting {
             backing,
+            lock,
             mnt,
             sigset,
         })
@@ -152,11 +171,12 @@ impl Mounting {
     /// Mounts and serves until unmounted or signalled; returns once unmounted.
     pub fn serve(self, codec: Arc<dyn Codec>, opts: &ServeOptions) -> Result<(), MountError> {
         let Mounting {
-            backing: backing_dir,
+            backing,
+            lock: _lock,
             mnt,
             sigset,
         } = self;
-        let backing = Backing::open(&backing_dir)?;
+        let backing_dir = backing.root().to_path_buf();
         let core = Core::new(
             backing,
             codec,
@@ -198,6 +218,14 @@ impl Mounting {
             MountOption::DefaultPermissions,
             MountOption::RW,
         ];
+        // As for any filesystem that users can write: set-id bits and device nodes in
+        // it have no effect unless asked for.
+        if !opts.suid {
+            config.mount_options.push(MountOption::NoSuid);
+        }
+        if !opts.dev {
+            config.mount_options.push(MountOption::NoDev);
+        }
         if opts.allow_other {
             config.acl = SessionACL::All;
             config.mount_options.push(MountOption::AutoUnmount);

@@ -3,20 +3,19 @@
 
 use super::inode::Table;
 use super::types::{timespec, to_time, Attr, Ino, Kind, SetAttr, Statfs, ROOT_INO, STATUS_INO};
-use super::{cpath, Core};
+use super::{Core, Entry};
 use crate::error::{FsError, FsResult, IoContext};
-use crate::store::backing::{self, BPath};
+use crate::store::backing::{self, is_blob_at};
 use crate::store::xattr::cvt;
+use crate::store::Stat;
 use std::ffi::CString;
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::Arc;
 
-/// Where a node's metadata is: its backing path, or (unlinked) its open file.
+/// Where a node's metadata is: its backing entry, or (unlinked) its open file.
 pub(super) enum Target {
-    Path(BPath),
+    Entry(Entry),
     Orphan(Arc<File>),
 }
 
@@ -41,7 +40,7 @@ impl Core {
                 None => Err(Self::stale()),
             };
         }
-        Ok(Target::Path(self.path_of(t, ino)?))
+        Ok(Target::Entry(self.entry(t, ino)?))
     }
 
     pub(super) fn status_attr(&self) -> Attr {
@@ -62,36 +61,36 @@ impl Core {
         }
     }
 
-    /// The attributes of `ino`, whose backing entry is at `path`.
-    pub(super) fn attr_at(&self, ino: Ino, path: &BPath) -> FsResult<Attr> {
-        self.attr_of(ino, &Target::Path(path.clone()))
+    /// The attributes of `ino`, whose backing entry is `e`.
+    pub(super) fn attr_at(&self, ino: Ino, e: Entry) -> FsResult<Attr> {
+        self.attr_of(ino, &Target::Entry(e))
     }
 
     fn attr_of(&self, ino: Ino, target: &Target) -> FsResult<Attr> {
         let (md, file) = match target {
-            Target::Path(p) => (std::fs::symlink_metadata(p).ctx(p.display())?, None),
-            Target::Orphan(f) => (f.metadata().ctx("fstat")?, Some(f.clone())),
+            Target::Entry(e) => (e.stat()?, None),
+            Target::Orphan(f) => (Stat::of(f.as_ref()).ctx("fstat")?, Some(f.clone())),
         };
         let mut size = md.len();
         if md.is_file() {
             let f = match (file, target) {
                 (Some(f), _) => f,
-                (None, Target::Path(p)) => {
-                    if !backing::is_blob_path(p).ctx(p.display())? {
+                (None, Target::Entry(e)) => {
+                    if !is_blob_at(&e.dir, &e.name)? {
                         return Ok(Self::attr_from(ino, &md, size));
                     }
-                    Arc::new(File::open(p).ctx(p.display())?)
+                    Arc::new(e.dir.open_regular(&e.name, false)?)
                 }
                 (None, Target::Orphan(f)) => f.clone(),
             };
             if backing::is_blob_file(&f).ctx("fgetxattr")? {
-                let name: &dyn std::fmt::Display = match target {
-                    Target::Path(p) => &p.display(),
-                    Target::Orphan(_) => &"(unlinked file)",
+                let name = match target {
+                    Target::Entry(e) => e.show(),
+                    Target::Orphan(_) => "(unlinked file)".to_string(),
                 };
                 // A blob whose header is unreadable keeps its stored size, so it can
                 // still be looked up, renamed, replaced and removed; reads of it fail.
-                match self.blobs.original_len(&*self.codec, &f, &md, name) {
+                match self.blobs.original_len(&*self.codec, &f, &md, &name) {
                     Ok(len) => size = len,
                     Err(e) => log::warn!("{}", e.report()),
                 }
@@ -100,14 +99,14 @@ impl Core {
         Ok(Self::attr_from(ino, &md, size))
     }
 
-    pub(super) fn attr_from(ino: Ino, md: &Metadata, size: u64) -> Attr {
+    pub(super) fn attr_from(ino: Ino, md: &Stat, size: u64) -> Attr {
         Attr {
             ino,
             size,
             blocks: md.blocks(),
-            atime: to_time(md.atime(), md.atime_nsec()),
-            mtime: to_time(md.mtime(), md.mtime_nsec()),
-            ctime: to_time(md.ctime(), md.ctime_nsec()),
+            atime: to_time(md.atime()),
+            mtime: to_time(md.mtime()),
+            ctime: to_time(md.ctime()),
             kind: Kind::of(md),
             perm: (md.mode() & 0o7777) as u16,
             nlink: md.nlink() as u32,
@@ -146,55 +145,44 @@ impl Core {
                 n.content = None;
             }
         }
-        let fd_or_path =
-            |f: &dyn Fn(libc::c_int, &CString, libc::c_int) -> libc::c_int| -> FsResult<()> {
-                match &target {
-                    Target::Path(p) => {
-                        cvt(f(libc::AT_FDCWD, &cpath(p)?, libc::AT_SYMLINK_NOFOLLOW))
-                            .ctx(p.display())
-                    }
-                    Target::Orphan(file) => cvt(f(
-                        file.as_raw_fd(),
-                        &CString::default(),
-                        libc::AT_EMPTY_PATH,
-                    ))
-                    .ctx("orphan"),
-                }
-            };
         if a.uid.is_some() || a.gid.is_some() {
             let (u, g) = (a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX));
-            // SAFETY: fchownat with a valid dir fd (or AT_FDCWD) and a NUL-terminated
-            // path that outlives the call.
-            fd_or_path(&|dir, p, fl| unsafe { libc::fchownat(dir, p.as_ptr(), u, g, fl) })?;
+            match &target {
+                Target::Entry(e) => e.dir.chown(&e.name, u, g)?,
+                // SAFETY: fchownat of an open fd with an empty path and AT_EMPTY_PATH.
+                Target::Orphan(f) => cvt(unsafe {
+                    libc::fchownat(
+                        f.as_raw_fd(),
+                        CString::default().as_ptr(),
+                        u,
+                        g,
+                        libc::AT_EMPTY_PATH,
+                    )
+                })
+                .ctx("fchown")?,
+            }
         }
         if let Some(mode) = a.mode {
-            let mode = (mode & 0o7777) as libc::mode_t;
+            let mode = mode & 0o7777;
             match &target {
                 // Linux cannot chmod a symlink itself; the kernel never asks.
-                Target::Path(p) => {
-                    // SAFETY: chmod of a NUL-terminated path.
-                    cvt(unsafe { libc::chmod(cpath(p)?.as_ptr(), mode) }).ctx(p.display())?
-                }
+                Target::Entry(e) => e.dir.chmod(&e.name, mode)?,
                 Target::Orphan(f) => {
                     // SAFETY: fchmod of an open fd.
-                    cvt(unsafe { libc::fchmod(f.as_raw_fd(), mode) }).ctx("fchmod")?
+                    cvt(unsafe { libc::fchmod(f.as_raw_fd(), mode as libc::mode_t) })
+                        .ctx("fchmod")?
                 }
             }
         }
         if a.atime.is_some() || a.mtime.is_some() {
             let ts = [timespec(a.atime), timespec(a.mtime)];
-            // SAFETY: utimensat with a valid dir fd, a NUL-terminated path and an array
-            // of two timespecs.
-            fd_or_path(&|dir, p, fl| unsafe {
-                libc::utimensat(dir, p.as_ptr(), ts.as_ptr(), fl & libc::AT_SYMLINK_NOFOLLOW)
-            })
-            .or_else(|e| match &target {
+            match &target {
+                Target::Entry(e) => e.dir.utimens(&e.name, &ts)?,
                 Target::Orphan(f) => {
                     // SAFETY: futimens of an open fd with an array of two timespecs.
-                    cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) }).ctx("futimens")
+                    cvt(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) }).ctx("futimens")?
                 }
-                _ => Err(e),
-            })?;
+            }
         }
         let queue = a.size.is_some() && t.get(ino).is_some_and(|n| n.wants_compression());
         drop(t);
@@ -206,12 +194,11 @@ impl Core {
 
     /// Statistics of the backing filesystem.
     pub fn statfs(&self) -> FsResult<Statfs> {
-        let root: &Path = self.backing.root();
-        let p = cpath(root)?;
         // SAFETY: statvfs is plain old data, filled in by the call.
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: p is a NUL-terminated path and s a valid statvfs to write.
-        cvt(unsafe { libc::statvfs(p.as_ptr(), &mut s) }).ctx("statvfs")?;
+        // SAFETY: the root's fd is open and s a valid statvfs to write.
+        cvt(unsafe { libc::fstatvfs(self.backing.root_dir().fd(), &mut s) })
+            .ctx(self.backing.root().display())?;
         Ok(Statfs {
             blocks: s.f_blocks,
             bfree: s.f_bfree,

@@ -7,20 +7,21 @@ use super::lock;
 use super::read_full_at;
 use crate::error::{FsResult, IoContext};
 use crate::store::codec::damaged;
+use crate::store::Stat;
 use crate::store::{Codec, OpenBlob};
 use lru::LruCache;
 use std::collections::HashMap;
-use std::fs::{File, Metadata};
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
 use std::sync::{Arc, Mutex};
 
 /// Identifies an immutable blob file: (dev, ino, ctime). A replaced or rewritten file
 /// gets a new key, so cached headers and extents never go stale.
 pub(super) type BlobKey = (u64, u64, i64, i64);
 
-/// The [`BlobKey`] of the file `md` describes.
-pub(super) fn blob_key(md: &Metadata) -> BlobKey {
-    (md.dev(), md.ino(), md.ctime(), md.ctime_nsec())
+/// The [`BlobKey`] of the file `st` describes.
+pub(super) fn blob_key(st: &Stat) -> BlobKey {
+    let (s, ns) = st.ctime();
+    (st.dev(), st.ino(), s, ns)
 }
 
 /// Decoded extents of blobs, bounded in bytes.
@@ -77,7 +78,7 @@ impl BlobCache {
         &self,
         codec: &dyn Codec,
         f: &File,
-        md: &Metadata,
+        md: &Stat,
         name: &dyn std::fmt::Display,
     ) -> FsResult<u64> {
         let key = blob_key(md);

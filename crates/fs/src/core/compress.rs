@@ -1,23 +1,52 @@
 //! Compression in the background: the queue's workers, and committing a blob over the
 //! plaintext it was made from, atomically with the inode table.
+//!
+//! A failed compression (a full disk, a model error) or a panicking one is logged with
+//! the file's name and tried again later, with backoff ([`RETRY_DELAYS`]); the file
+//! stays plaintext meanwhile, and a change to it starts afresh.
 
 use super::blob_cache::blob_key;
 use super::content::Content;
-use super::inode::backing_id;
 use super::types::{Ino, Kind};
 use super::{Core, Status};
-use crate::error::{FsResult, IoContext};
-use crate::store::backing;
-use std::fs::File;
+use crate::error::{FsError, FsResult, IoContext};
+use crate::store::{backing, Stat};
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// How long a file waits after its n-th failed compression before the next attempt;
+/// after the last, it stays plaintext until it changes (or the next mount).
+pub const RETRY_DELAYS: [Duration; 6] = [
+    Duration::from_secs(2),
+    Duration::from_secs(8),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+    Duration::from_secs(1800),
+];
+
+/// Test hook: with `NACRITHFS_FAULT=panic:N` the first N compressions panic, so
+/// tests/faults.rs can check that a panicking compressor is survived.
+fn injected_panic() -> bool {
+    static LEFT: OnceLock<AtomicU64> = OnceLock::new();
+    let left = LEFT.get_or_init(|| {
+        let n = std::env::var("NACRITHFS_FAULT")
+            .ok()
+            .and_then(|v| v.strip_prefix("panic:").and_then(|n| n.parse().ok()))
+            .unwrap_or(0);
+        AtomicU64::new(n)
+    });
+    left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+}
 
 impl Core {
     /// The live counters.
     pub fn status(&self) -> Status {
-        let (queued, active) = self.queue.counts();
+        let q = self.queue.counts();
         let writing = self
             .table()
             .nodes()
@@ -25,9 +54,10 @@ impl Core {
             .count();
         let c = &self.counters;
         Status {
-            queued: queued as u64,
-            compressing: active as u64,
+            queued: q.queued as u64,
+            compressing: q.active as u64,
             writing: writing as u64,
+            retrying: q.retrying as u64,
             compressed: c.compressed.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             bytes_before: c.bytes_before.load(Ordering::Relaxed),
@@ -47,9 +77,9 @@ impl Core {
     }
 
     /// Runs the queue to empty on the calling thread, exactly as a worker would (for
-    /// tests).
+    /// tests). Files waiting for a retry are not waited for.
     pub fn drain(&self) {
-        while self.queue.counts().0 > 0 {
+        while self.queue.counts().queued > 0 {
             if let Some(ino) = self.queue.pop() {
                 self.run_job(ino);
             }
@@ -61,26 +91,78 @@ impl Core {
         self.queue.shutdown();
     }
 
-    /// One popped job: compress, and on failure leave the file plaintext until it
-    /// changes again.
+    /// One popped job: compress; on a failure or a panic, log it and try again later.
     fn run_job(&self, ino: Ino) {
-        if let Err(e) = self.compress_one(ino) {
-            log::warn!(
-                "{}: compression failed, the file stays plaintext: {}",
-                self.describe(ino),
-                e.report()
-            );
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if injected_panic() {
+                panic!("NACRITHFS_FAULT: injected compressor panic");
+            }
+            self.compress_one(ino)
+        }));
+        let no_space = matches!(&r, Ok(Err(e)) if e.errno() == libc::ENOSPC);
+        let why = match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.report()),
+            Err(p) => Some(format!(
+                "the compressor panicked: {}",
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default()
+            )),
+        };
+        if let Some(why) = why {
             self.counters.failed.fetch_add(1, Ordering::Relaxed);
-            self.table().mark_clean(ino);
+            let attempt = {
+                let mut t = self.table();
+                t.get_mut(ino).map(|n| {
+                    n.failures += 1;
+                    n.no_space = no_space;
+                    n.failures
+                })
+            };
+            let delay = attempt.and_then(|a| RETRY_DELAYS.get(a as usize - 1));
+            match delay {
+                Some(d) => {
+                    log::warn!(
+                        "{}: compression failed, the file stays plaintext; trying again in {}s: {why}",
+                        self.describe(ino),
+                        d.as_secs()
+                    );
+                    self.queue.push_after(ino, *d);
+                }
+                None => {
+                    log::warn!(
+                        "{}: compression failed, the file stays plaintext until it changes: {why}",
+                        self.describe(ino)
+                    );
+                    self.table().mark_clean(ino);
+                }
+            }
         }
         self.queue.done();
         self.publish();
     }
 
+    /// A file that changed (or went) while it was compressed: nothing is committed; it
+    /// is queued again if it can be.
+    fn changed_meanwhile(&self, ino: Ino) -> FsResult<()> {
+        log::debug!("inode {ino}: changed while compressing; queued again");
+        let requeue = {
+            let mut t = self.table();
+            t.mark_dirty(ino);
+            t.get(ino).is_some_and(|n| n.wants_compression())
+        };
+        if requeue {
+            self.queue.push(ino);
+        }
+        Ok(())
+    }
+
     /// Compresses one file and atomically replaces its plaintext with the blob, unless
     /// it changed or was opened for writing meanwhile (then it is queued again).
     fn compress_one(&self, ino: Ino) -> FsResult<()> {
-        let (path, id, gen) = {
+        let (entry, id, gen, no_space) = {
             let t = self.table();
             let Some(n) = t.get(ino) else {
                 return Ok(());
@@ -88,58 +170,69 @@ impl Core {
             if n.is_orphan() || n.writers > 0 || n.kind != Kind::File {
                 return Ok(()); // gone, or its last writer's close queues it again
             }
-            (self.path_of(&t, ino)?, n.id, n.gen())
+            (self.entry(&t, ino)?, n.id, n.gen(), n.no_space)
         };
-        let f = File::open(&path).ctx(path.display())?;
-        let md = f.metadata().ctx(path.display())?;
-        if backing_id(&md) != id || backing::is_blob_file(&f).ctx(path.display())? {
+        let shown = entry.show();
+        if no_space {
+            // Retrying after a full disk: not before there is room for the blob.
+            let s = self.statfs()?;
+            let free = s.bavail.saturating_mul(s.frsize.max(1) as u64);
+            if free < entry.stat()?.len() {
+                return Err(FsError::new(
+                    libc::ENOSPC,
+                    log::Level::Debug,
+                    format!("{shown}: still no room to stage its blob"),
+                ));
+            }
+        }
+        // Never through a symlink, never a FIFO or device that replaced the file.
+        let f = entry.dir.open_regular(&entry.name, false)?;
+        let md = Stat::of(&f).ctx(&shown)?;
+        if md.id() != id || backing::is_blob_file(&f).ctx(&shown)? {
             return Ok(());
         }
-        if md.len() == 0 || md.nlink() > 1 {
+        if md.is_empty() || md.nlink() > 1 {
             // Empty files stay empty plaintext; hard-linked files stay plaintext (a
             // rename would split their links).
             self.table().mark_clean(ino);
             return Ok(());
         }
         let mut data = Vec::with_capacity(md.len() as usize);
-        (&f).read_to_end(&mut data).ctx(path.display())?;
+        (&f).read_to_end(&mut data).ctx(&shown)?;
+        // Not held open while the codec works: a file removed meanwhile gives its
+        // space back at once (the disk may be full; that may be why it is removed).
+        drop(f);
         let t0 = std::time::Instant::now();
-        let blob = self
-            .codec
-            .compress(&data)
-            .map_err(|e| e.in_file(path.display()))?;
+        let blob = self.codec.compress(&data).map_err(|e| e.in_file(&shown))?;
+        let f = match entry.dir.open_regular(&entry.name, false) {
+            Ok(f) if Stat::of(&f).is_ok_and(|m| m.id() == id) => f,
+            _ => return self.changed_meanwhile(ino),
+        };
         let tmp = self.backing.prepare(&blob, &f, true)?;
+        drop(f);
         let mut t = self.table();
         let ok = t
             .get(ino)
             .is_some_and(|n| n.gen() == gen && n.writers == 0 && !n.is_orphan() && n.id == id);
-        let path_now = if ok { self.path_of(&t, ino).ok() } else { None };
-        let still = path_now
+        let now = if ok { self.entry(&t, ino).ok() } else { None };
+        let still = now
             .as_ref()
-            .and_then(|p| std::fs::symlink_metadata(p).ok())
-            .is_some_and(|m| backing_id(&m) == id && m.nlink() == 1);
-        let (Some(target), true) = (path_now, still) else {
+            .and_then(|e| e.stat().ok())
+            .is_some_and(|m| m.id() == id && m.nlink() == 1);
+        let (Some(target), true) = (now, still) else {
             drop(t);
             drop(tmp);
-            log::debug!("inode {ino}: changed while compressing; queued again");
-            let requeue = {
-                let mut t = self.table();
-                t.mark_dirty(ino);
-                t.get(ino).is_some_and(|n| n.wants_compression())
-            };
-            if requeue {
-                self.queue.push(ino);
-            }
-            return Ok(());
+            return self.changed_meanwhile(ino);
         };
-        let tf = self.backing.commit(tmp, &target)?;
-        let nmd = tf.metadata().ctx("fstat")?;
+        let tf = self.backing.commit(tmp, &target.dir, &target.name)?;
+        let nmd = Stat::of(&tf).ctx(target.show())?;
         let opened = if t.get(ino).is_some_and(|n| n.content.is_some()) {
             Some(self.codec.open(blob.clone()))
         } else {
             None
         };
         if let Some(n) = t.get_mut(ino) {
+            n.failures = 0;
             if let Some(Ok(b)) = opened {
                 n.content = Some(Content::Blob {
                     blob: b,
@@ -151,7 +244,7 @@ impl Core {
             }
         }
         t.mark_clean(ino);
-        t.rebind(ino, backing_id(&nmd));
+        t.rebind(ino, nmd.id());
         drop(t);
         self.blobs.set_len(blob_key(&nmd), data.len() as u64);
         let c = &self.counters;
@@ -162,7 +255,7 @@ impl Core {
             .fetch_add(blob.len() as u64, Ordering::Relaxed);
         log::info!(
             "{}: {} -> {} bytes in {:.1}s",
-            target.display(),
+            target.show(),
             data.len(),
             blob.len(),
             t0.elapsed().as_secs_f64()

@@ -1,21 +1,26 @@
 //! What an open file's handles share: its content, plaintext or blob, and the
-//! conversions between the two that writes and truncates need.
+//! conversions between the two that writes, truncates and links need.
 //!
 //! A node that is open holds its content, `Plain` (an fd on the backing plaintext) or
 //! `Blob` (the parsed blob plus an fd on it). All handles of a node share it, and it
 //! survives unlink, so an unlinked open file stays readable and writable.
+//!
+//! A blob is never rewritten in place: it becomes plaintext by renaming a complete,
+//! fsynced plaintext file over its one name, so a crash or a full disk at any point
+//! leaves the blob or the plaintext, never a part. That is why a blob keeps one link
+//! (`link` decodes it first).
 
 use super::blob_cache::{blob_key, BlobKey};
-use super::inode::{backing_id, Table};
+use super::inode::Table;
 use super::types::Ino;
-use super::Core;
+use super::{Core, Entry};
 use crate::error::{FsError, FsResult, IoContext};
-use crate::store::backing::{self, BPath, STATE_XATTR};
-use crate::store::xattr::fremove_xattr;
-use crate::store::OpenBlob;
-use std::fs::{File, OpenOptions};
+use crate::store::backing::{self, is_blob_at};
+use crate::store::{OpenBlob, Stat};
+use log::Level;
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 /// A node's content while it is open.
@@ -42,31 +47,18 @@ impl Content {
 }
 
 impl Core {
-    /// Opens a node's backing file (never through a symlink), read-write when allowed.
-    pub(super) fn open_backing(&self, t: &Table, ino: Ino) -> FsResult<(BPath, File)> {
-        let path = self.path_of(t, ino)?;
-        let f = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-        {
+    /// Opens a node's backing file, which must be a regular file (never through a
+    /// symlink, never a FIFO or device swapped in), read-write when allowed.
+    pub(super) fn open_backing(&self, t: &Table, ino: Ino) -> FsResult<(Entry, File)> {
+        let e = self.entry(t, ino)?;
+        let f = match e.dir.open_regular(&e.name, true) {
             Ok(f) => f,
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::ETXTBSY)
-                ) =>
-            {
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)
-                    .ctx(path.display())?
+            Err(err) if matches!(err.errno(), libc::EROFS | libc::EACCES | libc::ETXTBSY) => {
+                e.dir.open_regular(&e.name, false)?
             }
-            Err(e) => return Err(FsError::io(path.display(), e)),
+            Err(err) => return Err(err),
         };
-        Ok((path, f))
+        Ok((e, f))
     }
 
     /// The node's content, opening it from the backing file if no handle holds it.
@@ -74,16 +66,16 @@ impl Core {
         if let Some(c) = t.get(ino).and_then(|n| n.content.clone()) {
             return Ok(c);
         }
-        let (path, f) = self.open_backing(t, ino)?;
-        let c = if backing::is_blob_file(&f).ctx(path.display())? {
-            let md = f.metadata().ctx(path.display())?;
+        let (e, f) = self.open_backing(t, ino)?;
+        let c = if backing::is_blob_file(&f).ctx(e.show())? {
+            let md = Stat::of(&f).ctx(e.show())?;
             let mut bytes = Vec::with_capacity(md.len() as usize);
-            (&f).read_to_end(&mut bytes).ctx(path.display())?;
+            (&f).read_to_end(&mut bytes).ctx(e.show())?;
             Content::Blob {
                 blob: self
                     .codec
                     .open(bytes)
-                    .map_err(|e| e.in_file(path.display()))?,
+                    .map_err(|err| err.in_file(e.show()))?,
                 key: blob_key(&md),
                 file: Arc::new(f),
             }
@@ -94,6 +86,19 @@ impl Core {
             n.content = Some(c.clone());
         }
         Ok(c)
+    }
+
+    /// Whether node `ino` is a compressed file.
+    pub(super) fn is_blob(&self, ino: Ino) -> FsResult<bool> {
+        let t = self.table();
+        match t.get(ino).and_then(|n| n.content.as_ref()) {
+            Some(c) => Ok(matches!(c, Content::Blob { .. })),
+            None if t.node(ino)?.kind == super::Kind::File => {
+                let e = self.entry(&t, ino)?;
+                is_blob_at(&e.dir, &e.name)
+            }
+            None => Ok(false),
+        }
     }
 
     /// Makes the node's content plaintext (decoding a blob fully) and returns its fd.
@@ -124,20 +129,35 @@ impl Core {
         }
     }
 
+    /// [`Core::ensure_plain`] for a node no handle may hold open (`link`): the content
+    /// it loads is let go again when nothing has it open.
+    pub(super) fn make_plain(&self, ino: Ino) -> FsResult<()> {
+        let r = self.ensure_plain(ino).map(drop);
+        if let Some(n) = self.table().get_mut(ino) {
+            if n.opens == 0 {
+                n.content = None;
+            }
+        }
+        r
+    }
+
     /// Replaces a blob node's content with plaintext `data` (under the table lock).
     fn replace_with_plain(&self, t: &mut Table, ino: Ino, data: &[u8]) -> FsResult<()> {
         let old = self.load_content(t, ino)?;
         let Content::Blob { file: like, .. } = &old else {
             // Already plaintext: rewrite in place.
             let f = old.file();
-            f.set_len(0).ctx("truncate")?;
-            f.write_all_at(data, 0).ctx("pwrite")?;
+            f.set_len(0).ctx(self.describe_locked(t, ino))?;
+            f.write_all_at(data, 0).ctx(self.describe_locked(t, ino))?;
             return Ok(());
         };
         self.replace_blob_file(t, ino, like, data)
     }
 
-    /// Replaces the blob file `like` of node `ino` with plaintext `data` (under the lock).
+    /// Replaces the blob file `like` of node `ino` with plaintext `data` (under the
+    /// lock): a complete, fsynced plaintext file renamed over the blob's name, never a
+    /// rewrite in place. A blob that another tool hard-linked in BACKING is split from
+    /// its other names, which keep the old content, whole.
     fn replace_blob_file(
         &self,
         t: &mut Table,
@@ -146,30 +166,37 @@ impl Core {
         data: &[u8],
     ) -> FsResult<()> {
         let orphan = t.get(ino).is_some_and(|n| n.is_orphan());
-        let md = like.metadata().ctx("fstat")?;
-        if md.nlink() > 1 && !orphan {
-            // Hard-linked: a rename would split the links, so rewrite in place.
-            like.set_len(0).ctx("truncate")?;
-            like.write_all_at(data, 0).ctx("pwrite")?;
-            fremove_xattr(like, STATE_XATTR).ctx("fremovexattr")?;
-            like.sync_all().ctx("fsync")?;
-            if let Some(n) = t.get_mut(ino) {
-                n.content = Some(Content::Plain(like.clone()));
-            }
-            return Ok(());
+        let md = Stat::of(like.as_ref()).ctx(self.describe_locked(t, ino))?;
+        if orphan && md.nlink() > 0 {
+            // Unlinked by every name this mount knows, but still linked elsewhere in
+            // BACKING (made there by another tool): there is no name to rename over.
+            return Err(FsError::new(
+                libc::EIO,
+                Level::Warn,
+                format!(
+                    "{}: a compressed file hard-linked outside the mount cannot be changed through this handle; change it through one of its names",
+                    self.describe_locked(t, ino)
+                ),
+            ));
         }
         let tmp = self.backing.prepare(data, like, false)?;
         let f = if orphan {
             tmp.into_unlinked()?
         } else {
-            let path = self.path_of(t, ino)?;
-            self.backing.commit(tmp, &path)?
+            let e = self.entry(t, ino)?;
+            if md.nlink() > 1 {
+                log::warn!(
+                    "{}: compressed and hard-linked outside the mount; this name gets the plaintext, the other names keep the compressed file",
+                    e.show()
+                );
+            }
+            self.backing.commit(tmp, &e.dir, &e.name)?
         };
-        let nmd = f.metadata().ctx("fstat")?;
+        let nmd = Stat::of(&f).ctx(self.describe_locked(t, ino))?;
         if t.get(ino).is_none() {
             return Ok(());
         }
-        t.rebind(ino, backing_id(&nmd));
+        t.rebind(ino, nmd.id());
         if let Some(n) = t.get_mut(ino) {
             n.content = Some(Content::Plain(Arc::new(f)));
         }
@@ -193,9 +220,9 @@ impl Core {
                     n.content = Some(Content::Plain(file.clone()));
                 }
             }
-            return file.set_len(0).ctx("truncate");
+            return file.set_len(0).ctx(self.describe_locked(&t, ino));
         }
         let f = self.ensure_plain(ino)?;
-        f.set_len(size).ctx("truncate")
+        f.set_len(size).ctx(self.describe(ino))
     }
 }

@@ -3,13 +3,12 @@
 use super::content::Content;
 use super::handles::Handle;
 use super::inode::noent;
-use super::namespace::chown_quiet;
 use super::read_full_at;
 use super::types::{Attr, Ino, Kind, OpenReply, STATUS_INO};
 use super::Core;
 use crate::error::{FsError, FsResult, IoContext};
-use std::fs::OpenOptions;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use crate::store::{Caller, Stat};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 impl Core {
@@ -76,38 +75,29 @@ impl Core {
         ))
     }
 
-    /// Creates and opens regular file `name` in `parent` (or opens it, if it exists
-    /// and `O_EXCL` is not set).
+    /// Creates and opens regular file `name` in `parent` as `caller` (or opens it, if
+    /// it exists and `O_EXCL` is not set).
     pub fn create(
         &self,
         parent: Ino,
         name: &std::ffi::OsStr,
         mode: u32,
         flags: i32,
-        uid: u32,
-        gid: u32,
+        caller: &Caller,
     ) -> FsResult<(Attr, u64, OpenReply)> {
-        let path = self.new_entry(parent, name)?;
-        let f = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode & 0o7777)
-            .open(&path)
-        {
+        let dir = self.new_entry(parent, name)?;
+        let create = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL;
+        let f = match caller.act(|| dir.open_file(name, create, mode & 0o7777)) {
             Ok(f) => f,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AlreadyExists && flags & libc::O_EXCL == 0 =>
-            {
+            Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
                 let attr = self.lookup(parent, name)?;
                 let (fh, reply) = self.open(attr.ino, flags)?;
                 return Ok((self.getattr(attr.ino)?, fh, reply));
             }
-            Err(e) => return Err(FsError::io(path.display(), e)),
+            Err(e) => return Err(e),
         };
-        chown_quiet(&path, uid, gid)?;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let md = f.metadata().ctx(path.display())?;
+        let md = Stat::of(&f).ctx(dir.show(name))?;
         let ino = {
             let mut t = self.table();
             let ino = t.node_for(parent, name, &md);
@@ -115,6 +105,7 @@ impl Core {
                 n.lookups += 1;
                 n.opens += 1;
                 n.writers += write as u32;
+                n.fresh = true;
                 n.content = Some(Content::Plain(Arc::new(f)));
             }
             ino
@@ -174,8 +165,10 @@ impl Core {
         Ok(n as u32)
     }
 
-    /// Flushes a file's plaintext to disk (a blob is already synced when it is made).
-    /// EBADF for a handle that is not an open file.
+    /// Flushes a file's plaintext to disk (a blob is already synced when it is made),
+    /// and for a file created in this mount also its directory entry, so a file that
+    /// was fsynced is there after a power loss. EBADF for a handle that is not an open
+    /// file.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         if self
             .handles
@@ -184,14 +177,29 @@ impl Core {
             return Ok(());
         }
         let ino = self.handles.file(fh, false)?;
-        let c = self.table().get(ino).and_then(|n| n.content.clone());
+        let (c, fresh) = {
+            let t = self.table();
+            let n = t.node(ino)?;
+            let fresh = if n.fresh && !n.is_orphan() {
+                Some(self.entry(&t, ino)?)
+            } else {
+                None
+            };
+            (n.content.clone(), fresh)
+        };
         if let Some(Content::Plain(f)) = c {
             if datasync {
                 f.sync_data()
             } else {
                 f.sync_all()
             }
-            .ctx("fsync")?;
+            .ctx(self.describe(ino))?;
+        }
+        if let Some(e) = fresh {
+            e.dir.sync()?;
+            if let Some(n) = self.table().get_mut(ino) {
+                n.fresh = false;
+            }
         }
         Ok(())
     }

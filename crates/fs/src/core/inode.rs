@@ -15,19 +15,13 @@
 use super::content::Content;
 use super::types::{Ino, Kind, ROOT_INO, STATUS_INO};
 use crate::error::{FsError, FsResult};
+use crate::store::Stat;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::Metadata;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 /// A backing file's `(dev, ino)`.
 pub(super) type BackingId = (u64, u64);
-
-/// The `(dev, ino)` of the entry `md` describes.
-pub(super) fn backing_id(md: &Metadata) -> BackingId {
-    (md.dev(), md.ino())
-}
 
 /// One inode of the mount.
 pub(super) struct Node {
@@ -43,6 +37,13 @@ pub(super) struct Node {
     gen: u64,
     /// Modified since it was last compressed.
     dirty: bool,
+    /// Created in this mount and not yet fsynced: its directory entry may not be on
+    /// disk yet, so the first fsync also syncs the directory.
+    pub fresh: bool,
+    /// Compressions that failed since it last changed (for the retry backoff).
+    pub failures: u32,
+    /// The last one failed for want of space (its retry first checks there is room).
+    pub no_space: bool,
     /// What every open handle reads and writes (see [`Content`]); `None` when closed.
     pub content: Option<Content>,
 }
@@ -58,6 +59,9 @@ impl Node {
             writers: 0,
             gen: 0,
             dirty: false,
+            fresh: false,
+            failures: 0,
+            no_space: false,
             content: None,
         }
     }
@@ -125,6 +129,8 @@ impl Table {
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.gen += 1;
             n.dirty = true;
+            n.failures = 0;
+            n.no_space = false;
         }
     }
 
@@ -168,8 +174,8 @@ impl Table {
 
     /// The node of the entry `name` in `parent` described by `md`, created (without
     /// lookup counts) if it is new; the link is recorded.
-    pub fn node_for(&mut self, parent: Ino, name: &OsStr, md: &Metadata) -> Ino {
-        let id = backing_id(md);
+    pub fn node_for(&mut self, parent: Ino, name: &OsStr, md: &Stat) -> Ino {
+        let id = md.id();
         if let Some(&ino) = self.by_id.get(&id) {
             if let Some(n) = self.nodes.get_mut(&ino) {
                 if !n.links.iter().any(|(p, nm)| *p == parent && nm == name) {

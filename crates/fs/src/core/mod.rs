@@ -9,6 +9,9 @@
 //! operations ([`namespace`], [`file`], [`attr`], [`xattr`]) and [`compress`] (the
 //! compressor loop that the daemon and the tests both run).
 //!
+//! Backing access: every syscall goes through a directory descriptor ([`Dir`]) and one
+//! plain name, never a path the kernel walks again ([`Core::entry`], [`Core::dir_of`]).
+//!
 //! Concurrency: one table lock guards the namespace and node state; every namespace
 //! change and every content replacement happens under it. Slow work (decoding,
 //! compressing, plaintext reads and writes) runs outside it. A compression commits only
@@ -33,16 +36,14 @@ pub use types::{
     STATUS_NAME,
 };
 
-use crate::error::{FsError, FsResult, IoContext};
-use crate::store::backing::BPath;
-use crate::store::{Backing, Codec, WorkQueue};
+use crate::error::{FsResult, IoContext};
+use crate::store::{Backing, Codec, Dir, Stat, WorkQueue};
 use blob_cache::BlobCache;
 use handles::Handles;
-use inode::{backing_id, Table};
+use inode::{noent, Table};
 use status::Counters;
-use std::ffi::CString;
+use std::ffi::OsString;
 use std::fs::File;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -80,10 +81,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `p` as a C string (EINVAL if it holds a NUL).
-fn cpath(p: &Path) -> FsResult<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| FsError::refused(libc::EINVAL, format!("{}: path contains NUL", p.display())))
+/// Where a node's backing entry is: its parent directory, held by descriptor, and its
+/// name there (for the root: the root itself and `.`).
+pub(super) struct Entry {
+    pub dir: Dir,
+    pub name: OsString,
+}
+
+impl Entry {
+    /// The entry's stat (a symlink itself, not followed).
+    pub fn stat(&self) -> FsResult<Stat> {
+        self.dir.stat(&self.name)
+    }
+
+    /// `BACKING/…/name`, for messages.
+    pub fn show(&self) -> String {
+        self.dir.show(&self.name)
+    }
 }
 
 /// Reads from `offset` until `buf` is full or the file ends; returns the bytes read.
@@ -103,11 +117,11 @@ fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize>
 impl Core {
     /// A core over `backing`; call [`Core::recover`] before serving requests.
     pub fn new(backing: Backing, codec: Arc<dyn Codec>, config: CoreConfig) -> FsResult<Core> {
-        let md = std::fs::symlink_metadata(backing.root()).ctx(backing.root().display())?;
+        let root = Stat::of_fd(backing.root_dir().fd()).ctx(backing.root().display())?;
         Ok(Core {
             backing,
             codec,
-            table: Mutex::new(Table::new(backing_id(&md))),
+            table: Mutex::new(Table::new(root.id())),
             handles: Handles::default(),
             queue: WorkQueue::default(),
             blobs: BlobCache::new(config.cache_bytes),
@@ -158,16 +172,31 @@ impl Core {
         let mut ino = ROOT_INO;
         for comp in rel.iter() {
             let mut t = self.table();
-            let path = self.path_of(&t, ino)?.join(comp);
-            let md = std::fs::symlink_metadata(&path).ctx(path.display())?;
-            ino = t.node_for(ino, comp, &md);
+            let st = self.dir_of(&t, ino)?.stat(comp)?;
+            ino = t.node_for(ino, comp, &st);
         }
         Ok(ino)
     }
 
-    /// The backing path of a node, for syscalls.
-    fn path_of(&self, t: &Table, ino: Ino) -> FsResult<BPath> {
-        self.backing.sys_path(&t.rel_path(ino)?)
+    /// The directory node `ino`, opened beneath the backing root without following a
+    /// symlink.
+    fn dir_of(&self, t: &Table, ino: Ino) -> FsResult<Dir> {
+        self.backing.dir(&t.rel_path(ino)?)
+    }
+
+    /// Where node `ino`'s backing entry is: its parent's directory and its first name.
+    fn entry(&self, t: &Table, ino: Ino) -> FsResult<Entry> {
+        if ino == ROOT_INO {
+            return Ok(Entry {
+                dir: self.backing.dir(Path::new(""))?,
+                name: OsString::from("."),
+            });
+        }
+        let (parent, name) = t.node(ino)?.links.first().ok_or_else(noent)?;
+        Ok(Entry {
+            dir: self.dir_of(t, *parent)?,
+            name: name.clone(),
+        })
     }
 
     /// The backing path of a node, for messages.

@@ -1,16 +1,16 @@
 //! Names: lookup and forget, creating and removing entries, links, renames, and
-//! listing directories.
+//! listing directories. Every backing syscall goes through the parent's directory
+//! descriptor and one checked name; new entries are created as the caller.
 
 use super::handles::Handle;
-use super::inode::{backing_id, noent};
-use super::types::{Attr, DirEntry, Ino, Kind, ROOT_INO, STATUS_NAME};
-use super::{cpath, Core};
-use crate::error::{FsError, FsResult, IoContext};
-use crate::store::backing::{BPath, INTERNAL_DIR};
-use crate::store::xattr::cvt;
+use super::inode::noent;
+use super::types::{Attr, DirEntry, Ino, Kind, ROOT_INO, STATUS_INO, STATUS_NAME};
+use super::{Core, Entry};
+use crate::error::{FsError, FsResult};
+use crate::store::backing::INTERNAL_DIR;
+use crate::store::{Caller, Dir};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 
 /// Names at the root that belong to nacrithfs: the internal directory and the status file.
@@ -50,15 +50,6 @@ fn reserved(name: &OsStr) -> FsError {
     FsError::refused(libc::EPERM, format!("{name:?}: name reserved by nacrithfs"))
 }
 
-/// Gives a new entry the caller's owner; a non-root daemon cannot, and keeps its own.
-pub(super) fn chown_quiet(path: &Path, uid: u32, gid: u32) -> FsResult<()> {
-    match std::os::unix::fs::lchown(path, Some(uid), Some(gid)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
-        Err(e) => Err(FsError::io(path.display(), e)),
-    }
-}
-
 impl Core {
     /// Looks up `name` in `parent`, counting one kernel lookup of the result.
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> FsResult<Attr> {
@@ -69,22 +60,28 @@ impl Core {
             return Err(noent());
         }
         check_name(name)?;
-        let (ino, path) = {
+        let (ino, entry) = {
             let mut t = self.table();
-            let path = self.path_of(&t, parent)?.join(name);
-            let md = std::fs::symlink_metadata(&path).ctx(path.display())?;
-            let ino = t.node_for(parent, name, &md);
+            let dir = self.dir_of(&t, parent)?;
+            let st = dir.stat(name)?;
+            let ino = t.node_for(parent, name, &st);
             if let Some(n) = t.get_mut(ino) {
                 n.lookups += 1;
             }
-            (ino, path)
+            (
+                ino,
+                Entry {
+                    dir,
+                    name: name.to_owned(),
+                },
+            )
         };
-        self.attr_at(ino, &path)
+        self.attr_at(ino, entry)
     }
 
     /// The kernel forgets `n` lookups of `ino`.
     pub fn forget(&self, ino: Ino, n: u64) {
-        if ino == ROOT_INO || ino == super::STATUS_INO {
+        if ino == ROOT_INO || ino == STATUS_INO {
             return;
         }
         let mut t = self.table();
@@ -94,107 +91,97 @@ impl Core {
         t.maybe_remove(ino);
     }
 
-    /// Registers a just-created entry and counts the kernel's lookup.
-    fn created(
-        &self,
-        parent: Ino,
-        name: &OsStr,
-        path: &BPath,
-        uid: u32,
-        gid: u32,
-    ) -> FsResult<Attr> {
-        chown_quiet(path, uid, gid)?;
+    /// Registers a just-created entry `dir/name` and counts the kernel's lookup.
+    fn created(&self, parent: Ino, name: &OsStr, dir: Dir) -> FsResult<Attr> {
         let ino = {
             let mut t = self.table();
-            let md = std::fs::symlink_metadata(path).ctx(path.display())?;
-            let ino = t.node_for(parent, name, &md);
+            let st = dir.stat(name)?;
+            let ino = t.node_for(parent, name, &st);
             if let Some(n) = t.get_mut(ino) {
                 n.lookups += 1;
+                n.fresh = true;
             }
             ino
         };
-        self.attr_at(ino, path)
+        self.attr_at(
+            ino,
+            Entry {
+                dir,
+                name: name.to_owned(),
+            },
+        )
     }
 
-    /// The backing path a new entry `name` in `parent` gets, checked.
-    pub(super) fn new_entry(&self, parent: Ino, name: &OsStr) -> FsResult<BPath> {
+    /// The directory a new entry `name` in `parent` goes into, the name checked.
+    pub(super) fn new_entry(&self, parent: Ino, name: &OsStr) -> FsResult<Dir> {
         check_new_name(parent, name)?;
-        Ok(self.path_of(&self.table(), parent)?.join(name))
+        self.dir_of(&self.table(), parent)
     }
 
-    /// Creates directory `name` in `parent`, owned by `uid:gid`.
-    pub fn mkdir(
-        &self,
-        parent: Ino,
-        name: &OsStr,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    ) -> FsResult<Attr> {
-        let path = self.new_entry(parent, name)?;
-        std::fs::DirBuilder::new()
-            .mode(mode & 0o7777)
-            .create(&path)
-            .ctx(path.display())?;
-        self.created(parent, name, &path, uid, gid)
+    /// Creates directory `name` in `parent`, as `caller`.
+    pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, caller: &Caller) -> FsResult<Attr> {
+        let dir = self.new_entry(parent, name)?;
+        caller.act(|| dir.mkdir(name, mode & 0o7777))?;
+        self.created(parent, name, dir)
     }
 
-    /// Creates a special file (FIFO, socket, device) `name` in `parent`.
+    /// Creates a special file (FIFO, socket, device) `name` in `parent`, as `caller`.
     pub fn mknod(
         &self,
         parent: Ino,
         name: &OsStr,
         mode: u32,
         rdev: u32,
-        uid: u32,
-        gid: u32,
+        caller: &Caller,
     ) -> FsResult<Attr> {
-        let path = self.new_entry(parent, name)?;
-        let c = cpath(&path)?;
-        // SAFETY: c is a NUL-terminated path; mode and rdev are plain integers.
-        cvt(unsafe { libc::mknod(c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })
-            .ctx(path.display())?;
-        self.created(parent, name, &path, uid, gid)
+        let dir = self.new_entry(parent, name)?;
+        caller.act(|| dir.mknod(name, mode, rdev as u64))?;
+        self.created(parent, name, dir)
     }
 
-    /// Creates symlink `name` in `parent`, pointing at `target`.
+    /// Creates symlink `name` in `parent`, pointing at `target`, as `caller`.
     pub fn symlink(
         &self,
         parent: Ino,
         name: &OsStr,
         target: &Path,
-        uid: u32,
-        gid: u32,
+        caller: &Caller,
     ) -> FsResult<Attr> {
-        let path = self.new_entry(parent, name)?;
-        std::os::unix::fs::symlink(target, &path).ctx(path.display())?;
-        self.created(parent, name, &path, uid, gid)
+        let dir = self.new_entry(parent, name)?;
+        caller.act(|| dir.symlink(target.as_os_str(), name))?;
+        self.created(parent, name, dir)
     }
 
     /// The target of a symlink.
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
-        let path = self.path_of(&self.table(), ino)?;
-        Ok(std::fs::read_link(&path)
-            .ctx(path.display())?
-            .into_os_string()
-            .into_encoded_bytes())
+        let e = self.entry(&self.table(), ino)?;
+        e.dir.readlink(&e.name)
     }
 
-    /// Makes `newname` in `newparent` a hard link of `ino`.
+    /// Makes `newname` in `newparent` a hard link of `ino`. A compressed file becomes
+    /// plaintext first (decoding it), so that a blob never has more than one link:
+    /// blobs are replaced by renaming over their one name, which a second link would
+    /// not follow.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> FsResult<Attr> {
         check_new_name(newparent, newname)?;
+        if self.is_blob(ino)? {
+            self.make_plain(ino)?;
+        }
         let dst = {
             let mut t = self.table();
-            let src = self.path_of(&t, ino)?;
-            let dst = self.path_of(&t, newparent)?.join(newname);
-            std::fs::hard_link(&src, &dst).ctx(dst.display())?;
+            let src = self.entry(&t, ino)?;
+            let ddir = self.dir_of(&t, newparent)?;
+            src.dir.link(&src.name, &ddir, newname)?;
             t.add_link(ino, newparent, newname);
             if let Some(n) = t.get_mut(ino) {
                 n.lookups += 1;
             }
-            dst
+            Entry {
+                dir: ddir,
+                name: newname.to_owned(),
+            }
         };
-        self.attr_at(ino, &dst)
+        self.attr_at(ino, dst)
     }
 
     /// Removes the non-directory `name` from `parent`.
@@ -213,14 +200,10 @@ impl Core {
         }
         check_name(name)?;
         let mut t = self.table();
-        let path = self.path_of(&t, parent)?.join(name);
-        let md = std::fs::symlink_metadata(&path).ctx(path.display())?;
-        if dir {
-            std::fs::remove_dir(&path).ctx(path.display())?;
-        } else {
-            std::fs::remove_file(&path).ctx(path.display())?;
-        }
-        t.drop_link(backing_id(&md), parent, name, md.nlink());
+        let d = self.dir_of(&t, parent)?;
+        let st = d.stat(name)?;
+        d.remove(name, dir)?;
+        t.drop_link(st.id(), parent, name, st.nlink());
         Ok(())
     }
 
@@ -250,24 +233,13 @@ impl Core {
             ));
         }
         let mut t = self.table();
-        let src = self.path_of(&t, parent)?.join(name);
-        let dst = self.path_of(&t, newparent)?.join(newname);
-        let smd = std::fs::symlink_metadata(&src).ctx(src.display())?;
-        let dmd = std::fs::symlink_metadata(&dst).ok();
-        let (cs, cd) = (cpath(&src)?, cpath(&dst)?);
-        // SAFETY: cs and cd are NUL-terminated paths; AT_FDCWD is always valid.
-        cvt(unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                cs.as_ptr(),
-                libc::AT_FDCWD,
-                cd.as_ptr(),
-                flags,
-            )
-        })
-        .ctx(format!("rename {} -> {}", src.display(), dst.display()))?;
-        let sid = backing_id(&smd);
-        let did = dmd.as_ref().map(backing_id);
+        let sdir = self.dir_of(&t, parent)?;
+        let ddir = self.dir_of(&t, newparent)?;
+        let smd = sdir.stat(name)?;
+        let dmd = ddir.stat(newname).ok();
+        sdir.rename(name, &ddir, newname, flags)?;
+        let sid = smd.id();
+        let did = dmd.as_ref().map(|m| m.id());
         if did == Some(sid) {
             return Ok(()); // two links of one file: rename(2) does nothing
         }
@@ -288,34 +260,35 @@ impl Core {
 
     /// Opens a directory: lists it now, for [`Core::readdir`] to page through.
     pub fn opendir(&self, ino: Ino) -> FsResult<u64> {
-        let path = self.path_of(&self.table(), ino)?;
-        let mut entries = Vec::new();
-        let parent = self
-            .table()
-            .get(ino)
-            .and_then(|n| n.links.first().map(|l| l.0))
-            .unwrap_or(ROOT_INO);
-        entries.push(DirEntry {
-            ino,
-            kind: Kind::Dir,
-            name: ".".into(),
-        });
-        entries.push(DirEntry {
-            ino: parent,
-            kind: Kind::Dir,
-            name: "..".into(),
-        });
-        for e in std::fs::read_dir(&path).ctx(path.display())? {
-            let e = e.ctx(path.display())?;
-            let name = e.file_name();
+        let (dir, parent) = {
+            let t = self.table();
+            let parent = t
+                .get(ino)
+                .and_then(|n| n.links.first().map(|l| l.0))
+                .unwrap_or(ROOT_INO);
+            (self.dir_of(&t, ino)?, parent)
+        };
+        let mut entries = vec![
+            DirEntry {
+                ino,
+                kind: Kind::Dir,
+                name: ".".into(),
+            },
+            DirEntry {
+                ino: parent,
+                kind: Kind::Dir,
+                name: "..".into(),
+            },
+        ];
+        for name in dir.entries()? {
             if is_reserved(ino, &name) {
                 continue;
             }
-            let Ok(md) = e.metadata() else { continue }; // raced with a removal
-            let child = self.table().node_for(ino, &name, &md);
+            let Ok(st) = dir.stat(&name) else { continue }; // raced with a removal
+            let child = self.table().node_for(ino, &name, &st);
             entries.push(DirEntry {
                 ino: child,
-                kind: Kind::of(&md),
+                kind: Kind::of(&st),
                 name,
             });
         }
@@ -341,5 +314,14 @@ impl Core {
     /// Closes a directory handle.
     pub fn releasedir(&self, fh: u64) {
         self.handles.remove(fh);
+    }
+
+    /// Flushes directory `ino`'s entries to disk (`fsyncdir`).
+    pub fn fsyncdir(&self, ino: Ino) -> FsResult<()> {
+        if ino == STATUS_INO {
+            return Ok(());
+        }
+        let dir = self.dir_of(&self.table(), ino)?;
+        dir.sync()
     }
 }

@@ -13,6 +13,8 @@ pub struct Status {
     pub compressing: u64,
     /// Modified files still open for writing (queued at their last close).
     pub writing: u64,
+    /// Files whose compression failed, waiting to be tried again.
+    pub retrying: u64,
     /// Files compressed since the mount.
     pub compressed: u64,
     /// Compressions that failed since the mount (the files stay plaintext).
@@ -46,10 +48,11 @@ impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "queued {}, compressing {}, open for writing {}, compressed {} ({} -> {} bytes{}), failed {}",
+            "queued {}, compressing {}, open for writing {}, retrying {}, compressed {} ({} -> {} bytes{}), failed {}",
             self.queued,
             self.compressing,
             self.writing,
+            self.retrying,
             self.compressed,
             self.bytes_before,
             self.bytes_after,
@@ -78,6 +81,7 @@ mod tests {
             queued: 1,
             compressing: 2,
             writing: 3,
+            retrying: 9,
             compressed: 4,
             failed: 5,
             bytes_before: 6,
@@ -86,7 +90,7 @@ mod tests {
         let j = s.to_json();
         assert_eq!(
             j,
-            "{\"queued\":1,\"compressing\":2,\"writing\":3,\"compressed\":4,\"failed\":5,\"bytes_before\":6,\"bytes_after\":7}\n"
+            "{\"queued\":1,\"compressing\":2,\"writing\":3,\"retrying\":9,\"compressed\":4,\"failed\":5,\"bytes_before\":6,\"bytes_after\":7}\n"
         );
         assert_eq!(Status::from_json(&j), Some(s));
         assert_eq!(

@@ -1,8 +1,8 @@
 //! The values the core's operations take and return: what the FUSE adapter translates
 //! to and from the kernel's structures.
 
+use crate::store::Stat;
 use std::ffi::OsString;
-use std::fs::Metadata;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// An inode number of the mount (our own; stable while the file's content is replaced).
@@ -34,24 +34,16 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The kind of the backing entry `md` describes.
-    pub fn of(md: &Metadata) -> Kind {
-        use std::os::unix::fs::FileTypeExt;
-        let t = md.file_type();
-        if t.is_dir() {
-            Kind::Dir
-        } else if t.is_symlink() {
-            Kind::Symlink
-        } else if t.is_fifo() {
-            Kind::Fifo
-        } else if t.is_socket() {
-            Kind::Socket
-        } else if t.is_char_device() {
-            Kind::Char
-        } else if t.is_block_device() {
-            Kind::Block
-        } else {
-            Kind::File
+    /// The kind of the backing entry `st` describes.
+    pub fn of(st: &Stat) -> Kind {
+        match st.mode() & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::Char,
+            libc::S_IFBLK => Kind::Block,
+            _ => Kind::File,
         }
     }
 }
@@ -155,7 +147,7 @@ pub struct Statfs {
 }
 
 /// A `stat` time as a `SystemTime`.
-pub(super) fn to_time(s: i64, ns: i64) -> SystemTime {
+pub(super) fn to_time((s, ns): (i64, i64)) -> SystemTime {
     if s >= 0 {
         UNIX_EPOCH + Duration::new(s as u64, ns as u32)
     } else {

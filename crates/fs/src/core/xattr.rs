@@ -1,11 +1,14 @@
 //! The user's extended attributes; ours (`user.nacrithfs.*`) are hidden and refused.
+//! Every change goes through the table lock and bumps the generation, because a
+//! compression in flight copies the xattrs of the plaintext into its blob.
 
 use super::types::{Ino, STATUS_INO};
 use super::Core;
 use crate::error::{FsError, FsResult, IoContext};
-use crate::store::backing::{BPath, RESERVED_XATTR_PREFIX};
-use crate::store::xattr::{lget_xattr, llist_xattr, lremove_xattr, lset_xattr};
+use crate::store::backing::RESERVED_XATTR_PREFIX;
+use crate::store::xattr::{get_at, list_at, remove_at, set_at};
 use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 fn reserved(name: &OsStr) -> bool {
@@ -17,14 +20,16 @@ fn no_such(name: &OsStr) -> FsError {
 }
 
 impl Core {
-    fn xattr_path(&self, ino: Ino) -> FsResult<BPath> {
+    /// An `O_PATH` handle on node `ino`'s backing entry, and its name for messages.
+    fn xattr_handle(&self, ino: Ino) -> FsResult<(OwnedFd, String)> {
         if ino == STATUS_INO {
             return Err(FsError::refused(
                 libc::ENOTSUP,
                 "no xattrs on the status file",
             ));
         }
-        self.path_of(&self.table(), ino)
+        let e = self.entry(&self.table(), ino)?;
+        Ok((e.dir.open_path(&e.name)?, e.show()))
     }
 
     /// The value of attribute `name`.
@@ -32,17 +37,17 @@ impl Core {
         if reserved(name) {
             return Err(no_such(name));
         }
-        let p = self.xattr_path(ino)?;
-        lget_xattr(&p, name)
-            .ctx(p.display())?
+        let (fd, shown) = self.xattr_handle(ino)?;
+        get_at(fd.as_raw_fd(), name)
+            .ctx(shown)?
             .ok_or_else(|| no_such(name))
     }
 
     /// The names of the attributes, each NUL-terminated.
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<u8>> {
-        let p = self.xattr_path(ino)?;
+        let (fd, shown) = self.xattr_handle(ino)?;
         let mut out = Vec::new();
-        for n in llist_xattr(&p).ctx(p.display())? {
+        for n in list_at(fd.as_raw_fd()).ctx(shown)? {
             if !reserved(&n) {
                 out.extend_from_slice(n.as_bytes());
                 out.push(0);
@@ -59,11 +64,11 @@ impl Core {
                 format!("xattr name {name:?} reserved by nacrithfs"),
             ));
         }
-        let p = self.xattr_path(ino)?;
+        let (fd, shown) = self.xattr_handle(ino)?;
         // Under the lock, ordered with content replacement (which copies xattrs).
         let mut t = self.table();
         t.meta_changed(ino);
-        lset_xattr(&p, name, value, flags).ctx(p.display())
+        set_at(fd.as_raw_fd(), name, value, flags).ctx(shown)
     }
 
     /// Removes attribute `name`.
@@ -71,7 +76,9 @@ impl Core {
         if reserved(name) {
             return Err(no_such(name));
         }
-        let p = self.xattr_path(ino)?;
-        lremove_xattr(&p, name).ctx(p.display())
+        let (fd, shown) = self.xattr_handle(ino)?;
+        let mut t = self.table();
+        t.meta_changed(ino);
+        remove_at(fd.as_raw_fd(), name).ctx(shown)
     }
 }

@@ -1,5 +1,6 @@
 //! The backing directory: where each file lives, how a blob is told from plaintext,
-//! atomic replacement of a file's content, and start-up recovery.
+//! atomic replacement of a file's content, the lock that gives BACKING to one daemon,
+//! and start-up recovery.
 //!
 //! Layout: `MNT/a/b.txt` is `BACKING/a/b.txt`. A regular file is either plaintext or an
 //! NC06 blob; blobs carry the xattr `user.nacrithfs.state=nc06`, set on the temporary
@@ -8,21 +9,28 @@
 //! are (a plaintext file that starts with "NC06" is never mistaken for a blob, and files
 //! put into BACKING by other tools are simply plaintext, compressed at the next mount).
 //!
-//! Internal state lives in `BACKING/.nacrithfs/`: `tmp/` holds temporary files being
-//! written (a crash leaves at most some of them, deleted at the next mount), and
+//! Internal state lives in `BACKING/.nacrithfs/`, a real directory of mode 0700 (a
+//! symlink there is refused): `lock` (held by the daemon), `tmp/` with temporary files
+//! being written (a crash leaves at most some of them, deleted at the next mount), and
 //! `status.json` the daemon's last published counters. Every content change is one
 //! `rename(2)` of a complete, fsynced temporary file over the target, so there is no
 //! multi-step operation to journal: after a crash each file is either its old or its new
 //! content, never both or neither.
+//!
+//! Every access goes through a directory descriptor ([`Dir`]), never through a path
+//! the kernel walks again.
 
 use super::atomic::AtomicFile;
-use super::xattr::{cstr, cvt, fget_xattr, flist_xattr, fset_xattr, lget_xattr};
-use crate::error::{FsResult, IoContext};
+use super::dir::{proc_path, Dir, Stat};
+use super::xattr::{cvt, fget_xattr, flist_xattr, fset_xattr, lget_xattr};
+use crate::error::{FsError, FsResult, IoContext};
+use log::Level;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -35,175 +43,218 @@ pub const STATE_BLOB: &[u8] = b"nc06";
 /// Prefix of every xattr name reserved for nacrithfs (hidden from the mount).
 pub const RESERVED_XATTR_PREFIX: &[u8] = b"user.nacrithfs.";
 
-/// A backing path to hand to syscalls (see [`Backing::sys_path`]); derefs to a `Path`.
-#[derive(Clone)]
-pub struct BPath {
-    path: PathBuf,
-    /// The directory fd a `/proc/self/fd/N/...` path goes through.
-    dir: Option<Arc<OwnedFd>>,
-}
-
-impl BPath {
-    /// `self/name`, through the same directory fd.
-    pub fn join(&self, name: impl AsRef<Path>) -> BPath {
-        BPath {
-            path: self.path.join(name),
-            dir: self.dir.clone(),
-        }
-    }
-}
-
-impl std::ops::Deref for BPath {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl AsRef<Path> for BPath {
-    fn as_ref(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl std::fmt::Debug for BPath {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.path.fmt(f)
-    }
-}
-
-fn open_fd(fd: libc::c_int) -> std::io::Result<OwnedFd> {
-    if fd < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        // SAFETY: fd was just returned by a successful open(2)/openat(2) and nothing
-        // else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    }
-}
-
 /// The backing directory of one mount.
 #[derive(Debug)]
 pub struct Backing {
-    root: PathBuf,
-    tmp: PathBuf,
+    root_path: PathBuf,
+    root: Dir,
+    internal: Dir,
+    tmp: Arc<Dir>,
 }
 
 /// Prefix of the daemon's temporary files in `.nacrithfs/tmp`: none, so they are
 /// `PID-N.tmp` (pack's shards use their own prefixes in the same directory).
 const TMP_PREFIX: &str = "";
 
+/// Creates directory `name` in `dir` (mode 0700) if it is not there, and checks that
+/// it is a real directory, not a symlink, owned by us, and private.
+fn private_dir(dir: &Dir, name: &str) -> FsResult<Dir> {
+    let name = OsStr::new(name);
+    match dir.mkdir(name, 0o700) {
+        Ok(()) => {}
+        Err(e) if e.errno() == libc::EEXIST => {}
+        Err(e) => return Err(e),
+    }
+    let st = dir.stat(name)?;
+    if !st.is_dir() {
+        return Err(FsError::new(
+            libc::ENOTDIR,
+            Level::Error,
+            format!(
+                "{} is not a directory{}: refusing to keep plaintext there",
+                dir.show(name),
+                if st.is_symlink() { " (a symlink)" } else { "" }
+            ),
+        ));
+    }
+    // SAFETY: geteuid takes nothing and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if st.uid() != me {
+        return Err(FsError::new(
+            libc::EPERM,
+            Level::Error,
+            format!(
+                "{} belongs to uid {}, not to this daemon (uid {me})",
+                dir.show(name),
+                st.uid()
+            ),
+        ));
+    }
+    if st.mode() & 0o077 != 0 {
+        dir.chmod(name, 0o700)?;
+    }
+    dir.sub(Path::new(name))
+}
+
+/// Who may use a backing directory: one daemon alone, or any number of pack shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    /// The mount: nothing else may write BACKING.
+    Exclusive,
+    /// A pack, unpack or verify shard: others may run beside it, a mount may not.
+    Shared,
+}
+
+/// A held lock on a backing directory; released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct BackingLock {
+    file: File,
+    mode: LockMode,
+}
+
+impl Drop for BackingLock {
+    fn drop(&mut self) {
+        if self.mode == LockMode::Exclusive {
+            let _ = self.file.set_len(0); // no holder's pid left behind
+        }
+    }
+}
+
 impl Backing {
     /// Opens `root` as a backing directory, creating the internal directories.
     pub fn open(root: &Path) -> FsResult<Backing> {
-        let root = root.canonicalize().ctx(root.display())?;
-        let tmp = root.join(INTERNAL_DIR).join("tmp");
-        // Private: temporary files hold plaintext of files whatever their modes.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&tmp)
-            .ctx(tmp.display())?;
-        Ok(Backing { root, tmp })
+        let root_path = root.canonicalize().ctx(root.display())?;
+        let root = Dir::open(&root_path)?;
+        let internal = private_dir(&root, INTERNAL_DIR)?;
+        let tmp = Arc::new(private_dir(&internal, "tmp")?);
+        Ok(Backing {
+            root_path,
+            root,
+            internal,
+            tmp,
+        })
     }
 
-    /// The backing directory (canonical).
+    /// Takes `.nacrithfs/lock` with `flock(2)`, without waiting. A daemon that finds it
+    /// held gets EBUSY with the holder's pid (which the exclusive holder writes there).
+    pub fn lock(&self, mode: LockMode) -> FsResult<BackingLock> {
+        let name = OsStr::new("lock");
+        let f = self
+            .internal
+            .open_file(name, libc::O_RDWR | libc::O_CREAT, 0o600)?;
+        let op = match mode {
+            LockMode::Exclusive => libc::LOCK_EX,
+            LockMode::Shared => libc::LOCK_SH,
+        };
+        // SAFETY: flock on an open fd with plain flags.
+        if let Err(e) = cvt(unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) }) {
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(FsError::io(self.internal.show(name), e));
+            }
+            let mut pid = String::new();
+            let _ = (&f).read_to_string(&mut pid);
+            let holder = match pid.trim().parse::<u32>() {
+                Ok(p) if Path::new(&format!("/proc/{p}")).exists() => {
+                    format!("the nacrithfs daemon with pid {p}")
+                }
+                _ => "another nacrithfs process (pack, unpack or verify)".to_string(),
+            };
+            return Err(FsError::new(
+                libc::EBUSY,
+                Level::Error,
+                format!("{} is in use by {holder}", self.root_path.display()),
+            ));
+        }
+        if mode == LockMode::Exclusive {
+            let _ = f.set_len(0);
+            let _ = (&f).write_all(format!("{}\n", std::process::id()).as_bytes());
+        }
+        Ok(BackingLock { file: f, mode })
+    }
+
+    /// The backing directory (canonical), for messages.
     pub fn root(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// The backing root's directory descriptor.
+    pub fn root_dir(&self) -> &Dir {
         &self.root
     }
 
-    /// The absolute backing path of a path relative to the mount root.
+    /// The absolute backing path of a path relative to the mount root, for messages
+    /// (never handed to a syscall).
     pub fn path(&self, rel: &Path) -> PathBuf {
         if rel.as_os_str().is_empty() {
-            self.root.clone()
+            self.root_path.clone()
         } else {
-            self.root.join(rel)
+            self.root_path.join(rel)
         }
     }
 
-    /// A path for syscalls on `rel` (relative to the mount root). The absolute backing
-    /// path is longer than the path the caller used through the mount, by the length
-    /// of the backing root, so a name valid in the mount can exceed PATH_MAX here. Such
-    /// a path is reached instead through `/proc/self/fd/N/NAME`, N being an `O_PATH` fd
-    /// of its parent directory opened one component at a time with `O_NOFOLLOW` (never
-    /// through a symlink), which the returned value keeps open.
-    pub fn sys_path(&self, rel: &Path) -> FsResult<BPath> {
-        let abs = self.path(rel);
-        // Room for one more component (callers join a new name onto a directory).
-        if abs.as_os_str().len() + 2 * (libc::NAME_MAX as usize + 1) < libc::PATH_MAX as usize {
-            return Ok(BPath {
-                path: abs,
-                dir: None,
-            });
-        }
-        let walk = || -> std::io::Result<BPath> {
-            let mut comps: Vec<&OsStr> = rel.iter().collect();
-            let last = comps.pop();
-            let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-            let root = cstr(self.root.as_os_str())?;
-            // SAFETY: root is a NUL-terminated path; the result is checked by open_fd.
-            let mut fd = open_fd(unsafe { libc::open(root.as_ptr(), flags) })?;
-            for c in comps {
-                let name = cstr(c)?;
-                // SAFETY: fd is an open directory fd and name a NUL-terminated name.
-                fd = open_fd(unsafe { libc::openat(fd.as_raw_fd(), name.as_ptr(), flags) })?;
-            }
-            let mut path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-            if let Some(l) = last {
-                path.push(l);
-            }
-            Ok(BPath {
-                path,
-                dir: Some(Arc::new(fd)),
-            })
-        };
-        walk().ctx(abs.display())
+    /// The directory `rel` (relative to the mount root), opened beneath the root
+    /// without following any symlink.
+    pub fn dir(&self, rel: &Path) -> FsResult<Dir> {
+        self.root.sub(rel)
     }
 
     /// Deletes leftovers of interrupted writes: every temporary file. Returns how many.
     pub fn clean_tmp(&self) -> FsResult<usize> {
         let mut n = 0;
-        for e in std::fs::read_dir(&self.tmp).ctx(self.tmp.display())? {
-            let e = e.ctx(self.tmp.display())?;
-            let p = e.path();
-            let r = if e.file_type().ctx(p.display())?.is_dir() {
-                std::fs::remove_dir_all(&p)
-            } else {
-                std::fs::remove_file(&p)
+        for name in self.tmp.entries()? {
+            let r = match self.tmp.stat(&name) {
+                Ok(st) if st.is_dir() => {
+                    let p = proc_path(self.tmp.fd()).join(&name);
+                    std::fs::remove_dir_all(p).ctx(self.tmp.show(&name))
+                }
+                _ => self.tmp.remove(&name, false),
             };
-            r.ctx(p.display())?;
-            n += 1;
+            match r {
+                Ok(()) => n += 1,
+                Err(e) => log::warn!("recovery: {}", e.report()),
+            }
         }
         Ok(n)
     }
 
     /// Every regular plaintext file under the root (relative paths), skipping the
-    /// internal directory: the files a previous session left to compress.
+    /// internal directory: the files a previous session left to compress. An entry
+    /// that cannot be read is logged and skipped; the rest are still found.
     pub fn plaintext_files(&self) -> FsResult<Vec<PathBuf>> {
         let mut out = Vec::new();
         let mut stack = vec![PathBuf::new()];
         while let Some(rel) = stack.pop() {
-            let dir = self.sys_path(&rel)?;
-            let rd = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd,
+            let listed = self.dir(&rel).and_then(|d| Ok((d.entries()?, d)));
+            let (names, dir) = match listed {
+                Ok(x) => x,
                 Err(e) => {
-                    log::warn!("recovery: cannot list {}: {e}", dir.display());
+                    log::warn!(
+                        "recovery: cannot list {}: {}",
+                        self.path(&rel).display(),
+                        e.report()
+                    );
                     continue;
                 }
             };
-            for e in rd {
-                let e = e.ctx(dir.display())?;
-                if rel.as_os_str().is_empty() && e.file_name() == INTERNAL_DIR {
+            for name in names {
+                if rel.as_os_str().is_empty() && name == INTERNAL_DIR {
                     continue;
                 }
-                let child = rel.join(e.file_name());
-                let ft = e.file_type().ctx(child.display())?;
-                if ft.is_dir() {
+                let child = rel.join(&name);
+                let st = match dir.stat(&name) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        log::warn!("recovery: skipping {}", e.report());
+                        continue;
+                    }
+                };
+                if st.is_dir() {
                     stack.push(child);
-                } else if ft.is_file() {
-                    let p = dir.join(e.file_name());
-                    if !is_blob_path(&p).ctx(p.display())? {
-                        out.push(child);
+                } else if st.is_file() {
+                    match is_blob_at(&dir, &name) {
+                        Ok(false) => out.push(child),
+                        Ok(true) => {}
+                        Err(e) => log::warn!("recovery: skipping {}", e.report()),
                     }
                 }
             }
@@ -214,7 +265,7 @@ impl Backing {
 
     /// Creates a new temporary file under `.nacrithfs/tmp`.
     pub fn temp_file(&self) -> FsResult<AtomicFile> {
-        AtomicFile::create_in(&self.tmp, TMP_PREFIX)
+        AtomicFile::create_at(&self.tmp, TMP_PREFIX)
     }
 
     /// Writes `data` to a new temporary file with the metadata of `like` (mode, owner,
@@ -226,17 +277,17 @@ impl Backing {
         Ok(f)
     }
 
-    /// Renames a prepared temporary file over `target` and syncs the directory.
-    pub fn commit(&self, tmp: AtomicFile, target: &Path) -> FsResult<File> {
-        tmp.commit_with(target, |point| fault_pause(point, target))
+    /// Renames a prepared temporary file over `dir/name` and syncs the directory.
+    pub fn commit(&self, tmp: AtomicFile, dir: &Dir, name: &OsStr) -> FsResult<File> {
+        let shown = dir.show(name);
+        tmp.commit_at(dir, name, |point| fault_pause(point, &shown))
     }
 
     /// Publishes `json` as `.nacrithfs/status.json` (atomically).
     pub fn publish_status(&self, json: &str) {
-        let dst = self.root.join(INTERNAL_DIR).join("status.json");
         let r = self.temp_file().and_then(|mut f| {
             f.write_all(json.as_bytes())?;
-            f.commit(&dst)
+            f.commit_at(&self.internal, OsStr::new("status.json"), |_| {})
         });
         if let Err(e) = r {
             log::debug!("cannot publish status: {}", e.report());
@@ -248,11 +299,10 @@ impl Backing {
 /// user xattrs) and, for a blob, the blob marker, then fsync. What the filesystem and
 /// `pack` write before every rename into BACKING.
 pub fn stage(f: &mut AtomicFile, data: &[u8], like: &File, blob: bool) -> FsResult<()> {
-    let what = f.path().display().to_string();
     f.write_all(data)?;
-    copy_metadata(like, f.file()).ctx(&what)?;
+    copy_metadata(like, f.file()).ctx(f.name())?;
     if blob {
-        fset_xattr(f.file(), STATE_XATTR, STATE_BLOB).ctx(&what)?;
+        fset_xattr(f.file(), STATE_XATTR, STATE_BLOB).ctx(f.name())?;
     }
     f.sync()
 }
@@ -263,7 +313,7 @@ pub fn stage(f: &mut AtomicFile, data: &[u8], like: &File, blob: bool) -> FsResu
 /// replaced, the directory not yet synced, the inode table not yet updated) after
 /// logging it, so tests/crash.rs can kill -9 the daemon exactly there. Unset, as always
 /// outside those tests, it costs one initialised `OnceLock` read per commit.
-fn fault_pause(point: &str, target: &Path) {
+fn fault_pause(point: &str, target: &str) {
     static SPEC: OnceLock<Option<(String, u64)>> = OnceLock::new();
     let spec = SPEC.get_or_init(|| {
         let v = std::env::var("NACRITHFS_FAULT").ok()?;
@@ -272,34 +322,31 @@ fn fault_pause(point: &str, target: &Path) {
     });
     if let Some((p, ms)) = spec {
         if p == point {
-            log::warn!(
-                "NACRITHFS_FAULT: pausing {ms} ms {point} of {}",
-                target.display()
-            );
+            log::warn!("NACRITHFS_FAULT: pausing {ms} ms {point} of {target}");
             std::thread::sleep(std::time::Duration::from_millis(*ms));
         }
     }
 }
 
-/// Copies mode, owner, access/modification times and the user's xattrs (not the
-/// reserved `user.nacrithfs.*` ones).
+/// Copies owner, the user's xattrs (not the reserved `user.nacrithfs.*` ones), mode,
+/// and access/modification times, in that order: chown clears set-id bits and
+/// `security.capability`, so both are set after it.
 pub fn copy_metadata(from: &File, to: &File) -> std::io::Result<()> {
     let md = from.metadata()?;
-    for name in flist_xattr(from)? {
-        if name.as_bytes().starts_with(RESERVED_XATTR_PREFIX) {
-            continue;
-        }
-        if let Some(v) = fget_xattr(from, &name)? {
-            fset_xattr(to, &name, &v)?;
-        }
-    }
-    // Owner first: chown clears set-id bits, chmod then restores them.
     // SAFETY: fchown on an open fd with plain integer arguments.
     let r = unsafe { libc::fchown(to.as_raw_fd(), md.uid(), md.gid()) };
     if r != 0 {
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EPERM) {
             return Err(e);
+        }
+    }
+    for name in flist_xattr(from)? {
+        if name.as_bytes().starts_with(RESERVED_XATTR_PREFIX) {
+            continue;
+        }
+        if let Some(v) = fget_xattr(from, &name)? {
+            fset_xattr(to, &name, &v)?;
         }
     }
     // SAFETY: fchmod on an open fd with a plain mode.
@@ -319,7 +366,24 @@ pub fn copy_metadata(from: &File, to: &File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Whether the file at `path` (not following symlinks) is a blob.
+/// Whether entry `name` of `dir` is a blob (read through an `O_PATH` handle: the entry
+/// is not opened, and a symlink is not followed).
+pub fn is_blob_at(dir: &Dir, name: &OsStr) -> FsResult<bool> {
+    let fd = dir.open_path(name)?;
+    let st = Stat::of(&fd).ctx(dir.show(name))?;
+    if !st.is_file() {
+        return Ok(false);
+    }
+    Ok(
+        super::xattr::get_at(fd.as_raw_fd(), OsStr::new(STATE_XATTR))
+            .ctx(dir.show(name))?
+            .as_deref()
+            == Some(STATE_BLOB),
+    )
+}
+
+/// Whether the file at `path` (not following symlinks) is a blob. For tools and tests
+/// that look at BACKING from outside.
 pub fn is_blob_path(path: &Path) -> std::io::Result<bool> {
     Ok(lget_xattr(path, OsStr::new(STATE_XATTR))?.as_deref() == Some(STATE_BLOB))
 }
@@ -347,8 +411,9 @@ mod tests {
         let src = File::open(&target).unwrap();
         fset_xattr(&src, "user.keep", b"v").unwrap();
         let tmp = b.prepare(b"blob", &src, true).unwrap();
-        b.commit(tmp, &target).unwrap();
+        b.commit(tmp, b.root_dir(), OsStr::new("f")).unwrap();
         assert!(is_blob_path(&target).unwrap());
+        assert!(is_blob_at(b.root_dir(), OsStr::new("f")).unwrap());
         assert_eq!(
             lget_xattr(&target, OsStr::new("user.keep"))
                 .unwrap()
@@ -359,5 +424,51 @@ mod tests {
         std::mem::forget(b.temp_file().unwrap());
         assert_eq!(b.clean_tmp().unwrap(), 1);
         assert!(b.plaintext_files().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_internal_directory_must_be_real_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join(INTERNAL_DIR)).unwrap();
+        let e = Backing::open(dir.path()).unwrap_err();
+        assert_eq!(e.errno(), libc::ENOTDIR, "{e}");
+        assert!(e.to_string().contains("symlink"), "{e}");
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+        std::fs::remove_file(dir.path().join(INTERNAL_DIR)).unwrap();
+        std::fs::create_dir(dir.path().join(INTERNAL_DIR)).unwrap();
+        std::fs::set_permissions(
+            dir.path().join(INTERNAL_DIR),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        Backing::open(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join(INTERNAL_DIR))
+            .unwrap()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn one_exclusive_holder_or_many_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backing::open(dir.path()).unwrap();
+        let held = b.lock(LockMode::Exclusive).unwrap();
+        let e = b.lock(LockMode::Exclusive).unwrap_err();
+        assert_eq!(e.errno(), libc::EBUSY);
+        assert!(
+            e.to_string()
+                .contains(&format!("pid {}", std::process::id())),
+            "{e}"
+        );
+        assert_eq!(b.lock(LockMode::Shared).unwrap_err().errno(), libc::EBUSY);
+        drop(held);
+        let s1 = b.lock(LockMode::Shared).unwrap();
+        let _s2 = b.lock(LockMode::Shared).unwrap();
+        assert_eq!(
+            b.lock(LockMode::Exclusive).unwrap_err().errno(),
+            libc::EBUSY
+        );
+        drop(s1);
     }
 }

@@ -1,16 +1,48 @@
 //! The compression queue: inode numbers waiting for a worker, deduplicated, plus the
 //! count of jobs in progress (taken from the queue under the same lock, so a waiter
-//! never sees a file that is neither queued nor compressing between the two states).
+//! never sees a file that is neither queued nor compressing between the two states),
+//! and files waiting to be retried after a failure.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 struct Inner {
     order: VecDeque<u64>,
     set: HashSet<u64>,
+    /// Failed files and when to try them again.
+    later: Vec<(Instant, u64)>,
     active: usize,
     shutdown: bool,
+}
+
+impl Inner {
+    /// Moves the retries that are due into the queue.
+    fn promote(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.later.len() {
+            if self.later[i].0 <= now {
+                let (_, ino) = self.later.swap_remove(i);
+                if self.set.insert(ino) {
+                    self.order.push_back(ino);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// What the queue holds, for `status`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Files waiting for a worker.
+    pub queued: usize,
+    /// Files being compressed.
+    pub active: usize,
+    /// Files that failed, waiting to be tried again.
+    pub retrying: usize,
 }
 
 /// Files waiting for a compressor, deduplicated, and the jobs in progress.
@@ -28,10 +60,21 @@ impl WorkQueue {
     /// Queues `ino` unless it is already queued.
     pub fn push(&self, ino: u64) {
         let mut q = self.lock();
+        q.later.retain(|&(_, i)| i != ino);
         if q.set.insert(ino) {
             q.order.push_back(ino);
             self.cv.notify_one();
         }
+    }
+
+    /// Queues `ino` again after `delay` (a retry after a failure), unless it is queued.
+    pub fn push_after(&self, ino: u64, delay: Duration) {
+        let mut q = self.lock();
+        if q.set.contains(&ino) || q.later.iter().any(|&(_, i)| i == ino) {
+            return;
+        }
+        q.later.push((Instant::now() + delay, ino));
+        self.cv.notify_all();
     }
 
     /// Waits for the next job and marks it active; `None` after [`WorkQueue::shutdown`].
@@ -41,12 +84,23 @@ impl WorkQueue {
             if q.shutdown {
                 return None;
             }
+            let now = Instant::now();
+            q.promote(now);
             if let Some(ino) = q.order.pop_front() {
                 q.set.remove(&ino);
                 q.active += 1;
                 return Some(ino);
             }
-            q = self.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+            let next = q.later.iter().map(|&(t, _)| t).min();
+            q = match next {
+                Some(t) => {
+                    self.cv
+                        .wait_timeout(q, t.saturating_duration_since(now))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.cv.wait(q).unwrap_or_else(|p| p.into_inner()),
+            };
         }
     }
 
@@ -56,15 +110,46 @@ impl WorkQueue {
         q.active = q.active.saturating_sub(1);
     }
 
-    /// (queued, active).
-    pub fn counts(&self) -> (usize, usize) {
+    /// What is queued, active and waiting for a retry.
+    pub fn counts(&self) -> QueueCounts {
         let q = self.lock();
-        (q.order.len(), q.active)
+        QueueCounts {
+            queued: q.order.len(),
+            active: q.active,
+            retrying: q.later.len(),
+        }
     }
 
     /// Wakes every waiting worker; [`WorkQueue::pop`] returns `None` from now on.
     pub fn shutdown(&self) {
         self.lock().shutdown = true;
         self.cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_come_back_when_due_and_a_push_overtakes_them() {
+        let q = WorkQueue::default();
+        q.push_after(7, Duration::from_millis(50));
+        assert_eq!(
+            q.counts(),
+            QueueCounts {
+                queued: 0,
+                active: 0,
+                retrying: 1
+            }
+        );
+        let t = Instant::now();
+        assert_eq!(q.pop(), Some(7));
+        assert!(t.elapsed() >= Duration::from_millis(45));
+        q.done();
+        q.push_after(8, Duration::from_secs(3600));
+        q.push(8);
+        assert_eq!(q.counts().retrying, 0);
+        assert_eq!(q.pop(), Some(8));
     }
 }

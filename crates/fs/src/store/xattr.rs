@@ -4,7 +4,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
@@ -109,6 +109,53 @@ pub fn fremove_xattr(f: &File, name: impl AsRef<OsStr>) -> io::Result<()> {
     let n = cstr(name.as_ref())?;
     // SAFETY: the fd is open and n is a NUL-terminated C string.
     cvt(unsafe { libc::fremovexattr(f.as_raw_fd(), n.as_ptr()) })
+}
+
+/// The `/proc/self/fd/N` path of an `O_PATH` handle, as a C string: the xattr
+/// syscalls take no `O_PATH` fd, but resolve this path to exactly the entry the handle
+/// holds (a symlink itself, never its target).
+fn proc_cstr(fd: RawFd) -> io::Result<CString> {
+    cstr(super::dir::proc_path(fd).as_os_str())
+}
+
+/// The xattr `name` of the entry an `O_PATH` handle holds.
+pub fn get_at(fd: RawFd, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    let (p, n) = (proc_cstr(fd)?, cstr(name)?);
+    // SAFETY: p and n are NUL-terminated and outlive the call; buf/len follow
+    // get_with's contract.
+    get_with(|buf, len| unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf, len) })
+}
+
+/// The xattr names of the entry an `O_PATH` handle holds.
+pub fn list_at(fd: RawFd) -> io::Result<Vec<OsString>> {
+    let p = proc_cstr(fd)?;
+    Ok(split_names(
+        // SAFETY: p is NUL-terminated; buf/len follow get_with's contract.
+        get_with(|buf, len| unsafe { libc::listxattr(p.as_ptr(), buf.cast(), len) })?
+            .unwrap_or_default(),
+    ))
+}
+
+/// Sets the xattr `name` of the entry an `O_PATH` handle holds.
+pub fn set_at(fd: RawFd, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    let (p, n) = (proc_cstr(fd)?, cstr(name)?);
+    // SAFETY: p and n are NUL-terminated and value is valid for its length.
+    cvt(unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+}
+
+/// Removes the xattr `name` of the entry an `O_PATH` handle holds.
+pub fn remove_at(fd: RawFd, name: &OsStr) -> io::Result<()> {
+    let (p, n) = (proc_cstr(fd)?, cstr(name)?);
+    // SAFETY: p and n are NUL-terminated C strings that outlive the call.
+    cvt(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) })
 }
 
 fn split_names(raw: Vec<u8>) -> Vec<OsString> {

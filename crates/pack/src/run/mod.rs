@@ -140,6 +140,21 @@ impl fmt::Display for Report {
 }
 
 /// `dir` made absolute; it must exist and be a directory.
+/// Takes a backing directory's lock shared: shards run side by side, but not beside a
+/// mount of it (EBUSY). A tree that cannot hold the lock (read-only media) is used
+/// without it.
+fn lock_shared(dir: &Path) -> Result<Option<nacrithfs_fs::store::BackingLock>, PackError> {
+    use nacrithfs_fs::store::{Backing, LockMode};
+    match Backing::open(dir).and_then(|b| b.lock(LockMode::Shared)) {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if e.errno() == libc::EBUSY => Err(e.into()),
+        Err(e) => {
+            log::debug!("no lock on {}: {}", dir.display(), e.report());
+            Ok(None)
+        }
+    }
+}
+
 fn existing_dir(dir: &Path) -> Result<PathBuf, PackError> {
     let no = |source| PackError::NoInput {
         path: dir.to_path_buf(),

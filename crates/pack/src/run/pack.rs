@@ -16,6 +16,9 @@ pub fn pack(opts: &PackOptions, engine: &LazyEngine) -> Result<Report, PackError
         }
     }
     let mine = shard_items(&tree.items, shard);
+    // Beside other shards, never beside a mount of DEST (which would not see these
+    // files appear and could compress over them).
+    let _lock = lock_shared(&dest)?;
     let internal = dest.join(INTERNAL_DIR);
     let staging = Staging::open(internal.join("tmp"), format!("pack-{}", shard.tag()))?;
     // An earlier run's manifest stops describing DEST the moment this run starts.

@@ -10,6 +10,7 @@ pub fn unpack(
     engine: &LazyEngine,
 ) -> Result<Report, PackError> {
     let root = existing_dir(packed)?;
+    let _lock = lock_shared(&root)?;
     let out = output_dir(out, &root)?;
     let tree = walk(&root, Some(INTERNAL_DIR))?;
     let mine = shard_items(&tree.items, shard);

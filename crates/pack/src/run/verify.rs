@@ -9,6 +9,7 @@ use super::*;
 pub fn verify(opts: &VerifyOptions, engine: &LazyEngine) -> Result<Report, PackError> {
     let shard = opts.shard;
     let root = existing_dir(&opts.dest)?;
+    let _lock = lock_shared(&root)?;
     let manifest_path = match &opts.manifest {
         Some(m) => Some(m.clone()),
         None => Some(root.join(INTERNAL_DIR).join(manifest::MERGED_NAME)).filter(|p| p.exists()),
