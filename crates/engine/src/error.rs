@@ -38,6 +38,9 @@ pub enum Error {
         #[source]
         source: FrameError,
     },
+    /// The blob's payload could not be read (from its file).
+    #[error("cannot read the blob's payload")]
+    Payload(#[source] std::io::Error),
     /// The whole file decoded to bytes that fail the header's CRC-32C.
     #[error("decoded file fails its checksum: the blob is corrupt")]
     FileChecksum,
@@ -48,6 +51,12 @@ pub enum Error {
     VerifyFailed {
         /// The chunk's index in the file's chunk table.
         chunk: usize,
+    },
+    /// A binary frame did not decompress back to its input while compressing.
+    #[error("verification failed: binary frame {frame} did not decompress back to its input (no blob written)")]
+    VerifyFailedFrame {
+        /// The frame's index in the file's frame table.
+        frame: usize,
     },
     /// A token to encode is outside the model's vocabulary.
     #[error("token {token} is outside the model's vocabulary of {vocab}")]

@@ -87,6 +87,17 @@ pub struct Engine {
     config: EngineConfig,
     /// Started on first use, so an engine that only reads headers costs nothing.
     pool: OnceLock<Result<Pool, Arc<Error>>>,
+    /// Requests running on the model now (binary frames take every core only when 0).
+    busy: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a request as running on the model while it lives.
+struct Busy<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Called with the number of tokens coded since the last call.
@@ -99,6 +110,7 @@ impl Engine {
             model,
             config,
             pool: OnceLock::new(),
+            busy: Default::default(),
         }
     }
 
@@ -110,6 +122,11 @@ impl Engine {
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.config
+    }
+
+    /// Whether no request is running on the model now.
+    pub fn model_idle(&self) -> bool {
+        self.busy.load(std::sync::atomic::Ordering::Relaxed) == 0
     }
 
     fn pool(&self) -> Result<&Pool, Error> {
@@ -155,6 +172,8 @@ impl Engine {
         if tasks.is_empty() {
             return Ok((slots.into_iter().flatten().collect(), stats));
         }
+        self.busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _busy = Busy(&self.busy);
         self.pool()?.submit(tasks)?;
         let mut first_err = None;
         // Ends when every task has reported and dropped its reply sender.

@@ -6,7 +6,7 @@ use super::{CodedStream, Engine, Progress, TokenStream};
 use crate::{Error, Result};
 use nc06::format::{
     compress_frame, decompress_frame, segment, Blob, ChunkEntry, Extent, ExtentKind, Flags,
-    FrameEntry, FrameError, Header, Index, SegmentOptions, FRAME_SIZE,
+    FrameEntry, FrameError, Header, Index, Payload, SegmentOptions, FRAME_SIZE,
 };
 use nc06::predict::PredictorConfig;
 use nc06::Window;
@@ -145,17 +145,20 @@ impl Engine {
         }
 
         let t0 = Instant::now();
+        // Frames on every core when the model has nothing to do; beside the model on one
+        // thread otherwise (its threads use the other cores, and spin when crowded).
+        let parallel = tokens.iter().all(|t| t.0.is_empty()) && self.model_idle();
         let (frames, coded) = std::thread::scope(|scope| {
             let frames = scope.spawn(|| {
                 prepared
                     .iter()
-                    .map(|p| frames_of(&p.binary))
-                    .collect::<Vec<Frames>>()
+                    .map(|p| frames_of(&p.binary, parallel, opts.verify))
+                    .collect::<Result<Vec<Frames>>>()
             });
             let coded = self.encode(&tokens, opts.window, opts.predictor(), progress);
             (frames.join(), coded)
         });
-        let frames = frames.map_err(|_| Error::Panicked("binary frame compressor"))?;
+        let frames = frames.map_err(|_| Error::Panicked("binary frame compressor"))??;
         let (coded, run) = coded?;
         let encode_secs = t0.elapsed().as_secs_f64();
 
@@ -410,8 +413,8 @@ impl Engine {
         Ok(out)
     }
 
-    /// Decodes only the extents overlapping `[start, end)` of the original file.
-    /// Returns the offset of the first decoded byte and the bytes of those whole extents.
+    /// Decodes `[start, end)` of the original file of an in-memory blob; see
+    /// [`Engine::decode_range`].
     pub fn decompress_range(
         &self,
         blob: &Blob,
@@ -420,11 +423,37 @@ impl Engine {
         end: u64,
         progress: Option<Progress<'_>>,
     ) -> Result<(u64, Vec<u8>)> {
+        self.decode_range(blob, index, &blob.payload, start, end, progress)
+    }
+
+    /// Decodes `[start, end)` of the original file from `blob`'s tables and the
+    /// payload in `payload`: the text chunks it overlaps whole (each is one coded
+    /// stream), binary bytes exactly (decompressing only the frames they lie in).
+    /// Returns the offset of the first byte returned and the bytes.
+    pub fn decode_range(
+        &self,
+        blob: &Blob,
+        index: &Index,
+        payload: &dyn Payload,
+        start: u64,
+        end: u64,
+        progress: Option<Progress<'_>>,
+    ) -> Result<(u64, Vec<u8>)> {
         let ext = index.overlapping(start, end);
-        let Some(first) = index.extents.get(ext.start) else {
+        let (Some(first), Some(last)) = (
+            index.extents.get(ext.start),
+            ext.end.checked_sub(1).and_then(|l| index.extents.get(l)),
+        ) else {
             return Ok((start.min(blob.header.original_len), Vec::new()));
         };
-        let base = first.orig_offset;
+        let lo = match first.kind {
+            ExtentKind::Text => first.orig_offset,
+            ExtentKind::Binary => start.max(first.orig_offset),
+        };
+        let hi = match last.kind {
+            ExtentKind::Text => last.orig_offset + last.len,
+            ExtentKind::Binary => end.min(last.orig_offset + last.len),
+        };
         let texts: Vec<usize> = index.extents[ext.clone()]
             .iter()
             .filter(|e| e.kind == ExtentKind::Text)
@@ -433,9 +462,18 @@ impl Engine {
         if !texts.is_empty() {
             self.check_fingerprint(blob)?;
         }
+        let stored = texts
+            .iter()
+            .map(|&c| {
+                payload
+                    .read(index.chunk_offsets[c], blob.chunks[c].stream_len as usize)
+                    .map_err(Error::Payload)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let streams: Vec<(&[u8], u32)> = texts
             .iter()
-            .map(|&c| (blob.chunk_stream(index, c), blob.chunks[c].tokens))
+            .zip(&stored)
+            .map(|(&c, s)| (&s[..], blob.chunks[c].tokens))
             .collect();
         let predictor = PredictorConfig {
             flags: blob.header.flags,
@@ -452,7 +490,7 @@ impl Engine {
             text_bytes.insert(c, bytes);
         }
         let mut frames: HashMap<usize, Vec<u8>> = HashMap::new();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(hi.saturating_sub(lo).min(1 << 24) as usize);
         for e in &index.extents[ext] {
             match e.kind {
                 ExtentKind::Text => {
@@ -463,13 +501,16 @@ impl Engine {
                     out.extend_from_slice(&bytes);
                 }
                 ExtentKind::Binary => {
-                    let (mut off, end) = (e.binary_offset, e.binary_offset + e.len);
+                    // Only the part of the extent inside [lo, hi).
+                    let from = lo.max(e.orig_offset) - e.orig_offset;
+                    let to = hi.min(e.orig_offset + e.len) - e.orig_offset;
+                    let (mut off, end) = (e.binary_offset + from, e.binary_offset + to);
                     while off < end {
                         let f = (off / FRAME_SIZE as u64) as usize;
                         let raw = match frames.entry(f) {
                             std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                             std::collections::hash_map::Entry::Vacant(v) => {
-                                v.insert(self.frame(blob, index, f)?)
+                                v.insert(self.frame(blob, index, payload, f)?)
                             }
                         };
                         let in_frame = (off - f as u64 * FRAME_SIZE as u64) as usize;
@@ -480,20 +521,25 @@ impl Engine {
                 }
             }
         }
-        Ok((base, out))
+        Ok((lo, out))
     }
 
-    fn frame(&self, blob: &Blob, index: &Index, f: usize) -> Result<Vec<u8>> {
+    fn frame(
+        &self,
+        blob: &Blob,
+        index: &Index,
+        payload: &dyn Payload,
+        f: usize,
+    ) -> Result<Vec<u8>> {
         let entry = blob.frames.get(f).ok_or(Error::Frame {
             frame: f,
             source: FrameError::Missing,
         })?;
-        let raw = decompress_frame(
-            entry.method,
-            blob.frame_bytes(index, f),
-            entry.raw_len as usize,
-        )
-        .map_err(|source| Error::Frame { frame: f, source })?;
+        let stored = payload
+            .read(index.frame_offsets[f], entry.stored_len as usize)
+            .map_err(Error::Payload)?;
+        let raw = decompress_frame(entry.method, &stored, entry.raw_len as usize)
+            .map_err(|source| Error::Frame { frame: f, source })?;
         if crc32c::crc32c(&raw) != entry.crc {
             return Err(Error::Frame {
                 frame: f,
@@ -504,21 +550,33 @@ impl Engine {
     }
 }
 
-/// Cuts binary bytes into frames, each stored with the better classical codec.
-fn frames_of(binary: &[u8]) -> Frames {
-    binary
-        .chunks(FRAME_SIZE)
-        .map(|raw| {
-            let (method, stored) = compress_frame(raw);
-            (
-                FrameEntry {
-                    method,
-                    raw_len: raw.len() as u32,
-                    stored_len: stored.len() as u32,
-                    crc: crc32c::crc32c(raw),
-                },
-                stored,
-            )
-        })
-        .collect()
+/// Cuts binary bytes into frames, each stored with the better classical codec, on all
+/// cores with `parallel` (the result does not depend on it). With `verify`, every
+/// stored frame is decompressed and compared before it is accepted.
+fn frames_of(binary: &[u8], parallel: bool, verify: bool) -> Result<Frames> {
+    use rayon::prelude::*;
+    let one = |(i, raw): (usize, &[u8])| -> Result<(FrameEntry, Vec<u8>)> {
+        let (method, stored) = compress_frame(raw);
+        if verify && method != nc06::format::Method::Raw {
+            let back = decompress_frame(method, &stored, raw.len())
+                .map_err(|source| Error::Frame { frame: i, source })?;
+            if back != raw {
+                return Err(Error::VerifyFailedFrame { frame: i });
+            }
+        }
+        Ok((
+            FrameEntry {
+                method,
+                raw_len: raw.len() as u32,
+                stored_len: stored.len() as u32,
+                crc: crc32c::crc32c(raw),
+            },
+            stored,
+        ))
+    };
+    if parallel {
+        binary.par_chunks(FRAME_SIZE).enumerate().map(one).collect()
+    } else {
+        binary.chunks(FRAME_SIZE).enumerate().map(one).collect()
+    }
 }

@@ -173,8 +173,7 @@ impl Blob {
     /// Parses and validates a blob. Never panics on any input.
     pub fn parse(data: &[u8]) -> Result<Blob, FormatError> {
         let (mut blob, header_len) = Self::parse_header(data)?;
-        let payload_len: u64 = blob.chunks.iter().map(|c| c.stream_len as u64).sum::<u64>()
-            + blob.frames.iter().map(|f| f.stored_len as u64).sum::<u64>();
+        let payload_len = blob.payload_len();
         let have = (data.len() - header_len) as u64;
         if have < payload_len {
             return Err(FormatError::Truncated("payload"));
@@ -419,6 +418,12 @@ impl Blob {
         }
     }
 
+    /// Bytes of payload the tables describe: every chunk stream and frame.
+    pub fn payload_len(&self) -> u64 {
+        self.chunks.iter().map(|c| c.stream_len as u64).sum::<u64>()
+            + self.frames.iter().map(|f| f.stored_len as u64).sum::<u64>()
+    }
+
     /// The stored stream of chunk `i`.
     pub fn chunk_stream<'a>(&'a self, index: &Index, i: usize) -> &'a [u8] {
         let start = index.chunk_offsets[i] as usize;
@@ -429,6 +434,23 @@ impl Blob {
     pub fn frame_bytes<'a>(&'a self, index: &Index, i: usize) -> &'a [u8] {
         let start = index.frame_offsets[i] as usize;
         &self.payload[start..start + self.frames[i].stored_len as usize]
+    }
+}
+
+/// Where a blob's payload is: in memory, or in its file, read piece by piece so that
+/// decoding part of a large blob never holds all of it.
+pub trait Payload: Sync {
+    /// The `len` bytes at `offset` of the payload (a chunk stream or a frame).
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<std::borrow::Cow<'_, [u8]>>;
+}
+
+impl Payload for Vec<u8> {
+    fn read(&self, offset: u64, len: usize) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        usize::try_from(offset)
+            .ok()
+            .and_then(|o| self.get(o..o.checked_add(len)?))
+            .map(std::borrow::Cow::Borrowed)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
     }
 }
 
@@ -466,6 +488,30 @@ impl Index {
             .partition_point(|e| e.orig_offset + e.len <= start);
         let last = self.extents.partition_point(|e| e.orig_offset < end);
         first..last.max(first)
+    }
+
+    /// The smallest independently decodable pieces of the file, as `(offset, len)` in
+    /// order, tiling it: every text extent whole (one coded stream), binary extents cut
+    /// where a frame of the binary stream ends. A reader that caches pieces never
+    /// decompresses a frame for bytes outside it.
+    pub fn pieces(&self) -> Vec<(u64, u64)> {
+        let frame = super::FRAME_SIZE as u64;
+        let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
+        for e in &self.extents {
+            match e.kind {
+                ExtentKind::Text => out.push((e.orig_offset, e.len)),
+                ExtentKind::Binary => {
+                    let mut done = 0;
+                    while done < e.len {
+                        let at = e.binary_offset + done;
+                        let n = (frame - at % frame).min(e.len - done);
+                        out.push((e.orig_offset + done, n));
+                        done += n;
+                    }
+                }
+            }
+        }
+        out
     }
 }
 
@@ -524,6 +570,51 @@ mod tests {
         assert_eq!(idx.overlapping(99, 101), 0..2);
         assert_eq!(idx.overlapping(100, 110), 1..2);
         assert_eq!(idx.frame_offsets, vec![3]);
+    }
+
+    #[test]
+    fn pieces_cut_binary_at_frame_ends_and_keep_text_whole() {
+        let f = crate::format::FRAME_SIZE as u64;
+        let ext = |orig_offset, len, kind, binary_offset| IndexedExtent {
+            orig_offset,
+            len,
+            kind,
+            chunk: 0,
+            binary_offset,
+        };
+        // text 0..100, binary that starts 10 bytes before a frame end and runs 2.5
+        // frames, text, then binary continuing the stream.
+        let idx = Index {
+            extents: vec![
+                ext(0, 100, ExtentKind::Text, 0),
+                ext(100, 10 + 2 * f + f / 2, ExtentKind::Binary, f - 10),
+                ext(110 + 2 * f + f / 2, 7, ExtentKind::Text, 0),
+                ext(117 + 2 * f + f / 2, f, ExtentKind::Binary, 3 * f + f / 2),
+            ],
+            chunk_offsets: vec![],
+            frame_offsets: vec![],
+        };
+        let p = idx.pieces();
+        assert_eq!(
+            p,
+            vec![
+                (0, 100),
+                (100, 10),
+                (110, f),
+                (110 + f, f),
+                (110 + 2 * f, f / 2),
+                (110 + 2 * f + f / 2, 7),
+                (117 + 2 * f + f / 2, f / 2),
+                (117 + 3 * f, f / 2),
+            ]
+        );
+        // They tile the file.
+        let mut at = 0;
+        for (o, l) in &p {
+            assert_eq!(*o, at);
+            at += l;
+        }
+        assert_eq!(sample().index().pieces(), vec![(0, 100), (100, 10)]);
     }
 
     #[test]

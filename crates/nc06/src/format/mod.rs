@@ -13,7 +13,7 @@ mod varint;
 pub use binary::{compress_frame, decompress_frame, FrameError, Method, FRAME_SIZE};
 pub use container::{
     Blob, ChunkEntry, Extent, ExtentKind, FormatError, FrameEntry, Header, Index, IndexedExtent,
-    HEADER_PREFIX_LEN, MAGIC, VERSION,
+    Payload, HEADER_PREFIX_LEN, MAGIC, VERSION,
 };
 pub use flags::{Flags, UnknownPredictor};
 
