@@ -2,11 +2,9 @@
 
 use crate::args::{ModelArgs, ShardArgs, WindowArgs};
 use crate::error::CliError;
-use crate::nc06_codec::Nc06Codec;
 use clap::{Parser, Subcommand};
 use nacrithfs_engine::model::{resolve_model_path, Model, ModelOptions};
 use nacrithfs_engine::{CompressOptions, Engine, DEFAULT_CHUNK_SIZE};
-use nacrithfs_fs::mount::{Mounting, ServeOptions};
 use nacrithfs_fs::store::AtomicFile;
 use nacrithfs_pack::{LazyEngine, PackOptions, VerifyOptions};
 use nc06::format::{Blob, ExtentKind};
@@ -14,7 +12,6 @@ use std::ffi::OsStr;
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -128,30 +125,27 @@ pub enum Command {
         model: ModelArgs,
     },
     /// Mount BACKING on MNT: files written to MNT are stored in BACKING, compressed in
-    /// the background. Runs in the foreground until unmounted or sent SIGINT/SIGTERM.
-    Mount {
-        backing: PathBuf,
+    /// the background. Stays in the foreground until unmounted or sent SIGINT/SIGTERM,
+    /// or detaches once ready with --daemon.
+    Mount(crate::mount_cmd::MountArgs),
+    /// Unmount MNT and wait for its daemon to finish (everything written is on disk
+    /// when it returns). Files still queued are compressed at the next mount.
+    Umount {
         mountpoint: PathBuf,
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Files compressed at once; their chunks share the model workers' streams.
-        #[arg(long, default_value_t = 4)]
-        jobs: usize,
-        /// Memory for decoded extents of compressed files, in MiB.
-        #[arg(long, default_value_t = 64)]
-        cache_mb: usize,
-        /// Let other users access the mount (and unmount it when the daemon dies).
+        /// Detach now even if files are open in it; it goes once they are closed.
         #[arg(long)]
-        allow_other: bool,
-        /// Honour set-uid/set-gid bits of files in the mount (default: nosuid).
-        #[arg(long)]
-        suid: bool,
-        /// Honour device nodes in the mount (default: nodev).
-        #[arg(long)]
-        dev: bool,
+        lazy: bool,
+        /// How long to wait for the daemon to exit, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Show a mount's compression counters.
-    Status { mountpoint: PathBuf },
+    Status {
+        mountpoint: PathBuf,
+        /// Print them as one line of JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Block until a mount has nothing queued or compressing, then show its counters.
     Wait {
         mountpoint: PathBuf,
@@ -200,6 +194,10 @@ pub enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
     /// Merge the shard manifests of a packed tree into PACKED/.nacrithfs/manifest.jsonl,
     /// once every shard has finished.
     MergeManifests {
@@ -406,32 +404,29 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             pb.finish_and_clear();
             write_atomic(&output, &out, force)
         }
-        Command::Mount {
-            backing,
+        Command::Mount(args) => crate::mount_cmd::mount(args),
+        Command::Umount {
             mountpoint,
-            model,
-            jobs,
-            cache_mb,
-            allow_other,
-            suid,
-            dev,
-        } => {
-            // The paths are checked before the model is loaded, so a bad one fails fast,
-            // and the model's threads start after the signals are blocked.
-            let mounting = Mounting::new(&backing, &mountpoint)?;
-            let engine = Arc::new(model.engine()?);
-            let opts = ServeOptions {
-                jobs,
-                cache_mb,
-                allow_other,
-                suid,
-                dev,
-            };
-            Ok(mounting.serve(Arc::new(Nc06Codec::new(engine)), &opts)?)
+            lazy,
+            timeout,
+        } => crate::mount_cmd::umount(&mountpoint, lazy, std::time::Duration::from_secs(timeout)),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "nacrithfs", &mut std::io::stdout());
+            Ok(())
         }
-        Command::Status { mountpoint } => {
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Status { mountpoint, json } => {
             let s = nacrithfs_fs::mount::status(&mountpoint)?;
-            println!("{s}");
+            if json {
+                print!("{}", s.to_json());
+            } else {
+                println!("{s}");
+            }
             Ok(())
         }
         Command::Wait {

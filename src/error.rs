@@ -59,13 +59,16 @@ pub enum CliError {
     /// The mount, `status` or `wait` failed.
     #[error(transparent)]
     Mount(#[from] MountError),
+    /// A mount is busy (75: try again).
+    #[error("{0}")]
+    Busy(String),
 }
 
 fn codec_exit_code(e: &nacrithfs_engine::Error) -> i32 {
     use nacrithfs_engine::Error;
     match e {
         Error::Model(_) => 69,
-        Error::VerifyFailed { .. } => 70,
+        Error::VerifyFailed { .. } | Error::VerifyFailedFrame { .. } => 70,
         Error::Shared(e) => codec_exit_code(e),
         _ => 65,
     }
@@ -114,6 +117,7 @@ impl CliError {
             // EX_TEMPFAIL: another daemon serves BACKING; try again once it is gone.
             CliError::Mount(MountError::Busy(_)) => 75,
             CliError::Mount(MountError::Fs(_)) => 74,
+            CliError::Busy(_) => 75,
         }
     }
 }

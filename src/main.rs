@@ -5,20 +5,73 @@ mod args;
 mod bench;
 mod cli;
 mod error;
+mod mount_cmd;
 mod nc06_codec;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use cli::{run, Cli};
+use std::ffi::OsString;
 
 fn main() {
-    let cli = Cli::parse();
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or(cli.command.default_log_filter()),
-    )
-    .format_timestamp_millis()
-    .init();
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    if matches!(
+        argv.get(1).and_then(|a| a.to_str()),
+        Some("--version" | "-V")
+    ) && argv.len() == 2
+    {
+        print_version();
+        return;
+    }
+    // mount(8) and mount.fuse3 call helpers as `PROG BACKING MNT -o OPTIONS`.
+    let cmd = Cli::command();
+    let subcommands: Vec<&str> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name())
+        .chain(["help"])
+        .collect();
+    if let Some(r) = mount_cmd::helper_args(&argv, &subcommands) {
+        match r {
+            Ok(a) => argv = a,
+            Err(e) => {
+                eprintln!("nacrithfs: {e}");
+                std::process::exit(e.exit_code());
+            }
+        }
+    }
+    let cli = Cli::parse_from(argv);
+    // fuser warns when it finds the mount already gone at the end of a session (after
+    // `umount` or `fusermount3 -u`, the normal way to stop); nacrithfs reports unmounts
+    // itself.
+    let filter = format!(
+        "{},fuser::session=error,fuser::mnt=error",
+        cli.command.default_log_filter()
+    );
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
+        .format_timestamp_millis()
+        .init();
     if let Err(e) = run(cli) {
         eprintln!("nacrithfs: {e}");
         std::process::exit(e.exit_code());
+    }
+}
+
+/// `nacrithfs --version`: the program, the container format it writes, and the
+/// fingerprint the default model gives on this build (what its blobs record).
+fn print_version() {
+    println!("nacrithfs {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "NC06 container version {} (predictors: {})",
+        nc06::format::VERSION,
+        nc06::format::Flags(nc06::format::Flags::KNOWN)
+    );
+    match nacrithfs_engine::model::resolve_model_path(None) {
+        Ok(p) => {
+            let opts = nacrithfs_engine::model::ModelOptions::default();
+            match nacrithfs_engine::model::fingerprint_of(&p, &opts) {
+                Ok(f) => println!("default model: {} ({f})", p.display()),
+                Err(e) => println!("default model: {} (unreadable: {e})", p.display()),
+            }
+        }
+        Err(e) => println!("default model: none ({e})"),
     }
 }

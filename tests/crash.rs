@@ -7,10 +7,13 @@
 //!
 //! Kill points: during a stream of writes; during writes into a compressed file (its
 //! blob turned back into plaintext); with many files queued; mid-compression of a
-//! multi-frame binary file; mid-encoding and mid-verification of a text file (the
-//! model's two passes, timed from a measured run); before and after the rename that
-//! commits a blob (made deterministic by the `NACRITHFS_FAULT` hook, see
-//! src/store/backing.rs); during renames between directories; during start-up recovery.
+//! multi-frame binary file (at fractions of a measured run, checked to be still
+//! compressing); mid-encoding and mid-verification of a text file (by the progress the
+//! status reports: encoding is the first half of the work); before and after the
+//! rename that commits a blob (made deterministic by the `NACRITHFS_FAULT` hook, see
+//! crates/fs/src/store/backing.rs); during renames between directories; during
+//! start-up recovery. Every remount checks that recovery deleted the temporary files
+//! the kill left, and the final clean stop that none are left at all.
 
 #[path = "common/mount.rs"]
 mod mount;
@@ -131,10 +134,50 @@ impl World {
         eprintln!("crash: kill {} {point}", self.kills);
     }
 
+    /// The names in BACKING/.nacrithfs/tmp.
+    fn tmp_names(&self) -> Vec<String> {
+        std::fs::read_dir(self.backing.join(".nacrithfs/tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// The `done / total` of the compression in progress, if one has started coding.
+    fn progress(&self, m: &Mount) -> Option<f64> {
+        let s: serde_json::Value = serde_json::from_str(&m.status()).ok()?;
+        let j = s["jobs"].get(0)?;
+        let (done, total) = (j["done"].as_f64()?, j["total"].as_f64()?);
+        (total > 0.0).then(|| done / total)
+    }
+
+    /// Waits until the compression in progress has done `frac` of its work (text: the
+    /// encoding pass is the first half, the verifying decode the second).
+    fn wait_progress(&self, m: &Mount, frac: f64, limit: Duration) -> f64 {
+        let t = Instant::now();
+        loop {
+            if let Some(p) = self.progress(m).filter(|&p| p >= frac) {
+                return p;
+            }
+            assert!(t.elapsed() < limit, "compression never reached {frac}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Remounts and checks every file, the names (nothing lost, nothing extra) and that
-    /// recovery left no temporary file. Returns the new mount.
+    /// recovery deleted every temporary file the killed daemon left. Returns the new
+    /// mount.
     fn remount_and_check(&mut self, point: &str) -> Mount {
+        let stale = self.tmp_names();
+        if !stale.is_empty() {
+            eprintln!("crash:   {} temporary files left by the kill", stale.len());
+        }
         let m = self.mount(None);
+        let now = self.tmp_names();
+        let kept: Vec<_> = stale.iter().filter(|n| now.contains(n)).collect();
+        assert!(
+            kept.is_empty(),
+            "after {point}: recovery kept temporary files of the killed daemon: {kept:?}"
+        );
         // Temporary files are named `PID-N.tmp`; the new daemon may already be writing
         // its own (recovery queues the staged files at once), so only another pid's
         // files are leftovers.
@@ -328,47 +371,62 @@ fn kill_9_loop_loses_nothing() {
     m = w.remount_and_check("kill during recovery");
     m.wait();
 
-    // 7-9. Mid-compression of a multi-frame binary file, at three delays.
-    for (round, delay) in [50u64, 700, 1500].into_iter().enumerate() {
+    // 7-9. Mid-compression of a multi-frame binary file, at 10, 40 and 70 % of the time
+    // one takes (measured first), each checked to be still compressing at the kill.
+    let t = Instant::now();
+    let data = binary(&mut w.rng, 1_200_000);
+    w.put("big/timing.bin", &data);
+    assert!(w.wait_compressing(&m, Duration::from_secs(20)));
+    m.wait();
+    let full = t.elapsed();
+    eprintln!(
+        "crash:   a 1.2 MB binary file compresses in {:.2} s",
+        full.as_secs_f64()
+    );
+    for (round, frac) in [0.1, 0.4, 0.7].into_iter().enumerate() {
         let data = binary(&mut w.rng, 1_200_000);
         w.put(&format!("big/b{round}.bin"), &data);
+        let t = Instant::now();
         assert!(
             w.wait_compressing(&m, Duration::from_secs(20)),
             "compression did not start"
         );
-        std::thread::sleep(Duration::from_millis(delay));
-        let busy = m.status().contains("\"compressing\":1");
+        std::thread::sleep(full.mul_f64(frac).saturating_sub(t.elapsed()));
+        assert!(
+            m.status().contains("\"compressing\":1"),
+            "not compressing any more at {frac} of its measured time"
+        );
         w.kill(
             m,
             &format!(
-                "mid-compression of a 1.2 MB binary file (+{delay} ms, still compressing: {busy})"
+                "mid-compression of a 1.2 MB binary file ({:.0} %)",
+                100.0 * frac
             ),
         );
         m = w.remount_and_check("kill mid-compression");
     }
     m.wait();
 
-    // 10-11. Mid-encoding and mid-verification of a text file: time one compression of
-    // the same size, then kill at 25 % (encoding) and 80 % (verifying: the decode pass).
-    let t = Instant::now();
-    w.put("text/timing.txt", &text(500, 100));
-    assert!(w.wait_compressing(&m, Duration::from_secs(20)));
-    m.wait();
-    let full = t.elapsed();
-    eprintln!(
-        "crash:   a 500-byte text compresses in {:.2} s",
-        full.as_secs_f64()
-    );
-    for (round, (frac, phase)) in [(0.25, "mid-encoding"), (0.8, "mid-verification")]
+    // 10-11. Mid-encoding and mid-verification of a text file, by its progress: the
+    // first half of the work is encoding, the second the verifying decode.
+    for (round, (frac, phase)) in [(0.2, "mid-encoding"), (0.7, "mid-verification")]
         .into_iter()
         .enumerate()
     {
-        w.put(&format!("text/t{round}.txt"), &text(500, 300 + 400 * round));
-        let t = Instant::now();
+        w.put(
+            &format!("text/t{round}.txt"),
+            &text(1000, 100 + 200 * round),
+        );
         assert!(w.wait_compressing(&m, Duration::from_secs(20)));
-        std::thread::sleep(full.mul_f64(frac).saturating_sub(t.elapsed()));
-        let busy = m.status().contains("\"compressing\":1");
-        w.kill(m, &format!("{phase} of text (still compressing: {busy})"));
+        let at = w.wait_progress(&m, frac, Duration::from_secs(300));
+        assert!(
+            (frac..1.0).contains(&at) && (at < 0.5) == (phase == "mid-encoding"),
+            "{phase}: killed at {at:.2} of the work"
+        );
+        w.kill(
+            m,
+            &format!("{phase} of text ({:.0} % of the work)", 100.0 * at),
+        );
         m = w.remount_and_check(phase);
     }
     m.wait();
@@ -460,6 +518,11 @@ fn kill_9_loop_loses_nothing() {
         }
     }
     m.stop();
+    assert_eq!(
+        w.tmp_names(),
+        Vec::<String>::new(),
+        "a clean stop left temporary files"
+    );
     eprintln!(
         "crash: {} kills -9 survived, {} files in the end, {} file checks, 0 lost, 0 duplicated, {:.0} s",
         w.kills,

@@ -88,7 +88,8 @@ fn full_backing_disk_gives_enospc_and_keeps_the_plaintext() {
     assert!(is_blob_path(&d.backing.join("keep.bin")).unwrap());
 
     // Fill the disk through the mount: every write lands whole or short, then ENOSPC.
-    let planned = rng.bytes(8 << 20);
+    // Compressible, so that its compression needs room for a (smaller) blob.
+    let planned = binary(&mut rng, 8 << 20);
     let mut f = OpenOptions::new()
         .create(true)
         .truncate(true)

@@ -5,7 +5,7 @@
 //! layer above the codec; tests/fs_mount.rs runs the real model.
 
 use nacrithfs_fs::core::{Core, CoreConfig, Ino, Kind, SetAttr, ROOT_INO};
-use nacrithfs_fs::store::{Backing, Caller, StandInCodec};
+use nacrithfs_fs::store::{Backing, Caller, Codec, StandInCodec};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -16,6 +16,9 @@ enum Entry {
     Dir,
     File(Vec<u8>),
 }
+
+/// Files over this size stay plaintext; the writes below make some of them.
+const MAX_COMPRESS: u64 = 300;
 
 const PATHS: &[&str] = &["a", "b", "d", "d/a", "d/b", "e", "e/c", "d/e"];
 
@@ -39,7 +42,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => p.clone().prop_map(Op::Create),
         2 => p.clone().prop_map(Op::Mkdir),
-        4 => (p.clone(), 0u16..300, proptest::collection::vec(any::<u8>(), 0..120)).prop_map(|(a, o, d)| Op::Write(a, o, d)),
+        // Bytes of a small alphabet: files long enough compress (a blob never replaces
+        // plaintext it would not shrink, so random bytes would all stay plaintext).
+        4 => (p.clone(), 0u16..300, proptest::collection::vec(0u8..4, 0..120)).prop_map(|(a, o, d)| Op::Write(a, o, d)),
         2 => (p.clone(), 0u16..200).prop_map(|(a, s)| Op::Truncate(a, s)),
         2 => (p.clone(), p.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
         1 => p.clone().prop_map(Op::Unlink),
@@ -70,7 +75,10 @@ impl Harness {
         let core = Core::new(
             backing,
             Arc::new(StandInCodec { extent: 7 }),
-            CoreConfig { cache_bytes: 256 },
+            CoreConfig {
+                cache_bytes: 256,
+                max_compress_bytes: MAX_COMPRESS,
+            },
         )
         .unwrap();
         Harness {
@@ -327,14 +335,20 @@ proptest! {
         h.check_all();
         h.apply(&Op::Compress);
         h.check_all();
-        // Every non-empty file is a blob now, its marker hidden from listxattr.
+        // Every file that a blob makes smaller is a blob now, the others plaintext
+        // (files under 64 bytes or over the maximum are never compressed); the marker
+        // is hidden.
+        let codec = StandInCodec { extent: 7 };
         for (p, e) in &h.model {
             if let Entry::File(content) = e {
                 let ino = h.resolve(p).unwrap();
                 let xattrs = h.core.listxattr(ino).unwrap();
                 prop_assert!(!String::from_utf8_lossy(&xattrs).contains("nacrithfs"));
                 let raw = std::fs::read(h.core.backing().path(std::path::Path::new(p))).unwrap();
-                prop_assert_eq!(raw.starts_with(b"FAKE"), !content.is_empty(), "{} stored state", p);
+                let shrinks = content.len() >= 64
+                    && content.len() as u64 <= MAX_COMPRESS
+                    && codec.compress(content, &Default::default()).unwrap().len() < content.len();
+                prop_assert_eq!(raw.starts_with(b"FAKE"), shrinks, "{} stored state", p);
             }
         }
     }
@@ -362,7 +376,8 @@ fn hidden_names_and_unlink_while_open() {
             &Caller::user(uid, gid),
         )
         .unwrap();
-    c.write(fh, 0, b"hello world").unwrap();
+    let content = [&b"hello world"[..], &[0u8; 200]].concat();
+    c.write(fh, 0, &content).unwrap();
     c.release(fh);
     c.drain();
     assert_eq!(c.status().compressed, 1);
@@ -381,12 +396,12 @@ fn hidden_names_and_unlink_while_open() {
     }
     c.unlink(ROOT_INO, OsStr::new("f")).unwrap();
     c.unlink(ROOT_INO, OsStr::new("g")).unwrap();
-    assert_eq!(c.read(fh, 6, 100).unwrap(), b"world");
+    assert_eq!(c.read(fh, 6, 5).unwrap(), b"world");
     c.release(fh);
     // A recovery queues plaintext left behind and deletes temporary files.
     std::fs::write(
         h.core.backing().path(std::path::Path::new("plain")),
-        b"left over",
+        b"left over".repeat(20),
     )
     .unwrap();
     std::fs::write(
@@ -397,7 +412,7 @@ fn hidden_names_and_unlink_while_open() {
     assert_eq!(c.recover().unwrap(), (1, 1));
     c.drain();
     let ino = h.resolve("plain").unwrap();
-    assert_eq!(h.read_all(ino), b"left over");
+    assert_eq!(h.read_all(ino), b"left over".repeat(20));
     assert!(
         std::fs::read(h.core.backing().path(std::path::Path::new("plain")))
             .unwrap()

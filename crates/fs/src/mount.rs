@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub jobs: usize,
     /// Memory for decoded extents, in MiB.
     pub cache_mb: usize,
+    /// Larger files are kept as plaintext, in MiB.
+    pub max_file_mb: u64,
     /// Let other users access the mount.
     pub allow_other: bool,
     /// Honour set-uid and set-gid bits of files in the mount (default: nosuid).
@@ -169,7 +171,12 @@ impl Mounting {
     }
 
     /// Mounts and serves until unmounted or signalled; returns once unmounted.
-    pub fn serve(self, codec: Arc<dyn Codec>, opts: &ServeOptions) -> Result<(), MountError> {
+    pub fn serve(
+        self,
+        codec: Arc<dyn Codec>,
+        opts: &ServeOptions,
+        events: &mut dyn ServeEvents,
+    ) -> Result<(), MountError> {
         let Mounting {
             backing,
             lock: _lock,
@@ -182,6 +189,7 @@ impl Mounting {
             codec,
             CoreConfig {
                 cache_bytes: opts.cache_mb.max(1) << 20,
+                max_compress_bytes: opts.max_file_mb.saturating_mul(1 << 20),
             },
         )?;
         let core = Arc::new(core);
@@ -196,20 +204,6 @@ impl Mounting {
                 .spawn(move || c.worker())
                 .map_err(|e| spawn_err("a compressor", e))?;
             workers.push(h);
-        }
-        {
-            let mnt = mnt.clone();
-            std::thread::Builder::new()
-                .name("signals".into())
-                .spawn(move || loop {
-                    let mut sig = 0;
-                    // SAFETY: sigset is an initialised signal set and sig a valid out pointer.
-                    if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
-                        log::info!("signal {sig}: unmounting {}", mnt.display());
-                        unmount(&mnt);
-                    }
-                })
-                .map_err(|e| spawn_err("the signal thread", e))?;
         }
         let mut config = Config::default();
         config.mount_options = vec![
@@ -235,13 +229,72 @@ impl Mounting {
         config.n_threads = Some(4);
         let session = fuser::Session::new(NacrithFuse::new(core.clone()), &mnt, &config)
             .map_err(|e| MountError::Setup(format!("cannot mount {}: {e}", mnt.display())))?;
+        // SIGINT/SIGTERM unmount as `umount` would (fusermount3 -u, lazily if busy); the
+        // session then ends and everything below runs.
+        {
+            let mnt = mnt.clone();
+            std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || loop {
+                    let mut sig = 0;
+                    // SAFETY: sigset is an initialised signal set and sig a valid out pointer.
+                    if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                        log::info!("signal {sig}: unmounting {}", mnt.display());
+                        unmount(&mnt);
+                    }
+                })
+                .map_err(|e| spawn_err("the signal thread", e))?;
+        }
         log::info!("mounted {} on {}", backing_dir.display(), mnt.display());
+        notify_systemd("READY=1");
+        events.ready();
         let r = session.run();
+        notify_systemd("STOPPING=1");
         core.shutdown();
         r.map_err(|e| FsError::io("FUSE session", e))?;
         log::info!("unmounted {}", mnt.display());
+        // What was written through the mount is on disk before the daemon says it stopped.
+        if let Err(e) = core.backing().root_dir().syncfs() {
+            log::warn!("{}", e.report());
+        }
+        events.stopped(&core.status());
         finish_workers(workers, SHUTDOWN_GRACE);
         Ok(())
+    }
+}
+
+/// What a caller of [`Mounting::serve`] is told.
+pub trait ServeEvents {
+    /// The mount is up and served.
+    fn ready(&mut self);
+    /// It was unmounted and everything written through it is on disk; `status` is the
+    /// last count (files still queued are compressed at the next mount).
+    fn stopped(&mut self, status: &Status);
+}
+
+/// Tells systemd (a `Type=notify` unit) how the service is doing; nothing without
+/// `$NOTIFY_SOCKET`.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("sd_notify: {e}");
+            return;
+        }
+    };
+    let bytes = path.as_encoded_bytes();
+    let r = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), Path::new(&path))
+    };
+    if let Err(e) = r {
+        log::warn!("sd_notify {state}: {e}");
     }
 }
 

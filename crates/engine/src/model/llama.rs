@@ -143,11 +143,7 @@ impl Model {
         let vocab = inner.vocab();
         let n_vocab = vocab.n_tokens().max(0) as usize;
         let bos = vocab.bos().0.max(0) as u32;
-        let offloaded = backend.supports_gpu_offload() && opts.gpu_layers > 0;
-        let descriptor = format!(
-            "llama-cpp-sys-2 0.1.160; predictor {PREDICTOR_VERSION}; gpu {offloaded}; {}",
-            system_info()
-        );
+        let (descriptor, offloaded) = build_descriptor(backend, opts);
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -259,6 +255,26 @@ impl Model {
             next_pos: vec![0; n_seq as usize],
         })
     }
+}
+
+/// What the backend digest of the fingerprint hashes: the llama.cpp build, the
+/// predictor version, GPU use and the compiled SIMD features; and whether layers run
+/// on a GPU.
+fn build_descriptor(backend: &LlamaBackend, opts: &ModelOptions) -> (String, bool) {
+    let offloaded = backend.supports_gpu_offload() && opts.gpu_layers > 0;
+    let descriptor = format!(
+        "llama-cpp-sys-2 0.1.160; predictor {PREDICTOR_VERSION}; gpu {offloaded}; {}",
+        system_info()
+    );
+    (descriptor, offloaded)
+}
+
+/// The fingerprint blobs coded with the model at `path` would record on this build,
+/// without loading the weights (`nacrithfs --version`, `info`).
+pub fn fingerprint_of(path: &Path, opts: &ModelOptions) -> Result<Fingerprint, ModelError> {
+    let digest = sha256_file(path)?;
+    let (descriptor, _) = build_descriptor(backend()?, opts);
+    Ok(Fingerprint::new(&digest, &descriptor))
 }
 
 fn system_info() -> String {

@@ -3,7 +3,7 @@
 
 mod llama;
 
-pub use llama::{Feed, Model, ModelError, ModelOptions, Session};
+pub use llama::{fingerprint_of, Feed, Model, ModelError, ModelOptions, Session};
 
 use std::path::PathBuf;
 

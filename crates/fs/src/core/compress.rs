@@ -7,15 +7,18 @@
 
 use super::blob_cache::blob_key;
 use super::content::Content;
+use super::status::JobStatus;
 use super::types::{Ino, Kind};
-use super::{Core, Status};
+use super::{lock, Core, Status};
 use crate::error::{FsError, FsResult, IoContext};
+use crate::store::codec::Meter;
 use crate::store::{backing, Stat};
 use std::io::Read;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use std::time::Instant;
 
 /// How long a file waits after its n-th failed compression before the next attempt;
 /// after the last, it stays plaintext until it changes (or the next mount).
@@ -27,6 +30,27 @@ pub const RETRY_DELAYS: [Duration; 6] = [
     Duration::from_secs(600),
     Duration::from_secs(1800),
 ];
+
+/// A compression in progress, as `status` shows it.
+pub(super) struct ActiveJob {
+    shown: String,
+    bytes: u64,
+    meter: Arc<Meter>,
+    started: Instant,
+}
+
+/// Removes a job from the registry of active ones, however its compression ends.
+struct Registered<'a>(&'a Core, Ino);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.active).remove(&self.1);
+    }
+}
+
+/// Files under this many bytes are kept plain without running the codec: a blob's
+/// header alone takes about 50.
+pub const MIN_COMPRESSIBLE: usize = 64;
 
 /// Test hook: with `NACRITHFS_FAULT=panic:N` the first N compressions panic, so
 /// tests/faults.rs can check that a panicking compressor is survived.
@@ -53,12 +77,42 @@ impl Core {
             .filter(|n| n.dirty() && n.writers > 0 && !n.is_orphan())
             .count();
         let c = &self.counters;
+        let jobs: Vec<JobStatus> = lock(&self.active)
+            .values()
+            .map(|j| {
+                let (done, total) = j.meter.get();
+                let secs = j.started.elapsed().as_secs_f64();
+                let eta = (done > 0 && total > done)
+                    .then(|| (secs * (total - done) as f64 / done as f64) as u64);
+                JobStatus {
+                    path: j.shown.clone(),
+                    bytes: j.bytes,
+                    done,
+                    total,
+                    secs: secs as u64,
+                    eta_secs: eta,
+                }
+            })
+            .collect();
+        let compressed = c.compressed.load(Ordering::Relaxed);
+        // The queue at the pace of the files compressed so far, on every compressor.
+        let eta_secs = (compressed > 0).then(|| {
+            let per_file =
+                c.compress_ms.load(Ordering::Relaxed) as f64 / 1000.0 / compressed as f64;
+            let workers = c.workers.load(Ordering::Relaxed).max(1) as f64;
+            let current = jobs.iter().filter_map(|j| j.eta_secs).max().unwrap_or(0);
+            current + (per_file * q.queued as f64 / workers) as u64
+        });
         Status {
+            jobs,
+            eta_secs,
+            pid: std::process::id(),
             queued: q.queued as u64,
             compressing: q.active as u64,
             writing: writing as u64,
             retrying: q.retrying as u64,
             compressed: c.compressed.load(Ordering::Relaxed),
+            kept_plain: c.kept_plain.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
             bytes_before: c.bytes_before.load(Ordering::Relaxed),
             bytes_after: c.bytes_after.load(Ordering::Relaxed),
@@ -71,9 +125,11 @@ impl Core {
 
     /// Runs one worker: takes queued files and compresses them until shutdown.
     pub fn worker(&self) {
+        self.counters.workers.fetch_add(1, Ordering::Relaxed);
         while let Some(ino) = self.queue.pop() {
             self.run_job(ino);
         }
+        self.counters.workers.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Runs the queue to empty on the calling thread, exactly as a worker would (for
@@ -144,6 +200,39 @@ impl Core {
         self.publish();
     }
 
+    /// Compression would not make the file smaller: it stays plaintext, marked so that
+    /// it is not compressed again until it changes (as zstd and btrfs keep such data
+    /// as it is). Under the table lock, like a commit, and only if nothing changed.
+    fn keep_plain(
+        &self,
+        ino: Ino,
+        gen: u64,
+        id: (u64, u64),
+        f: &std::fs::File,
+        shown: &str,
+        why: &str,
+    ) -> FsResult<()> {
+        let mut t = self.table();
+        let same = t
+            .get(ino)
+            .is_some_and(|n| n.gen() == gen && n.writers == 0 && !n.is_orphan() && n.id == id);
+        if !same {
+            drop(t);
+            return self.changed_meanwhile(ino);
+        }
+        backing::mark_plain(f).map_err(|e| e.in_file(shown))?;
+        // The marker is an xattr change: no compression in flight may commit over it.
+        t.meta_changed(ino);
+        t.mark_clean(ino);
+        if let Some(n) = t.get_mut(ino) {
+            n.failures = 0;
+        }
+        drop(t);
+        self.counters.kept_plain.fetch_add(1, Ordering::Relaxed);
+        log::info!("{shown}: kept as it is ({why})");
+        Ok(())
+    }
+
     /// A file that changed (or went) while it was compressed: nothing is committed; it
     /// is queued again if it can be.
     fn changed_meanwhile(&self, ino: Ino) -> FsResult<()> {
@@ -191,11 +280,25 @@ impl Core {
         if md.id() != id || backing::is_blob_file(&f).ctx(&shown)? {
             return Ok(());
         }
+        if backing::is_kept_plain(&f).map_err(|e| e.in_file(&shown))? {
+            self.table().mark_clean(ino);
+            return Ok(());
+        }
         if md.is_empty() || md.nlink() > 1 {
             // Empty files stay empty plaintext; hard-linked files stay plaintext (a
             // rename would split their links).
             self.table().mark_clean(ino);
             return Ok(());
+        }
+        if md.len() > self.max_compress_bytes {
+            // Held whole while compressed: too big to compress in bounded memory. Marked
+            // like incompressible data, so it is not read again until it changes.
+            let why = format!(
+                "{} bytes, over the {} MiB that the mount compresses (--max-file-mb)",
+                md.len(),
+                self.max_compress_bytes >> 20
+            );
+            return self.keep_plain(ino, gen, id, &f, &shown, &why);
         }
         let mut data = Vec::with_capacity(md.len() as usize);
         (&f).read_to_end(&mut data).ctx(&shown)?;
@@ -203,10 +306,37 @@ impl Core {
         // space back at once (the disk may be full; that may be why it is removed).
         drop(f);
         let t0 = std::time::Instant::now();
-        let blob = self.codec.compress(&data).map_err(|e| e.in_file(&shown))?;
+        let meter = Arc::new(Meter::default());
+        lock(&self.active).insert(
+            ino,
+            ActiveJob {
+                shown: shown.clone(),
+                bytes: data.len() as u64,
+                meter: meter.clone(),
+                started: t0,
+            },
+        );
+        let _registered = Registered(self, ino);
+        // A blob has a header of about 50 bytes: a file this small can only grow.
+        let blob = if data.len() < MIN_COMPRESSIBLE {
+            None
+        } else {
+            Some(
+                self.codec
+                    .compress(&data, &meter)
+                    .map_err(|e| e.in_file(&shown))?,
+            )
+        };
         let f = match entry.dir.open_regular(&entry.name, false) {
             Ok(f) if Stat::of(&f).is_ok_and(|m| m.id() == id) => f,
             _ => return self.changed_meanwhile(ino),
+        };
+        let Some(blob) = blob.filter(|b| b.len() < data.len()) else {
+            let why = format!(
+                "{} bytes; compression would not make it smaller",
+                data.len()
+            );
+            return self.keep_plain(ino, gen, id, &f, &shown, &why);
         };
         let tmp = self.backing.prepare(&blob, &f, true)?;
         drop(f);
@@ -224,10 +354,10 @@ impl Core {
             drop(tmp);
             return self.changed_meanwhile(ino);
         };
-        let tf = self.backing.commit(tmp, &target.dir, &target.name)?;
+        let tf = Arc::new(self.backing.commit(tmp, &target.dir, &target.name)?);
         let nmd = Stat::of(&tf).ctx(target.show())?;
         let opened = if t.get(ino).is_some_and(|n| n.content.is_some()) {
-            Some(self.codec.open(blob.clone()))
+            Some(self.codec.open(tf.clone()))
         } else {
             None
         };
@@ -237,7 +367,7 @@ impl Core {
                 n.content = Some(Content::Blob {
                     blob: b,
                     key: blob_key(&nmd),
-                    file: Arc::new(tf),
+                    file: tf,
                 });
             } else if opened.is_some() {
                 n.content = None;
@@ -248,6 +378,8 @@ impl Core {
         drop(t);
         self.blobs.set_len(blob_key(&nmd), data.len() as u64);
         let c = &self.counters;
+        c.compress_ms
+            .fetch_add(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
         c.compressed.fetch_add(1, Ordering::Relaxed);
         c.bytes_before
             .fetch_add(data.len() as u64, Ordering::Relaxed);

@@ -15,12 +15,11 @@ use super::inode::Table;
 use super::types::Ino;
 use super::{Core, Entry};
 use crate::error::{FsError, FsResult, IoContext};
+use crate::store::atomic::AtomicFile;
 use crate::store::backing::{self, is_blob_at};
 use crate::store::{OpenBlob, Stat};
 use log::Level;
 use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 /// A node's content while it is open.
@@ -69,15 +68,14 @@ impl Core {
         let (e, f) = self.open_backing(t, ino)?;
         let c = if backing::is_blob_file(&f).ctx(e.show())? {
             let md = Stat::of(&f).ctx(e.show())?;
-            let mut bytes = Vec::with_capacity(md.len() as usize);
-            (&f).read_to_end(&mut bytes).ctx(e.show())?;
+            let file = Arc::new(f);
             Content::Blob {
                 blob: self
                     .codec
-                    .open(bytes)
+                    .open(file.clone())
                     .map_err(|err| err.in_file(e.show()))?,
                 key: blob_key(&md),
-                file: Arc::new(f),
+                file,
             }
         } else {
             Content::Plain(Arc::new(f))
@@ -102,21 +100,24 @@ impl Core {
     }
 
     /// Makes the node's content plaintext (decoding a blob fully) and returns its fd.
-    /// Counts as a modification.
+    /// Counts as a modification. The plaintext is decoded into a temporary file a span
+    /// of pieces at a time ([`DECODE_SPAN`]), outside the table lock, so the memory it
+    /// takes does not grow with the file.
     pub(super) fn ensure_plain(&self, ino: Ino) -> FsResult<Arc<File>> {
         loop {
-            let (blob, key) = {
+            let (blob, key, like) = {
                 let mut t = self.table();
                 let c = self.load_content(&mut t, ino)?;
                 t.modified(ino);
                 match c {
                     Content::Plain(f) => return Ok(f),
-                    Content::Blob { blob, key, .. } => (blob, key),
+                    Content::Blob { blob, key, file } => (blob, key, file),
                 }
             };
             log::debug!("inode {ino}: decoding for write");
-            let data = blob
-                .decode(0..blob.extents().len())
+            let tmp = self
+                .backing
+                .prepare_with(&like, false, |f| decode_into(blob.as_ref(), f))
                 .map_err(|e| e.in_file(self.describe(ino)))?;
             let mut t = self.table();
             let unchanged = matches!(
@@ -124,7 +125,7 @@ impl Core {
                 Some(Content::Blob { key: k, .. }) if *k == key
             );
             if unchanged {
-                self.replace_with_plain(&mut t, ino, &data)?;
+                self.replace_blob_file(&mut t, ino, &like, tmp)?;
             }
         }
     }
@@ -141,29 +142,16 @@ impl Core {
         r
     }
 
-    /// Replaces a blob node's content with plaintext `data` (under the table lock).
-    fn replace_with_plain(&self, t: &mut Table, ino: Ino, data: &[u8]) -> FsResult<()> {
-        let old = self.load_content(t, ino)?;
-        let Content::Blob { file: like, .. } = &old else {
-            // Already plaintext: rewrite in place.
-            let f = old.file();
-            f.set_len(0).ctx(self.describe_locked(t, ino))?;
-            f.write_all_at(data, 0).ctx(self.describe_locked(t, ino))?;
-            return Ok(());
-        };
-        self.replace_blob_file(t, ino, like, data)
-    }
-
-    /// Replaces the blob file `like` of node `ino` with plaintext `data` (under the
-    /// lock): a complete, fsynced plaintext file renamed over the blob's name, never a
-    /// rewrite in place. A blob that another tool hard-linked in BACKING is split from
+    /// Replaces the blob file `like` of node `ino` with the prepared plaintext `tmp`
+    /// (under the lock): a complete, fsynced plaintext file renamed over the blob's
+    /// name, never a rewrite in place. A blob that another tool hard-linked in BACKING is split from
     /// its other names, which keep the old content, whole.
     fn replace_blob_file(
         &self,
         t: &mut Table,
         ino: Ino,
         like: &Arc<File>,
-        data: &[u8],
+        tmp: AtomicFile,
     ) -> FsResult<()> {
         let orphan = t.get(ino).is_some_and(|n| n.is_orphan());
         let md = Stat::of(like.as_ref()).ctx(self.describe_locked(t, ino))?;
@@ -179,7 +167,6 @@ impl Core {
                 ),
             ));
         }
-        let tmp = self.backing.prepare(data, like, false)?;
         let f = if orphan {
             tmp.into_unlinked()?
         } else {
@@ -213,7 +200,8 @@ impl Core {
                 None => (Arc::new(self.open_backing(&t, ino)?.1), false),
             };
             if backing::is_blob_file(&file).ctx(self.describe_locked(&t, ino))? {
-                return self.replace_blob_file(&mut t, ino, &file, &[]);
+                let tmp = self.backing.prepare(&[], &file, false)?;
+                return self.replace_blob_file(&mut t, ino, &file, tmp);
             }
             if !loaded {
                 if let Some(n) = t.get_mut(ino) {
@@ -225,4 +213,23 @@ impl Core {
         let f = self.ensure_plain(ino)?;
         f.set_len(size).ctx(self.describe(ino))
     }
+}
+
+/// How many bytes of pieces one decode call covers when a blob is decoded whole: text
+/// chunks in one call are decoded in one lockstep batch, and this bounds the bytes held.
+pub(super) const DECODE_SPAN: u64 = 8 << 20;
+
+/// Decodes all of `blob` into `f`, [`DECODE_SPAN`] bytes of pieces at a time.
+fn decode_into(blob: &dyn OpenBlob, f: &mut AtomicFile) -> FsResult<()> {
+    let pieces = blob.extents();
+    let mut i = 0;
+    while i < pieces.len() {
+        let mut j = i + 1;
+        while j < pieces.len() && pieces[j].0 + pieces[j].1 - pieces[i].0 <= DECODE_SPAN {
+            j += 1;
+        }
+        f.write_all(&blob.decode(i..j)?)?;
+        i = j;
+    }
+    Ok(())
 }

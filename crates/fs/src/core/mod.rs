@@ -30,7 +30,7 @@ mod status;
 mod types;
 mod xattr;
 
-pub use status::Status;
+pub use status::{human_secs, JobStatus, Status};
 pub use types::{
     Attr, DirEntry, Ino, Kind, OpenReply, SetAttr, SetTime, Statfs, ROOT_INO, STATUS_INO,
     STATUS_NAME,
@@ -53,12 +53,19 @@ use std::time::SystemTime;
 pub struct CoreConfig {
     /// Bound of the decoded-extent cache, in bytes.
     pub cache_bytes: usize,
+    /// Larger files are kept as plaintext: the compressor holds a file whole, and the
+    /// blob and its verification beside it (about 4 times the file at peak).
+    pub max_compress_bytes: u64,
 }
+
+/// Default of [`CoreConfig::max_compress_bytes`]: a peak of about 1 GiB.
+pub const DEFAULT_MAX_COMPRESS_BYTES: u64 = 256 << 20;
 
 impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             cache_bytes: 64 << 20,
+            max_compress_bytes: DEFAULT_MAX_COMPRESS_BYTES,
         }
     }
 }
@@ -72,7 +79,10 @@ pub struct Core {
     queue: WorkQueue,
     blobs: BlobCache,
     counters: Counters,
+    /// The compressions in progress, for `status`.
+    active: Mutex<std::collections::HashMap<Ino, compress::ActiveJob>>,
     started: SystemTime,
+    max_compress_bytes: u64,
 }
 
 /// Locks `m`, also after a panic elsewhere (the state it guards stays consistent:
@@ -126,7 +136,9 @@ impl Core {
             queue: WorkQueue::default(),
             blobs: BlobCache::new(config.cache_bytes),
             counters: Counters::default(),
+            active: Mutex::new(Default::default()),
             started: SystemTime::now(),
+            max_compress_bytes: config.max_compress_bytes,
         })
     }
 

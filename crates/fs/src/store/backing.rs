@@ -42,6 +42,33 @@ pub const STATE_XATTR: &str = "user.nacrithfs.state";
 pub const STATE_BLOB: &[u8] = b"nc06";
 /// Prefix of every xattr name reserved for nacrithfs (hidden from the mount).
 pub const RESERVED_XATTR_PREFIX: &[u8] = b"user.nacrithfs.";
+/// Start of [`STATE_XATTR`]'s value on plaintext that compression would not make
+/// smaller: `plain:SIZE:MTIME_NS` of the file then, so that it is not queued again
+/// until it changes (a file changed by another tool no longer matches).
+pub const STATE_PLAIN: &[u8] = b"plain:";
+
+/// The [`STATE_PLAIN`] value for a file of this size and modification time.
+fn plain_value(st: &Stat) -> Vec<u8> {
+    let (s, ns) = st.mtime();
+    format!(
+        "plain:{}:{}",
+        st.len(),
+        s as i128 * 1_000_000_000 + ns as i128
+    )
+    .into_bytes()
+}
+
+/// Marks the plaintext file `f` as kept plain (compression would not shrink it).
+pub fn mark_plain(f: &File) -> FsResult<()> {
+    let st = Stat::of(f).ctx("fstat")?;
+    fset_xattr(f, STATE_XATTR, &plain_value(&st)).ctx("fsetxattr")
+}
+
+/// Whether the file `fd` holds (an `O_PATH` handle, or any fd) is plaintext marked as
+/// kept plain, unchanged since it was marked.
+fn kept_plain(fd: std::os::fd::RawFd, st: &Stat) -> std::io::Result<bool> {
+    Ok(super::xattr::get_at(fd, OsStr::new(STATE_XATTR))?.is_some_and(|v| v == plain_value(st)))
+}
 
 /// The backing directory of one mount.
 #[derive(Debug)]
@@ -251,9 +278,9 @@ impl Backing {
                 if st.is_dir() {
                     stack.push(child);
                 } else if st.is_file() {
-                    match is_blob_at(&dir, &name) {
-                        Ok(false) => out.push(child),
-                        Ok(true) => {}
+                    match needs_compressing(&dir, &name) {
+                        Ok(true) => out.push(child),
+                        Ok(false) => {}
                         Err(e) => log::warn!("recovery: skipping {}", e.report()),
                     }
                 }
@@ -272,8 +299,19 @@ impl Backing {
     /// times, user xattrs) and, for a blob, the blob marker; fsyncs it. The caller
     /// renames it into place with [`Backing::commit`], or drops it.
     pub fn prepare(&self, data: &[u8], like: &File, blob: bool) -> FsResult<AtomicFile> {
+        self.prepare_with(like, blob, |f| f.write_all(data))
+    }
+
+    /// [`Backing::prepare`] with the content written by `fill`, piece by piece.
+    pub fn prepare_with(
+        &self,
+        like: &File,
+        blob: bool,
+        fill: impl FnOnce(&mut AtomicFile) -> FsResult<()>,
+    ) -> FsResult<AtomicFile> {
         let mut f = self.temp_file()?;
-        stage(&mut f, data, like, blob)?;
+        fill(&mut f)?;
+        finish(&mut f, like, blob)?;
         Ok(f)
     }
 
@@ -300,6 +338,11 @@ impl Backing {
 /// `pack` write before every rename into BACKING.
 pub fn stage(f: &mut AtomicFile, data: &[u8], like: &File, blob: bool) -> FsResult<()> {
     f.write_all(data)?;
+    finish(f, like, blob)
+}
+
+/// The metadata, marker and fsync of [`stage`], after the content.
+fn finish(f: &mut AtomicFile, like: &File, blob: bool) -> FsResult<()> {
     copy_metadata(like, f.file()).ctx(f.name())?;
     if blob {
         fset_xattr(f.file(), STATE_XATTR, STATE_BLOB).ctx(f.name())?;
@@ -366,6 +409,26 @@ pub fn copy_metadata(from: &File, to: &File) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether regular file `name` of `dir` is plaintext still to compress: neither a blob
+/// nor kept plain since it last changed.
+fn needs_compressing(dir: &Dir, name: &OsStr) -> FsResult<bool> {
+    let fd = dir.open_path(name)?;
+    let st = Stat::of(&fd).ctx(dir.show(name))?;
+    let state =
+        super::xattr::get_at(fd.as_raw_fd(), OsStr::new(STATE_XATTR)).ctx(dir.show(name))?;
+    Ok(match state {
+        Some(v) if v == STATE_BLOB => false,
+        Some(_) => !kept_plain(fd.as_raw_fd(), &st).ctx(dir.show(name))?,
+        None => true,
+    })
+}
+
+/// Whether an open plaintext file is marked kept plain and unchanged since.
+pub fn is_kept_plain(f: &File) -> FsResult<bool> {
+    let st = Stat::of(f).ctx("fstat")?;
+    kept_plain(f.as_raw_fd(), &st).ctx("fgetxattr")
+}
+
 /// Whether entry `name` of `dir` is a blob (read through an `O_PATH` handle: the entry
 /// is not opened, and a symlink is not followed).
 pub fn is_blob_at(dir: &Dir, name: &OsStr) -> FsResult<bool> {
@@ -386,6 +449,12 @@ pub fn is_blob_at(dir: &Dir, name: &OsStr) -> FsResult<bool> {
 /// that look at BACKING from outside.
 pub fn is_blob_path(path: &Path) -> std::io::Result<bool> {
     Ok(lget_xattr(path, OsStr::new(STATE_XATTR))?.as_deref() == Some(STATE_BLOB))
+}
+
+/// Whether the file at `path` (not following symlinks) is plaintext marked as kept
+/// plain (compression would not shrink it). For tools and tests that look at BACKING.
+pub fn is_kept_plain_path(path: &Path) -> std::io::Result<bool> {
+    Ok(lget_xattr(path, OsStr::new(STATE_XATTR))?.is_some_and(|v| v.starts_with(STATE_PLAIN)))
 }
 
 /// Whether an open file is a blob.

@@ -1,5 +1,6 @@
 //! The codec seen from the filesystem: compress a whole file, read a blob's original
-//! length from its first bytes, and decode independent extents of an opened blob.
+//! length from its first bytes, and decode independent pieces of an opened blob, read
+//! from its backing file as they are needed.
 //!
 //! A trait object, so the filesystem core knows nothing of the model and is also
 //! tested against a cheap stand-in ([`StandInCodec`]); the mount passes the real one
@@ -9,21 +10,53 @@
 
 use crate::error::{FsError, FsResult};
 use log::Level;
+use std::fs::File;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+/// How far a compression is: units of work (for NC06: tokens coded, counting the
+/// verifying decode) done of a total, which the codec sets once it knows it.
+#[derive(Debug, Default)]
+pub struct Meter {
+    done: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Meter {
+    /// Sets the total.
+    pub fn set_total(&self, total: u64) {
+        self.total.store(total, Ordering::Relaxed);
+    }
+    /// Counts `n` more units done.
+    pub fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+    /// (done, total); total 0 while unknown.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
+    }
+}
 
 /// What the filesystem needs from a codec.
 pub trait Codec: Send + Sync + 'static {
-    /// Compresses a whole file. The returned blob must already be verified to decode.
-    fn compress(&self, data: &[u8]) -> FsResult<Vec<u8>>;
+    /// Compresses a whole file, reporting progress to `meter`. The returned blob must
+    /// already be verified to decode.
+    fn compress(&self, data: &[u8], meter: &Meter) -> FsResult<Vec<u8>>;
     /// The original length recorded in a blob whose first bytes are `prefix`;
     /// `Ok(None)` when more bytes are needed.
     fn original_len(&self, prefix: &[u8]) -> FsResult<Option<u64>>;
-    /// Parses a whole blob for random-access decoding.
-    fn open(&self, blob: Vec<u8>) -> FsResult<Arc<dyn OpenBlob>>;
+    /// Opens the blob in `file` for random-access decoding. Reads only what it needs
+    /// up front (for NC06: the header and tables); pieces are read when decoded, so an
+    /// open blob holds memory in proportion to its tables, not to the file.
+    fn open(&self, file: Arc<File>) -> FsResult<Arc<dyn OpenBlob>>;
 }
 
-/// A parsed blob whose extents can be decoded independently.
+/// An opened blob whose pieces can be decoded independently.
 pub trait OpenBlob: Send + Sync {
     /// The original file's length.
     fn len(&self) -> u64;
@@ -31,9 +64,10 @@ pub trait OpenBlob: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// `(offset, len)` of every extent, in order, tiling `0..len()`.
+    /// `(offset, len)` of every piece, in order, tiling `0..len()`: the units in which
+    /// it is decoded and cached.
     fn extents(&self) -> &[(u64, u64)];
-    /// Decodes extents `range`, returning their bytes concatenated.
+    /// Decodes pieces `range`, returning their bytes concatenated.
     fn decode(&self, range: Range<usize>) -> FsResult<Vec<u8>>;
 }
 
@@ -61,10 +95,12 @@ pub struct StandInCodec {
 const FAKE_MAGIC: &[u8; 4] = b"FAKE";
 
 impl Codec for StandInCodec {
-    fn compress(&self, data: &[u8]) -> FsResult<Vec<u8>> {
+    fn compress(&self, data: &[u8], meter: &Meter) -> FsResult<Vec<u8>> {
+        meter.set_total(data.len() as u64);
         let mut out = FAKE_MAGIC.to_vec();
         out.extend_from_slice(&(data.len() as u64).to_le_bytes());
         out.extend(zstd::encode_all(data, 3).map_err(|e| FsError::io("zstd", e))?);
+        meter.add(data.len() as u64);
         Ok(out)
     }
 
@@ -80,7 +116,8 @@ impl Codec for StandInCodec {
         )))
     }
 
-    fn open(&self, blob: Vec<u8>) -> FsResult<Arc<dyn OpenBlob>> {
+    fn open(&self, file: Arc<File>) -> FsResult<Arc<dyn OpenBlob>> {
+        let blob = read_whole(&file)?;
         let len = self
             .original_len(&blob)?
             .ok_or_else(|| damaged("truncated"))?;
@@ -96,6 +133,15 @@ impl Codec for StandInCodec {
             .collect();
         Ok(Arc::new(StandInBlob { data, extents }))
     }
+}
+
+/// All of `file` (the stand-in keeps its blobs whole; it serves tests only).
+fn read_whole(file: &File) -> FsResult<Vec<u8>> {
+    let len = file.metadata().map_err(|e| FsError::io("blob", e))?.len();
+    let mut out = vec![0; usize::try_from(len).map_err(|_| damaged("blob too large"))?];
+    file.read_exact_at(&mut out, 0)
+        .map_err(|e| FsError::io("blob", e))?;
+    Ok(out)
 }
 
 struct StandInBlob {

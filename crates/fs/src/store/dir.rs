@@ -395,6 +395,13 @@ impl Dir {
             .map_err(|e| self.io(OsStr::new("."), e))
     }
 
+    /// Flushes the whole filesystem the directory is on (`syncfs(2)`).
+    pub fn syncfs(&self) -> FsResult<()> {
+        let d = self.open_self()?;
+        // SAFETY: syncfs on an open directory fd.
+        cvt(unsafe { libc::syncfs(d.as_raw_fd()) }).map_err(|e| self.io(OsStr::new("."), e))
+    }
+
     /// The directory itself, open for reading.
     fn open_self(&self) -> FsResult<File> {
         self.open_file(OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)
