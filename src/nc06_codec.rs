@@ -2,7 +2,7 @@
 //! [`Codec`] trait (the filesystem crate knows nothing of the model).
 
 use log::Level;
-use nacrithfs_engine::{CompressOptions, Engine};
+use nacrithfs_engine::{CompressOptions, Engine, ProgressSink};
 use nacrithfs_fs::store::codec::byte_span;
 use nacrithfs_fs::store::codec::Meter;
 use nacrithfs_fs::store::{Codec, OpenBlob};
@@ -30,6 +30,19 @@ impl Nc06Codec {
     }
 }
 
+/// The engine's progress into the filesystem's meter (tokens, counting the verifying
+/// decode).
+struct MeterSink<'a>(&'a Meter);
+
+impl ProgressSink for MeterSink<'_> {
+    fn total(&self, tokens: u64) {
+        self.0.set_total(tokens);
+    }
+    fn add(&self, n: u64) {
+        self.0.add(n);
+    }
+}
+
 /// An engine error as the filesystem reports it: EIO (ENOMEM when the model has no
 /// room), logged as a warning that names the file (the core adds the name).
 fn fs_error(what: &str, e: nacrithfs_engine::Error) -> FsError {
@@ -41,14 +54,9 @@ impl Codec for Nc06Codec {
         let mut opts = self.opts.clone();
         // The filesystem never stores an unverified blob.
         opts.verify = true;
-        // Tokenizing is cheap next to the model: count the tokens for the meter (each
-        // is coded twice, the second time by the verifying decode).
-        let (streams, _) = self.engine.token_streams(data, &opts);
-        meter.set_total(2 * streams.iter().map(|s| s.0.len() as u64).sum::<u64>());
-        let progress = |n: u64| meter.add(n);
         Ok(self
             .engine
-            .compress(data, &opts, Some(&progress))
+            .compress(data, &opts, Some(&MeterSink(meter)))
             .map_err(|e| fs_error("compressing", e))?
             .blob)
     }

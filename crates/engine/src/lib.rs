@@ -100,8 +100,25 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Called with the number of tokens coded since the last call.
-pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
+/// Where a long run reports how far it is, in tokens coded (a closure `Fn(u64)` is
+/// one: it gets the tokens coded since the last call).
+pub trait ProgressSink: Sync {
+    /// The tokens the whole run will code, told once before the first
+    /// [`ProgressSink::add`] (with verification, each token counts twice: coded, then
+    /// decoded back).
+    fn total(&self, _tokens: u64) {}
+    /// `n` more tokens coded.
+    fn add(&self, n: u64);
+}
+
+impl<F: Fn(u64) + Sync> ProgressSink for F {
+    fn add(&self, n: u64) {
+        self(n)
+    }
+}
+
+/// A run's progress sink.
+pub type Progress<'a> = &'a dyn ProgressSink;
 
 impl Engine {
     /// An engine over `model`; its workers start on first use.
@@ -182,7 +199,7 @@ impl Engine {
                 Reply::Progress(n) => {
                     stats.tokens += n;
                     if let Some(p) = progress {
-                        p(n);
+                        p.add(n);
                     }
                 }
                 Reply::Done { id, result, cost } => {

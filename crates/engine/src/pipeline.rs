@@ -101,7 +101,8 @@ struct Prepared<'a> {
     pieces: Vec<Piece>,
     /// Token streams of the text pieces, in order (moved into the batch's run).
     tokens: Vec<TokenStream>,
-    binary: Vec<u8>,
+    /// The binary pieces concatenated (borrowed when the file is one binary piece).
+    binary: std::borrow::Cow<'a, [u8]>,
 }
 
 /// A file's binary frames: table entry and stored bytes.
@@ -144,6 +145,10 @@ impl Engine {
             spans.push(start..tokens.len());
         }
 
+        if let Some(p) = progress {
+            let coded: u64 = tokens.iter().map(|t| t.0.len() as u64).sum();
+            p.total(if opts.verify { 2 * coded } else { coded });
+        }
         let t0 = Instant::now();
         // Frames on every core when the model has nothing to do; beside the model on one
         // thread otherwise (its threads use the other cores, and spin when crowded).
@@ -255,11 +260,21 @@ impl Engine {
                 }),
             }
         }
-        let binary: Vec<u8> = pieces
+        let binary_len = pieces
             .iter()
             .filter(|p| p.kind == ExtentKind::Binary)
-            .flat_map(|p| data[p.range.clone()].iter().copied())
-            .collect();
+            .map(|p| p.range.len())
+            .sum();
+        let binary = match &pieces[..] {
+            [only] if only.kind == ExtentKind::Binary => std::borrow::Cow::Borrowed(data),
+            _ => {
+                let mut binary = Vec::with_capacity(binary_len);
+                for p in pieces.iter().filter(|p| p.kind == ExtentKind::Binary) {
+                    binary.extend_from_slice(&data[p.range.clone()]);
+                }
+                std::borrow::Cow::Owned(binary)
+            }
+        };
         Prepared {
             data,
             pieces,
@@ -292,14 +307,20 @@ impl Engine {
                 }
             })
             .collect();
-        let mut payload: Vec<u8> = Vec::new();
+        let payload_len = coded.iter().map(|c| c.bytes.len()).sum::<usize>()
+            + frames.iter().map(|(_, s)| s.len()).sum::<usize>();
+        let mut payload: Vec<u8> = Vec::with_capacity(payload_len);
         for c in coded {
             payload.extend_from_slice(&c.bytes);
         }
-        for (_, stored) in &frames {
-            payload.extend_from_slice(stored);
+        let n_frames = frames.len();
+        let mut entries = Vec::with_capacity(n_frames);
+        // Each frame's bytes are let go as soon as they are in the payload.
+        for (entry, stored) in frames {
+            payload.extend_from_slice(&stored);
+            entries.push(entry);
         }
-        let blob = Blob {
+        let mut blob = Blob {
             header: Header {
                 flags: opts.flags,
                 original_len: data.len() as u64,
@@ -318,14 +339,21 @@ impl Engine {
                 })
                 .collect(),
             chunks,
-            frames: frames.iter().map(|(f, _)| *f).collect(),
+            frames: entries,
             payload,
         };
         let bytes = blob.to_bytes();
-        // The container must read back as written before anyone trusts it.
-        if Blob::parse(&bytes)? != blob {
+        // The container must read back as written before anyone trusts it (its tables
+        // parsed back, its payload compared in place rather than copied).
+        let (back, header_len) = Blob::parse_header(&bytes)?;
+        let payload = std::mem::take(&mut blob.payload);
+        if back != blob
+            || bytes.len() - header_len != payload.len()
+            || bytes[header_len..] != payload[..]
+        {
             return Err(Error::ContainerRoundTrip);
         }
+        drop(payload);
         let stats = Stats {
             original: data.len() as u64,
             compressed: bytes.len() as u64,
@@ -337,7 +365,7 @@ impl Engine {
                 .sum(),
             binary_bytes: p.binary.len() as u64,
             chunks: coded.len(),
-            frames: frames.len(),
+            frames: n_frames,
             ideal_bits: coded.iter().map(|c| c.ideal_bits).sum(),
             stream_bytes: coded.iter().map(|c| c.bytes.len() as u64).sum(),
             ..Default::default()

@@ -84,41 +84,57 @@ fn push(out: &mut Vec<Segment>, kind: ExtentKind, range: Range<usize>) {
 
 /// Cuts `data` into extents covering it in order, with no two neighbours of the same
 /// kind except text chunks split for size.
+///
+/// One pass with a run of lookahead: character-class runs are bridged and merged as
+/// they are found, so memory grows with the extents that come out, not with the runs
+/// (random bytes switch class every few bytes: a run table of a large binary file would
+/// be many times the file).
 pub fn segment(data: &[u8], opts: &SegmentOptions) -> Vec<Segment> {
-    // 1. Runs by character class.
-    let mut runs: Vec<Segment> = Vec::new();
+    let mut merge = Merge {
+        opts,
+        data,
+        current: None,
+        merged: Vec::new(),
+    };
+    // 1. Runs by character class; each run is passed on once the next one has begun
+    // (a gap can be bridged only between two text runs).
+    let mut building: Option<Segment> = None;
+    let mut done: Option<Segment> = None;
+    let mut index = 0usize;
     let mut i = 0;
     while i < data.len() {
         let n = text_char_len(&data[i..]);
-        if n > 0 {
-            push(&mut runs, ExtentKind::Text, i..i + n);
-            i += n;
+        let (kind, len) = if n > 0 {
+            (ExtentKind::Text, n)
         } else {
-            push(&mut runs, ExtentKind::Binary, i..i + 1);
-            i += 1;
+            (ExtentKind::Binary, 1)
+        };
+        match building.as_mut() {
+            Some(b) if b.kind == kind => b.range.end = i + len,
+            _ => {
+                if let Some(b) = building.replace(Segment {
+                    kind,
+                    range: i..i + len,
+                }) {
+                    if let Some(run) = done.replace(b) {
+                        merge.bridge(run, index, true);
+                        index += 1;
+                    }
+                }
+            }
+        }
+        i += len;
+    }
+    if let Some(b) = building {
+        if let Some(run) = done.replace(b) {
+            merge.bridge(run, index, true);
+            index += 1;
         }
     }
-    // 2. Bridge short gaps of harmless bytes between text runs.
-    let mut bridged: Vec<Segment> = Vec::new();
-    for (k, r) in runs.iter().enumerate() {
-        let is_gap = r.kind == ExtentKind::Binary
-            && k > 0
-            && k + 1 < runs.len()
-            && r.range.len() <= opts.bridge
-            && data[r.range.clone()].iter().all(|&c| bridgeable(c));
-        let kind = if is_gap { ExtentKind::Text } else { r.kind };
-        push(&mut bridged, kind, r.range.clone());
+    if let Some(run) = done {
+        merge.bridge(run, index, false);
     }
-    // 3. Short text is not worth a model stream.
-    let mut merged: Vec<Segment> = Vec::new();
-    for r in bridged {
-        let kind = if r.kind == ExtentKind::Text && r.range.len() < opts.min_text {
-            ExtentKind::Binary
-        } else {
-            r.kind
-        };
-        push(&mut merged, kind, r.range);
-    }
+    let merged = merge.finish();
     // 4. Long text is cut into balanced chunks at line or word boundaries.
     let mut out = Vec::with_capacity(merged.len());
     for r in merged {
@@ -129,6 +145,58 @@ pub fn segment(data: &[u8], opts: &SegmentOptions) -> Vec<Segment> {
         }
     }
     out
+}
+
+/// Steps 2 and 3 of [`segment`], fed one character-class run at a time.
+struct Merge<'a> {
+    opts: &'a SegmentOptions,
+    data: &'a [u8],
+    /// The bridged run being extended (step 2's output, not yet through step 3).
+    current: Option<Segment>,
+    merged: Vec<Segment>,
+}
+
+impl Merge<'_> {
+    /// Step 2: bridge short gaps of harmless bytes between text runs (run number `index`,
+    /// with `more` when another run follows it).
+    fn bridge(&mut self, run: Segment, index: usize, more: bool) {
+        let is_gap = run.kind == ExtentKind::Binary
+            && index > 0
+            && more
+            && run.range.len() <= self.opts.bridge
+            && self.data[run.range.clone()].iter().all(|&c| bridgeable(c));
+        let kind = if is_gap { ExtentKind::Text } else { run.kind };
+        match self.current.as_mut() {
+            Some(c) if c.kind == kind && c.range.end == run.range.start => {
+                c.range.end = run.range.end
+            }
+            _ => {
+                if let Some(c) = self.current.replace(Segment {
+                    kind,
+                    range: run.range,
+                }) {
+                    self.settle(c);
+                }
+            }
+        }
+    }
+
+    /// Step 3: short text is not worth a model stream.
+    fn settle(&mut self, r: Segment) {
+        let kind = if r.kind == ExtentKind::Text && r.range.len() < self.opts.min_text {
+            ExtentKind::Binary
+        } else {
+            r.kind
+        };
+        push(&mut self.merged, kind, r.range);
+    }
+
+    fn finish(mut self) -> Vec<Segment> {
+        if let Some(c) = self.current.take() {
+            self.settle(c);
+        }
+        self.merged
+    }
 }
 
 fn split_text(data: &[u8], range: Range<usize>, chunk: usize, out: &mut Vec<Segment>) {
@@ -177,6 +245,51 @@ fn best_cut(data: &[u8], start: usize, target: usize, hi: usize) -> usize {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The three-pass segmentation that [`segment`] replaced, kept to show that the
+    /// one-pass form cuts every input the same way (blobs stay byte-identical).
+    fn segment_in_passes(data: &[u8], opts: &SegmentOptions) -> Vec<Segment> {
+        let mut runs: Vec<Segment> = Vec::new();
+        let mut i = 0;
+        while i < data.len() {
+            let n = text_char_len(&data[i..]);
+            if n > 0 {
+                push(&mut runs, ExtentKind::Text, i..i + n);
+                i += n;
+            } else {
+                push(&mut runs, ExtentKind::Binary, i..i + 1);
+                i += 1;
+            }
+        }
+        let mut bridged: Vec<Segment> = Vec::new();
+        for (k, r) in runs.iter().enumerate() {
+            let is_gap = r.kind == ExtentKind::Binary
+                && k > 0
+                && k + 1 < runs.len()
+                && r.range.len() <= opts.bridge
+                && data[r.range.clone()].iter().all(|&c| bridgeable(c));
+            let kind = if is_gap { ExtentKind::Text } else { r.kind };
+            push(&mut bridged, kind, r.range.clone());
+        }
+        let mut merged: Vec<Segment> = Vec::new();
+        for r in bridged {
+            let kind = if r.kind == ExtentKind::Text && r.range.len() < opts.min_text {
+                ExtentKind::Binary
+            } else {
+                r.kind
+            };
+            push(&mut merged, kind, r.range);
+        }
+        let mut out = Vec::new();
+        for r in merged {
+            if r.kind == ExtentKind::Text && r.range.len() > opts.chunk_size {
+                split_text(data, r.range, opts.chunk_size.max(64), &mut out);
+            } else {
+                out.push(r);
+            }
+        }
+        out
+    }
 
     fn kinds(s: &[Segment]) -> Vec<(ExtentKind, usize)> {
         s.iter().map(|x| (x.kind, x.range.len())).collect()
@@ -259,6 +372,14 @@ mod tests {
                 pos = seg.range.end;
             }
             prop_assert_eq!(pos, data.len());
+        }
+
+        #[test]
+        fn one_pass_cuts_like_three_passes(data in proptest::collection::vec(prop_oneof![
+            6 => 0x20u8..0x7f, 2 => 0u8..0x20, 1 => 0x7fu8..=0xff, 1 => Just(b'\n')], 0..4000),
+            bridge in 0usize..12, min_text in 1usize..100, chunk in 64usize..600) {
+            let opts = SegmentOptions { chunk_size: chunk, min_text, bridge };
+            prop_assert_eq!(segment(&data, &opts), segment_in_passes(&data, &opts));
         }
 
         #[test]
