@@ -8,7 +8,7 @@ mod mount;
 use mount::{bin, dirs, is_mountpoint, serial, Mount};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn model() {
     nacrithfs_engine::model::resolve_model_path(None)
@@ -177,6 +177,17 @@ fn ready_line_summary_and_a_clean_stop_without_warnings() {
     let _g = serial();
     let d = dirs();
     let log = d.root.path().join("stderr.log");
+    // systemd's side of Type=notify: the socket that $NOTIFY_SOCKET names.
+    let sock_path = d.root.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let next_state = || {
+        let mut buf = [0u8; 256];
+        let n = notify.recv(&mut buf).expect("no sd_notify message");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
     let child = bin()
         .arg("mount")
         .arg(&d.backing)
@@ -184,13 +195,13 @@ fn ready_line_summary_and_a_clean_stop_without_warnings() {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .env_remove("RUST_LOG")
+        .env("NOTIFY_SOCKET", &sock_path)
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    while !is_mountpoint(&d.mnt) {
-        assert!(t.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // READY=1 comes once the kernel has the mount, as systemd starts dependants then.
+    let ready = next_state();
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(is_mountpoint(&d.mnt), "READY=1 before the mount was up");
     // A 6-byte file stays plaintext (a blob would be ten times bigger).
     std::fs::write(d.mnt.join("hello.txt"), b"hello\n").unwrap();
     std::fs::write(d.mnt.join("big.bin"), vec![2u8; 50_000]).unwrap();
@@ -212,6 +223,8 @@ fn ready_line_summary_and_a_clean_stop_without_warnings() {
     // SIGTERM: a clean stop, with its summary and not one warning.
     // SAFETY: kill(2) with a pid and a signal number; no memory is involved.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopping = next_state();
+    assert!(stopping.contains("STOPPING=1"), "{stopping}");
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let stderr = std::fs::read_to_string(&log).unwrap();
@@ -227,7 +240,7 @@ fn ready_line_summary_and_a_clean_stop_without_warnings() {
         !stderr.contains("WARN") && !stderr.contains("ERROR"),
         "{stderr}"
     );
-    // Kept plain survives a remount: it is not queued again.
+    // Kept plain survives a remount (what a service restart does): not queued again.
     let m = Mount::start(&d.backing, &d.mnt);
     assert_eq!(status_json(&d.mnt)["queued"], 0);
     m.stop();
