@@ -9,7 +9,8 @@
 #     after drop_caches on a live mount (nacrithfs: its LRU of decoded extents);
 #   English text: time to compress it (nacrithfs wait), time to first byte and to the
 #     end of a cold read (the model decodes), warm and LRU re-reads;
-#   space: bytes in the backing directory against the file sizes seen in the mount.
+#   space: bytes in the backing directory against the file sizes seen in the mount;
+#   memory: the nacrithfs daemon's peak RSS over the writes and over the reads.
 #
 # Prints Markdown tables with nacrithfs/passthrough ratios, also written to
 # $OUT/fs.md (and the raw numbers to $OUT/fs.csv). Needs root (mounts, drop_caches),
@@ -20,7 +21,8 @@
 # default 64M), RUNTIME (seconds, cap per fio job, default 30), TEXT (English text,
 # default ../shared/corpus/sample_50k.txt), TEXT_BYTES (bytes of it to use, default
 # 16384), WORKDIR (where the backing dirs and mountpoints go, default /var/tmp),
-# OUT (default bench-out), NACRITHFS_MOUNT_ARGS (extra `nacrithfs mount` flags),
+# OUT (default bench-out), SKIP_TEXT (set: the binary steps only),
+# NACRITHFS_MOUNT_ARGS (extra `nacrithfs mount` flags),
 # BINDFS_ARGS (default "-o big_writes": without it libfuse 2 splits every write into
 # 4 KiB requests and the passthrough writes ~5x slower, a straw man),
 # FIO_WRITE_ARGS (default "--refill_buffers": fresh random data in every block, i.e.
@@ -120,6 +122,15 @@ put_cmd() {
     v=$("$@") || die "$m: $k: $* failed"
     put "$m" "$k" "$v"
 }
+# Peak resident memory of the nacrithfs daemon since it started, in MiB ("–" for the
+# passthrough, whose daemon is not ours to measure).
+peak_mib() {
+    if [ "$1" = nc ] && [ -n "$nc_pid" ]; then
+        awk '/^VmHWM:/ { printf "%.0f", $2 / 1024 }' "/proc/$nc_pid/status"
+    else
+        echo "–"
+    fi
+}
 secs_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
 
 # fio on one file through a mount; prints MiB/s. --invalidate=0: this script decides
@@ -159,6 +170,7 @@ suite() { # nc|pt
     echo "bench-fs: $m: writes" >&2
     put_cmd "$m" w1m fio_write "$mnt/seq1m" write 1M
     t0=$EPOCHREALTIME; settle "$m"; put "$m" settle_w1m "$(secs_since "$t0")"
+    put "$m" rss_write "$(peak_mib "$m")"
     put_cmd "$m" stored_bin stat -c %s "$back/seq1m"
     put_cmd "$m" apparent_bin stat -c %s "$mnt/seq1m"
     put_cmd "$m" w4k fio_write "$mnt/seq4k" write 4k
@@ -174,11 +186,13 @@ suite() { # nc|pt
     put_cmd "$m" r1m_warm fio_mibs "$mnt/seq1m" read 1M
     drop_caches
     put_cmd "$m" r1m_lru fio_mibs "$mnt/seq1m" read 1M
+    put "$m" rss_read "$(peak_mib "$m")"
     restart "$m"; drop_caches
     put_cmd "$m" rr4k_cold fio_mibs "$mnt/seq1m" randread 4k
     put_cmd "$m" rr4k_warm fio_mibs "$mnt/seq1m" randread 4k
     rm -f "$mnt/seq1m"
 
+    if [ -n "${SKIP_TEXT:-}" ]; then return 0; fi
     echo "bench-fs: $m: text" >&2
     head -c "$text_bytes" "$text" >"$work/text.txt"
     t0=$EPOCHREALTIME
@@ -223,20 +237,25 @@ row_nc() { # LABEL KEY UNIT: a step the passthrough does not have
     row "sequential write, 4 KiB blocks (into staging)" w4k "MiB/s"
     row "random write, 4 KiB" rw4k "MiB/s"
     row_nc "background compression after the 1 MiB write" settle_w1m "s"
+    row_nc "daemon peak RSS: mount, writes, their compression" rss_write "MiB"
     row "sequential read 1 MiB, cold (new mount, caches dropped)" r1m_cold "MiB/s"
     row "sequential read 1 MiB, warm (page cache)" r1m_warm "MiB/s"
     row "sequential read 1 MiB after drop_caches (nacrithfs: decoded-extent LRU)" r1m_lru "MiB/s"
+    row_nc "daemon peak RSS: new mount, the three sequential reads" rss_read "MiB"
     row "random read 4 KiB, cold" rr4k_cold "MiB/s"
     row "random read 4 KiB, warm" rr4k_warm "MiB/s"
+    if [ -z "${SKIP_TEXT:-}" ]; then
     row "text: copy in until compressed (cp + nacrithfs wait)" text_store "s"
     row "text: time to first byte, cold" text_ttfb "s"
     row "text: full read, cold (model decodes)" text_cold "s"
     row "text: full read, warm (page cache)" text_warm "s"
     row "text: full read after drop_caches (LRU)" text_lru "s"
+    fi
     echo
     echo "| space | file size in the mount | bytes in nacrithfs backing | stored / size |"
     echo "|---|---:|---:|---:|"
-    for k in bin text; do
+    kinds="bin"; [ -n "${SKIP_TEXT:-}" ] || kinds="bin text"
+    for k in $kinds; do
         a=${result[nc.apparent_$k]} s=${result[nc.stored_$k]}
         label=$([ $k = bin ] && echo "fio data (random)" || echo "English text")
         awk -v l="$label" -v a="$a" -v s="$s" 'BEGIN { printf "| %s | %d | %d | %.3f |\n", l, a, s, (a > 0) ? s / a : 0 }'
