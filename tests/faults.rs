@@ -9,6 +9,7 @@ mod mount;
 
 use mount::{bin, dirs, serial, Mount, Opts, Rng};
 use nacrithfs_fs::store::backing::is_blob_path;
+use nc06::format::FRAME_SIZE;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -185,6 +186,8 @@ fn damaged_blobs_give_eio_name_the_file_and_spare_the_rest() {
         ("flipped.bin", binary(&mut rng, 30_000)),
         ("cut.bin", binary(&mut rng, 30_000)),
         ("flipped.txt", text(300)),
+        // Three frames and a bit; the middle frame is damaged below.
+        ("frames.bin", binary(&mut rng, 3 * FRAME_SIZE + 8192)),
     ];
     for (n, v) in &files {
         std::fs::write(d.mnt.join(n), v).unwrap();
@@ -206,6 +209,20 @@ fn damaged_blobs_give_eio_name_the_file_and_spare_the_rest() {
         f.write_all_at(&b, at).unwrap();
     };
     flip("flipped.bin", 0.7);
+    // Frame 1 of frames.bin: where its stored bytes start, from the blob's own tables.
+    let frame1 = {
+        let bytes = std::fs::read(d.backing.join("frames.bin")).unwrap();
+        let (blob, header_len) = nc06::format::Blob::parse_header(&bytes).unwrap();
+        assert!(blob.frames.len() >= 3, "{} frames", blob.frames.len());
+        header_len as u64 + blob.index().frame_offsets[1] + 16
+    };
+    {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(d.backing.join("frames.bin"))
+            .unwrap();
+        f.write_all_at(&[0xa5; 8], frame1).unwrap();
+    }
     flip("flipped.txt", 0.8);
     OpenOptions::new()
         .write(true)
@@ -234,6 +251,33 @@ fn damaged_blobs_give_eio_name_the_file_and_spare_the_rest() {
             "no warning names {name}:\n{text_log}"
         );
     }
+    // A damaged frame fails only the reads that touch it, and the warning says where.
+    {
+        let want = &files[4].1;
+        let f = std::fs::File::open(d.mnt.join("frames.bin")).unwrap();
+        let f0 = FRAME_SIZE as u64;
+        let read_at = |at: u64| {
+            let mut b = vec![0u8; 4096];
+            f.read_exact_at(&mut b, at).map(|_| b)
+        };
+        for at in [0, f0 - 4096, 2 * f0, 3 * f0] {
+            let got = read_at(at).unwrap_or_else(|e| panic!("frames.bin at {at}: {e}"));
+            assert!(
+                got[..] == want[at as usize..at as usize + 4096],
+                "frames.bin at {at}"
+            );
+        }
+        let e = read_at(f0 + 8192).expect_err("read of the damaged frame succeeded");
+        assert_eq!(errno(&e), libc::EIO, "{e}");
+        let text_log = std::fs::read_to_string(&log).unwrap();
+        let range = format!("{}..{}", f0, 2 * f0);
+        assert!(
+            text_log
+                .lines()
+                .any(|l| l.contains("WARN") && l.contains("frames.bin") && l.contains(&range)),
+            "no warning names frames.bin and bytes {range}:\n{text_log}"
+        );
+    }
     // The rest of the mount keeps working.
     assert!(std::fs::read(d.mnt.join("good.bin")).unwrap() == files[0].1);
     let mut names: Vec<_> = std::fs::read_dir(&d.mnt)
@@ -241,7 +285,16 @@ fn damaged_blobs_give_eio_name_the_file_and_spare_the_rest() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["cut.bin", "flipped.bin", "flipped.txt", "good.bin"]);
+    assert_eq!(
+        names,
+        [
+            "cut.bin",
+            "flipped.bin",
+            "flipped.txt",
+            "frames.bin",
+            "good.bin"
+        ]
+    );
     std::fs::write(d.mnt.join("new.txt"), b"still writable\n").unwrap();
     assert_eq!(
         std::fs::read(d.mnt.join("new.txt")).unwrap(),
