@@ -14,8 +14,9 @@ use std::sync::Arc;
 /// Which model, and how the engine runs it.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// GGUF model (default: $NACRITHFS_MODEL, else ~/.cache/nacrithfs/SmolLM2-135M-Instruct.Q4_1.gguf).
-    #[arg(long, global = true)]
+    /// GGUF model: a path, or a name that scripts/fetch-model.sh fetches (smollm2-135m,
+    /// gemma3-270m). Default: $NACRITHFS_MODEL (a path or a name), else smollm2-135m.
+    #[arg(long, global = true, value_name = "NAME|PATH")]
     pub model: Option<PathBuf>,
     /// Streams decoded together per model call.
     #[arg(long, default_value_t = nacrithfs_engine::DEFAULT_STREAMS)]

@@ -221,3 +221,56 @@ fn mix_params_of_the_wrong_length_are_refused() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("7 values"));
 }
+
+#[test]
+fn models_are_taken_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, &ENGLISH.as_bytes()[..300]).unwrap();
+    // The default model by its name: the same blob as without --model.
+    let out_default = dir.path().join("a.nc");
+    let out_named = dir.path().join("b.nc");
+    for (args, out) in [
+        (vec![], &out_default),
+        (vec!["--model", "smollm2-135m"], &out_named),
+    ] {
+        let o = bin()
+            .arg("compress")
+            .args(&args)
+            .args(["--no-verify", "-q"])
+            .arg(&input)
+            .arg("-o")
+            .arg(out)
+            .env_remove("NACRITHFS_MODEL")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(
+        std::fs::read(&out_default).unwrap(),
+        std::fs::read(&out_named).unwrap()
+    );
+    // A known model that is not fetched: exit 69 and the command that fetches it, from
+    // --model and from $NACRITHFS_MODEL alike.
+    let empty_cache = tempfile::tempdir().unwrap();
+    for by_env in [false, true] {
+        let mut c = bin();
+        c.arg("compress")
+            .arg(&input)
+            .arg("-o")
+            .arg(dir.path().join("c.nc"));
+        if by_env {
+            c.env("NACRITHFS_MODEL", "gemma3-270m");
+        } else {
+            c.args(["--model", "gemma3-270m"])
+                .env_remove("NACRITHFS_MODEL");
+        }
+        let o = c
+            .env("XDG_CACHE_HOME", empty_cache.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(69), "{err}");
+        assert!(err.contains("scripts/fetch-model.sh gemma3-270m"), "{err}");
+    }
+}

@@ -31,6 +31,14 @@ pub enum ModelError {
     /// There is no model file at this path.
     #[error("no model at {}; run scripts/fetch-model.sh to fetch the default model, or pass --model PATH / set NACRITHFS_MODEL", .0.display())]
     NotFound(PathBuf),
+    /// A model named by its short name has not been fetched.
+    #[error("model {name} is not fetched (no {}); fetch it with scripts/fetch-model.sh {name}", .path.display())]
+    NotFetched {
+        /// Its short name.
+        name: &'static str,
+        /// Where it would be.
+        path: PathBuf,
+    },
     /// The model file cannot be read (to fingerprint it).
     #[error("cannot read model {}", .path.display())]
     Read {

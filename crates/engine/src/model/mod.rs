@@ -12,15 +12,62 @@ pub const MODEL_ENV: &str = "NACRITHFS_MODEL";
 /// File name of the default model inside the cache directory.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// Where the model is looked for: `--model`, else `$NACRITHFS_MODEL`, else the cache path.
+/// A model known by a short name: what `scripts/fetch-model.sh NAME` puts in the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KnownModel {
+    /// The name `--model` and `$NACRITHFS_MODEL` take.
+    pub name: &'static str,
+    /// Its file in the cache directory.
+    pub file: &'static str,
+    /// Under what terms it is used.
+    pub license: &'static str,
+}
+
+/// The models fetch-model.sh knows; the first is the default.
+pub const KNOWN_MODELS: &[KnownModel] = &[
+    KnownModel {
+        name: "smollm2-135m",
+        file: DEFAULT_MODEL_FILE,
+        license: "Apache-2.0",
+    },
+    KnownModel {
+        name: "gemma3-270m",
+        file: "gemma-3-270m-q4_k_m.gguf",
+        license: "Gemma Terms of Use",
+    },
+];
+
+/// The known model called `name`, if any.
+pub fn known_model(name: &str) -> Option<&'static KnownModel> {
+    KNOWN_MODELS.iter().find(|m| m.name == name)
+}
+
+/// Where the model is looked for: `--model`, else `$NACRITHFS_MODEL`, else the cache
+/// path of the default. Either may be a path or a known model's name.
 pub fn resolve_model_path(cli: Option<PathBuf>) -> Result<PathBuf, ModelError> {
     if let Some(p) = cli {
-        return existing(p);
+        return named_or_path(p);
     }
     if let Some(p) = std::env::var_os(MODEL_ENV) {
-        return existing(PathBuf::from(p));
+        return named_or_path(PathBuf::from(p));
     }
     existing(default_model_path())
+}
+
+/// A known model's cached file for its name, or the path itself. A file of that name
+/// in the working directory wins: a name never shadows a real path.
+fn named_or_path(p: PathBuf) -> Result<PathBuf, ModelError> {
+    match p.to_str().and_then(known_model) {
+        Some(m) if !p.is_file() => {
+            let path = cache_dir().join(m.file);
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(ModelError::NotFetched { name: m.name, path })
+            }
+        }
+        _ => existing(p),
+    }
 }
 
 fn existing(p: PathBuf) -> Result<PathBuf, ModelError> {
@@ -31,11 +78,43 @@ fn existing(p: PathBuf) -> Result<PathBuf, ModelError> {
     }
 }
 
-/// `$XDG_CACHE_HOME/nacrithfs/<model>` or `~/.cache/nacrithfs/<model>`.
-pub fn default_model_path() -> PathBuf {
+/// `$XDG_CACHE_HOME/nacrithfs` or `~/.cache/nacrithfs`: where fetched models are.
+pub fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/root/.cache"));
-    base.join("nacrithfs").join(DEFAULT_MODEL_FILE)
+    base.join("nacrithfs")
+}
+
+/// The default model's path in the cache directory.
+pub fn default_model_path() -> PathBuf {
+    cache_dir().join(DEFAULT_MODEL_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_in_the_cache_and_paths_stay_paths() {
+        for m in KNOWN_MODELS {
+            let want = cache_dir().join(m.file);
+            match named_or_path(PathBuf::from(m.name)) {
+                Ok(p) => assert_eq!(p, want),
+                Err(ModelError::NotFetched { name, path }) => {
+                    assert_eq!((name, path), (m.name, want));
+                }
+                Err(e) => panic!("{}: {e}", m.name),
+            }
+        }
+        assert_eq!(KNOWN_MODELS[0].file, DEFAULT_MODEL_FILE);
+        let e = named_or_path(PathBuf::from("no-such-model")).unwrap_err();
+        assert!(matches!(e, ModelError::NotFound(_)), "{e}");
+        let e = ModelError::NotFetched {
+            name: "gemma3-270m",
+            path: PathBuf::from("/c/g.gguf"),
+        };
+        assert!(e.to_string().contains("scripts/fetch-model.sh gemma3-270m"));
+    }
 }
