@@ -611,7 +611,12 @@ fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
             0.0
         }
     );
-    println!("fingerprint:  {}", h.fingerprint);
+    println!(
+        "fingerprint:  {} ({})",
+        h.fingerprint,
+        nacrithfs_engine::model::known_by_digest(&h.fingerprint.model)
+            .map_or("a model fetch-model.sh does not know", |m| m.name)
+    );
     println!("predictors:   {} (flags {:#06x})", h.flags, h.flags.0);
     println!(
         "window:       {} tokens, slide {}; temperature {}; chunk size {}",

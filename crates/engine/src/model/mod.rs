@@ -21,6 +21,8 @@ pub struct KnownModel {
     pub file: &'static str,
     /// Under what terms it is used.
     pub license: &'static str,
+    /// The file's SHA-256, in hex (a blob's fingerprint holds its first 8 bytes).
+    pub sha256: &'static str,
 }
 
 /// The models fetch-model.sh knows; the first is the default.
@@ -29,17 +31,41 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
         name: "smollm2-135m",
         file: DEFAULT_MODEL_FILE,
         license: "Apache-2.0",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     },
     KnownModel {
         name: "gemma3-270m",
         file: "gemma-3-270m-q4_k_m.gguf",
         license: "Gemma Terms of Use",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     },
 ];
 
 /// The known model called `name`, if any.
 pub fn known_model(name: &str) -> Option<&'static KnownModel> {
     KNOWN_MODELS.iter().find(|m| m.name == name)
+}
+
+/// The known model whose file a fingerprint's model digest (the first 8 bytes of its
+/// SHA-256) comes from.
+pub fn known_by_digest(model: &[u8; 8]) -> Option<&'static KnownModel> {
+    let hex: String = model.iter().map(|b| format!("{b:02x}")).collect();
+    KNOWN_MODELS.iter().find(|m| m.sha256.starts_with(&hex))
+}
+
+/// How to get the model a blob was coded with, for messages: its name and the
+/// commands, or that it is not one this project knows.
+pub fn model_hint(model: &[u8; 8]) -> String {
+    match known_by_digest(model) {
+        Some(m) => format!(
+            "the blob's model is {}: fetch it with scripts/fetch-model.sh {} and pass --model {}",
+            m.name, m.name, m.name
+        ),
+        None => {
+            "the blob's model is not one fetch-model.sh knows: pass --model with the same GGUF file"
+                .into()
+        }
+    }
 }
 
 /// Where the model is looked for: `--model`, else `$NACRITHFS_MODEL`, else the cache
@@ -109,6 +135,10 @@ mod tests {
             }
         }
         assert_eq!(KNOWN_MODELS[0].file, DEFAULT_MODEL_FILE);
+        let gemma = [0xa5, 0xfd, 0x3b, 0x62, 0x23, 0x0a, 0xa5, 0xec];
+        assert_eq!(known_by_digest(&gemma).map(|m| m.name), Some("gemma3-270m"));
+        assert!(model_hint(&gemma).contains("scripts/fetch-model.sh gemma3-270m"));
+        assert_eq!(known_by_digest(&[0; 8]), None);
         let e = named_or_path(PathBuf::from("no-such-model")).unwrap_err();
         assert!(matches!(e, ModelError::NotFound(_)), "{e}");
         let e = ModelError::NotFetched {
