@@ -134,8 +134,12 @@ pub fn segment(data: &[u8], opts: &SegmentOptions) -> Vec<Segment> {
     if let Some(run) = done {
         merge.bridge(run, index, false);
     }
-    let merged = merge.finish();
-    // 4. Long text is cut into balanced chunks at line or word boundaries.
+    cut_long_text(data, merge.finish(), opts)
+}
+
+/// Step 4 of [`segment`]: long text is cut into balanced chunks at line or word
+/// boundaries.
+fn cut_long_text(data: &[u8], merged: Vec<Segment>, opts: &SegmentOptions) -> Vec<Segment> {
     let mut out = Vec::with_capacity(merged.len());
     for r in merged {
         if r.kind == ExtentKind::Text && r.range.len() > opts.chunk_size {
@@ -246,8 +250,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The three-pass segmentation that [`segment`] replaced, kept to show that the
-    /// one-pass form cuts every input the same way (blobs stay byte-identical).
+    /// The three-pass segmentation (steps 1-3) that [`segment`] replaced, kept to show
+    /// that the one-pass form cuts every input the same way (blobs stay byte-identical).
     fn segment_in_passes(data: &[u8], opts: &SegmentOptions) -> Vec<Segment> {
         let mut runs: Vec<Segment> = Vec::new();
         let mut i = 0;
@@ -280,15 +284,8 @@ mod tests {
             };
             push(&mut merged, kind, r.range);
         }
-        let mut out = Vec::new();
-        for r in merged {
-            if r.kind == ExtentKind::Text && r.range.len() > opts.chunk_size {
-                split_text(data, r.range, opts.chunk_size.max(64), &mut out);
-            } else {
-                out.push(r);
-            }
-        }
-        out
+        // Step 4 did not change: the same function.
+        cut_long_text(data, merged, opts)
     }
 
     fn kinds(s: &[Segment]) -> Vec<(ExtentKind, usize)> {
