@@ -4,11 +4,13 @@
 
 use crate::error::CliError;
 use clap::Args;
-use nacrithfs_engine::model::{resolve_model_path, Model, ModelError, ModelOptions};
+use nacrithfs_engine::model::{
+    cache_dir, known_by_digest, resolve_model_path, Model, ModelError, ModelOptions, MODEL_ENV,
+};
 use nacrithfs_engine::{Engine, EngineConfig};
 use nacrithfs_pack::Shard;
-use nc06::Window;
-use std::path::PathBuf;
+use nc06::{Fingerprint, Window};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Which model, and how the engine runs it.
@@ -33,14 +35,34 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the model these arguments name and wraps it in an engine.
     pub fn engine(&self) -> Result<Engine, ModelError> {
-        let path = resolve_model_path(self.model.clone())?;
-        let model = Model::load(
-            &path,
-            &ModelOptions {
-                threads: self.threads,
-                ..Default::default()
-            },
-        )?;
+        self.engine_at(&resolve_model_path(self.model.clone())?)
+    }
+
+    /// The engine to decode a blob whose text `fp` coded: the model that --model or
+    /// $NACRITHFS_MODEL names, when one does; else the blob's own model when it is a
+    /// known one in the cache; else the default.
+    pub fn decoder_for(&self, fp: Fingerprint) -> Result<Engine, ModelError> {
+        if self.model.is_none() && std::env::var_os(MODEL_ENV).is_none() {
+            if let Some(known) = known_by_digest(&fp.model) {
+                let path = cache_dir().join(known.file);
+                if path.is_file() {
+                    return self.engine_at(&path);
+                }
+            }
+        }
+        self.engine()
+    }
+
+    /// How models load under these arguments.
+    pub fn options(&self) -> ModelOptions {
+        ModelOptions {
+            threads: self.threads,
+            ..Default::default()
+        }
+    }
+
+    fn engine_at(&self, path: &Path) -> Result<Engine, ModelError> {
+        let model = Model::load(path, &self.options())?;
         log::debug!("model {}: {}", path.display(), model.fingerprint());
         Ok(Engine::new(
             Arc::new(model),

@@ -3,7 +3,6 @@
 use crate::args::{ModelArgs, ShardArgs, WindowArgs};
 use crate::error::CliError;
 use clap::{Parser, Subcommand};
-use nacrithfs_engine::model::{resolve_model_path, Model, ModelOptions};
 use nacrithfs_engine::{CompressOptions, Engine, DEFAULT_CHUNK_SIZE};
 use nacrithfs_fs::store::AtomicFile;
 use nacrithfs_pack::{LazyEngine, PackOptions, VerifyOptions};
@@ -394,8 +393,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 what: what.clone(),
                 source: e.into(),
             })?;
+            let fingerprint = blob.header.fingerprint;
             drop(blob);
-            let engine = load_engine(&model)?;
+            let engine = model.decoder_for(fingerprint)?;
             let pb = spinner("decompressing");
             let inc = |n: u64| pb.inc(n);
             let out = engine
@@ -653,19 +653,20 @@ fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
             f.1.method.name()
         );
     }
-    if let Ok(p) = resolve_model_path(model.model.clone()) {
-        if let Ok(m) = Model::load(&p, &ModelOptions::default()) {
-            let ok = m.fingerprint() == h.fingerprint || blob.chunks.is_empty();
-            println!(
-                "this build:   {} ({})",
-                m.fingerprint(),
-                if ok {
-                    "can decode"
-                } else {
-                    "DIFFERENT: cannot decode the text"
-                }
-            );
-        }
+    // The model decompress would use: the named one, else the blob's own if cached.
+    if let Ok(engine) = model.decoder_for(h.fingerprint) {
+        let m = engine.model();
+        let ok = m.fingerprint() == h.fingerprint || blob.chunks.is_empty();
+        println!(
+            "this build:   {} with {} ({})",
+            m.fingerprint(),
+            m.path().display(),
+            if ok {
+                "can decode"
+            } else {
+                "DIFFERENT: cannot decode the text"
+            }
+        );
     }
 }
 

@@ -5,6 +5,7 @@ use crate::args::ModelArgs;
 use crate::error::CliError;
 use crate::nc06_codec::Nc06Codec;
 use clap::Args;
+use nacrithfs_engine::EngineSet;
 use nacrithfs_fs::mount::{Mounting, ServeEvents, ServeOptions};
 use nacrithfs_fs::Status;
 use std::ffi::{OsStr, OsString};
@@ -114,7 +115,13 @@ fn serve(args: &MountArgs, ready: Option<std::fs::File>) -> Result<(), CliError>
         ready,
         started: Instant::now(),
     };
-    Ok(mounting.serve(Arc::new(Nc06Codec::new(engine)), &opts, &mut events)?)
+    // Blobs of other cached models decode with their own model, loaded when needed.
+    let engines = EngineSet::new(engine, args.model.options());
+    Ok(mounting.serve(
+        Arc::new(Nc06Codec::new(Arc::new(engines))),
+        &opts,
+        &mut events,
+    )?)
 }
 
 /// The ready line and the summary at stop, on stderr (and to a waiting parent).

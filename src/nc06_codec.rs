@@ -2,7 +2,7 @@
 //! [`Codec`] trait (the filesystem crate knows nothing of the model).
 
 use log::Level;
-use nacrithfs_engine::{CompressOptions, Engine, ProgressSink};
+use nacrithfs_engine::{CompressOptions, Engine, EngineSet, ProgressSink};
 use nacrithfs_fs::store::codec::byte_span;
 use nacrithfs_fs::store::codec::Meter;
 use nacrithfs_fs::store::{Codec, OpenBlob};
@@ -14,17 +14,18 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-/// NC06 through the language model.
+/// NC06 through the language model: compressed by the default model, each blob
+/// decoded by the model that coded it.
 pub struct Nc06Codec {
-    engine: Arc<Engine>,
+    engines: Arc<EngineSet>,
     opts: CompressOptions,
 }
 
 impl Nc06Codec {
-    /// A codec over `engine` with the default compression options.
-    pub fn new(engine: Arc<Engine>) -> Self {
+    /// A codec over `engines` with the default compression options.
+    pub fn new(engines: Arc<EngineSet>) -> Self {
         Nc06Codec {
-            engine,
+            engines,
             opts: CompressOptions::default(),
         }
     }
@@ -55,7 +56,8 @@ impl Codec for Nc06Codec {
         // The filesystem never stores an unverified blob.
         opts.verify = true;
         Ok(self
-            .engine
+            .engines
+            .default_engine()
             .compress(data, &opts, Some(&MeterSink(meter)))
             .map_err(|e| fs_error("compressing", e))?
             .blob)
@@ -74,7 +76,7 @@ impl Codec for Nc06Codec {
         let index = blob.index();
         let extents = index.pieces();
         Ok(Arc::new(Nc06Blob {
-            engine: self.engine.clone(),
+            engine: self.engines.decoder(&blob),
             blob,
             index,
             payload: FilePayload {

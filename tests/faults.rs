@@ -325,9 +325,14 @@ fn swapped_model_refuses_text_blobs_instead_of_returning_wrong_bytes() {
     let log = d.root.path().join("daemon.log");
     let en = text(300);
     let bin_data = binary(&mut Rng(3), 20_000);
+    // A cache without the real model: a mount would find it there by the blob's
+    // fingerprint and decode with it (tests/models.rs).
+    let cache = d.root.path().join("cache");
+    std::fs::create_dir_all(cache.join("nacrithfs")).unwrap();
     let opts = || Opts {
         model: Some(&model),
         log: Some(&log),
+        env: vec![("XDG_CACHE_HOME", cache.to_str().unwrap().to_string())],
         ..Default::default()
     };
     let m = Mount::start_with(&d.backing, &d.mnt, opts());

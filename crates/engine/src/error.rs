@@ -16,7 +16,7 @@ pub enum Error {
     #[error(transparent)]
     Model(#[from] ModelError),
     /// The blob's text was coded by another model or inference build.
-    #[error("blob was made with {blob}, but the loaded model gives {ours}: decode it with the same model file and build ({}; see `nacrithfs info`)", crate::model::model_hint(&.blob.model))]
+    #[error("blob was made with {blob}, but the loaded model gives {ours}: {} (see `nacrithfs info`)", crate::model::mismatch_hint(.blob, .ours))]
     FingerprintMismatch {
         /// What the blob records.
         blob: Fingerprint,

@@ -8,7 +8,8 @@
 //!   verification, decompression, from any thread — hands its chunks to the same pool,
 //!   so chunks of one file and of different files are coded side by side;
 //! - whole files ([`Engine::compress`], [`Engine::decompress`],
-//!   [`Engine::decompress_range`]) and [`bench`] (`nacrithfs bench-engine`).
+//!   [`Engine::decompress_range`]) and [`bench`] (`nacrithfs bench-engine`);
+//! - [`EngineSet`]: an engine per model, so blobs of every cached model decode.
 //!
 //! What the bits mean (the container, the coder, the predictor) is the `nc06` crate's.
 
@@ -18,11 +19,13 @@ mod jobs;
 pub mod model;
 mod pipeline;
 mod pool;
+mod set;
 
 pub use error::{Error, Result};
 pub use jobs::{CodedStream, TokenStream};
 pub use nc06::format::DEFAULT_CHUNK_SIZE;
 pub use pipeline::{CompressOptions, Compressed, Stats};
+pub use set::EngineSet;
 
 /// Default number of streams decoded together per llama.cpp call.
 pub const DEFAULT_STREAMS: u32 = 16;

@@ -54,17 +54,31 @@ pub fn known_by_digest(model: &[u8; 8]) -> Option<&'static KnownModel> {
 }
 
 /// How to get the model a blob was coded with, for messages: its name and the
-/// commands, or that it is not one this project knows.
+/// command that fetches it (a mount and `decompress` then find it by the blob's
+/// fingerprint), or that it is not one this project knows.
 pub fn model_hint(model: &[u8; 8]) -> String {
     match known_by_digest(model) {
         Some(m) => format!(
-            "the blob's model is {}: fetch it with scripts/fetch-model.sh {} and pass --model {}",
+            "the blob's model is {}: fetch it with scripts/fetch-model.sh {} (blobs find their model in the cache), or pass --model {}",
             m.name, m.name, m.name
         ),
         None => {
             "the blob's model is not one fetch-model.sh knows: pass --model with the same GGUF file"
                 .into()
         }
+    }
+}
+
+/// What a blob whose fingerprint is `blob` needs when the model at hand gives `ours`:
+/// its model (see [`model_hint`]), or, when the model is the same, the inference build
+/// that made it.
+pub fn mismatch_hint(blob: &nc06::Fingerprint, ours: &nc06::Fingerprint) -> String {
+    if blob.model == ours.model {
+        "same model file, but another inference build (llama.cpp version or CPU/GPU \
+         features) made the blob: decode it with that build"
+            .into()
+    } else {
+        model_hint(&blob.model)
     }
 }
 

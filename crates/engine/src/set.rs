@@ -1,0 +1,83 @@
+//! The engines of every model a blob may name. A blob records the fingerprint of the
+//! model that coded its text; the default model compresses, and a blob of another
+//! known model is decoded by that model, loaded from the cache the first time a blob
+//! needs it. So a mount whose default is Gemma still reads the SmolLM2 blobs it holds,
+//! and the reverse.
+
+use crate::model::{cache_dir, known_by_digest, Model, ModelError, ModelOptions};
+use crate::Engine;
+use nc06::format::Blob;
+use nc06::Fingerprint;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The default engine and the others loaded so far, by model digest.
+pub struct EngineSet {
+    default: Arc<Engine>,
+    options: ModelOptions,
+    /// Every model loaded for a blob, whatever its fingerprint turned out to be: a
+    /// model whose build differs is not loaded again for the next blob.
+    others: Mutex<HashMap<[u8; 8], Arc<Engine>>>,
+}
+
+impl EngineSet {
+    /// A set whose default is `default`; other models load with `options` and the
+    /// default's engine settings.
+    pub fn new(default: Arc<Engine>, options: ModelOptions) -> EngineSet {
+        EngineSet {
+            default,
+            options,
+            others: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The engine that compresses.
+    pub fn default_engine(&self) -> &Arc<Engine> {
+        &self.default
+    }
+
+    /// The engine whose model and build give `fp`: the default, or a known model found
+    /// in the cache (loaded now if it was not). `None` when no model at hand gives it.
+    pub fn find(&self, fp: Fingerprint) -> Result<Option<Arc<Engine>>, ModelError> {
+        if self.default.model().fingerprint() == fp {
+            return Ok(Some(self.default.clone()));
+        }
+        let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = others.get(&fp.model) {
+            return Ok((e.model().fingerprint() == fp).then(|| e.clone()));
+        }
+        let Some(known) = known_by_digest(&fp.model) else {
+            return Ok(None);
+        };
+        let path = cache_dir().join(known.file);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let model = Model::load(&path, &self.options)?;
+        log::info!(
+            "loaded model {} ({}) for blobs it coded",
+            known.name,
+            model.fingerprint()
+        );
+        let engine = Arc::new(Engine::new(Arc::new(model), self.default.config().clone()));
+        others.insert(fp.model, engine.clone());
+        Ok((engine.model().fingerprint() == fp).then_some(engine))
+    }
+
+    /// The engine to decode `blob` with: the one of its model when that is at hand,
+    /// else the default, which refuses the blob's text with an error that names the
+    /// model and how to fetch it (its binary parts decode with any engine).
+    pub fn decoder(&self, blob: &Blob) -> Arc<Engine> {
+        if blob.chunks.is_empty() {
+            return self.default.clone();
+        }
+        match self.find(blob.header.fingerprint) {
+            Ok(Some(e)) => e,
+            Ok(None) => self.default.clone(),
+            Err(e) => {
+                log::warn!("cannot load the model of a blob: {e}");
+                self.default.clone()
+            }
+        }
+    }
+}
