@@ -105,6 +105,10 @@ struct Prepared<'a> {
     binary: std::borrow::Cow<'a, [u8]>,
 }
 
+/// Above this many binary bytes, a file with less text than binary keeps its text
+/// chunks as coded: recoding its frames would cost more than the chunks could save.
+const FALLBACK_BINARY_MAX: usize = 32 << 20;
+
 /// A file's binary frames: table entry and stored bytes.
 type Frames = Vec<(FrameEntry, Vec<u8>)>;
 
@@ -199,7 +203,10 @@ impl Engine {
             } else {
                 0.0
             };
-            let mut c = self.assemble(p, &coded[span], frames, opts)?;
+            let mut c = self.assemble(p, &coded[span.clone()], frames, opts)?;
+            if let Some(smaller) = self.fallback(p, &coded[span], c.blob.len(), opts)? {
+                c = smaller;
+            }
             let s = &mut c.stats;
             s.tokens = file_tokens;
             s.encode_secs = encode_secs * share;
@@ -281,6 +288,97 @@ impl Engine {
             tokens,
             binary,
         }
+    }
+
+    /// The model never costs more than the classical codecs: a text chunk that zstd -19
+    /// or xz -9e stores in fewer bytes than its model stream becomes binary, and a file
+    /// that is mostly text is also tried as binary frames alone. Returns the smallest
+    /// of those blobs when it is smaller than `coded_len`, the blob as coded. The
+    /// decoder needs nothing new: which bytes are text is the extent table's to say.
+    /// Skipped for files that are mostly binary and large, where recoding their frames
+    /// would cost more than the few text chunks could save.
+    fn fallback(
+        &self,
+        p: &Prepared<'_>,
+        coded: &[CodedStream],
+        coded_len: usize,
+        opts: &CompressOptions,
+    ) -> Result<Option<Compressed>> {
+        let texts: Vec<&Piece> = p
+            .pieces
+            .iter()
+            .filter(|x| x.kind == ExtentKind::Text)
+            .collect();
+        let text_bytes: usize = texts.iter().map(|x| x.range.len()).sum();
+        if texts.is_empty() || (p.binary.len() > FALLBACK_BINARY_MAX && text_bytes < p.binary.len())
+        {
+            return Ok(None);
+        }
+        let demote: Vec<bool> = texts
+            .iter()
+            .zip(coded)
+            .map(|(x, c)| compress_frame(&p.data[x.range.clone()]).1.len() < c.bytes.len())
+            .collect();
+        let mut best: Option<Compressed> = None;
+        let mut candidates = Vec::new();
+        if demote.contains(&true) && demote.contains(&false) {
+            candidates.push(demote);
+        }
+        if text_bytes >= p.binary.len() {
+            candidates.push(vec![true; texts.len()]);
+        }
+        for demote in candidates {
+            let c = self.demoted(p, coded, &demote, opts)?;
+            if c.blob.len() < best.as_ref().map_or(coded_len, |b| b.blob.len()) {
+                best = Some(c);
+            }
+        }
+        Ok(best)
+    }
+
+    /// `p`'s blob with the text chunks marked in `demote` stored as binary frames.
+    fn demoted(
+        &self,
+        p: &Prepared<'_>,
+        coded: &[CodedStream],
+        demote: &[bool],
+        opts: &CompressOptions,
+    ) -> Result<Compressed> {
+        let mut pieces: Vec<Piece> = Vec::with_capacity(p.pieces.len());
+        let mut kept = Vec::new();
+        let mut chunk = 0;
+        for x in &p.pieces {
+            let mut kind = x.kind;
+            if kind == ExtentKind::Text {
+                if demote[chunk] {
+                    kind = ExtentKind::Binary;
+                } else {
+                    kept.push(coded[chunk].clone());
+                }
+                chunk += 1;
+            }
+            match pieces.last_mut() {
+                Some(last) if kind == ExtentKind::Binary && last.kind == ExtentKind::Binary => {
+                    last.range.end = x.range.end
+                }
+                _ => pieces.push(Piece {
+                    kind,
+                    range: x.range.clone(),
+                }),
+            }
+        }
+        let mut binary = Vec::new();
+        for x in pieces.iter().filter(|x| x.kind == ExtentKind::Binary) {
+            binary.extend_from_slice(&p.data[x.range.clone()]);
+        }
+        let frames = frames_of(&binary, false, opts.verify)?;
+        let q = Prepared {
+            data: p.data,
+            pieces,
+            tokens: Vec::new(),
+            binary: std::borrow::Cow::Owned(binary),
+        };
+        self.assemble(&q, &kept, frames, opts)
     }
 
     /// Builds, serialises and re-parses one file's blob from its coded streams and frames.
