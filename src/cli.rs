@@ -518,7 +518,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             batch_bytes,
         } => {
             let shard = shard.resolve("pack")?;
-            let engine = LazyEngine::new(|| model.engine());
+            let engine = LazyEngine::new(|| model.engine(), model.options());
             let compress = CompressOptions::default();
             let batch_bytes =
                 batch_bytes.unwrap_or(model.streams.max(1) as u64 * compress.chunk_size as u64);
@@ -540,7 +540,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             model,
         } => {
             let shard = shard.resolve("unpack")?;
-            let engine = LazyEngine::new(|| model.engine());
+            let engine = LazyEngine::new(|| model.engine(), model.options());
             let report = nacrithfs_pack::unpack(&packed, &out, shard, &engine)?;
             println!("{report}");
             Ok(())
@@ -552,7 +552,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             model,
         } => {
             let shard = shard.resolve("verify")?;
-            let engine = LazyEngine::new(|| model.engine());
+            let engine = LazyEngine::new(|| model.engine(), model.options());
             let report = nacrithfs_pack::verify(
                 &VerifyOptions {
                     dest: packed,

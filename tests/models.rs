@@ -163,6 +163,23 @@ fn one_mount_reads_blobs_of_both_models_whichever_is_its_default() {
         );
     }
 
+    // `unpack` (with either default) decodes each blob with its own model too.
+    for default in ["smollm2-135m", "gemma3-270m"] {
+        let out = d.root.path().join(format!("out-{default}"));
+        let st = bin()
+            .args(["unpack", d.backing.to_str().unwrap(), out.to_str().unwrap()])
+            .args(["--model", default])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "unpack --model {default}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        assert_eq!(std::fs::read(out.join("smol.txt")).unwrap(), a);
+        assert_eq!(std::fs::read(out.join("gemma.txt")).unwrap(), b);
+    }
+
     // `decompress` picks the blob's own model when none is named.
     for (name, want) in [("smol.txt", &a), ("gemma.txt", &b)] {
         let out = bin()

@@ -25,8 +25,9 @@ pub use manifest::{merge, Entry, EntryKind, MergeSummary};
 pub use plan::{assign, Item, ItemKind, Tree};
 pub use run::{pack, unpack, verify, PackOptions, Report, VerifyOptions};
 
-use nacrithfs_engine::model::ModelError;
-use nacrithfs_engine::Engine;
+use nacrithfs_engine::model::{ModelError, ModelOptions};
+use nacrithfs_engine::{Engine, EngineSet};
+use nc06::format::Blob;
 use std::cell::OnceCell;
 use std::fmt;
 use std::io;
@@ -250,33 +251,47 @@ pub fn resolve_shard(
 }
 
 /// The engine, loaded on first use: a rerun that finds everything done, or a tree of
-/// binary files only, never waits for the model.
+/// binary files only, never waits for the model. Blobs of another cached model decode
+/// with that model ([`EngineSet`]).
 pub struct LazyEngine<'a> {
     load: Box<dyn Fn() -> Result<Engine, ModelError> + 'a>,
-    cell: OnceCell<Engine>,
+    options: ModelOptions,
+    cell: OnceCell<EngineSet>,
 }
 
 impl<'a> LazyEngine<'a> {
-    /// An engine that `load` makes on first use.
-    pub fn new(load: impl Fn() -> Result<Engine, ModelError> + 'a) -> Self {
+    /// An engine that `load` makes on first use; other models load with `options`.
+    pub fn new(load: impl Fn() -> Result<Engine, ModelError> + 'a, options: ModelOptions) -> Self {
         LazyEngine {
             load: Box::new(load),
+            options,
             cell: OnceCell::new(),
         }
     }
 
-    /// The engine, loading it the first time.
-    pub fn get(&self) -> Result<&Engine, ModelError> {
-        if let Some(e) = self.cell.get() {
-            return Ok(e);
+    fn set(&self) -> Result<&EngineSet, ModelError> {
+        if let Some(s) = self.cell.get() {
+            return Ok(s);
         }
         let e = (self.load)()?;
-        Ok(self.cell.get_or_init(|| e))
+        let set = EngineSet::new(std::sync::Arc::new(e), self.options.clone());
+        Ok(self.cell.get_or_init(|| set))
+    }
+
+    /// The engine, loading it the first time.
+    pub fn get(&self) -> Result<&Engine, ModelError> {
+        Ok(self.set()?.default_engine())
+    }
+
+    /// The engine that decodes `blob`: its own model when that is cached, else the
+    /// default (which refuses a blob of another model with an error naming it).
+    pub fn decoder(&self, blob: &Blob) -> Result<std::sync::Arc<Engine>, ModelError> {
+        Ok(self.set()?.decoder(blob))
     }
 
     /// The engine if it was loaded.
     pub fn loaded(&self) -> Option<&Engine> {
-        self.cell.get()
+        self.cell.get().map(|s| &**s.default_engine())
     }
 }
 

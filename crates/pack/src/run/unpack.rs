@@ -57,8 +57,11 @@ pub fn unpack(
             if same_plain(&op, blob.header.original_len, blob.header.original_crc)? {
                 return Ok(false);
             }
+            let plain = engine
+                .decoder(&blob)?
+                .decompress(&data, None)
+                .map_err(codec)?;
             drop(blob);
-            let plain = engine.get()?.decompress(&data, None).map_err(codec)?;
             let tmp = staging.file(&plain, &f, false)?;
             staging.commit(tmp, &op)?;
             Ok(true)

@@ -96,13 +96,15 @@ pub fn verify(opts: &VerifyOptions, engine: &LazyEngine) -> Result<Report, PackE
             let data = read_all(&mut f, &path)?;
             let blob = is_blob_file(&f).map_err(PackError::io(&path))?;
             let plain = if blob {
+                let codec = |source: nacrithfs_engine::Error| PackError::Codec {
+                    path: path.clone(),
+                    source,
+                };
+                let (parsed, _) = Blob::parse_header(&data).map_err(|e| codec(e.into()))?;
                 engine
-                    .get()?
+                    .decoder(&parsed)?
                     .decompress(&data, None)
-                    .map_err(|source| PackError::Codec {
-                        path: path.clone(),
-                        source,
-                    })?
+                    .map_err(codec)?
             } else {
                 data
             };
