@@ -193,6 +193,10 @@ impl<'m> Worker<'m> {
         loop {
             let active = batch.as_ref().map_or(0, Batch::active);
             if active == 0 && waiting.is_empty() {
+                // Idle: no OpenMP team is kept waiting (see `release_threads`).
+                if self.rx.is_empty() {
+                    crate::model::release_threads();
+                }
                 let msg = if batch.is_some() {
                     match self.rx.recv_timeout(IDLE_RELEASE) {
                         Ok(m) => m,

@@ -265,6 +265,28 @@ impl Model {
     }
 }
 
+/// Frees the calling thread's OpenMP thread team: llama.cpp's CPU threads, which the
+/// next decode call starts again (in about 0.1 ms). Model workers call it when they go
+/// idle. libgomp keeps a team for every thread that ever ran llama.cpp, and once its
+/// teams hold more threads than there are cores it stops spinning at llama.cpp's
+/// barriers and sleeps in futex at every one of them: on 2 cores the idle team of one
+/// model made the other model's decode 2.7 times slower. Must not be called from
+/// inside llama.cpp (it is not: workers call it between decode calls).
+pub fn release_threads() {
+    extern "C" {
+        /// OpenMP 5.0 (libgomp since GCC 9): frees the runtime's resources for the
+        /// calling thread; `kind` 1 is `omp_pause_soft`.
+        fn omp_pause_resource_all(kind: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    // SAFETY: a plain C call into the OpenMP runtime that llama.cpp is linked with, with
+    // a valid kind (omp_pause_soft); the calling thread is not in a parallel region, so
+    // libgomp only frees this thread's idle team (it returns non-zero otherwise).
+    let r = unsafe { omp_pause_resource_all(1) };
+    if r != 0 {
+        log::debug!("omp_pause_resource_all: {r}");
+    }
+}
+
 /// What the backend digest of the fingerprint hashes: the llama.cpp build, the
 /// predictor version, GPU use and the compiled SIMD features; and whether layers run
 /// on a GPU.

@@ -3,7 +3,7 @@
 
 mod llama;
 
-pub use llama::{fingerprint_of, Feed, Model, ModelError, ModelOptions, Session};
+pub use llama::{fingerprint_of, release_threads, Feed, Model, ModelError, ModelOptions, Session};
 
 use std::path::PathBuf;
 
