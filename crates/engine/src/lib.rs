@@ -14,6 +14,7 @@
 //! What the bits mean (the container, the coder, the predictor) is the `nc06` crate's.
 
 pub mod bench;
+mod cpu_share;
 mod error;
 mod jobs;
 pub mod model;

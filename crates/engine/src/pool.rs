@@ -10,6 +10,7 @@
 
 use super::jobs::Work;
 use super::Job;
+use crate::cpu_share::{share_of, CpuShare};
 use crate::model::{Model, Session};
 use crate::Error;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -187,15 +188,37 @@ fn finish(slot: Slot) {
 }
 
 impl<'m> Worker<'m> {
+    /// The threads for a batch that starts now: the model's, or on a CPU with the
+    /// thread count left to the machine, this worker's share of the cores beside the
+    /// other model workers decoding now (see [`crate::cpu_share`]).
+    fn threads(&self, share: &mut Option<CpuShare>) -> usize {
+        let all = self.model.threads();
+        match share {
+            Some(s) => {
+                let n = share_of(all, s.others_active());
+                s.begin();
+                n
+            }
+            None => all,
+        }
+    }
+
     fn run(self) {
         let mut waiting: VecDeque<Task> = VecDeque::new();
         let mut batch: Option<Batch<'m>> = None;
+        let mut share = (self.model.auto_threads() && !self.model.offloaded())
+            .then(CpuShare::join)
+            .flatten();
         loop {
             let active = batch.as_ref().map_or(0, Batch::active);
             if active == 0 && waiting.is_empty() {
-                // Idle: no OpenMP team is kept waiting (see `release_threads`).
+                // Idle: no OpenMP team is kept waiting (see `release_threads`), and the
+                // cores are left to other processes.
                 if self.rx.is_empty() {
                     crate::model::release_threads();
+                    if let Some(s) = share.as_mut() {
+                        s.end();
+                    }
                 }
                 let msg = if batch.is_some() {
                     match self.rx.recv_timeout(IDLE_RELEASE) {
@@ -237,12 +260,15 @@ impl<'m> Worker<'m> {
                     .filter(|t| t.window == window)
                     .count()
                     .min(self.streams as usize) as u32;
-                let fits = batch
-                    .as_ref()
-                    .is_some_and(|b| b.session.window() == window && b.session.n_seq() >= want);
+                let threads = self.threads(&mut share);
+                let fits = batch.as_ref().is_some_and(|b| {
+                    b.session.window() == window
+                        && b.session.n_seq() >= want
+                        && b.session.threads() == threads
+                });
                 if !fits {
                     batch = None; // free the old KV cache before allocating the new one
-                    match self.model.session(want, window) {
+                    match self.model.session_with_threads(want, window, threads) {
                         Ok(session) => {
                             batch = Some(Batch {
                                 session,

@@ -132,6 +132,7 @@ pub struct Model {
     bos: u32,
     n_vocab: usize,
     threads: i32,
+    auto_threads: bool,
     /// Layers run on a GPU (so a decode call is fast and the CPU side matters).
     offloaded: bool,
 }
@@ -167,6 +168,7 @@ impl Model {
             bos,
             n_vocab,
             threads: threads.min(256) as i32,
+            auto_threads: opts.threads == 0,
             offloaded,
         })
     }
@@ -230,8 +232,31 @@ impl Model {
         (back == text).then_some(tokens)
     }
 
+    /// Threads a context uses unless told otherwise (`--threads`, else every core).
+    pub fn threads(&self) -> usize {
+        self.threads as usize
+    }
+
+    /// Whether the thread count was left to the machine (`--threads 0`), so that a
+    /// worker may take fewer when other model processes are decoding.
+    pub fn auto_threads(&self) -> bool {
+        self.auto_threads
+    }
+
     /// A decoding context for up to `n_seq` sequences of `window.ctx` positions each.
     pub fn session(&self, n_seq: u32, window: Window) -> Result<Session<'_>, ModelError> {
+        self.session_with_threads(n_seq, window, self.threads())
+    }
+
+    /// [`Model::session`] with `threads` llama.cpp threads (which do not change the
+    /// logits: only how the work is split).
+    pub fn session_with_threads(
+        &self,
+        n_seq: u32,
+        window: Window,
+        threads: usize,
+    ) -> Result<Session<'_>, ModelError> {
+        let threads = threads.clamp(1, 256) as i32;
         let n_seq = n_seq.max(1);
         let n_ctx = n_seq.saturating_mul(window.ctx);
         let err = |source| ModelError::Context {
@@ -244,8 +269,8 @@ impl Model {
             .with_n_seq_max(n_seq)
             .with_n_batch(n_seq.max(64))
             .with_n_ubatch(n_seq.max(64))
-            .with_n_threads(self.threads)
-            .with_n_threads_batch(self.threads)
+            .with_n_threads(threads)
+            .with_n_threads_batch(threads)
             .with_kv_unified(false)
             .with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED)
             .with_no_perf(true);
@@ -260,6 +285,7 @@ impl Model {
             batch: LlamaBatch::new(n_seq as usize, 1),
             window,
             n_seq,
+            threads: threads as usize,
             next_pos: vec![0; n_seq as usize],
         })
     }
@@ -350,6 +376,7 @@ pub struct Session<'m> {
     batch: LlamaBatch<'static>,
     window: Window,
     n_seq: u32,
+    threads: usize,
     /// The position of each sequence's next token.
     next_pos: Vec<u32>,
 }
@@ -386,6 +413,11 @@ impl<'m> Session<'m> {
     /// The window of every sequence.
     pub fn window(&self) -> Window {
         self.window
+    }
+
+    /// llama.cpp threads of the context.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// The feed that gives `token` to sequence `seq` at its next position, sliding the
