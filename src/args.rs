@@ -5,7 +5,7 @@
 use crate::error::CliError;
 use clap::Args;
 use nacrithfs_engine::model::{
-    cache_dir, known_by_digest, resolve_model_path, Model, ModelError, ModelOptions, MODEL_ENV,
+    cached_by_digest, resolve_model_path, Model, ModelError, ModelOptions, MODEL_ENV,
 };
 use nacrithfs_engine::{Engine, EngineConfig};
 use nacrithfs_pack::Shard;
@@ -43,11 +43,8 @@ impl ModelArgs {
     /// known one in the cache; else the default.
     pub fn decoder_for(&self, fp: Fingerprint) -> Result<Engine, ModelError> {
         if self.model.is_none() && std::env::var_os(MODEL_ENV).is_none() {
-            if let Some(known) = known_by_digest(&fp.model) {
-                let path = cache_dir().join(known.file);
-                if path.is_file() {
-                    return self.engine_at(&path);
-                }
+            if let Some((_, path)) = cached_by_digest(&fp.model) {
+                return self.engine_at(&path);
             }
         }
         self.engine()

@@ -190,8 +190,9 @@ fn finish(slot: Slot) {
 impl<'m> Worker<'m> {
     /// The threads for a batch that starts now: the model's, or on a CPU with the
     /// thread count left to the machine, this worker's share of the cores beside the
-    /// other model workers decoding now (see [`crate::cpu_share`]).
-    fn threads(&self, share: &mut Option<CpuShare>) -> usize {
+    /// other model workers decoding now (see [`crate::cpu_share`]). Marks this worker
+    /// as decoding in `share`, until it goes idle.
+    fn claim_threads(&self, share: &mut Option<CpuShare>) -> usize {
         let all = self.model.threads();
         match share {
             Some(s) => {
@@ -260,7 +261,7 @@ impl<'m> Worker<'m> {
                     .filter(|t| t.window == window)
                     .count()
                     .min(self.streams as usize) as u32;
-                let threads = self.threads(&mut share);
+                let threads = self.claim_threads(&mut share);
                 let fits = batch.as_ref().is_some_and(|b| {
                     b.session.window() == window
                         && b.session.n_seq() >= want

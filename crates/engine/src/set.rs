@@ -4,7 +4,7 @@
 //! needs it. So a mount whose default is Gemma still reads the SmolLM2 blobs it holds,
 //! and the reverse.
 
-use crate::model::{cache_dir, known_by_digest, Model, ModelError, ModelOptions};
+use crate::model::{cached_by_digest, Model, ModelError, ModelOptions};
 use crate::Engine;
 use nc06::format::Blob;
 use nc06::Fingerprint;
@@ -46,13 +46,9 @@ impl EngineSet {
         if let Some(e) = others.get(&fp.model) {
             return Ok((e.model().fingerprint() == fp).then(|| e.clone()));
         }
-        let Some(known) = known_by_digest(&fp.model) else {
+        let Some((known, path)) = cached_by_digest(&fp.model) else {
             return Ok(None);
         };
-        let path = cache_dir().join(known.file);
-        if !path.is_file() {
-            return Ok(None);
-        }
         let model = Model::load(&path, &self.options)?;
         log::info!(
             "loaded model {} ({}) for blobs it coded",

@@ -53,6 +53,14 @@ pub fn known_by_digest(model: &[u8; 8]) -> Option<&'static KnownModel> {
     KNOWN_MODELS.iter().find(|m| m.sha256.starts_with(&hex))
 }
 
+/// The known model whose file a fingerprint's model digest comes from, with that
+/// file's path, when it is in the cache: what decoding a blob of that model loads.
+pub fn cached_by_digest(model: &[u8; 8]) -> Option<(&'static KnownModel, PathBuf)> {
+    let known = known_by_digest(model)?;
+    let path = cache_dir().join(known.file);
+    path.is_file().then_some((known, path))
+}
+
 /// How to get the model a blob was coded with, for messages: its name and the
 /// command that fetches it (a mount and `decompress` then find it by the blob's
 /// fingerprint), or that it is not one this project knows.
