@@ -321,11 +321,13 @@ impl Engine {
             .collect();
         let mut best: Option<Compressed> = None;
         let mut candidates = Vec::new();
-        if demote.contains(&true) && demote.contains(&false) {
-            candidates.push(demote);
-        }
-        if text_bytes >= p.binary.len() {
+        // Every chunk as binary is a candidate of its own only where the per-chunk
+        // choice kept some text (otherwise the two are the same).
+        if text_bytes >= p.binary.len() && demote.contains(&false) {
             candidates.push(vec![true; texts.len()]);
+        }
+        if demote.contains(&true) {
+            candidates.push(demote);
         }
         for demote in candidates {
             let c = self.demoted(p, coded, &demote, opts)?;
