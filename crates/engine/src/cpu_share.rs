@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -48,9 +48,21 @@ impl CpuShare {
     pub(crate) fn join() -> Option<CpuShare> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = share_dir();
-        if !dir.is_dir() {
-            let _ = std::fs::DirBuilder::new().mode(0o1777).create(&dir);
+        if std::fs::DirBuilder::new().mode(0o1777).create(&dir).is_ok() {
             let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+        }
+        // Only a real directory owned by root or by us: never one that another user
+        // made or pointed elsewhere with a symlink (files are created and removed in
+        // it, possibly as root). In the sticky /dev/shm nobody else can swap it.
+        let md = std::fs::symlink_metadata(&dir).ok()?;
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if !md.file_type().is_dir() || (md.uid() != 0 && md.uid() != me) {
+            log::debug!(
+                "{} is not a directory of root or ours: not shared",
+                dir.display()
+            );
+            return None;
         }
         let name = format!(
             "{}.{}",
