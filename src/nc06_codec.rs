@@ -2,16 +2,17 @@
 //! [`Codec`] trait (the filesystem crate knows nothing of the model).
 
 use log::Level;
-use nacrithfs_engine::{CompressOptions, Engine, EngineSet, ProgressSink};
+use nacrithfs_engine::{CompressOptions, Engine, EngineSet, Part, ProgressSink};
 use nacrithfs_fs::store::codec::byte_span;
-use nacrithfs_fs::store::codec::Meter;
+use nacrithfs_fs::store::codec::{BlobLens, Meter};
 use nacrithfs_fs::store::{Codec, OpenBlob};
 use nacrithfs_fs::{FsError, FsResult};
-use nc06::format::{Blob, FormatError, Index, Payload};
+use nc06::format::{Blob, ExtentKind, FormatError, Index, Payload};
 use std::borrow::Cow;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// NC06 through the language model: compressed by the default model, each blob
@@ -19,6 +20,8 @@ use std::sync::Arc;
 pub struct Nc06Codec {
     engines: Arc<EngineSet>,
     opts: CompressOptions,
+    /// Text chunks decoded since the start (reads, and chunks a change touched).
+    model_decodes: Arc<AtomicU64>,
 }
 
 impl Nc06Codec {
@@ -27,7 +30,21 @@ impl Nc06Codec {
         Nc06Codec {
             engines,
             opts: CompressOptions::default(),
+            model_decodes: Arc::default(),
         }
+    }
+
+    /// The same codec aiming for text chunks of `bytes`.
+    pub fn with_chunk_size(mut self, bytes: usize) -> Self {
+        self.opts.chunk_size = bytes;
+        self
+    }
+
+    /// The options of a compression inside the filesystem: always verified.
+    fn fs_options(&self) -> CompressOptions {
+        let mut opts = self.opts.clone();
+        opts.verify = true;
+        opts
     }
 }
 
@@ -52,20 +69,21 @@ fn fs_error(what: &str, e: nacrithfs_engine::Error) -> FsError {
 
 impl Codec for Nc06Codec {
     fn compress(&self, data: &[u8], meter: &Meter) -> FsResult<Vec<u8>> {
-        let mut opts = self.opts.clone();
         // The filesystem never stores an unverified blob.
-        opts.verify = true;
         Ok(self
             .engines
             .default_engine()
-            .compress(data, &opts, Some(&MeterSink(meter)))
+            .compress(data, &self.fs_options(), Some(&MeterSink(meter)))
             .map_err(|e| fs_error("compressing", e))?
             .blob)
     }
 
-    fn original_len(&self, prefix: &[u8]) -> FsResult<Option<u64>> {
+    fn lengths(&self, prefix: &[u8]) -> FsResult<Option<BlobLens>> {
         match Blob::parse_header(prefix) {
-            Ok((blob, _)) => Ok(Some(blob.header.original_len)),
+            Ok((blob, header_len)) => Ok(Some(BlobLens {
+                original: blob.header.original_len,
+                stored: header_len as u64 + blob.payload_len(),
+            })),
             Err(FormatError::Truncated(_)) => Ok(None),
             Err(e) => Err(fs_error("blob header", e.into())),
         }
@@ -77,6 +95,7 @@ impl Codec for Nc06Codec {
         let extents = index.pieces();
         Ok(Arc::new(Nc06Blob {
             engine: self.engines.decoder(&blob),
+            stored_len: header_len as u64 + blob.payload_len(),
             blob,
             index,
             payload: FilePayload {
@@ -84,7 +103,88 @@ impl Codec for Nc06Codec {
                 base: header_len as u64,
             },
             extents,
+            model_decodes: self.model_decodes.clone(),
         }))
+    }
+
+    /// Copies every text chunk of `base` that lies whole in `clean` (and in the new
+    /// length) when the default engine codes as `base` was coded; reads and codes the
+    /// stretches between them.
+    fn recompress(
+        &self,
+        base: &dyn OpenBlob,
+        clean: &[Range<u64>],
+        len: u64,
+        read: &dyn Fn(u64, u64) -> FsResult<Vec<u8>>,
+        meter: &Meter,
+    ) -> FsResult<Vec<u8>> {
+        let engine = self.engines.default_engine();
+        let opts = self.fs_options();
+        let Some(base) = base
+            .as_any()
+            .downcast_ref::<Nc06Blob>()
+            .filter(|b| engine.can_reuse(&b.blob.header, &opts))
+        else {
+            return self.compress(&read(0, len)?, meter);
+        };
+        let inside = |s: u64, e: u64| {
+            e <= len && {
+                let i = clean.partition_point(|r| r.end < e);
+                clean.get(i).is_some_and(|r| r.start <= s && e <= r.end)
+            }
+        };
+        // (kept chunk, or a stretch of new bytes) in file order.
+        let mut plan: Vec<Result<usize, Range<u64>>> = Vec::new();
+        let mut gap = 0u64;
+        for e in base.index.extents.iter() {
+            let (s, end) = (e.orig_offset, e.orig_offset + e.len);
+            if e.kind == ExtentKind::Text && inside(s, end) {
+                if s > gap {
+                    plan.push(Err(gap..s));
+                }
+                plan.push(Ok(e.chunk));
+                gap = end;
+            }
+        }
+        if gap < len {
+            plan.push(Err(gap..len));
+        }
+        if !plan.iter().any(|p| p.is_ok()) {
+            return self.compress(&read(0, len)?, meter);
+        }
+        let bytes: Vec<Vec<u8>> = plan
+            .iter()
+            .filter_map(|p| p.as_ref().err())
+            .map(|r| read(r.start, r.end - r.start))
+            .collect::<FsResult<_>>()?;
+        let mut new = bytes.iter();
+        let parts: Vec<Part> = plan
+            .iter()
+            .map(|p| match p {
+                Ok(k) => Part::Kept(*k),
+                Err(_) => Part::New(new.next().map(|b| &b[..]).unwrap_or_default()),
+            })
+            .collect();
+        let kept = parts.iter().filter(|p| matches!(p, Part::Kept(_))).count();
+        let out = engine
+            .recompress(
+                &base.blob,
+                &base.index,
+                &base.payload,
+                &parts,
+                &opts,
+                Some(&MeterSink(meter)),
+            )
+            .map_err(|e| fs_error("compressing", e))?;
+        log::debug!(
+            "compressed again: {kept} of {} text chunks copied from the old blob",
+            out.stats.chunks
+        );
+        Ok(out.blob)
+    }
+
+    fn model_decodes(&self) -> u64 {
+        self.model_decodes.load(Ordering::Relaxed)
     }
 }
 
@@ -93,7 +193,7 @@ impl Codec for Nc06Codec {
 const HEADER_READ: usize = 64 << 10;
 
 /// Reads and validates the header and tables of the blob in `file` (reading more while
-/// they go on) and checks the file's length against them. Returns the blob without
+/// they go on) and checks that the file holds the payload they describe. Returns the blob without
 /// its payload and where the payload starts.
 fn read_header(file: &File) -> FsResult<(Blob, usize)> {
     let len = file.metadata().map_err(|e| FsError::io("blob", e))?.len();
@@ -105,18 +205,9 @@ fn read_header(file: &File) -> FsResult<(Blob, usize)> {
             .map_err(|e| FsError::io("blob", e))?;
         match Blob::parse_header(&buf) {
             Ok((blob, header_len)) => {
-                let have = len - header_len as u64;
-                let need = blob.payload_len();
-                if have != need {
-                    let why = if have < need {
-                        FormatError::Truncated("payload")
-                    } else {
-                        FormatError::Inconsistent(format!(
-                            "{} bytes of trailing garbage",
-                            have - need
-                        ))
-                    };
-                    return Err(fs_error("blob", why.into()));
+                // Bytes after the payload are the filesystem's (its overlay log).
+                if len - (header_len as u64) < blob.payload_len() {
+                    return Err(fs_error("blob", FormatError::Truncated("payload").into()));
                 }
                 return Ok((blob, header_len));
             }
@@ -149,11 +240,21 @@ struct Nc06Blob {
     index: Index,
     payload: FilePayload,
     extents: Vec<(u64, u64)>,
+    stored_len: u64,
+    model_decodes: Arc<AtomicU64>,
 }
 
 impl OpenBlob for Nc06Blob {
     fn len(&self) -> u64 {
         self.blob.header.original_len
+    }
+
+    fn stored_len(&self) -> u64 {
+        self.stored_len
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn extents(&self) -> &[(u64, u64)] {
@@ -164,6 +265,12 @@ impl OpenBlob for Nc06Blob {
         let Some((start, end)) = byte_span(&self.extents, range) else {
             return Ok(Vec::new());
         };
+        let texts = self.index.extents[self.index.overlapping(start, end)]
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Text)
+            .count();
+        self.model_decodes
+            .fetch_add(texts as u64, Ordering::Relaxed);
         let (base, bytes) = self
             .engine
             .decode_range(&self.blob, &self.index, &self.payload, start, end, None)

@@ -130,12 +130,13 @@ fn full_backing_disk_gives_enospc_and_keeps_the_plaintext() {
         "big.bin: every acknowledged byte and nothing else"
     );
     assert!(got == planned[..acked], "big.bin content");
-    // A write into a compressed file needs room for its plaintext: ENOSPC, blob intact.
+    // A write into a compressed file needs room for its overlay log record only: one
+    // that does not fit gets ENOSPC, all of it or nothing, and the blob is intact.
     let k = OpenOptions::new()
         .write(true)
         .open(d.mnt.join("keep.bin"))
         .unwrap();
-    let e = k.write_all_at(b"x", 10).unwrap_err();
+    let e = k.write_at(&vec![b'x'; 128 << 10], 10).unwrap_err();
     assert_eq!(
         errno(&e),
         libc::ENOSPC,

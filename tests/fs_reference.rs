@@ -456,3 +456,119 @@ fn bad_handles_are_ebadf_and_errors_name_the_file() {
     assert_eq!(c.write(fh, 0, b"x").unwrap_err().errno(), libc::EBADF);
     c.release(fh);
 }
+
+/// Writes, appends and truncates of a compressed file go to its overlay log: the
+/// backing file stays a blob (marked as logged) until the compressor folds the changes
+/// into a new blob; reads, sizes, recovery and a fold into plaintext all see them.
+#[test]
+fn changes_to_a_compressed_file_go_to_its_overlay_log() {
+    let h = Harness::new();
+    let c = &h.core;
+    // SAFETY: geteuid/getegid take nothing and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (a, fh, _) = c
+        .create(
+            ROOT_INO,
+            OsStr::new("log"),
+            0o600,
+            libc::O_RDWR,
+            &Caller::user(uid, gid),
+        )
+        .unwrap();
+    let mut model = b"line of a log file\n".repeat(12);
+    c.write(fh, 0, &model).unwrap();
+    c.release(fh);
+    c.drain();
+    let path = h.core.backing().path(std::path::Path::new("log"));
+    let state = |p: &std::path::Path| {
+        nacrithfs_fs::store::xattr::lget_xattr(p, OsStr::new("user.nacrithfs.state")).unwrap()
+    };
+    assert_eq!(state(&path).as_deref(), Some(&b"nc06"[..]));
+    let blob_len = std::fs::metadata(&path).unwrap().len();
+
+    // An append, an overwrite and a truncate through one handle.
+    let (fh, _) = c.open(a.ino, libc::O_RDWR).unwrap();
+    c.write(fh, model.len() as u64, b"appended\n").unwrap();
+    model.extend_from_slice(b"appended\n");
+    c.write(fh, 5, b"OF").unwrap();
+    model[5..7].copy_from_slice(b"OF");
+    c.setattr(
+        a.ino,
+        &SetAttr {
+            size: Some(200),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    model.resize(200, 0);
+    assert_eq!(state(&path).as_deref(), Some(&b"nc06+log"[..]));
+    assert!(std::fs::metadata(&path).unwrap().len() > blob_len);
+    assert!(std::fs::read(&path).unwrap().starts_with(b"FAKE"));
+    assert_eq!(c.getattr(a.ino).unwrap().size, 200);
+    assert_eq!(h.read_all(a.ino), model);
+    c.release(fh);
+    // Closed: the size comes from replaying the log.
+    assert_eq!(c.getattr(a.ino).unwrap().size, 200);
+
+    // A recovery (as after a crash) queues the logged file; its new blob has no log.
+    assert_eq!(c.recover().unwrap().1, 1);
+    c.drain();
+    assert_eq!(state(&path).as_deref(), Some(&b"nc06"[..]));
+    assert_eq!(h.read_all(a.ino), model);
+
+    // A hard link folds the log into plaintext first.
+    let (fh, _) = c.open(a.ino, libc::O_WRONLY).unwrap();
+    c.write(fh, 0, b"X").unwrap();
+    model[0] = b'X';
+    c.release(fh);
+    c.link(a.ino, ROOT_INO, OsStr::new("log2")).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), model);
+    assert_eq!(h.read_all(a.ino), model);
+}
+
+/// `truncate -s 1T` of a compressed file is one log record, and the plaintext it folds
+/// into (it is over the size the mount compresses) is sparse: no terabyte of zeros.
+#[test]
+fn a_compressed_file_extended_to_a_terabyte_costs_no_disk() {
+    let h = Harness::new();
+    let c = &h.core;
+    // SAFETY: geteuid/getegid take nothing and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (a, fh, _) = c
+        .create(
+            ROOT_INO,
+            OsStr::new("big"),
+            0o600,
+            libc::O_RDWR,
+            &Caller::user(uid, gid),
+        )
+        .unwrap();
+    let text = b"compressible text ".repeat(10);
+    c.write(fh, 0, &text).unwrap();
+    c.release(fh);
+    c.drain();
+    let path = h.core.backing().path(std::path::Path::new("big"));
+    assert!(std::fs::read(&path).unwrap().starts_with(b"FAKE"));
+    let tb = 1u64 << 40;
+    c.setattr(
+        a.ino,
+        &SetAttr {
+            size: Some(tb),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(c.getattr(a.ino).unwrap().size, tb);
+    let (fh, _) = c.open(a.ino, libc::O_RDONLY).unwrap();
+    assert_eq!(c.read(fh, tb - 4, 100).unwrap(), vec![0; 4]);
+    assert_eq!(c.read(fh, 0, text.len() as u32).unwrap(), text);
+    c.release(fh);
+    c.drain();
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(&path).unwrap();
+    assert_eq!(md.len(), tb);
+    assert!(md.blocks() < 1024, "{} blocks", md.blocks());
+    let (fh, _) = c.open(a.ino, libc::O_RDONLY).unwrap();
+    assert_eq!(c.read(fh, 0, text.len() as u32).unwrap(), text);
+    c.release(fh);
+}

@@ -61,6 +61,8 @@ pub struct Opts<'a> {
     pub allow_other: bool,
     pub log: Option<&'a Path>,
     pub env: Vec<(&'a str, String)>,
+    /// More arguments to `nacrithfs mount`.
+    pub args: Vec<&'a str>,
 }
 
 impl Mount {
@@ -77,6 +79,7 @@ impl Mount {
         if o.allow_other {
             cmd.arg("--allow-other");
         }
+        cmd.args(&o.args);
         cmd.env("RUST_LOG", "info").stdout(Stdio::null());
         for (k, v) in &o.env {
             cmd.env(k, v);

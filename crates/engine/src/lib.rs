@@ -20,12 +20,14 @@ mod jobs;
 pub mod model;
 mod pipeline;
 mod pool;
+mod reuse;
 mod set;
 
 pub use error::{Error, Result};
 pub use jobs::{CodedStream, TokenStream};
 pub use nc06::format::DEFAULT_CHUNK_SIZE;
 pub use pipeline::{CompressOptions, Compressed, Stats};
+pub use reuse::Part;
 pub use set::EngineSet;
 
 /// Default number of streams decoded together per llama.cpp call.

@@ -30,7 +30,7 @@ pub struct CompressOptions {
 }
 
 impl CompressOptions {
-    fn predictor(&self) -> PredictorConfig {
+    pub(crate) fn predictor(&self) -> PredictorConfig {
         PredictorConfig {
             flags: self.flags,
             temperature: self.temperature,
@@ -90,19 +90,19 @@ pub struct Compressed {
 }
 
 /// An extent being built: its kind and its byte range in the input.
-struct Piece {
-    kind: ExtentKind,
-    range: Range<usize>,
+pub(crate) struct Piece {
+    pub kind: ExtentKind,
+    pub range: Range<usize>,
 }
 
 /// A file segmented and tokenized, waiting for the model.
-struct Prepared<'a> {
-    data: &'a [u8],
-    pieces: Vec<Piece>,
+pub(crate) struct Prepared<'a> {
+    pub data: &'a [u8],
+    pub pieces: Vec<Piece>,
     /// Token streams of the text pieces, in order (moved into the batch's run).
-    tokens: Vec<TokenStream>,
+    pub tokens: Vec<TokenStream>,
     /// The binary pieces concatenated (borrowed when the file is one binary piece).
-    binary: std::borrow::Cow<'a, [u8]>,
+    pub binary: std::borrow::Cow<'a, [u8]>,
 }
 
 /// Above this many binary bytes, a file with less text than binary keeps its text
@@ -110,7 +110,7 @@ struct Prepared<'a> {
 const FALLBACK_BINARY_MAX: usize = 32 << 20;
 
 /// A file's binary frames: table entry and stored bytes.
-type Frames = Vec<(FrameEntry, Vec<u8>)>;
+pub(crate) type Frames = Vec<(FrameEntry, Vec<u8>)>;
 
 impl Engine {
     /// Compresses `data` into an NC06 blob. With `opts.verify` the blob is returned only
@@ -232,7 +232,7 @@ impl Engine {
     }
 
     /// Segments a file and tokenizes its text, checking each chunk's round trip.
-    fn prepare<'a>(&self, data: &'a [u8], opts: &CompressOptions) -> Prepared<'a> {
+    pub(crate) fn prepare<'a>(&self, data: &'a [u8], opts: &CompressOptions) -> Prepared<'a> {
         let seg_opts = SegmentOptions {
             chunk_size: opts.chunk_size,
             ..Default::default()
@@ -420,16 +420,8 @@ impl Engine {
             payload.extend_from_slice(&stored);
             entries.push(entry);
         }
-        let mut blob = Blob {
-            header: Header {
-                flags: opts.flags,
-                original_len: data.len() as u64,
-                original_crc: crc32c::crc32c(data),
-                fingerprint: self.model.fingerprint(),
-                window: opts.window,
-                temperature: opts.temperature,
-                chunk_size: opts.chunk_size as u32,
-            },
+        let blob = Blob {
+            header: self.header(opts, data.len() as u64, crc32c::crc32c(data)),
             extents: p
                 .pieces
                 .iter()
@@ -442,21 +434,8 @@ impl Engine {
             frames: entries,
             payload,
         };
-        let bytes = blob.to_bytes();
-        // The container must read back as written before anyone trusts it (its tables
-        // parsed back, its payload compared in place rather than copied).
-        let (back, header_len) = Blob::parse_header(&bytes)?;
-        let payload = std::mem::take(&mut blob.payload);
-        if back != blob
-            || bytes.len() - header_len != payload.len()
-            || bytes[header_len..] != payload[..]
-        {
-            return Err(Error::ContainerRoundTrip);
-        }
-        drop(payload);
         let stats = Stats {
             original: data.len() as u64,
-            compressed: bytes.len() as u64,
             text_bytes: p
                 .pieces
                 .iter()
@@ -470,7 +449,20 @@ impl Engine {
             stream_bytes: coded.iter().map(|c| c.bytes.len() as u64).sum(),
             ..Default::default()
         };
-        Ok(Compressed { blob: bytes, stats })
+        finish(blob, stats)
+    }
+
+    /// The header of a blob this engine codes with `opts`.
+    pub(crate) fn header(&self, opts: &CompressOptions, original_len: u64, crc: u32) -> Header {
+        Header {
+            flags: opts.flags,
+            original_len,
+            original_crc: crc,
+            fingerprint: self.model.fingerprint(),
+            window: opts.window,
+            temperature: opts.temperature,
+            chunk_size: opts.chunk_size as u32,
+        }
     }
 
     /// Arithmetic-codes token streams, all in lockstep.
@@ -681,7 +673,26 @@ impl Engine {
 /// Cuts binary bytes into frames, each stored with the better classical codec, on all
 /// cores with `parallel` (the result does not depend on it). With `verify`, every
 /// stored frame is decompressed and compared before it is accepted.
-fn frames_of(binary: &[u8], parallel: bool, verify: bool) -> Result<Frames> {
+/// Serialises `blob` and parses it back: the container must read back as written
+/// before anyone trusts it (its tables parsed back, its payload compared in place
+/// rather than copied).
+pub(crate) fn finish(mut blob: Blob, mut stats: Stats) -> Result<Compressed> {
+    let bytes = blob.to_bytes();
+    let (back, header_len) = Blob::parse_header(&bytes)?;
+    let payload = std::mem::take(&mut blob.payload);
+    if back != blob
+        || bytes.len() - header_len != payload.len()
+        || bytes[header_len..] != payload[..]
+    {
+        return Err(Error::ContainerRoundTrip);
+    }
+    stats.compressed = bytes.len() as u64;
+    Ok(Compressed { blob: bytes, stats })
+}
+
+/// Compresses binary bytes into frames (each checked to decompress back with
+/// `verify`), on every core with `parallel`.
+pub(crate) fn frames_of(binary: &[u8], parallel: bool, verify: bool) -> Result<Frames> {
     use rayon::prelude::*;
     let one = |(i, raw): (usize, &[u8])| -> Result<(FrameEntry, Vec<u8>)> {
         let (method, stored) = compress_frame(raw);

@@ -1,7 +1,9 @@
 //! Attributes: getattr (a blob shows its original size, read from its header without
 //! decoding), setattr, statfs.
 
+use super::content::Content;
 use super::inode::Table;
+use super::lock;
 use super::types::{timespec, to_time, Attr, Ino, Kind, SetAttr, Statfs, ROOT_INO, STATUS_INO};
 use super::{Core, Entry};
 use crate::error::{FsError, FsResult, IoContext};
@@ -72,6 +74,18 @@ impl Core {
             Target::Orphan(f) => (Stat::of(f.as_ref()).ctx("fstat")?, Some(f.clone())),
         };
         let mut size = md.len();
+        // An open blob's size is its overlay's (replaying the log from the file at
+        // every getattr after a write would read all of it).
+        let open_blob = match self.table().get(ino).and_then(|n| n.content.as_ref()) {
+            Some(Content::Blob { overlay, .. }) => Some(overlay.clone()),
+            _ => None,
+        };
+        if let Some(overlay) = open_blob {
+            let live = lock(&overlay);
+            if !live.retired {
+                return Ok(Self::attr_from(ino, &md, live.overlay.size()));
+            }
+        }
         if md.is_file() {
             let f = match (file, target) {
                 (Some(f), _) => f,
@@ -90,7 +104,7 @@ impl Core {
                 };
                 // A blob whose header is unreadable keeps its stored size, so it can
                 // still be looked up, renamed, replaced and removed; reads of it fail.
-                match self.blobs.original_len(&*self.codec, &f, &md, &name) {
+                match self.blobs.size(&*self.codec, &f, &md, &name) {
                     Ok(len) => size = len,
                     Err(e) => log::warn!("{}", e.report()),
                 }

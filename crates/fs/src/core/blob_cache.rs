@@ -4,9 +4,12 @@
 //! running the model.
 
 use super::lock;
+use super::overlay::Overlay;
 use super::read_full_at;
 use crate::error::{FsResult, IoContext};
+use crate::store::backing;
 use crate::store::codec::damaged;
+use crate::store::codec::BlobLens;
 use crate::store::Stat;
 use crate::store::{Codec, OpenBlob};
 use lru::LruCache;
@@ -72,9 +75,10 @@ impl BlobCache {
         lock(&self.headers).insert(key, len);
     }
 
-    /// The original length of the blob `f` (described by `md`), from its header,
-    /// cached by [`BlobKey`]. `name` is for error messages.
-    pub fn original_len(
+    /// The size of the compressed file `f` (described by `md`): its blob's original
+    /// length, changed by the records of its overlay log if it has one; cached by
+    /// [`BlobKey`] (every record changes the file's ctime). `name` is for errors.
+    pub fn size(
         &self,
         codec: &dyn Codec,
         f: &File,
@@ -85,21 +89,34 @@ impl BlobCache {
         if let Some(&len) = lock(&self.headers).get(&key) {
             return Ok(len);
         }
+        let lens = Self::lengths(codec, f, name)?;
+        let len = if md.len() == lens.stored {
+            lens.original
+        } else {
+            let logged = backing::is_logged_file(f).ctx(format!("{name}: fgetxattr"))?;
+            Overlay::load(f, lens.stored, lens.original, logged)
+                .map_err(|e| e.in_file(name))?
+                .size()
+        };
+        self.set_len(key, len);
+        Ok(len)
+    }
+
+    /// The lengths a blob's header records, reading more of it while it goes on.
+    fn lengths(codec: &dyn Codec, f: &File, name: &dyn std::fmt::Display) -> FsResult<BlobLens> {
         let mut want = 4096usize;
-        let len = loop {
+        loop {
             let mut buf = vec![0u8; want];
             let n = read_full_at(f, &mut buf, 0).ctx(format!("{name}: reading blob header"))?;
             buf.truncate(n);
-            match codec.original_len(&buf).map_err(|e| e.in_file(name))? {
-                Some(len) => break len,
+            match codec.lengths(&buf).map_err(|e| e.in_file(name))? {
+                Some(lens) => return Ok(lens),
                 None if n < want => {
                     return Err(damaged("blob header truncated").in_file(name));
                 }
                 None => want *= 4,
             }
-        };
-        self.set_len(key, len);
-        Ok(len)
+        }
     }
 
     /// Reads `[offset, offset+size)` of a blob, decoding only the extents not cached.

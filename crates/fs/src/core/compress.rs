@@ -116,6 +116,7 @@ impl Core {
             failed: c.failed.load(Ordering::Relaxed),
             bytes_before: c.bytes_before.load(Ordering::Relaxed),
             bytes_after: c.bytes_after.load(Ordering::Relaxed),
+            model_decodes: self.codec.model_decodes(),
         }
     }
 
@@ -277,8 +278,12 @@ impl Core {
         // Never through a symlink, never a FIFO or device that replaced the file.
         let f = entry.dir.open_regular(&entry.name, false)?;
         let md = Stat::of(&f).ctx(&shown)?;
-        if md.id() != id || backing::is_blob_file(&f).ctx(&shown)? {
+        let logged = backing::is_logged_file(&f).ctx(&shown)?;
+        if md.id() != id || (!logged && backing::is_blob_file(&f).ctx(&shown)?) {
             return Ok(());
+        }
+        if logged {
+            return self.recompress_one(ino, Arc::new(f), id, gen, &shown);
         }
         if backing::is_kept_plain(&f).map_err(|e| e.in_file(&shown))? {
             self.table().mark_clean(ino);
@@ -305,25 +310,14 @@ impl Core {
         // Not held open while the codec works: a file removed meanwhile gives its
         // space back at once (the disk may be full; that may be why it is removed).
         drop(f);
-        let t0 = std::time::Instant::now();
-        let meter = Arc::new(Meter::default());
-        lock(&self.active).insert(
-            ino,
-            ActiveJob {
-                shown: shown.clone(),
-                bytes: data.len() as u64,
-                meter: meter.clone(),
-                started: t0,
-            },
-        );
-        let _registered = Registered(self, ino);
+        let job = self.register(ino, &shown, data.len() as u64);
         // A blob has a header of about 50 bytes: a file this small can only grow.
         let blob = if data.len() < MIN_COMPRESSIBLE {
             None
         } else {
             Some(
                 self.codec
-                    .compress(&data, &meter)
+                    .compress(&data, &job.meter)
                     .map_err(|e| e.in_file(&shown))?,
             )
         };
@@ -338,8 +332,90 @@ impl Core {
             );
             return self.keep_plain(ino, gen, id, &f, &shown, &why);
         };
-        let tmp = self.backing.prepare(&blob, &f, true)?;
-        drop(f);
+        self.commit_blob(ino, id, gen, &f, &blob, data.len() as u64, &job)
+    }
+
+    /// Registers a compression of `bytes` bytes for `status`, until the guard drops.
+    fn register(&self, ino: Ino, shown: &str, bytes: u64) -> Job<'_> {
+        let meter = Arc::new(Meter::default());
+        lock(&self.active).insert(
+            ino,
+            ActiveJob {
+                shown: shown.to_string(),
+                bytes,
+                meter: meter.clone(),
+                started: Instant::now(),
+            },
+        );
+        Job {
+            meter,
+            started: Instant::now(),
+            _registered: Registered(self, ino),
+        }
+    }
+
+    /// Compresses again a blob with an overlay log: the untouched text chunks are
+    /// copied into the new blob as they are, and only what the log changed (the
+    /// chunks it touches, whole) goes to the model. A file the changes made too small
+    /// or too large to compress becomes plaintext, to be kept plain as any other.
+    fn recompress_one(
+        &self,
+        ino: Ino,
+        file: Arc<std::fs::File>,
+        id: (u64, u64),
+        gen: u64,
+        shown: &str,
+    ) -> FsResult<()> {
+        let Content::Blob {
+            blob,
+            key,
+            file,
+            overlay,
+        } = self.blob_content(file, shown)?
+        else {
+            return Ok(());
+        };
+        let (size, clean, plan) = {
+            let live = lock(&overlay);
+            let o = &live.overlay;
+            (o.size(), o.clean(), o.clone())
+        };
+        if size < MIN_COMPRESSIBLE as u64 || size > self.max_compress_bytes {
+            log::debug!("{shown}: {size} bytes after its changes; to plaintext");
+            drop((blob, file));
+            self.make_plain(ino)?;
+            return self.changed_meanwhile(ino);
+        }
+        let job = self.register(ino, shown, size);
+        let read = |off: u64, len: u64| self.read_planned(&*blob, key, &file, &plan.plan(off, len));
+        let new = self
+            .codec
+            .recompress(&*blob, &clean, size, &read, &job.meter)
+            .map_err(|e| e.in_file(shown))?;
+        drop(blob);
+        if new.len() as u64 >= size {
+            log::debug!("{shown}: no longer smaller compressed; to plaintext");
+            drop(file);
+            self.make_plain(ino)?;
+            return self.changed_meanwhile(ino);
+        }
+        self.commit_blob(ino, id, gen, &file, &new, size, &job)
+    }
+
+    /// Installs `blob` (of an original of `size` bytes, made from the file `f`, whose
+    /// metadata it takes) over node `ino`'s file, unless it changed meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_blob(
+        &self,
+        ino: Ino,
+        id: (u64, u64),
+        gen: u64,
+        f: &std::fs::File,
+        blob: &[u8],
+        size: u64,
+        job: &Job<'_>,
+    ) -> FsResult<()> {
+        let tmp = self.backing.prepare(blob, f, true)?;
         let mut t = self.table();
         let ok = t
             .get(ino)
@@ -357,41 +433,46 @@ impl Core {
         let tf = Arc::new(self.backing.commit(tmp, &target.dir, &target.name)?);
         let nmd = Stat::of(&tf).ctx(target.show())?;
         let opened = if t.get(ino).is_some_and(|n| n.content.is_some()) {
-            Some(self.codec.open(tf.clone()))
+            Some(self.blob_content(tf, &target.show()))
         } else {
             None
         };
         if let Some(n) = t.get_mut(ino) {
             n.failures = 0;
-            if let Some(Ok(b)) = opened {
-                n.content = Some(Content::Blob {
-                    blob: b,
-                    key: blob_key(&nmd),
-                    file: tf,
-                });
-            } else if opened.is_some() {
-                n.content = None;
+            if let Some(Content::Blob { overlay, .. }) = &n.content {
+                lock(overlay).retired = true;
             }
+            n.content = match opened {
+                Some(Ok(c)) => Some(c),
+                _ => None,
+            };
         }
         t.mark_clean(ino);
         t.rebind(ino, nmd.id());
         drop(t);
-        self.blobs.set_len(blob_key(&nmd), data.len() as u64);
+        self.blobs.set_len(blob_key(&nmd), size);
         let c = &self.counters;
+        let secs = job.started.elapsed();
         c.compress_ms
-            .fetch_add(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+            .fetch_add(secs.as_millis() as u64, Ordering::Relaxed);
         c.compressed.fetch_add(1, Ordering::Relaxed);
-        c.bytes_before
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        c.bytes_before.fetch_add(size, Ordering::Relaxed);
         c.bytes_after
             .fetch_add(blob.len() as u64, Ordering::Relaxed);
         log::info!(
             "{}: {} -> {} bytes in {:.1}s",
             target.show(),
-            data.len(),
+            size,
             blob.len(),
-            t0.elapsed().as_secs_f64()
+            secs.as_secs_f64()
         );
         Ok(())
     }
+}
+
+/// A compression registered for `status`.
+struct Job<'a> {
+    meter: Arc<Meter>,
+    started: Instant,
+    _registered: Registered<'a>,
 }

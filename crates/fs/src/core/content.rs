@@ -12,7 +12,9 @@
 
 use super::blob_cache::{blob_key, BlobKey};
 use super::inode::Table;
+use super::overlay::{Overlay, Seg};
 use super::types::Ino;
+use super::{lock, read_full_at};
 use super::{Core, Entry};
 use crate::error::{FsError, FsResult, IoContext};
 use crate::store::atomic::AtomicFile;
@@ -20,19 +22,30 @@ use crate::store::backing::{self, is_blob_at};
 use crate::store::{OpenBlob, Stat};
 use log::Level;
 use std::fs::File;
-use std::sync::Arc;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
 
 /// A node's content while it is open.
 #[derive(Clone)]
 pub(super) enum Content {
     /// Plaintext in the backing file.
     Plain(Arc<File>),
-    /// A blob: parsed for random access, with the file it was read from.
+    /// A blob: parsed for random access, with the file it was read from and the
+    /// changes logged after it.
     Blob {
         blob: Arc<dyn OpenBlob>,
         key: BlobKey,
         file: Arc<File>,
+        overlay: Arc<Mutex<Live>>,
     },
+}
+
+/// A blob's overlay while the file is open. Retired when the file's content is
+/// replaced (folded into plaintext, or a new blob committed): a change that finds it
+/// retired goes to the new content instead of to a file no name reaches.
+pub(super) struct Live {
+    pub overlay: Overlay,
+    pub retired: bool,
 }
 
 impl Content {
@@ -67,16 +80,7 @@ impl Core {
         }
         let (e, f) = self.open_backing(t, ino)?;
         let c = if backing::is_blob_file(&f).ctx(e.show())? {
-            let md = Stat::of(&f).ctx(e.show())?;
-            let file = Arc::new(f);
-            Content::Blob {
-                blob: self
-                    .codec
-                    .open(file.clone())
-                    .map_err(|err| err.in_file(e.show()))?,
-                key: blob_key(&md),
-                file,
-            }
+            self.blob_content(Arc::new(f), &e.show())?
         } else {
             Content::Plain(Arc::new(f))
         };
@@ -84,6 +88,124 @@ impl Core {
             n.content = Some(c.clone());
         }
         Ok(c)
+    }
+
+    /// The content of the blob file `file`: the blob opened, its overlay replayed.
+    pub(super) fn blob_content(&self, file: Arc<File>, shown: &str) -> FsResult<Content> {
+        let md = Stat::of(&file).ctx(shown)?;
+        let blob = self
+            .codec
+            .open(file.clone())
+            .map_err(|err| err.in_file(shown))?;
+        let logged = backing::is_logged_file(&file).ctx(shown)?;
+        let overlay = Overlay::load(&file, blob.stored_len(), blob.len(), logged)
+            .map_err(|err| err.in_file(shown))?;
+        Ok(Content::Blob {
+            blob,
+            key: blob_key(&md),
+            file,
+            overlay: Arc::new(Mutex::new(Live {
+                overlay,
+                retired: false,
+            })),
+        })
+    }
+
+    /// Reads up to `size` bytes at `offset` of a node's content: a blob's from its
+    /// overlay where it was written and decoded from the blob elsewhere (only the
+    /// pieces the range touches).
+    pub(super) fn read_content(&self, c: &Content, offset: u64, size: u64) -> FsResult<Vec<u8>> {
+        match c {
+            Content::Plain(f) => {
+                let mut buf = vec![0u8; size as usize];
+                let n = read_full_at(f, &mut buf, offset).ctx("pread")?;
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Content::Blob {
+                blob,
+                key,
+                file,
+                overlay,
+            } => {
+                let plan = lock(overlay).overlay.plan(offset, size);
+                self.read_planned(&**blob, *key, file, &plan)
+            }
+        }
+    }
+
+    /// The bytes of a read [`Overlay::plan`] made. Outside the overlay's lock: logged
+    /// bytes are never rewritten, and a blob decode may take the model a while.
+    pub(super) fn read_planned(
+        &self,
+        blob: &dyn OpenBlob,
+        key: BlobKey,
+        file: &File,
+        plan: &[Seg],
+    ) -> FsResult<Vec<u8>> {
+        let mut out = Vec::new();
+        for seg in plan {
+            match *seg {
+                Seg::Log { at, len } => {
+                    let from = out.len();
+                    out.resize(from + len as usize, 0);
+                    let n =
+                        read_full_at(file, &mut out[from..], at).ctx("reading the overlay log")?;
+                    if n as u64 != len {
+                        return Err(crate::store::codec::damaged("overlay log cut short"));
+                    }
+                }
+                Seg::Blob { off, len } => {
+                    let bytes = self.blobs.read(blob, key, off, len)?;
+                    if bytes.len() as u64 != len {
+                        return Err(crate::store::codec::damaged(
+                            "blob shorter than its header says",
+                        ));
+                    }
+                    out.extend(bytes);
+                }
+                Seg::Zero { len } => out.resize(out.len() + len as usize, 0),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies `change` to the overlay of node `ino`'s blob while the blob is still its
+    /// content; `Ok(None)` when the content is (or became) plaintext, or the overlay
+    /// has grown too long and the file was folded into plaintext: the caller then
+    /// changes the plaintext. Counts as a modification.
+    pub(super) fn change_overlay<T>(
+        &self,
+        ino: Ino,
+        change: impl Fn(&mut Overlay, &File) -> FsResult<T>,
+    ) -> FsResult<Option<T>> {
+        loop {
+            let (file, overlay) = {
+                let mut t = self.table();
+                let c = self.load_content(&mut t, ino)?;
+                t.modified(ino);
+                match c {
+                    Content::Plain(_) => return Ok(None),
+                    Content::Blob { file, overlay, .. } => (file, overlay),
+                }
+            };
+            let mut live = lock(&overlay);
+            if live.retired {
+                continue;
+            }
+            if live.overlay.needs_fold() {
+                drop(live);
+                log::info!(
+                    "{}: the overlay log has grown long; folding it into plaintext",
+                    self.describe(ino)
+                );
+                self.ensure_plain(ino)?;
+                return Ok(None);
+            }
+            let r = change(&mut live.overlay, &file);
+            drop(live);
+            return r.map(Some).map_err(|e| e.in_file(self.describe(ino)));
+        }
     }
 
     /// Whether node `ino` is a compressed file.
@@ -99,35 +221,77 @@ impl Core {
         }
     }
 
-    /// Makes the node's content plaintext (decoding a blob fully) and returns its fd.
-    /// Counts as a modification. The plaintext is decoded into a temporary file a span
-    /// of pieces at a time ([`DECODE_SPAN`]), outside the table lock, so the memory it
-    /// takes does not grow with the file.
+    /// Makes the node's content plaintext (decoding a blob fully, with its overlay
+    /// applied) and returns its fd. Counts as a modification. The plaintext is decoded
+    /// into a temporary file a span of pieces at a time ([`DECODE_SPAN`]), outside the
+    /// table lock, so the memory it takes does not grow with the file.
     pub(super) fn ensure_plain(&self, ino: Ino) -> FsResult<Arc<File>> {
         loop {
-            let (blob, key, like) = {
+            let (blob, key, like, overlay) = {
                 let mut t = self.table();
                 let c = self.load_content(&mut t, ino)?;
                 t.modified(ino);
                 match c {
                     Content::Plain(f) => return Ok(f),
-                    Content::Blob { blob, key, file } => (blob, key, file),
+                    Content::Blob {
+                        blob,
+                        key,
+                        file,
+                        overlay,
+                    } => (blob, key, file, overlay),
                 }
             };
             log::debug!("inode {ino}: decoding for write");
+            let snapshot = lock(&overlay).overlay.clone();
             let tmp = self
                 .backing
-                .prepare_with(&like, false, |f| decode_into(blob.as_ref(), f))
+                .prepare_with(&like, false, |f| {
+                    self.decode_into(blob.as_ref(), key, &like, &snapshot, f)
+                })
                 .map_err(|e| e.in_file(self.describe(ino)))?;
             let mut t = self.table();
-            let unchanged = matches!(
-                t.get(ino).and_then(|n| n.content.as_ref()),
-                Some(Content::Blob { key: k, .. }) if *k == key
-            );
+            let mut live = lock(&overlay);
+            // Unchanged: the same blob, and no record logged while it was decoded.
+            let unchanged = !live.retired
+                && live.overlay.log_end() == snapshot.log_end()
+                && matches!(
+                    t.get(ino).and_then(|n| n.content.as_ref()),
+                    Some(Content::Blob { key: k, .. }) if *k == key
+                );
             if unchanged {
                 self.replace_blob_file(&mut t, ino, &like, tmp)?;
+                live.retired = true;
             }
         }
+    }
+
+    /// Decodes all of a blob's file, with its overlay applied, into `f`,
+    /// [`DECODE_SPAN`] bytes at a time. Zeros past what the blob still shows (a file
+    /// extended by a truncate) are left as a hole: `truncate -s 1T` costs no disk.
+    fn decode_into(
+        &self,
+        blob: &dyn OpenBlob,
+        key: BlobKey,
+        file: &File,
+        overlay: &Overlay,
+        f: &mut AtomicFile,
+    ) -> FsResult<()> {
+        let size = overlay.size();
+        let mut off = 0;
+        while off < size {
+            let mut pos = off;
+            for seg in overlay.plan(off, DECODE_SPAN) {
+                if let Seg::Zero { len } = seg {
+                    pos += len;
+                    continue;
+                }
+                let bytes = self.read_planned(blob, key, file, std::slice::from_ref(&seg))?;
+                f.file().write_all_at(&bytes, pos).ctx(f.name())?;
+                pos += bytes.len() as u64;
+            }
+            off = off.saturating_add(DECODE_SPAN);
+        }
+        f.file().set_len(size).ctx(f.name())
     }
 
     /// [`Core::ensure_plain`] for a node no handle may hold open (`link`): the content
@@ -190,7 +354,8 @@ impl Core {
         Ok(())
     }
 
-    /// Sets the size; to 0 without decoding anything (a damaged blob too).
+    /// Sets the size; to 0 without decoding anything (a damaged blob too), and of a
+    /// blob as a record in its overlay.
     pub(super) fn truncate(&self, ino: Ino, size: u64) -> FsResult<()> {
         if size == 0 {
             let mut t = self.table();
@@ -201,7 +366,16 @@ impl Core {
             };
             if backing::is_blob_file(&file).ctx(self.describe_locked(&t, ino))? {
                 let tmp = self.backing.prepare(&[], &file, false)?;
-                return self.replace_blob_file(&mut t, ino, &file, tmp);
+                let retire = match t.get(ino).and_then(|n| n.content.clone()) {
+                    Some(Content::Blob { overlay, .. }) => Some(overlay),
+                    _ => None,
+                };
+                let live = retire.as_ref().map(|o| lock(o));
+                self.replace_blob_file(&mut t, ino, &file, tmp)?;
+                if let Some(mut live) = live {
+                    live.retired = true;
+                }
+                return Ok(());
             }
             if !loaded {
                 if let Some(n) = t.get_mut(ino) {
@@ -209,6 +383,12 @@ impl Core {
                 }
             }
             return file.set_len(0).ctx(self.describe_locked(&t, ino));
+        }
+        if self
+            .change_overlay(ino, |o, f| o.set_size(f, size))?
+            .is_some()
+        {
+            return Ok(());
         }
         let f = self.ensure_plain(ino)?;
         f.set_len(size).ctx(self.describe(ino))
@@ -218,18 +398,3 @@ impl Core {
 /// How many bytes of pieces one decode call covers when a blob is decoded whole: text
 /// chunks in one call are decoded in one lockstep batch, and this bounds the bytes held.
 pub(super) const DECODE_SPAN: u64 = 8 << 20;
-
-/// Decodes all of `blob` into `f`, [`DECODE_SPAN`] bytes of pieces at a time.
-fn decode_into(blob: &dyn OpenBlob, f: &mut AtomicFile) -> FsResult<()> {
-    let pieces = blob.extents();
-    let mut i = 0;
-    while i < pieces.len() {
-        let mut j = i + 1;
-        while j < pieces.len() && pieces[j].0 + pieces[j].1 - pieces[i].0 <= DECODE_SPAN {
-            j += 1;
-        }
-        f.write_all(&blob.decode(i..j)?)?;
-        i = j;
-    }
-    Ok(())
-}

@@ -3,7 +3,7 @@
 use super::content::Content;
 use super::handles::Handle;
 use super::inode::noent;
-use super::read_full_at;
+use super::lock;
 use super::types::{Attr, Ino, Kind, OpenReply, STATUS_INO};
 use super::Core;
 use crate::error::{FsError, FsResult, IoContext};
@@ -132,23 +132,21 @@ impl Core {
             .get(ino)
             .and_then(|n| n.content.clone())
             .ok_or_else(noent)?;
-        match content {
-            Content::Plain(f) => {
-                let mut buf = vec![0u8; size as usize];
-                let n = read_full_at(&f, &mut buf, offset).ctx("pread")?;
-                buf.truncate(n);
-                Ok(buf)
-            }
-            Content::Blob { blob, key, .. } => self
-                .blobs
-                .read(&*blob, key, offset, size as u64)
-                .map_err(|e| e.in_file(self.describe(ino))),
-        }
+        self.read_content(&content, offset, size as u64)
+            .map_err(|e| e.in_file(self.describe(ino)))
     }
 
-    /// Writes `data` at `offset`; returns how much landed (short on a full disk).
+    /// Writes `data` at `offset`; returns how much landed (short on a full disk). A
+    /// compressed file takes the write into its overlay log (all of it or none),
+    /// without decoding anything.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let ino = self.handles.file(fh, true)?;
+        if self
+            .change_overlay(ino, |o, f| o.write(f, offset, data))?
+            .is_some()
+        {
+            return Ok(data.len() as u32);
+        }
         let f = self.ensure_plain(ino)?;
         // A write that fills the disk part-way is a short write (as on ext4): the caller
         // learns how much landed, and its next write gets ENOSPC.
@@ -187,7 +185,15 @@ impl Core {
             };
             (n.content.clone(), fresh)
         };
-        if let Some(Content::Plain(f)) = c {
+        // A blob's own bytes were synced when it was made; its overlay log was not.
+        let f = match c {
+            Some(Content::Plain(f)) => Some(f),
+            Some(Content::Blob { file, overlay, .. }) if lock(&overlay).overlay.is_logged() => {
+                Some(file)
+            }
+            _ => None,
+        };
+        if let Some(f) = f {
             if datasync {
                 f.sync_data()
             } else {

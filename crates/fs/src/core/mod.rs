@@ -26,6 +26,7 @@ mod file;
 mod handles;
 mod inode;
 mod namespace;
+mod overlay;
 mod status;
 mod types;
 mod xattr;

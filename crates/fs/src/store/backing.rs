@@ -40,6 +40,14 @@ pub const INTERNAL_DIR: &str = ".nacrithfs";
 pub const STATE_XATTR: &str = "user.nacrithfs.state";
 /// Value of [`STATE_XATTR`] on a blob.
 pub const STATE_BLOB: &[u8] = b"nc06";
+/// Value of [`STATE_XATTR`] on a blob followed by an overlay log of changes made
+/// since (`core/overlay.rs`): still compressed, but due for compressing again.
+pub const STATE_BLOB_LOG: &[u8] = b"nc06+log";
+
+/// Whether a [`STATE_XATTR`] value marks a blob (with or without a log).
+fn blob_state(v: Option<&[u8]>) -> bool {
+    v == Some(STATE_BLOB) || v == Some(STATE_BLOB_LOG)
+}
 /// Prefix of every xattr name reserved for nacrithfs (hidden from the mount).
 pub const RESERVED_XATTR_PREFIX: &[u8] = b"user.nacrithfs.";
 /// Start of [`STATE_XATTR`]'s value on plaintext that compression would not make
@@ -418,6 +426,7 @@ fn needs_compressing(dir: &Dir, name: &OsStr) -> FsResult<bool> {
         super::xattr::get_at(fd.as_raw_fd(), OsStr::new(STATE_XATTR)).ctx(dir.show(name))?;
     Ok(match state {
         Some(v) if v == STATE_BLOB => false,
+        Some(v) if v == STATE_BLOB_LOG => true,
         Some(_) => !kept_plain(fd.as_raw_fd(), &st).ctx(dir.show(name))?,
         None => true,
     })
@@ -437,18 +446,19 @@ pub fn is_blob_at(dir: &Dir, name: &OsStr) -> FsResult<bool> {
     if !st.is_file() {
         return Ok(false);
     }
-    Ok(
+    Ok(blob_state(
         super::xattr::get_at(fd.as_raw_fd(), OsStr::new(STATE_XATTR))
             .ctx(dir.show(name))?
-            .as_deref()
-            == Some(STATE_BLOB),
-    )
+            .as_deref(),
+    ))
 }
 
 /// Whether the file at `path` (not following symlinks) is a blob. For tools and tests
 /// that look at BACKING from outside.
 pub fn is_blob_path(path: &Path) -> std::io::Result<bool> {
-    Ok(lget_xattr(path, OsStr::new(STATE_XATTR))?.as_deref() == Some(STATE_BLOB))
+    Ok(blob_state(
+        lget_xattr(path, OsStr::new(STATE_XATTR))?.as_deref(),
+    ))
 }
 
 /// Whether the file at `path` (not following symlinks) is plaintext marked as kept
@@ -457,9 +467,16 @@ pub fn is_kept_plain_path(path: &Path) -> std::io::Result<bool> {
     Ok(lget_xattr(path, OsStr::new(STATE_XATTR))?.is_some_and(|v| v.starts_with(STATE_PLAIN)))
 }
 
-/// Whether an open file is a blob.
+/// Whether an open file is a blob (with or without an overlay log).
 pub fn is_blob_file(f: &File) -> std::io::Result<bool> {
-    Ok(fget_xattr(f, OsStr::new(STATE_XATTR))?.as_deref() == Some(STATE_BLOB))
+    Ok(blob_state(
+        fget_xattr(f, OsStr::new(STATE_XATTR))?.as_deref(),
+    ))
+}
+
+/// Whether an open file is a blob marked as followed by an overlay log.
+pub fn is_logged_file(f: &File) -> std::io::Result<bool> {
+    Ok(fget_xattr(f, OsStr::new(STATE_XATTR))?.as_deref() == Some(STATE_BLOB_LOG))
 }
 
 #[cfg(test)]

@@ -47,19 +47,55 @@ pub trait Codec: Send + Sync + 'static {
     /// Compresses a whole file, reporting progress to `meter`. The returned blob must
     /// already be verified to decode.
     fn compress(&self, data: &[u8], meter: &Meter) -> FsResult<Vec<u8>>;
-    /// The original length recorded in a blob whose first bytes are `prefix`;
-    /// `Ok(None)` when more bytes are needed.
-    fn original_len(&self, prefix: &[u8]) -> FsResult<Option<u64>>;
-    /// Opens the blob in `file` for random-access decoding. Reads only what it needs
-    /// up front (for NC06: the header and tables); pieces are read when decoded, so an
-    /// open blob holds memory in proportion to its tables, not to the file.
+    /// The lengths recorded in a blob whose first bytes are `prefix`; `Ok(None)` when
+    /// more bytes are needed.
+    fn lengths(&self, prefix: &[u8]) -> FsResult<Option<BlobLens>>;
+    /// Opens the blob at the start of `file` for random-access decoding. Reads only
+    /// what it needs up front (for NC06: the header and tables); pieces are read when
+    /// decoded, so an open blob holds memory in proportion to its tables, not to the
+    /// file. Bytes after the blob's [`OpenBlob::stored_len`] are not the codec's (the
+    /// core keeps its overlay log there).
     fn open(&self, file: Arc<File>) -> FsResult<Arc<dyn OpenBlob>>;
+    /// Compresses a changed file of `len` bytes whose old blob is `base`: the ranges
+    /// in `clean` (sorted, disjoint) still hold `base`'s bytes at the same offsets, and
+    /// `read(offset, len)` gives any bytes of the new file. A codec may copy what lies
+    /// in `clean` from `base` as it is coded (NC06: whole text chunks) and read only
+    /// the rest. By default it reads the whole file and compresses it.
+    fn recompress(
+        &self,
+        base: &dyn OpenBlob,
+        clean: &[Range<u64>],
+        len: u64,
+        read: &dyn Fn(u64, u64) -> FsResult<Vec<u8>>,
+        meter: &Meter,
+    ) -> FsResult<Vec<u8>> {
+        let _ = (base, clean);
+        self.compress(&read(0, len)?, meter)
+    }
+    /// How many pieces that needed the model (NC06: text chunks) were decoded so far,
+    /// for `status`: the overlay's promise is that appends decode none.
+    fn model_decodes(&self) -> u64 {
+        0
+    }
+}
+
+/// What a blob's header says of its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLens {
+    /// The original file's length.
+    pub original: u64,
+    /// The blob's own length in its file (header and payload).
+    pub stored: u64,
 }
 
 /// An opened blob whose pieces can be decoded independently.
 pub trait OpenBlob: Send + Sync {
     /// The original file's length.
     fn len(&self) -> u64;
+    /// The blob's own bytes in its file: what follows is not part of it.
+    fn stored_len(&self) -> u64;
+    /// For a codec to find its own blob type behind the trait object.
+    fn as_any(&self) -> &dyn std::any::Any;
     /// Whether the original file is empty.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -93,36 +129,44 @@ pub struct StandInCodec {
 }
 
 const FAKE_MAGIC: &[u8; 4] = b"FAKE";
+/// Magic, original length, stored length.
+const FAKE_HEAD: usize = 20;
 
 impl Codec for StandInCodec {
     fn compress(&self, data: &[u8], meter: &Meter) -> FsResult<Vec<u8>> {
         meter.set_total(data.len() as u64);
+        let z = zstd::encode_all(data, 3).map_err(|e| FsError::io("zstd", e))?;
         let mut out = FAKE_MAGIC.to_vec();
         out.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        out.extend(zstd::encode_all(data, 3).map_err(|e| FsError::io("zstd", e))?);
+        out.extend_from_slice(&((FAKE_HEAD + z.len()) as u64).to_le_bytes());
+        out.extend(z);
         meter.add(data.len() as u64);
         Ok(out)
     }
 
-    fn original_len(&self, prefix: &[u8]) -> FsResult<Option<u64>> {
-        if prefix.len() < 12 {
+    fn lengths(&self, prefix: &[u8]) -> FsResult<Option<BlobLens>> {
+        if prefix.len() < FAKE_HEAD {
             return Ok(None);
         }
         if &prefix[..4] != FAKE_MAGIC {
             return Err(damaged("bad magic"));
         }
-        Ok(Some(u64::from_le_bytes(
-            prefix[4..12].try_into().unwrap_or([0; 8]),
-        )))
+        let word = |i: usize| u64::from_le_bytes(prefix[i..i + 8].try_into().unwrap_or([0; 8]));
+        Ok(Some(BlobLens {
+            original: word(4),
+            stored: word(12),
+        }))
     }
 
     fn open(&self, file: Arc<File>) -> FsResult<Arc<dyn OpenBlob>> {
         let blob = read_whole(&file)?;
-        let len = self
-            .original_len(&blob)?
+        let lens = self.lengths(&blob)?.ok_or_else(|| damaged("truncated"))?;
+        let z = usize::try_from(lens.stored)
+            .ok()
+            .and_then(|end| blob.get(FAKE_HEAD..end))
             .ok_or_else(|| damaged("truncated"))?;
-        let data =
-            zstd::decode_all(&blob[12..]).map_err(|e| damaged("zstd stream").with_source(e))?;
+        let data = zstd::decode_all(z).map_err(|e| damaged("zstd stream").with_source(e))?;
+        let len = lens.original;
         if data.len() as u64 != len {
             return Err(damaged("length mismatch"));
         }
@@ -131,7 +175,11 @@ impl Codec for StandInCodec {
             .step_by(step as usize)
             .map(|o| (o, step.min(len - o)))
             .collect();
-        Ok(Arc::new(StandInBlob { data, extents }))
+        Ok(Arc::new(StandInBlob {
+            data,
+            extents,
+            stored: lens.stored,
+        }))
     }
 }
 
@@ -147,11 +195,20 @@ fn read_whole(file: &File) -> FsResult<Vec<u8>> {
 struct StandInBlob {
     data: Vec<u8>,
     extents: Vec<(u64, u64)>,
+    stored: u64,
 }
 
 impl OpenBlob for StandInBlob {
     fn len(&self) -> u64 {
         self.data.len() as u64
+    }
+
+    fn stored_len(&self) -> u64 {
+        self.stored
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn extents(&self) -> &[(u64, u64)] {

@@ -1,0 +1,141 @@
+//! Writes into compressed files through a live mount with the real model: an append
+//! or an overwrite goes to the file's overlay log without decoding any text chunk, and
+//! when the file is compressed again its untouched chunks are copied into the new blob
+//! byte for byte, so only what changed goes to the model. Survives kill -9 and a
+//! remount. Needs root and /dev/fuse (as CI has).
+
+#[path = "common/mount.rs"]
+mod mount;
+
+use mount::{dirs, serial, Mount, Opts};
+use nacrithfs_fs::Status;
+use nc06::format::Blob;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+const ENGLISH: &str = include_str!("data/english.txt");
+const MULTILINGUAL: &str = include_str!("data/multilingual.txt");
+
+fn status(m: &Mount) -> Status {
+    Status::from_json(&m.status()).expect("status")
+}
+
+fn state(p: &Path) -> Option<Vec<u8>> {
+    nacrithfs_fs::store::xattr::lget_xattr(p, OsStr::new("user.nacrithfs.state")).unwrap()
+}
+
+/// Every chunk of `old` (table entry and coded stream) that appears in `new`.
+fn copied_chunks(old: &Blob, new: &Blob) -> usize {
+    let (oi, ni) = (old.index(), new.index());
+    let streams = |b: &Blob, i: &nc06::format::Index| -> Vec<(nc06::format::ChunkEntry, Vec<u8>)> {
+        (0..b.chunks.len())
+            .map(|k| (b.chunks[k], b.chunk_stream(i, k).to_vec()))
+            .collect()
+    };
+    let n = streams(new, &ni);
+    streams(old, &oi).iter().filter(|c| n.contains(c)).count()
+}
+
+#[test]
+fn appends_and_overwrites_of_a_compressed_text_decode_only_what_they_touch() {
+    let _g = serial();
+    nacrithfs_engine::model::resolve_model_path(None)
+        .expect("model missing: run scripts/fetch-model.sh");
+    let d = dirs();
+    let log = d.root.path().join("daemon.log");
+    let opts = || Opts {
+        log: Some(&log),
+        args: vec!["--chunk-size", "700"],
+        ..Default::default()
+    };
+    let (file, backed) = (d.mnt.join("notes.txt"), d.backing.join("notes.txt"));
+    let mut want = format!("{ENGLISH}\n{MULTILINGUAL}").into_bytes();
+
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    std::fs::write(&file, &want).unwrap();
+    m.wait();
+    m.stop();
+    let first = Blob::parse(&std::fs::read(&backed).unwrap()).unwrap();
+    assert!(first.chunks.len() >= 3, "{} chunks", first.chunks.len());
+
+    // Cold mount: an append returns without the model, and its bytes read back from
+    // the log, still without the model.
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    let line = b"An appended line, as a log file gets them.\n";
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    f.write_all(line).unwrap();
+    f.sync_all().unwrap();
+    assert_eq!(status(&m).model_decodes, 0, "the append decoded a chunk");
+    // O_DIRECT: the kernel asks for these bytes alone, not for the pages around them.
+    let mut tail = vec![0u8; line.len()];
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&file)
+        .unwrap()
+        .read_exact_at(&mut tail, want.len() as u64)
+        .unwrap();
+    assert_eq!(tail, line);
+    want.extend_from_slice(line);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), want.len() as u64);
+    assert_eq!(status(&m).model_decodes, 0, "the append decoded a chunk");
+    drop(f);
+    // A crash now, whether before or after the compressor got to the file.
+    m.kill9();
+
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    m.wait();
+    assert_eq!(
+        status(&m).model_decodes,
+        0,
+        "compressing again decoded a chunk"
+    );
+    assert_eq!(state(&backed).as_deref(), Some(&b"nc06"[..]));
+    let second = Blob::parse(&std::fs::read(&backed).unwrap()).unwrap();
+    assert_eq!(
+        copied_chunks(&first, &second),
+        first.chunks.len(),
+        "every old chunk is in the new blob as it was"
+    );
+
+    // An overwrite inside one chunk: that chunk alone is decoded and coded again.
+    let middle = second
+        .index()
+        .extents
+        .into_iter()
+        .find(|e| e.kind == nc06::format::ExtentKind::Text && e.chunk == 1)
+        .unwrap();
+    let at = middle.orig_offset + 5;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .write_all_at(b"EDIT", at)
+        .unwrap();
+    want[at as usize..at as usize + 4].copy_from_slice(b"EDIT");
+    assert_eq!(state(&backed).as_deref(), Some(&b"nc06+log"[..]));
+    m.wait();
+    assert_eq!(
+        status(&m).model_decodes,
+        1,
+        "only the edited chunk was decoded"
+    );
+    let third = Blob::parse(&std::fs::read(&backed).unwrap()).unwrap();
+    assert!(
+        copied_chunks(&second, &third) >= second.chunks.len() - 1,
+        "the chunks the edit did not touch are copied"
+    );
+    m.stop();
+
+    // Everything reads back, cold, from the new blob.
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    assert_eq!(std::fs::read(&file).unwrap(), want);
+    m.stop();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("panicked"), "{text}");
+}
