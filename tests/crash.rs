@@ -158,7 +158,14 @@ impl World {
             if let Some(p) = self.progress(m).filter(|&p| p >= frac) {
                 return p;
             }
-            assert!(t.elapsed() < limit, "compression never reached {frac}");
+            if t.elapsed() >= limit {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                let tail = &log[log.len().saturating_sub(4000)..];
+                panic!(
+                    "compression never reached {frac}; status {}; daemon log ends:\n{tail}",
+                    m.status()
+                );
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
     }

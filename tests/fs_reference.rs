@@ -101,6 +101,25 @@ impl Harness {
         d.is_empty() || self.model.get(d) == Some(&Entry::Dir)
     }
 
+    /// Creates file `name` at the root with `data` in it, as the calling user.
+    fn create_with(&self, name: &str, data: &[u8]) -> nacrithfs_fs::core::Attr {
+        // SAFETY: geteuid/getegid take nothing and cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let (a, fh, _) = self
+            .core
+            .create(
+                ROOT_INO,
+                OsStr::new(name),
+                0o600,
+                libc::O_RDWR,
+                &Caller::user(uid, gid),
+            )
+            .unwrap();
+        self.core.write(fh, 0, data).unwrap();
+        self.core.release(fh);
+        a
+    }
+
     fn read_all(&self, ino: Ino) -> Vec<u8> {
         let (fh, _) = self.core.open(ino, libc::O_RDONLY).unwrap();
         let mut out = Vec::new();
@@ -464,20 +483,8 @@ fn bad_handles_are_ebadf_and_errors_name_the_file() {
 fn changes_to_a_compressed_file_go_to_its_overlay_log() {
     let h = Harness::new();
     let c = &h.core;
-    // SAFETY: geteuid/getegid take nothing and cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let (a, fh, _) = c
-        .create(
-            ROOT_INO,
-            OsStr::new("log"),
-            0o600,
-            libc::O_RDWR,
-            &Caller::user(uid, gid),
-        )
-        .unwrap();
     let mut model = b"line of a log file\n".repeat(12);
-    c.write(fh, 0, &model).unwrap();
-    c.release(fh);
+    let a = h.create_with("log", &model);
     c.drain();
     let path = h.core.backing().path(std::path::Path::new("log"));
     let state = |p: &std::path::Path| {
@@ -532,20 +539,8 @@ fn changes_to_a_compressed_file_go_to_its_overlay_log() {
 fn a_compressed_file_extended_to_a_terabyte_costs_no_disk() {
     let h = Harness::new();
     let c = &h.core;
-    // SAFETY: geteuid/getegid take nothing and cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let (a, fh, _) = c
-        .create(
-            ROOT_INO,
-            OsStr::new("big"),
-            0o600,
-            libc::O_RDWR,
-            &Caller::user(uid, gid),
-        )
-        .unwrap();
     let text = b"compressible text ".repeat(10);
-    c.write(fh, 0, &text).unwrap();
-    c.release(fh);
+    let a = h.create_with("big", &text);
     c.drain();
     let path = h.core.backing().path(std::path::Path::new("big"));
     assert!(std::fs::read(&path).unwrap().starts_with(b"FAKE"));
