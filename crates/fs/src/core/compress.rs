@@ -338,18 +338,19 @@ impl Core {
     /// Registers a compression of `bytes` bytes for `status`, until the guard drops.
     fn register(&self, ino: Ino, shown: &str, bytes: u64) -> Job<'_> {
         let meter = Arc::new(Meter::default());
+        let started = Instant::now();
         lock(&self.active).insert(
             ino,
             ActiveJob {
                 shown: shown.to_string(),
                 bytes,
                 meter: meter.clone(),
-                started: Instant::now(),
+                started,
             },
         );
         Job {
             meter,
-            started: Instant::now(),
+            started,
             _registered: Registered(self, ino),
         }
     }

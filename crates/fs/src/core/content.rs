@@ -40,6 +40,14 @@ pub(super) enum Content {
     },
 }
 
+/// What [`Core::change_overlay`] did.
+pub(super) enum Changed<T> {
+    /// The change is in the blob's overlay log.
+    Logged(T),
+    /// The content is plaintext: change it through this fd.
+    Plain(Arc<File>),
+}
+
 /// A blob's overlay while the file is open. Retired when the file's content is
 /// replaced (folded into plaintext, or a new blob committed): a change that finds it
 /// retired goes to the new content instead of to a file no name reaches.
@@ -171,21 +179,22 @@ impl Core {
     }
 
     /// Applies `change` to the overlay of node `ino`'s blob while the blob is still its
-    /// content; `Ok(None)` when the content is (or became) plaintext, or the overlay
-    /// has grown too long and the file was folded into plaintext: the caller then
-    /// changes the plaintext. Counts as a modification.
+    /// content. When the content is (or became) plaintext, or the overlay has grown too
+    /// long and the file was folded into plaintext, returns the plaintext's fd for the
+    /// caller to change instead (found under the same table lock, so a plaintext write
+    /// takes it once). Counts as a modification.
     pub(super) fn change_overlay<T>(
         &self,
         ino: Ino,
         change: impl Fn(&mut Overlay, &File) -> FsResult<T>,
-    ) -> FsResult<Option<T>> {
+    ) -> FsResult<Changed<T>> {
         loop {
             let (file, overlay) = {
                 let mut t = self.table();
                 let c = self.load_content(&mut t, ino)?;
                 t.modified(ino);
                 match c {
-                    Content::Plain(_) => return Ok(None),
+                    Content::Plain(f) => return Ok(Changed::Plain(f)),
                     Content::Blob { file, overlay, .. } => (file, overlay),
                 }
             };
@@ -199,12 +208,13 @@ impl Core {
                     "{}: the overlay log has grown long; folding it into plaintext",
                     self.describe(ino)
                 );
-                self.ensure_plain(ino)?;
-                return Ok(None);
+                return self.ensure_plain(ino).map(Changed::Plain);
             }
             let r = change(&mut live.overlay, &file);
             drop(live);
-            return r.map(Some).map_err(|e| e.in_file(self.describe(ino)));
+            return r
+                .map(Changed::Logged)
+                .map_err(|e| e.in_file(self.describe(ino)));
         }
     }
 
@@ -384,14 +394,10 @@ impl Core {
             }
             return file.set_len(0).ctx(self.describe_locked(&t, ino));
         }
-        if self
-            .change_overlay(ino, |o, f| o.set_size(f, size))?
-            .is_some()
-        {
-            return Ok(());
+        match self.change_overlay(ino, |o, f| o.set_size(f, size))? {
+            Changed::Logged(()) => Ok(()),
+            Changed::Plain(f) => f.set_len(size).ctx(self.describe(ino)),
         }
-        let f = self.ensure_plain(ino)?;
-        f.set_len(size).ctx(self.describe(ino))
     }
 }
 

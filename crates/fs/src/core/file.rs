@@ -1,6 +1,6 @@
 //! Open files: open and create, read, write, fsync and release.
 
-use super::content::Content;
+use super::content::{Changed, Content};
 use super::handles::Handle;
 use super::inode::noent;
 use super::lock;
@@ -141,13 +141,10 @@ impl Core {
     /// without decoding anything.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let ino = self.handles.file(fh, true)?;
-        if self
-            .change_overlay(ino, |o, f| o.write(f, offset, data))?
-            .is_some()
-        {
-            return Ok(data.len() as u32);
-        }
-        let f = self.ensure_plain(ino)?;
+        let f = match self.change_overlay(ino, |o, f| o.write(f, offset, data))? {
+            Changed::Logged(()) => return Ok(data.len() as u32),
+            Changed::Plain(f) => f,
+        };
         // A write that fills the disk part-way is a short write (as on ext4): the caller
         // learns how much landed, and its next write gets ENOSPC.
         let mut n = 0;
