@@ -31,15 +31,19 @@ pub struct MountArgs {
     /// Memory for decoded extents of compressed files, in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: usize,
-    /// Files larger than this many MiB are kept as plaintext: the compressor holds a
-    /// file whole (about 4 times its size at peak), so this bounds its memory.
-    #[arg(long, default_value_t = nacrithfs_fs::core::DEFAULT_MAX_COMPRESS_BYTES >> 20)]
+    /// Files larger than this many MiB are kept as plaintext; 0, the default, for no
+    /// limit (the compressor holds an 8 MiB window of a file, whatever its size).
+    #[arg(long, default_value_t = 0)]
     pub max_file_mb: u64,
     /// Target size of a text chunk, in bytes: the unit a read decodes and a change
     /// codes again. Smaller chunks give a faster first byte and cheaper edits, at some
     /// cost in ratio (each chunk starts the model afresh).
     #[arg(long, default_value_t = nacrithfs_engine::DEFAULT_CHUNK_SIZE as u32, value_parser = clap::value_parser!(u32).range(64..=(1 << 24)))]
     pub chunk_size: u32,
+    /// Files larger than this many MiB are compressed this many MiB at a time: what a
+    /// compression holds in memory is a few times this, whatever the file's size.
+    #[arg(long, default_value_t = (crate::nc06_codec::STREAM_WINDOW >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub window_mb: u32,
     /// Let other users access the mount (and unmount it when the daemon dies).
     #[arg(long)]
     pub allow_other: bool,
@@ -123,7 +127,11 @@ fn serve(args: &MountArgs, ready: Option<std::fs::File>) -> Result<(), CliError>
     // Blobs of other cached models decode with their own model, loaded when needed.
     let engines = EngineSet::new(engine, args.model.options());
     Ok(mounting.serve(
-        Arc::new(Nc06Codec::new(Arc::new(engines)).with_chunk_size(args.chunk_size as usize)),
+        Arc::new(
+            Nc06Codec::new(Arc::new(engines))
+                .with_chunk_size(args.chunk_size as usize)
+                .with_stream_window((args.window_mb as usize) << 20),
+        ),
         &opts,
         &mut events,
     )?)
@@ -358,6 +366,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             "cache_mb" => out.extend(flag("cache-mb")?),
             "max_file_mb" => out.extend(flag("max-file-mb")?),
             "chunk_size" => out.extend(flag("chunk-size")?),
+            "window_mb" => out.extend(flag("window-mb")?),
             "jobs" => out.extend(flag("jobs")?),
             "workers" => out.extend(flag("workers")?),
             "streams" => out.extend(flag("streams")?),
@@ -371,7 +380,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             k if k.starts_with("x-") || k.starts_with("comment=") => {}
             _ => {
                 return Err(CliError::Usage(format!(
-                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, max_file_mb=, chunk_size=, jobs=, workers=, streams=, threads=, model=, log=, suid, dev)"
+                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, max_file_mb=, chunk_size=, window_mb=, jobs=, workers=, streams=, threads=, model=, log=, suid, dev)"
                 )))
             }
         }

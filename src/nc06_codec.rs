@@ -4,12 +4,13 @@
 use log::Level;
 use nacrithfs_engine::{CompressOptions, Engine, EngineSet, Part, ProgressSink};
 use nacrithfs_fs::store::codec::byte_span;
-use nacrithfs_fs::store::codec::{BlobLens, Meter};
+use nacrithfs_fs::store::codec::{BlobLens, BlobOut, Meter, Source};
 use nacrithfs_fs::store::{Codec, OpenBlob};
 use nacrithfs_fs::{FsError, FsResult};
 use nc06::format::{Blob, ExtentKind, FormatError, Index, Payload};
 use std::borrow::Cow;
 use std::fs::File;
+use std::io::Write;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,14 @@ pub struct Nc06Codec {
     opts: CompressOptions,
     /// Text chunks decoded since the start (reads, and chunks a change touched).
     model_decodes: Arc<AtomicU64>,
+    /// Files larger than this are compressed a window of this many bytes at a time.
+    stream_window: usize,
 }
+
+/// The default window of a streamed compression. What a compression holds at once is a
+/// few times this (the window, its binary bytes, their frames, its tokens), whatever
+/// the file's size.
+pub const STREAM_WINDOW: usize = 8 << 20;
 
 impl Nc06Codec {
     /// A codec over `engines` with the default compression options.
@@ -31,7 +39,15 @@ impl Nc06Codec {
             engines,
             opts: CompressOptions::default(),
             model_decodes: Arc::default(),
+            stream_window: STREAM_WINDOW,
         }
+    }
+
+    /// The same codec compressing files larger than `bytes` a window of `bytes` at a
+    /// time (at least 1 MiB, one frame).
+    pub fn with_stream_window(mut self, bytes: usize) -> Self {
+        self.stream_window = bytes.max(1 << 20);
+        self
     }
 
     /// The same codec aiming for text chunks of `bytes`.
@@ -67,15 +83,174 @@ fn fs_error(what: &str, e: nacrithfs_engine::Error) -> FsError {
     FsError::new(e.errno(), Level::Warn, what.to_string()).with_source(e)
 }
 
-impl Codec for Nc06Codec {
-    fn compress(&self, data: &[u8], meter: &Meter) -> FsResult<Vec<u8>> {
+impl Nc06Codec {
+    /// A file of at most one window, in memory: the whole-file never-worse choices
+    /// apply, and the blob is the one `nacrithfs compress` makes.
+    fn compress_whole(&self, src: &Source<'_>, out: &BlobOut<'_>, meter: &Meter) -> FsResult<u64> {
+        let data = (src.read)(0, src.len)?;
         // The filesystem never stores an unverified blob.
-        Ok(self
+        let blob = self
             .engines
             .default_engine()
-            .compress(data, &self.fs_options(), Some(&MeterSink(meter)))
+            .compress(&data, &self.fs_options(), Some(&MeterSink(meter)))
             .map_err(|e| fs_error("compressing", e))?
-            .blob)
+            .blob;
+        write_blob(out, &blob, src.len)
+    }
+
+    /// A file larger than one window, a window at a time: the streams and frames go
+    /// to two scratch files while they are coded, and into the blob after its header.
+    fn compress_streamed(
+        &self,
+        src: &Source<'_>,
+        out: &BlobOut<'_>,
+        meter: &Meter,
+    ) -> FsResult<u64> {
+        let engine = self.engines.default_engine();
+        let mut enc = engine.stream_encoder(&self.fs_options());
+        let mut streams = Spool::new((out.scratch)()?);
+        let mut frames = Spool::new((out.scratch)()?);
+        meter.set_total(src.len);
+        let mut off = 0;
+        while off < src.len {
+            let want = (src.len - off).min(self.stream_window as u64);
+            let data = (src.read)(off, want)?;
+            let eof = off + want == src.len;
+            let coded = enc
+                .push(&data, eof, None)
+                .map_err(|e| fs_error("compressing", e))?;
+            for s in &coded.streams {
+                streams.append(s)?;
+            }
+            for f in &coded.frames {
+                frames.append(f)?;
+            }
+            off += coded.consumed as u64;
+            meter.add(coded.consumed as u64);
+        }
+        let done = enc.finish().map_err(|e| fs_error("compressing", e))?;
+        let total = done.stats.compressed;
+        if total >= src.len {
+            return Ok(total);
+        }
+        if streams.len != done.stream_bytes || frames.len != done.frame_bytes {
+            return Err(nacrithfs_fs::store::codec::damaged(
+                "the spooled streams and frames do not match the blob's tables",
+            ));
+        }
+        out.file
+            .write_all_at(&done.header, 0)
+            .map_err(|e| FsError::io("blob", e))?;
+        let mut at = done.header.len() as u64;
+        for spool in [&mut streams, &mut frames] {
+            spool.copy_to(out.file, at)?;
+            at += spool.len;
+        }
+        // The container must read back as written: its header, and every spooled byte.
+        let back = read_at(out.file, 0, done.header.len())?;
+        let streams_back = crc_at(out.file, done.header.len() as u64, streams.len)?;
+        let frames_back = crc_at(out.file, done.header.len() as u64 + streams.len, frames.len)?;
+        if back != done.header || streams_back != streams.crc || frames_back != frames.crc {
+            return Err(fs_error(
+                "compressing",
+                nacrithfs_engine::Error::ContainerRoundTrip,
+            ));
+        }
+        log::debug!(
+            "compressed {} bytes in windows of {}: {} chunks, {} frames, {total} bytes",
+            src.len,
+            self.stream_window,
+            done.stats.chunks,
+            done.stats.frames
+        );
+        Ok(total)
+    }
+}
+
+/// Writes an in-memory blob as the blob of a file of `len` bytes (unless it is no
+/// smaller).
+fn write_blob(out: &BlobOut<'_>, blob: &[u8], len: u64) -> FsResult<u64> {
+    if blob.len() as u64 >= len {
+        return Ok(blob.len() as u64);
+    }
+    out.file
+        .write_all_at(blob, 0)
+        .map_err(|e| FsError::io("blob", e))?;
+    Ok(blob.len() as u64)
+}
+
+/// A scratch file written in order, with the length and CRC-32C of what went in.
+struct Spool {
+    file: std::io::BufWriter<File>,
+    len: u64,
+    crc: u32,
+}
+
+impl Spool {
+    fn new(file: File) -> Self {
+        Spool {
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            len: 0,
+            crc: 0,
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> FsResult<()> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| FsError::io("scratch file", e))?;
+        self.len += bytes.len() as u64;
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        Ok(())
+    }
+
+    /// Copies everything appended to `to` at `at`, a block at a time.
+    fn copy_to(&mut self, to: &File, at: u64) -> FsResult<()> {
+        self.file
+            .flush()
+            .map_err(|e| FsError::io("scratch file", e))?;
+        let from = self.file.get_ref();
+        let mut off = 0;
+        while off < self.len {
+            let n = (self.len - off).min(COPY_BLOCK as u64) as usize;
+            let block = read_at(from, off, n)?;
+            to.write_all_at(&block, at + off)
+                .map_err(|e| FsError::io("blob", e))?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The unit in which spooled bytes are copied and read back.
+const COPY_BLOCK: usize = 1 << 20;
+
+fn read_at(f: &File, off: u64, len: usize) -> FsResult<Vec<u8>> {
+    let mut buf = vec![0; len];
+    f.read_exact_at(&mut buf, off)
+        .map_err(|e| FsError::io("blob", e))?;
+    Ok(buf)
+}
+
+/// The CRC-32C of `len` bytes of `f` at `off`, read a block at a time.
+fn crc_at(f: &File, off: u64, len: u64) -> FsResult<u32> {
+    let mut crc = 0;
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(COPY_BLOCK as u64) as usize;
+        crc = crc32c::crc32c_append(crc, &read_at(f, off + at, n)?);
+        at += n as u64;
+    }
+    Ok(crc)
+}
+
+impl Codec for Nc06Codec {
+    fn compress(&self, src: &Source<'_>, out: &BlobOut<'_>, meter: &Meter) -> FsResult<u64> {
+        if src.len <= self.stream_window as u64 {
+            self.compress_whole(src, out, meter)
+        } else {
+            self.compress_streamed(src, out, meter)
+        }
     }
 
     fn lengths(&self, prefix: &[u8]) -> FsResult<Option<BlobLens>> {
@@ -93,6 +268,7 @@ impl Codec for Nc06Codec {
         let (blob, header_len) = read_header(&file)?;
         let index = blob.index();
         let extents = index.pieces();
+        let holes = index.holes();
         Ok(Arc::new(Nc06Blob {
             engine: self.engines.decoder(&blob),
             stored_len: header_len as u64 + blob.payload_len(),
@@ -103,6 +279,7 @@ impl Codec for Nc06Codec {
                 base: header_len as u64,
             },
             extents,
+            holes,
             model_decodes: self.model_decodes.clone(),
         }))
     }
@@ -114,10 +291,11 @@ impl Codec for Nc06Codec {
         &self,
         base: &dyn OpenBlob,
         clean: &[Range<u64>],
-        len: u64,
-        read: &dyn Fn(u64, u64) -> FsResult<Vec<u8>>,
+        src: &Source<'_>,
+        out: &BlobOut<'_>,
         meter: &Meter,
-    ) -> FsResult<Vec<u8>> {
+    ) -> FsResult<u64> {
+        let (len, read) = (src.len, src.read);
         let engine = self.engines.default_engine();
         let opts = self.fs_options();
         let Some(base) = base
@@ -125,7 +303,7 @@ impl Codec for Nc06Codec {
             .downcast_ref::<Nc06Blob>()
             .filter(|b| engine.can_reuse(&b.blob.header, &opts))
         else {
-            return self.compress(&read(0, len)?, meter);
+            return self.compress(src, out, meter);
         };
         let inside = |s: u64, e: u64| {
             e <= len && {
@@ -149,8 +327,15 @@ impl Codec for Nc06Codec {
         if gap < len {
             plan.push(Err(gap..len));
         }
-        if !plan.iter().any(|p| p.is_ok()) {
-            return self.compress(&read(0, len)?, meter);
+        // Nothing to copy, or more new bytes than one window holds: afresh (in
+        // windows, for a large file).
+        let new_bytes: u64 = plan
+            .iter()
+            .filter_map(|p| p.as_ref().err())
+            .map(|r| r.end - r.start)
+            .sum();
+        if !plan.iter().any(|p| p.is_ok()) || new_bytes > self.stream_window as u64 {
+            return self.compress(src, out, meter);
         }
         let bytes: Vec<Vec<u8>> = plan
             .iter()
@@ -166,7 +351,7 @@ impl Codec for Nc06Codec {
             })
             .collect();
         let kept = parts.iter().filter(|p| matches!(p, Part::Kept(_))).count();
-        let out = engine
+        let out_blob = engine
             .recompress(
                 &base.blob,
                 &base.index,
@@ -178,9 +363,9 @@ impl Codec for Nc06Codec {
             .map_err(|e| fs_error("compressing", e))?;
         log::debug!(
             "compressed again: {kept} of {} text chunks copied from the old blob",
-            out.stats.chunks
+            out_blob.stats.chunks
         );
-        Ok(out.blob)
+        write_blob(out, &out_blob.blob, len)
     }
 
     fn model_decodes(&self) -> u64 {
@@ -240,6 +425,8 @@ struct Nc06Blob {
     index: Index,
     payload: FilePayload,
     extents: Vec<(u64, u64)>,
+    /// For each of `extents`, whether it is a zero extent.
+    holes: Vec<bool>,
     stored_len: u64,
     model_decodes: Arc<AtomicU64>,
 }
@@ -259,6 +446,10 @@ impl OpenBlob for Nc06Blob {
 
     fn extents(&self) -> &[(u64, u64)] {
         &self.extents
+    }
+
+    fn is_hole(&self, i: usize) -> bool {
+        self.holes.get(i).copied().unwrap_or(false)
     }
 
     fn decode(&self, range: Range<usize>) -> FsResult<Vec<u8>> {

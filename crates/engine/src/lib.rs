@@ -22,6 +22,7 @@ mod pipeline;
 mod pool;
 mod reuse;
 mod set;
+mod stream;
 
 pub use error::{Error, Result};
 pub use jobs::{CodedStream, TokenStream};
@@ -29,6 +30,7 @@ pub use nc06::format::DEFAULT_CHUNK_SIZE;
 pub use pipeline::{CompressOptions, Compressed, Stats};
 pub use reuse::Part;
 pub use set::EngineSet;
+pub use stream::{Coded, StreamEncoder, Streamed};
 
 /// Default number of streams decoded together per llama.cpp call.
 pub const DEFAULT_STREAMS: u32 = 16;

@@ -5,8 +5,9 @@ use super::jobs::{DecodeJob, EncodeJob, Work};
 use super::{CodedStream, Engine, Progress, TokenStream};
 use crate::{Error, Result};
 use nc06::format::{
-    compress_frame, decompress_frame, segment, Blob, ChunkEntry, Extent, ExtentKind, Flags,
-    FrameEntry, FrameError, Header, Index, Payload, SegmentOptions, FRAME_SIZE,
+    compress_frame, decompress_frame, segment, zero_runs, Blob, ChunkEntry, Extent, ExtentKind,
+    Flags, FrameEntry, FrameError, Header, Index, Payload, SegmentOptions, FRAME_SIZE,
+    MIN_ZERO_RUN,
 };
 use nc06::predict::PredictorConfig;
 use nc06::Window;
@@ -93,6 +94,25 @@ pub struct Compressed {
 pub(crate) struct Piece {
     pub kind: ExtentKind,
     pub range: Range<usize>,
+}
+
+/// Appends `range` to `pieces` as a piece of `kind`, merged into the last piece when
+/// both are binary or both zeros (text chunks stay apart: each is one stream).
+pub(crate) fn push_piece(pieces: &mut Vec<Piece>, kind: ExtentKind, range: Range<usize>) {
+    if range.is_empty() {
+        return;
+    }
+    match pieces.last_mut() {
+        Some(last)
+            if kind != ExtentKind::Text
+                && last.kind == kind
+                && last.range.end == range.start
+                && ((range.end - last.range.start) as u64) < nc06::format::MAX_ZERO_EXTENT =>
+        {
+            last.range.end = range.end
+        }
+        _ => pieces.push(Piece { kind, range }),
+    }
 }
 
 /// A file segmented and tokenized, waiting for the model.
@@ -242,7 +262,7 @@ impl Engine {
         for s in segment(data, &seg_opts) {
             let toks = match s.kind {
                 ExtentKind::Text => self.model.tokenize_exact(&data[s.range.clone()]),
-                ExtentKind::Binary => None,
+                ExtentKind::Binary | ExtentKind::Zero => None,
             };
             let kind = if toks.is_some() {
                 ExtentKind::Text
@@ -257,14 +277,18 @@ impl Engine {
                     s.range
                 );
             }
-            match pieces.last_mut() {
-                Some(last) if kind == ExtentKind::Binary && last.kind == ExtentKind::Binary => {
-                    last.range.end = s.range.end
+            if kind == ExtentKind::Binary {
+                // Long runs of zeros (holes) become zero extents: nothing is stored.
+                let mut at = s.range.start;
+                for z in zero_runs(&data[s.range.clone()], MIN_ZERO_RUN) {
+                    let z = s.range.start + z.start..s.range.start + z.end;
+                    push_piece(&mut pieces, ExtentKind::Binary, at..z.start);
+                    push_piece(&mut pieces, ExtentKind::Zero, z.clone());
+                    at = z.end;
                 }
-                _ => pieces.push(Piece {
-                    kind,
-                    range: s.range,
-                }),
+                push_piece(&mut pieces, ExtentKind::Binary, at..s.range.end);
+            } else {
+                push_piece(&mut pieces, kind, s.range);
             }
         }
         let binary_len = pieces
@@ -359,15 +383,7 @@ impl Engine {
                 }
                 chunk += 1;
             }
-            match pieces.last_mut() {
-                Some(last) if kind == ExtentKind::Binary && last.kind == ExtentKind::Binary => {
-                    last.range.end = x.range.end
-                }
-                _ => pieces.push(Piece {
-                    kind,
-                    range: x.range.clone(),
-                }),
-            }
+            push_piece(&mut pieces, kind, x.range.clone());
         }
         let mut binary = Vec::new();
         for x in pieces.iter().filter(|x| x.kind == ExtentKind::Binary) {
@@ -568,11 +584,11 @@ impl Engine {
         };
         let lo = match first.kind {
             ExtentKind::Text => first.orig_offset,
-            ExtentKind::Binary => start.max(first.orig_offset),
+            ExtentKind::Binary | ExtentKind::Zero => start.max(first.orig_offset),
         };
         let hi = match last.kind {
             ExtentKind::Text => last.orig_offset + last.len,
-            ExtentKind::Binary => end.min(last.orig_offset + last.len),
+            ExtentKind::Binary | ExtentKind::Zero => end.min(last.orig_offset + last.len),
         };
         let texts: Vec<usize> = index.extents[ext.clone()]
             .iter()
@@ -619,6 +635,11 @@ impl Engine {
                         return Err(Error::ChunkChecksum { chunk: e.chunk });
                     }
                     out.extend_from_slice(&bytes);
+                }
+                ExtentKind::Zero => {
+                    let from = lo.max(e.orig_offset);
+                    let to = hi.min(e.orig_offset + e.len);
+                    out.resize(out.len() + (to - from) as usize, 0);
                 }
                 ExtentKind::Binary => {
                     // Only the part of the extent inside [lo, hi).

@@ -7,8 +7,8 @@ use crate::store::Caller;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
@@ -290,6 +290,31 @@ impl Filesystem for NacrithFuse {
         match self.core.open(ino.0, flags.0) {
             Ok((fh, r)) => reply.opened(FileHandle(fh), fopen(r)),
             Err(e) => reply.error(errno("open", &e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        log::debug!("lseek({ino}, fh {}, {offset}, {whence})", fh.0);
+        // The kernel asks only for SEEK_DATA and SEEK_HOLE; it does the others itself.
+        let hole = match whence {
+            libc::SEEK_DATA => false,
+            libc::SEEK_HOLE => true,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.core.seek(fh.0, offset, hole) {
+            Ok(at) => reply.offset(at as i64),
+            Err(e) => reply.error(errno("lseek", &e)),
         }
     }
 

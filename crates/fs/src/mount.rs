@@ -38,7 +38,7 @@ pub struct ServeOptions {
     pub jobs: usize,
     /// Memory for decoded extents, in MiB.
     pub cache_mb: usize,
-    /// Larger files are kept as plaintext, in MiB.
+    /// Larger files are kept as plaintext, in MiB; 0 for no limit.
     pub max_file_mb: u64,
     /// Let other users access the mount.
     pub allow_other: bool,
@@ -189,7 +189,10 @@ impl Mounting {
             codec,
             CoreConfig {
                 cache_bytes: opts.cache_mb.max(1) << 20,
-                max_compress_bytes: opts.max_file_mb.saturating_mul(1 << 20),
+                max_compress_bytes: match opts.max_file_mb {
+                    0 => u64::MAX,
+                    mb => mb.saturating_mul(1 << 20),
+                },
             },
         )?;
         let core = Arc::new(core);

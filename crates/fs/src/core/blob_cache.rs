@@ -143,10 +143,21 @@ impl BlobCache {
                 .map(|i| c.lru.get(&(key, i)).cloned())
                 .collect()
         };
-        let missing: Vec<usize> = (first..last)
-            .filter(|i| parts[i - first].is_none())
-            .collect();
-        if let (Some(&lo), Some(&hi)) = (missing.first(), missing.last()) {
+        // Runs of missing pieces, each decoded in one call (its text chunks share a
+        // lockstep batch); holes are never decoded.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for i in first..last {
+            if blob.is_hole(i) {
+                continue;
+            }
+            if parts[i - first].is_none() {
+                match runs.last_mut() {
+                    Some(r) if (r.1 + 1..i).all(|j| !blob.is_hole(j)) => r.1 = i,
+                    _ => runs.push((i, i)),
+                }
+            }
+        }
+        for (lo, hi) in runs {
             log::debug!("decoding extents {lo}..={hi} of blob {key:?}");
             let bytes = blob.decode(lo..hi + 1)?;
             let mut at = 0usize;
@@ -172,10 +183,14 @@ impl BlobCache {
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (i, p) in (first..last).zip(parts) {
-            let p = p.ok_or_else(|| damaged("extent missing"))?;
             let (s, l) = ext[i];
             let from = offset.max(s) - s;
             let to = end.min(s + l) - s;
+            if blob.is_hole(i) {
+                out.resize(out.len() + (to - from) as usize, 0);
+                continue;
+            }
+            let p = p.ok_or_else(|| damaged("extent missing"))?;
             out.extend_from_slice(&p[from as usize..to as usize]);
         }
         Ok(out)

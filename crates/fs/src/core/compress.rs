@@ -11,9 +11,10 @@ use super::status::JobStatus;
 use super::types::{Ino, Kind};
 use super::{lock, Core, Status};
 use crate::error::{FsError, FsResult, IoContext};
-use crate::store::codec::Meter;
+use crate::store::codec::{BlobOut, Meter, Source};
+use crate::store::AtomicFile;
 use crate::store::{backing, Stat};
-use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -295,44 +296,89 @@ impl Core {
             self.table().mark_clean(ino);
             return Ok(());
         }
-        if md.len() > self.max_compress_bytes {
-            // Held whole while compressed: too big to compress in bounded memory. Marked
-            // like incompressible data, so it is not read again until it changes.
-            let why = format!(
-                "{} bytes, over the {} MiB that the mount compresses (--max-file-mb)",
-                md.len(),
-                self.max_compress_bytes >> 20
-            );
+        let size = md.len();
+        if size < MIN_COMPRESSIBLE as u64 || size > self.max_compress_bytes {
+            // A blob has a header of about 50 bytes: a file this small can only grow.
+            // Marked like incompressible data, so it is not read again until it changes.
+            let why = if size < MIN_COMPRESSIBLE as u64 {
+                format!("{size} bytes; compression would not make it smaller")
+            } else {
+                format!(
+                    "{size} bytes, over the {} MiB that the mount compresses (--max-file-mb)",
+                    self.max_compress_bytes >> 20
+                )
+            };
             return self.keep_plain(ino, gen, id, &f, &shown, &why);
         }
-        let mut data = Vec::with_capacity(md.len() as usize);
-        (&f).read_to_end(&mut data).ctx(&shown)?;
-        // Not held open while the codec works: a file removed meanwhile gives its
-        // space back at once (the disk may be full; that may be why it is removed).
+        // Not held open while the codec works: each window the codec reads opens the
+        // file again, so a file removed meanwhile gives its space back at once (the
+        // disk may be full; that may be why it is removed), and a file replaced or
+        // changed meanwhile ends the compression at its next window.
         drop(f);
-        let job = self.register(ino, &shown, data.len() as u64);
-        // A blob has a header of about 50 bytes: a file this small can only grow.
-        let blob = if data.len() < MIN_COMPRESSIBLE {
-            None
-        } else {
-            Some(
-                self.codec
-                    .compress(&data, &job.meter)
-                    .map_err(|e| e.in_file(&shown))?,
+        let job = self.register(ino, &shown, size);
+        let read = |off: u64, len: u64| -> FsResult<Vec<u8>> {
+            let f = match entry.dir.open_regular(&entry.name, false) {
+                Ok(f) if Stat::of(&f).is_ok_and(|m| m.id() == id) => f,
+                _ => return Err(changed(&shown)),
+            };
+            if !self.unchanged(ino, gen) {
+                return Err(changed(&shown));
+            }
+            let mut buf = vec![0; usize::try_from(len).map_err(|_| changed(&shown))?];
+            f.read_exact_at(&mut buf, off).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    changed(&shown)
+                } else {
+                    FsError::io("reading", e).in_file(&shown)
+                }
+            })?;
+            Ok(buf)
+        };
+        let mut tmp = self.backing.temp_file()?;
+        let blob_len = match self.run_codec(&tmp, |out| {
+            self.codec.compress(
+                &Source {
+                    len: size,
+                    read: &read,
+                },
+                out,
+                &job.meter,
             )
+        }) {
+            Ok(n) => n,
+            Err(_) if !self.unchanged(ino, gen) => return self.changed_meanwhile(ino),
+            Err(e) => return Err(e.in_file(&shown)),
         };
         let f = match entry.dir.open_regular(&entry.name, false) {
             Ok(f) if Stat::of(&f).is_ok_and(|m| m.id() == id) => f,
             _ => return self.changed_meanwhile(ino),
         };
-        let Some(blob) = blob.filter(|b| b.len() < data.len()) else {
-            let why = format!(
-                "{} bytes; compression would not make it smaller",
-                data.len()
-            );
+        if blob_len >= size {
+            let why = format!("{size} bytes; compression would not make it smaller");
             return self.keep_plain(ino, gen, id, &f, &shown, &why);
-        };
-        self.commit_blob(ino, id, gen, &f, &blob, data.len() as u64, &job)
+        }
+        self.backing.seal(&mut tmp, &f, true)?;
+        self.commit_blob(ino, id, gen, tmp, size, blob_len, &job)
+    }
+
+    /// Runs the codec with `tmp` as the blob's file, and scratch files beside it.
+    fn run_codec(
+        &self,
+        tmp: &AtomicFile,
+        code: impl FnOnce(&BlobOut<'_>) -> FsResult<u64>,
+    ) -> FsResult<u64> {
+        let scratch = || self.backing.temp_file()?.into_unlinked();
+        code(&BlobOut {
+            file: tmp.file(),
+            scratch: &scratch,
+        })
+    }
+
+    /// Whether node `ino` is still at generation `gen`, with no writer.
+    fn unchanged(&self, ino: Ino, gen: u64) -> bool {
+        self.table()
+            .get(ino)
+            .is_some_and(|n| n.gen() == gen && n.writers == 0 && !n.is_orphan())
     }
 
     /// Registers a compression of `bytes` bytes for `status`, until the guard drops.
@@ -388,35 +434,49 @@ impl Core {
             return self.changed_meanwhile(ino);
         }
         let job = self.register(ino, shown, size);
-        let read = |off: u64, len: u64| self.read_planned(&*blob, key, &file, &plan.plan(off, len));
-        let new = self
-            .codec
-            .recompress(&*blob, &clean, size, &read, &job.meter)
-            .map_err(|e| e.in_file(shown))?;
+        let read = |off: u64, len: u64| {
+            if !self.unchanged(ino, gen) {
+                return Err(changed(shown));
+            }
+            self.read_planned(&*blob, key, &file, &plan.plan(off, len))
+        };
+        let mut tmp = self.backing.temp_file()?;
+        let new_len = match self.run_codec(&tmp, |out| {
+            let src = Source {
+                len: size,
+                read: &read,
+            };
+            self.codec.recompress(&*blob, &clean, &src, out, &job.meter)
+        }) {
+            Ok(n) => n,
+            Err(_) if !self.unchanged(ino, gen) => return self.changed_meanwhile(ino),
+            Err(e) => return Err(e.in_file(shown)),
+        };
         drop(blob);
-        if new.len() as u64 >= size {
+        if new_len >= size {
             log::debug!("{shown}: no longer smaller compressed; to plaintext");
-            drop(file);
+            drop((file, tmp));
             self.make_plain(ino)?;
             return self.changed_meanwhile(ino);
         }
-        self.commit_blob(ino, id, gen, &file, &new, size, &job)
+        self.backing.seal(&mut tmp, &file, true)?;
+        self.commit_blob(ino, id, gen, tmp, size, new_len, &job)
     }
 
-    /// Installs `blob` (of an original of `size` bytes, made from the file `f`, whose
-    /// metadata it takes) over node `ino`'s file, unless it changed meanwhile.
+    /// Installs the sealed blob `tmp` (of `blob_len` bytes, of an original of `size`
+    /// bytes) over node `ino`'s file, unless it changed
+    /// meanwhile.
     #[allow(clippy::too_many_arguments)]
     fn commit_blob(
         &self,
         ino: Ino,
         id: (u64, u64),
         gen: u64,
-        f: &std::fs::File,
-        blob: &[u8],
+        tmp: AtomicFile,
         size: u64,
+        blob_len: u64,
         job: &Job<'_>,
     ) -> FsResult<()> {
-        let tmp = self.backing.prepare(blob, f, true)?;
         let mut t = self.table();
         let ok = t
             .get(ino)
@@ -458,17 +518,22 @@ impl Core {
             .fetch_add(secs.as_millis() as u64, Ordering::Relaxed);
         c.compressed.fetch_add(1, Ordering::Relaxed);
         c.bytes_before.fetch_add(size, Ordering::Relaxed);
-        c.bytes_after
-            .fetch_add(blob.len() as u64, Ordering::Relaxed);
+        c.bytes_after.fetch_add(blob_len, Ordering::Relaxed);
         log::info!(
             "{}: {} -> {} bytes in {:.1}s",
             target.show(),
             size,
-            blob.len(),
+            blob_len,
             secs.as_secs_f64()
         );
         Ok(())
     }
+}
+
+/// A read for a compression that found its file changed or gone: the compression is
+/// given up (the caller sees the new generation and queues the file again).
+fn changed(shown: &str) -> FsError {
+    FsError::refused(libc::ESTALE, format!("{shown}: changed while compressing"))
 }
 
 /// A compression registered for `status`.

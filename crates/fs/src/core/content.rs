@@ -277,7 +277,8 @@ impl Core {
 
     /// Decodes all of a blob's file, with its overlay applied, into `f`,
     /// [`DECODE_SPAN`] bytes at a time. Zeros past what the blob still shows (a file
-    /// extended by a truncate) are left as a hole: `truncate -s 1T` costs no disk.
+    /// extended by a truncate), and any span that decodes to zeros only (a hole of the
+    /// blob), are left as a hole: `truncate -s 1T` costs no disk.
     fn decode_into(
         &self,
         blob: &dyn OpenBlob,
@@ -296,7 +297,10 @@ impl Core {
                     continue;
                 }
                 let bytes = self.read_planned(blob, key, file, std::slice::from_ref(&seg))?;
-                f.file().write_all_at(&bytes, pos).ctx(f.name())?;
+                // Zeros (the blob's holes among them) stay a hole.
+                if bytes.iter().any(|&b| b != 0) {
+                    f.file().write_all_at(&bytes, pos).ctx(f.name())?;
+                }
                 pos += bytes.len() as u64;
             }
             off = off.saturating_add(DECODE_SPAN);

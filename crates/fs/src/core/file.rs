@@ -4,6 +4,7 @@ use super::content::{Changed, Content};
 use super::handles::Handle;
 use super::inode::noent;
 use super::lock;
+use super::overlay::Seg;
 use super::types::{Attr, Ino, Kind, OpenReply, STATUS_INO};
 use super::Core;
 use crate::error::{FsError, FsResult, IoContext};
@@ -134,6 +135,86 @@ impl Core {
             .ok_or_else(noent)?;
         self.read_content(&content, offset, size as u64)
             .map_err(|e| e.in_file(self.describe(ino)))
+    }
+
+    /// `lseek(2)`'s `SEEK_DATA` (`hole` false) and `SEEK_HOLE` (`hole` true): where
+    /// the first data, or hole, at or after `offset` starts. The end of the file is a
+    /// hole; past it, or with no data after `offset`, ENXIO. A compressed file's holes
+    /// are its zero extents and the zeros its overlay shows (a truncate that grew it);
+    /// a plaintext file's are the backing file's.
+    pub fn seek(&self, fh: u64, offset: u64, hole: bool) -> FsResult<u64> {
+        let ino = self.handles.file(fh, false)?;
+        let content = self
+            .table()
+            .get(ino)
+            .and_then(|n| n.content.clone())
+            .ok_or_else(noent)?;
+        let nxio = || FsError::refused(libc::ENXIO, "no data past the offset");
+        let Content::Blob { blob, overlay, .. } = content else {
+            let Content::Plain(f) = content else {
+                return Err(noent());
+            };
+            let whence = if hole {
+                libc::SEEK_HOLE
+            } else {
+                libc::SEEK_DATA
+            };
+            let off = i64::try_from(offset).map_err(|_| nxio())?;
+            // SAFETY: lseek on an fd that `f` owns and keeps open; it moves only that
+            // description's offset, which the core never uses (it reads with pread).
+            let r = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&*f), off, whence) };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(FsError::refused(
+                    e.raw_os_error().unwrap_or(libc::EIO),
+                    "lseek on the backing file",
+                ));
+            }
+            return Ok(r as u64);
+        };
+        let (size, plan) = {
+            let live = lock(&overlay);
+            let size = live.overlay.size();
+            if offset >= size {
+                return Err(nxio());
+            }
+            (size, live.overlay.plan(offset, size - offset))
+        };
+        let pieces = blob.extents();
+        let mut pos = offset;
+        for seg in plan {
+            match seg {
+                Seg::Log { len, .. } => {
+                    if !hole {
+                        return Ok(pos);
+                    }
+                    pos += len;
+                }
+                Seg::Zero { len } => {
+                    if hole {
+                        return Ok(pos);
+                    }
+                    pos += len;
+                }
+                Seg::Blob { off, len } => {
+                    let first = pieces.partition_point(|p| p.0 + p.1 <= off);
+                    for (i, p) in pieces.iter().enumerate().skip(first) {
+                        if p.0 >= off + len {
+                            break;
+                        }
+                        if blob.is_hole(i) == hole {
+                            return Ok(p.0.max(off));
+                        }
+                    }
+                    pos += len;
+                }
+            }
+        }
+        if hole {
+            Ok(size)
+        } else {
+            Err(nxio())
+        }
     }
 
     /// Writes `data` at `offset`; returns how much landed (short on a full disk). A

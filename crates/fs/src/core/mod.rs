@@ -54,13 +54,13 @@ use std::time::SystemTime;
 pub struct CoreConfig {
     /// Bound of the decoded-extent cache, in bytes.
     pub cache_bytes: usize,
-    /// Larger files are kept as plaintext: the compressor holds a file whole, and the
-    /// blob and its verification beside it (about 4 times the file at peak).
+    /// Larger files are kept as plaintext (a choice of the user: the compressor
+    /// holds a window of a file, never all of it, whatever its size).
     pub max_compress_bytes: u64,
 }
 
-/// Default of [`CoreConfig::max_compress_bytes`]: a peak of about 1 GiB.
-pub const DEFAULT_MAX_COMPRESS_BYTES: u64 = 256 << 20;
+/// Default of [`CoreConfig::max_compress_bytes`]: no limit.
+pub const DEFAULT_MAX_COMPRESS_BYTES: u64 = u64::MAX;
 
 impl Default for CoreConfig {
     fn default() -> Self {

@@ -323,6 +323,12 @@ impl Backing {
         Ok(f)
     }
 
+    /// Gives a temporary file whose content is written the metadata of `like` and,
+    /// for a blob, the marker, and fsyncs it: [`Backing::prepare`] after the fact.
+    pub fn seal(&self, f: &mut AtomicFile, like: &File, blob: bool) -> FsResult<()> {
+        finish(f, like, blob)
+    }
+
     /// Renames a prepared temporary file over `dir/name` and syncs the directory.
     pub fn commit(&self, tmp: AtomicFile, dir: &Dir, name: &OsStr) -> FsResult<File> {
         let shown = dir.show(name);

@@ -42,11 +42,34 @@ impl Meter {
     }
 }
 
+/// A file to compress: its length, and its bytes at any offset. A codec reads it a
+/// window at a time (so it never holds a large file whole); a read fails when the file
+/// changed meanwhile, and the compression is given up.
+pub struct Source<'a> {
+    /// The file's length.
+    pub len: u64,
+    /// `read(offset, len)`: exactly those bytes.
+    pub read: &'a dyn Fn(u64, u64) -> FsResult<Vec<u8>>,
+}
+
+/// Where a codec writes a blob.
+pub struct BlobOut<'a> {
+    /// The empty file the blob goes into, from its first byte. The core gives it the
+    /// file's metadata, syncs it and renames it over the plaintext.
+    pub file: &'a File,
+    /// A new unlinked scratch file on the backing filesystem, for what a codec must
+    /// hold until it can write it (NC06: a large file's streams and frames, which
+    /// follow a header it knows only at the end).
+    pub scratch: &'a dyn Fn() -> FsResult<File>,
+}
+
 /// What the filesystem needs from a codec.
 pub trait Codec: Send + Sync + 'static {
-    /// Compresses a whole file, reporting progress to `meter`. The returned blob must
-    /// already be verified to decode.
-    fn compress(&self, data: &[u8], meter: &Meter) -> FsResult<Vec<u8>>;
+    /// Writes the blob of `src` into `out.file` and returns its length, reporting
+    /// progress to `meter`. The blob must already be verified to decode. A blob of
+    /// `src.len` bytes or more need not be written (the file will stay plaintext):
+    /// its length alone is returned.
+    fn compress(&self, src: &Source<'_>, out: &BlobOut<'_>, meter: &Meter) -> FsResult<u64>;
     /// The lengths recorded in a blob whose first bytes are `prefix`; `Ok(None)` when
     /// more bytes are needed.
     fn lengths(&self, prefix: &[u8]) -> FsResult<Option<BlobLens>>;
@@ -56,21 +79,20 @@ pub trait Codec: Send + Sync + 'static {
     /// file. Bytes after the blob's [`OpenBlob::stored_len`] are not the codec's (the
     /// core keeps its overlay log there).
     fn open(&self, file: Arc<File>) -> FsResult<Arc<dyn OpenBlob>>;
-    /// Compresses a changed file of `len` bytes whose old blob is `base`: the ranges
-    /// in `clean` (sorted, disjoint) still hold `base`'s bytes at the same offsets, and
-    /// `read(offset, len)` gives any bytes of the new file. A codec may copy what lies
-    /// in `clean` from `base` as it is coded (NC06: whole text chunks) and read only
-    /// the rest. By default it reads the whole file and compresses it.
+    /// [`Codec::compress`] of a changed file whose old blob is `base`: the ranges in
+    /// `clean` (sorted, disjoint) still hold `base`'s bytes at the same offsets. A
+    /// codec may copy what lies in `clean` from `base` as it is coded (NC06: whole
+    /// text chunks) and read only the rest. By default it compresses the file afresh.
     fn recompress(
         &self,
         base: &dyn OpenBlob,
         clean: &[Range<u64>],
-        len: u64,
-        read: &dyn Fn(u64, u64) -> FsResult<Vec<u8>>,
+        src: &Source<'_>,
+        out: &BlobOut<'_>,
         meter: &Meter,
-    ) -> FsResult<Vec<u8>> {
+    ) -> FsResult<u64> {
         let _ = (base, clean);
-        self.compress(&read(0, len)?, meter)
+        self.compress(src, out, meter)
     }
     /// How many pieces that needed the model (NC06: text chunks) were decoded so far,
     /// for `status`: the overlay's promise is that appends decode none.
@@ -103,8 +125,15 @@ pub trait OpenBlob: Send + Sync {
     /// `(offset, len)` of every piece, in order, tiling `0..len()`: the units in which
     /// it is decoded and cached.
     fn extents(&self) -> &[(u64, u64)];
-    /// Decodes pieces `range`, returning their bytes concatenated.
+    /// Decodes pieces `range`, returning their bytes concatenated. Never asked for a
+    /// hole.
     fn decode(&self, range: Range<usize>) -> FsResult<Vec<u8>>;
+    /// Whether piece `i` is a hole: zeros, stored as nothing, served without
+    /// decoding (and as a hole to `SEEK_HOLE`).
+    fn is_hole(&self, i: usize) -> bool {
+        let _ = i;
+        false
+    }
 }
 
 /// The bytes `start..end` of the original file that extents `range` cover, or `None`
@@ -128,20 +157,34 @@ pub struct StandInCodec {
     pub extent: u64,
 }
 
+impl StandInCodec {
+    /// The blob the stand-in makes of `data`.
+    pub fn blob_of(&self, data: &[u8]) -> FsResult<Vec<u8>> {
+        let z = zstd::encode_all(data, 3).map_err(|e| FsError::io("zstd", e))?;
+        let mut blob = FAKE_MAGIC.to_vec();
+        blob.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        blob.extend_from_slice(&((FAKE_HEAD + z.len()) as u64).to_le_bytes());
+        blob.extend(z);
+        Ok(blob)
+    }
+}
+
 const FAKE_MAGIC: &[u8; 4] = b"FAKE";
 /// Magic, original length, stored length.
 const FAKE_HEAD: usize = 20;
 
 impl Codec for StandInCodec {
-    fn compress(&self, data: &[u8], meter: &Meter) -> FsResult<Vec<u8>> {
-        meter.set_total(data.len() as u64);
-        let z = zstd::encode_all(data, 3).map_err(|e| FsError::io("zstd", e))?;
-        let mut out = FAKE_MAGIC.to_vec();
-        out.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        out.extend_from_slice(&((FAKE_HEAD + z.len()) as u64).to_le_bytes());
-        out.extend(z);
-        meter.add(data.len() as u64);
-        Ok(out)
+    fn compress(&self, src: &Source<'_>, out: &BlobOut<'_>, meter: &Meter) -> FsResult<u64> {
+        meter.set_total(src.len);
+        let blob = self.blob_of(&(src.read)(0, src.len)?)?;
+        meter.add(src.len);
+        if blob.len() as u64 >= src.len {
+            return Ok(blob.len() as u64);
+        }
+        out.file
+            .write_all_at(&blob, 0)
+            .map_err(|e| FsError::io("blob", e))?;
+        Ok(blob.len() as u64)
     }
 
     fn lengths(&self, prefix: &[u8]) -> FsResult<Option<BlobLens>> {

@@ -15,7 +15,7 @@ pub mod xattr;
 
 pub use atomic::AtomicFile;
 pub use backing::{Backing, BackingLock, LockMode};
-pub use codec::{Codec, OpenBlob, StandInCodec};
+pub use codec::{BlobOut, Codec, OpenBlob, Source, StandInCodec};
 pub use creds::Caller;
 pub use dir::{Dir, Stat};
 pub use queue::WorkQueue;

@@ -8,8 +8,10 @@ use crate::{Fingerprint, Window};
 
 /// The first four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"NC06";
-/// The container version this build writes and reads.
-pub const VERSION: u8 = 1;
+/// The newest container version this build writes and reads. A writer gives a blob
+/// the lowest version that can hold it (see [`Blob::version`]), so a blob without
+/// zero extents is a version 1 blob, byte for byte as before version 2 existed.
+pub const VERSION: u8 = 2;
 /// Bytes that always precede the variable part of the header (magic + version).
 pub const HEADER_PREFIX_LEN: usize = 5;
 
@@ -42,7 +44,12 @@ pub enum ExtentKind {
     Text,
     /// Bytes in the binary stream, stored in classical frames.
     Binary,
+    /// Zeros (a hole of a sparse file): nothing is stored (version 2).
+    Zero,
 }
+
+/// The longest zero extent a writer makes: its length shifted by two stays in a u64.
+pub const MAX_ZERO_EXTENT: u64 = 1 << 61;
 
 /// A run of the original file, in order. Text extents map one-to-one onto chunks;
 /// binary extents are concatenated into one binary stream cut into frames.
@@ -138,8 +145,9 @@ impl Blob {
 
     fn write_header(&self, out: &mut Vec<u8>) {
         let h = &self.header;
+        let version = self.version();
         out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
+        out.push(version);
         out.extend_from_slice(&h.flags.0.to_le_bytes());
         varint::put(out, h.original_len);
         out.extend_from_slice(&h.original_crc.to_le_bytes());
@@ -153,7 +161,14 @@ impl Blob {
         varint::put(out, self.chunks.len() as u64);
         varint::put(out, self.frames.len() as u64);
         for e in &self.extents {
-            varint::put(out, (e.len << 1) | (e.kind == ExtentKind::Binary) as u64);
+            let v = match (version, e.kind) {
+                (1, ExtentKind::Text) => e.len << 1,
+                (1, _) => (e.len << 1) | 1,
+                (_, ExtentKind::Text) => e.len << 2,
+                (_, ExtentKind::Binary) => (e.len << 2) | 1,
+                (_, ExtentKind::Zero) => (e.len << 2) | 2,
+            };
+            varint::put(out, v);
         }
         for c in &self.chunks {
             varint::put(out, c.tokens as u64);
@@ -168,6 +183,15 @@ impl Blob {
         }
         let crc = crc32c::crc32c(out);
         out.extend_from_slice(&crc.to_le_bytes());
+    }
+
+    /// The version this blob is written with: 1, unless it has a zero extent (2).
+    pub fn version(&self) -> u8 {
+        if self.extents.iter().any(|e| e.kind == ExtentKind::Zero) {
+            2
+        } else {
+            1
+        }
     }
 
     /// Parses and validates a blob. Never panics on any input.
@@ -204,7 +228,7 @@ impl Blob {
         }
         r.section("version");
         let version = r.u8()?;
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(FormatError::UnsupportedVersion(version));
         }
         r.section("header");
@@ -230,12 +254,23 @@ impl Blob {
         let mut extents = Vec::with_capacity(n_extents as usize);
         for _ in 0..n_extents {
             let v = r.varint()?;
-            let kind = if v & 1 == 1 {
-                ExtentKind::Binary
-            } else {
-                ExtentKind::Text
+            let (kind, len) = match (version, v & 3) {
+                (1, k) => (
+                    if k & 1 == 1 {
+                        ExtentKind::Binary
+                    } else {
+                        ExtentKind::Text
+                    },
+                    v >> 1,
+                ),
+                (_, 0) => (ExtentKind::Text, v >> 2),
+                (_, 1) => (ExtentKind::Binary, v >> 2),
+                (_, 2) => (ExtentKind::Zero, v >> 2),
+                (_, _) => {
+                    return Err(FormatError::Inconsistent("unknown extent kind 3".into()));
+                }
             };
-            extents.push(Extent { kind, len: v >> 1 });
+            extents.push(Extent { kind, len });
         }
         let mut chunks = Vec::with_capacity(n_chunks as usize);
         for _ in 0..n_chunks {
@@ -327,6 +362,7 @@ impl Blob {
                 .ok_or_else(|| FormatError::Inconsistent("extent lengths overflow".into()))?;
             match e.kind {
                 ExtentKind::Binary => binary += e.len,
+                ExtentKind::Zero => {}
                 ExtentKind::Text => {
                     let c = self.chunks.get(text).ok_or_else(|| {
                         FormatError::Inconsistent("more text extents than chunks".into())
@@ -397,6 +433,13 @@ impl Blob {
                     });
                     bin += e.len;
                 }
+                ExtentKind::Zero => items.push(IndexedExtent {
+                    orig_offset: orig,
+                    len: e.len,
+                    kind: e.kind,
+                    chunk: 0,
+                    binary_offset: 0,
+                }),
             }
             orig += e.len;
         }
@@ -492,14 +535,15 @@ impl Index {
 
     /// The smallest independently decodable pieces of the file, as `(offset, len)` in
     /// order, tiling it: every text extent whole (one coded stream), binary extents cut
-    /// where a frame of the binary stream ends. A reader that caches pieces never
-    /// decompresses a frame for bytes outside it.
+    /// where a frame of the binary stream ends, every zero extent whole (a reader
+    /// serves it without decoding: see [`Index::holes`]). A reader that caches pieces
+    /// never decompresses a frame for bytes outside it.
     pub fn pieces(&self) -> Vec<(u64, u64)> {
         let frame = super::FRAME_SIZE as u64;
         let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
         for e in &self.extents {
             match e.kind {
-                ExtentKind::Text => out.push((e.orig_offset, e.len)),
+                ExtentKind::Text | ExtentKind::Zero => out.push((e.orig_offset, e.len)),
                 ExtentKind::Binary => {
                     let mut done = 0;
                     while done < e.len {
@@ -508,6 +552,26 @@ impl Index {
                         out.push((e.orig_offset + done, n));
                         done += n;
                     }
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Index {
+    /// For each of [`Index::pieces`], whether it is a zero extent.
+    pub fn holes(&self) -> Vec<bool> {
+        let frame = super::FRAME_SIZE as u64;
+        let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
+        for e in &self.extents {
+            match e.kind {
+                ExtentKind::Text => out.push(false),
+                ExtentKind::Zero => out.push(true),
+                ExtentKind::Binary => {
+                    let first = e.binary_offset / frame;
+                    let last = (e.binary_offset + e.len - 1) / frame;
+                    out.extend(std::iter::repeat_n(false, (last - first + 1) as usize));
                 }
             }
         }
@@ -651,6 +715,41 @@ mod tests {
         assert_eq!(
             Blob::parse(b"NC06\x09"),
             Err(FormatError::UnsupportedVersion(9))
+        );
+    }
+
+    #[test]
+    fn zero_extents_make_a_version_2_blob_and_nothing_else_does() {
+        let b = sample();
+        assert_eq!(b.to_bytes()[4], 1, "no zero extent: version 1, as before");
+        let mut z = sample();
+        z.extents.insert(
+            1,
+            Extent {
+                kind: ExtentKind::Zero,
+                len: 1 << 40,
+            },
+        );
+        z.header.original_len += 1 << 40;
+        let bytes = z.to_bytes();
+        assert_eq!(bytes[4], 2);
+        assert_eq!(Blob::parse(&bytes).unwrap(), z);
+        let idx = z.index();
+        assert_eq!(
+            idx.pieces(),
+            vec![(0, 100), (100, 1 << 40), (100 + (1 << 40), 10)]
+        );
+        assert_eq!(idx.holes(), vec![false, true, false]);
+        assert_eq!(
+            idx.extents[2].binary_offset, 0,
+            "zeros take no binary bytes"
+        );
+        // Version 1 has no zero extents: its tag bit is the binary flag alone.
+        let mut v1 = b.to_bytes();
+        v1[4] = 2;
+        assert!(
+            Blob::parse(&v1).is_err(),
+            "a version change is covered by the CRC"
         );
     }
 

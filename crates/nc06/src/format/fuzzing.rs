@@ -136,13 +136,13 @@ pub fn arbitrary_blob(data: &[u8]) -> Blob {
     let mut chunks = Vec::new();
     let mut binary = 0u64;
     for _ in 0..n_extents {
-        let kind = if s.u8() % 2 == 0 {
-            ExtentKind::Text
-        } else {
-            ExtentKind::Binary
+        let kind = match s.u8() % 5 {
+            0 | 1 => ExtentKind::Text,
+            2 | 3 => ExtentKind::Binary,
+            _ => ExtentKind::Zero,
         };
-        // Lengths a writer can produce (the table stores len << 1).
-        let len = s.edgy(100, 64 << 20).min(1 << 62);
+        // Lengths a writer can produce (the table stores len << 2).
+        let len = s.edgy(100, 64 << 20).min(super::container::MAX_ZERO_EXTENT);
         extents.push(Extent { kind, len });
         match kind {
             ExtentKind::Text => chunks.push(ChunkEntry {
@@ -151,6 +151,7 @@ pub fn arbitrary_blob(data: &[u8]) -> Blob {
                 crc: s.u32(),
             }),
             ExtentKind::Binary => binary = binary.wrapping_add(len),
+            ExtentKind::Zero => {}
         }
     }
     if !consistent {

@@ -245,9 +245,53 @@ fn best_cut(data: &[u8], start: usize, target: usize, hi: usize) -> usize {
     cut
 }
 
+/// The shortest run of zero bytes that a writer stores as a zero extent (a hole):
+/// shorter runs cost a classical codec almost nothing, and stay in their frames.
+pub const MIN_ZERO_RUN: usize = 64 << 10;
+
+/// The runs of at least `min` zero bytes in `data`, in order.
+pub fn zero_runs(data: &[u8], min: usize) -> Vec<Range<usize>> {
+    let min = min.max(1);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < data.len() {
+        // Skip to the next zero byte.
+        match data[i..].iter().position(|&b| b == 0) {
+            Some(p) => i += p,
+            None => break,
+        }
+        let start = i;
+        // Whole words of zeros first (the common case in a hole), then bytes.
+        let words = data[i..].chunks_exact(8);
+        let zero_words = words.take_while(|w| w == &[0u8; 8]).count();
+        i += zero_words * 8;
+        i += data[i..].iter().take_while(|&&b| b == 0).count();
+        if i - start >= min {
+            out.push(start..i);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_runs_finds_long_runs_only() {
+        let mut d = vec![1u8; 10];
+        d.extend(vec![0u8; 100]);
+        d.push(7);
+        d.extend(vec![0u8; 99]);
+        d.extend(vec![0u8; 5]);
+        d.push(9);
+        d.extend(vec![0u8; 3]);
+        assert_eq!(zero_runs(&d, 100), vec![10..110, 111..215]);
+        assert_eq!(zero_runs(&d, 104), vec![111..215]);
+        assert_eq!(zero_runs(&d, 1).len(), 3);
+        assert!(zero_runs(&[], 1).is_empty());
+        assert_eq!(zero_runs(&[0; 17], 17), vec![0..17]);
+    }
     use proptest::prelude::*;
 
     /// The three-pass segmentation (steps 1-3) that [`segment`] replaced, kept to show
