@@ -591,8 +591,16 @@ fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
         .filter(|e| e.kind == ExtentKind::Text)
         .map(|e| e.len)
         .sum();
+    let zeros: u64 = blob
+        .extents
+        .iter()
+        .filter(|e| e.kind == ExtentKind::Zero)
+        .map(|e| e.len)
+        .sum();
     println!("file:         {}", path.display());
-    println!("format:       NC06 version {}", nc06::format::VERSION);
+    // What the file says: a blob is written with the lowest version that holds it.
+    let version = data.get(4).copied().unwrap_or_else(|| blob.version());
+    println!("format:       NC06 version {version}");
     println!(
         "original:     {} bytes (crc32c {:08x})",
         h.original_len, h.original_crc
@@ -623,10 +631,15 @@ fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
         h.window.ctx, h.window.slide, h.temperature, h.chunk_size
     );
     println!(
-        "extents:      {} ({} text bytes, {} binary bytes)",
+        "extents:      {} ({} text bytes, {} binary bytes{})",
         blob.extents.len(),
         text,
-        h.original_len - text
+        h.original_len - text - zeros,
+        if zeros > 0 {
+            format!(", {zeros} zero bytes stored as holes")
+        } else {
+            String::new()
+        }
     );
     let tokens: u64 = blob.chunks.iter().map(|c| c.tokens as u64).sum();
     let stream: u64 = blob.chunks.iter().map(|c| c.stream_len as u64).sum();

@@ -13,6 +13,11 @@ use cli::{run, Cli};
 use std::ffi::OsString;
 
 fn main() {
+    // A command whose output goes to a pipe that closes early (`info | head`) ends
+    // quietly, as other tools do, instead of panicking in `println!`.
+    // SAFETY: setting a signal's disposition before any thread of ours starts; no
+    // handler runs.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     if matches!(
         argv.get(1).and_then(|a| a.to_str()),
@@ -39,6 +44,12 @@ fn main() {
         }
     }
     let cli = Cli::parse_from(argv);
+    if matches!(cli.command, cli::Command::Mount(_)) {
+        // The mount keeps Rust's default (EPIPE as an error): it must never die of a
+        // closed pipe.
+        // SAFETY: as above.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    }
     // fuser warns when it finds the mount already gone at the end of a session (after
     // `umount` or `fusermount3 -u`, the normal way to stop); nacrithfs reports unmounts
     // itself.
@@ -60,7 +71,7 @@ fn main() {
 fn print_version() {
     println!("nacrithfs {}", env!("CARGO_PKG_VERSION"));
     println!(
-        "NC06 container version {} (predictors: {})",
+        "NC06 container version 1 to {} (predictors: {})",
         nc06::format::VERSION,
         nc06::format::Flags(nc06::format::Flags::KNOWN)
     );

@@ -274,3 +274,26 @@ fn models_are_taken_by_name() {
         assert!(err.contains("scripts/fetch-model.sh gemma3-270m"), "{err}");
     }
 }
+
+/// Output into a pipe that was closed (`nacrithfs info X | head -1`): the command ends
+/// by SIGPIPE, as other tools do, and never panics.
+#[test]
+fn a_closed_output_pipe_ends_the_command_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills the two fds, which are then owned below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both fds are fresh from pipe(2) and owned only here.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let out = bin()
+        .arg("--version")
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
+}
