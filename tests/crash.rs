@@ -120,7 +120,8 @@ impl World {
     fn wait_compressing(&self, m: &Mount, limit: Duration) -> bool {
         let t = Instant::now();
         while t.elapsed() < limit {
-            if m.status().contains("\"compressing\":1") {
+            let s: serde_json::Value = serde_json::from_str(&m.status()).unwrap_or_default();
+            if s["compressing"].as_u64().is_some_and(|n| n >= 1) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -142,20 +143,24 @@ impl World {
             .collect()
     }
 
-    /// The `done / total` of the compression in progress, if one has started coding.
-    fn progress(&self, m: &Mount) -> Option<f64> {
+    /// The `done / total` of the compression of the file whose path ends with `name`,
+    /// if it has started coding (recovery may have queued others beside it).
+    fn progress(&self, m: &Mount, name: &str) -> Option<f64> {
         let s: serde_json::Value = serde_json::from_str(&m.status()).ok()?;
-        let j = s["jobs"].get(0)?;
+        let j = s["jobs"]
+            .as_array()?
+            .iter()
+            .find(|j| j["path"].as_str().is_some_and(|p| p.ends_with(name)))?;
         let (done, total) = (j["done"].as_f64()?, j["total"].as_f64()?);
         (total > 0.0).then(|| done / total)
     }
 
     /// Waits until the compression in progress has done `frac` of its work (text: the
     /// encoding pass is the first half, the verifying decode the second).
-    fn wait_progress(&self, m: &Mount, frac: f64, limit: Duration) -> f64 {
+    fn wait_progress(&self, m: &Mount, name: &str, frac: f64, limit: Duration) -> f64 {
         let t = Instant::now();
         loop {
-            if let Some(p) = self.progress(m).filter(|&p| p >= frac) {
+            if let Some(p) = self.progress(m, name).filter(|&p| p >= frac) {
                 return p;
             }
             if t.elapsed() >= limit {
@@ -420,12 +425,10 @@ fn kill_9_loop_loses_nothing() {
         .into_iter()
         .enumerate()
     {
-        w.put(
-            &format!("text/t{round}.txt"),
-            &text(1000, 100 + 200 * round),
-        );
+        let name = format!("text/t{round}.txt");
+        w.put(&name, &text(1000, 100 + 200 * round));
         assert!(w.wait_compressing(&m, Duration::from_secs(20)));
-        let at = w.wait_progress(&m, frac, Duration::from_secs(300));
+        let at = w.wait_progress(&m, &name, frac, Duration::from_secs(300));
         assert!(
             (frac..1.0).contains(&at) && (at < 0.5) == (phase == "mid-encoding"),
             "{phase}: killed at {at:.2} of the work"
