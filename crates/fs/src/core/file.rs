@@ -127,14 +127,20 @@ impl Core {
         if let Some(data) = status {
             return Ok(data);
         }
+        let (ino, content) = self.open_content(fh)?;
+        self.read_content(&content, offset, size as u64)
+            .map_err(|e| e.in_file(self.describe(ino)))
+    }
+
+    /// The node and the content of open file handle `fh`.
+    fn open_content(&self, fh: u64) -> FsResult<(Ino, Content)> {
         let ino = self.handles.file(fh, false)?;
         let content = self
             .table()
             .get(ino)
             .and_then(|n| n.content.clone())
             .ok_or_else(noent)?;
-        self.read_content(&content, offset, size as u64)
-            .map_err(|e| e.in_file(self.describe(ino)))
+        Ok((ino, content))
     }
 
     /// `lseek(2)`'s `SEEK_DATA` (`hole` false) and `SEEK_HOLE` (`hole` true): where
@@ -143,12 +149,7 @@ impl Core {
     /// are its zero extents and the zeros its overlay shows (a truncate that grew it);
     /// a plaintext file's are the backing file's.
     pub fn seek(&self, fh: u64, offset: u64, hole: bool) -> FsResult<u64> {
-        let ino = self.handles.file(fh, false)?;
-        let content = self
-            .table()
-            .get(ino)
-            .and_then(|n| n.content.clone())
-            .ok_or_else(noent)?;
+        let (_, content) = self.open_content(fh)?;
         let nxio = || FsError::refused(libc::ENXIO, "no data past the offset");
         let Content::Blob { blob, overlay, .. } = content else {
             let Content::Plain(f) = content else {
