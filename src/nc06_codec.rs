@@ -147,7 +147,7 @@ impl Nc06Codec {
             at += spool.len;
         }
         // The container must read back as written: its header, and every spooled byte.
-        let back = read_at(out.file, 0, done.header.len())?;
+        let back = read_at(out.file, 0, done.header.len(), "blob")?;
         let streams_back = crc_at(out.file, done.header.len() as u64, streams.len)?;
         let frames_back = crc_at(out.file, done.header.len() as u64 + streams.len, frames.len)?;
         if back != done.header || streams_back != streams.crc || frames_back != frames.crc {
@@ -210,13 +210,10 @@ impl Spool {
             .flush()
             .map_err(|e| FsError::io("scratch file", e))?;
         let from = self.file.get_ref();
-        let mut off = 0;
-        while off < self.len {
-            let n = (self.len - off).min(COPY_BLOCK as u64) as usize;
-            let block = read_at(from, off, n)?;
+        for (off, n) in blocks(self.len) {
+            let block = read_at(from, off, n, "scratch file")?;
             to.write_all_at(&block, at + off)
                 .map_err(|e| FsError::io("blob", e))?;
-            off += n as u64;
         }
         Ok(())
     }
@@ -225,23 +222,29 @@ impl Spool {
 /// The unit in which spooled bytes are copied and read back.
 const COPY_BLOCK: usize = 1 << 20;
 
-fn read_at(f: &File, off: u64, len: usize) -> FsResult<Vec<u8>> {
+/// `(offset, len)` of the blocks that `len` bytes are copied and read back in.
+fn blocks(len: u64) -> impl Iterator<Item = (u64, usize)> {
+    (0..len)
+        .step_by(COPY_BLOCK)
+        .map(move |off| (off, (len - off).min(COPY_BLOCK as u64) as usize))
+}
+
+/// `len` bytes of `f` (the `what` file, for the error) at `off`.
+fn read_at(f: &File, off: u64, len: usize, what: &str) -> FsResult<Vec<u8>> {
     let mut buf = vec![0; len];
     f.read_exact_at(&mut buf, off)
-        .map_err(|e| FsError::io("blob", e))?;
+        .map_err(|e| FsError::io(what, e))?;
     Ok(buf)
 }
 
-/// The CRC-32C of `len` bytes of `f` at `off`, read a block at a time.
+/// The CRC-32C of `len` bytes of the blob file `f` at `off`, read a block at a time.
 fn crc_at(f: &File, off: u64, len: u64) -> FsResult<u32> {
-    let mut crc = 0;
-    let mut at = 0;
-    while at < len {
-        let n = (len - at).min(COPY_BLOCK as u64) as usize;
-        crc = crc32c::crc32c_append(crc, &read_at(f, off + at, n)?);
-        at += n as u64;
-    }
-    Ok(crc)
+    blocks(len).try_fold(0, |crc, (at, n)| {
+        Ok(crc32c::crc32c_append(
+            crc,
+            &read_at(f, off + at, n, "blob")?,
+        ))
+    })
 }
 
 impl Codec for Nc06Codec {

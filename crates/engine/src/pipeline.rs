@@ -96,23 +96,58 @@ pub(crate) struct Piece {
     pub range: Range<usize>,
 }
 
+/// Whether a run of `kind` joins the run of `last` before it into `joined` bytes:
+/// binary to binary and zeros to zeros (text chunks stay apart: each is one stream),
+/// up to the longest extent a writer makes.
+pub(crate) fn joins(last: ExtentKind, kind: ExtentKind, joined: u64) -> bool {
+    kind != ExtentKind::Text && last == kind && joined < nc06::format::MAX_ZERO_EXTENT
+}
+
 /// Appends `range` to `pieces` as a piece of `kind`, merged into the last piece when
-/// both are binary or both zeros (text chunks stay apart: each is one stream).
+/// they [`joins`].
 pub(crate) fn push_piece(pieces: &mut Vec<Piece>, kind: ExtentKind, range: Range<usize>) {
     if range.is_empty() {
         return;
     }
     match pieces.last_mut() {
         Some(last)
-            if kind != ExtentKind::Text
-                && last.kind == kind
-                && last.range.end == range.start
-                && ((range.end - last.range.start) as u64) < nc06::format::MAX_ZERO_EXTENT =>
+            if last.range.end == range.start
+                && joins(last.kind, kind, (range.end - last.range.start) as u64) =>
         {
             last.range.end = range.end
         }
         _ => pieces.push(Piece { kind, range }),
     }
+}
+
+/// For each text piece of `pieces` (over `data`), whether zstd -19 or xz -9e stores
+/// it in fewer bytes than its model stream in `coded`: the never-worse rule.
+pub(crate) fn worse_than_classical(
+    data: &[u8],
+    pieces: &[Piece],
+    coded: &[CodedStream],
+) -> Vec<bool> {
+    pieces
+        .iter()
+        .filter(|x| x.kind == ExtentKind::Text)
+        .zip(coded)
+        .map(|(x, c)| compress_frame(&data[x.range.clone()]).1.len() < c.bytes.len())
+        .collect()
+}
+
+/// `pieces` with the text chunks marked in `demote` (one flag per text piece) made
+/// binary, merged with their binary neighbours.
+pub(crate) fn demote_pieces(pieces: &[Piece], demote: &[bool]) -> Vec<Piece> {
+    let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
+    let mut flags = demote.iter();
+    for x in pieces {
+        let mut kind = x.kind;
+        if kind == ExtentKind::Text && flags.next() == Some(&true) {
+            kind = ExtentKind::Binary;
+        }
+        push_piece(&mut out, kind, x.range.clone());
+    }
+    out
 }
 
 /// A file segmented and tokenized, waiting for the model.
@@ -338,11 +373,7 @@ impl Engine {
         {
             return Ok(None);
         }
-        let demote: Vec<bool> = texts
-            .iter()
-            .zip(coded)
-            .map(|(x, c)| compress_frame(&p.data[x.range.clone()]).1.len() < c.bytes.len())
-            .collect();
+        let demote = worse_than_classical(p.data, &p.pieces, coded);
         let mut best: Option<Compressed> = None;
         let mut candidates = Vec::new();
         // Every chunk as binary is a candidate of its own only where the per-chunk
@@ -370,21 +401,13 @@ impl Engine {
         demote: &[bool],
         opts: &CompressOptions,
     ) -> Result<Compressed> {
-        let mut pieces: Vec<Piece> = Vec::with_capacity(p.pieces.len());
-        let mut kept = Vec::new();
-        let mut chunk = 0;
-        for x in &p.pieces {
-            let mut kind = x.kind;
-            if kind == ExtentKind::Text {
-                if demote[chunk] {
-                    kind = ExtentKind::Binary;
-                } else {
-                    kept.push(coded[chunk].clone());
-                }
-                chunk += 1;
-            }
-            push_piece(&mut pieces, kind, x.range.clone());
-        }
+        let pieces = demote_pieces(&p.pieces, demote);
+        let kept: Vec<CodedStream> = coded
+            .iter()
+            .zip(demote)
+            .filter(|(_, &d)| !d)
+            .map(|(c, _)| c.clone())
+            .collect();
         let mut binary = Vec::new();
         for x in pieces.iter().filter(|x| x.kind == ExtentKind::Binary) {
             binary.extend_from_slice(&p.data[x.range.clone()]);

@@ -10,12 +10,12 @@
 //! is cut there, as a chunk of its own), never on anything else: the format is the
 //! same, and so is every reader.
 
-use super::pipeline::{frames_of, push_piece, CompressOptions, Frames, Piece, Stats};
+use super::pipeline::{
+    demote_pieces, frames_of, joins, worse_than_classical, CompressOptions, Frames, Piece, Stats,
+};
 use super::{CodedStream, Engine, Progress, TokenStream};
 use crate::{Error, Result};
-use nc06::format::{
-    compress_frame, Blob, ChunkEntry, Extent, ExtentKind, FrameEntry, FRAME_SIZE, MAX_ZERO_EXTENT,
-};
+use nc06::format::{Blob, ChunkEntry, Extent, ExtentKind, FrameEntry, FRAME_SIZE};
 use std::time::Instant;
 
 /// The binary bytes held back at a window's end, so that a short text run cut there is
@@ -123,7 +123,7 @@ impl StreamEncoder<'_> {
         let mut pieces = std::mem::take(&mut p.pieces);
         let t0 = Instant::now();
         let mut binary = self.binary_in(data, &pieces);
-        let full = self.frame_cut(binary.len(), eof);
+        let mut full = self.frame_cut(binary.len(), eof);
         let parallel = tokens.iter().all(|t| t.0.is_empty()) && engine.model_idle();
         let (frames, coded) = std::thread::scope(|scope| {
             let frames = scope.spawn(|| frames_of(&binary[..full], parallel, opts.verify));
@@ -152,10 +152,9 @@ impl StreamEncoder<'_> {
         // again around it.
         if demote(data, &mut pieces, &mut tokens, &mut coded) {
             binary = self.binary_in(data, &pieces);
-            let full = self.frame_cut(binary.len(), eof);
+            full = self.frame_cut(binary.len(), eof);
             frames = frames_of(&binary[..full], parallel, opts.verify)?;
         }
-        let full = self.frame_cut(binary.len(), eof);
         Ok(self.record(data, &pieces, &tokens, coded, frames, &binary, full, eof))
     }
 
@@ -210,13 +209,7 @@ impl StreamEncoder<'_> {
         for x in pieces {
             let len = x.range.len() as u64;
             match self.extents.last_mut() {
-                Some(last)
-                    if x.kind != ExtentKind::Text
-                        && last.kind == x.kind
-                        && last.len + len < MAX_ZERO_EXTENT =>
-                {
-                    last.len += len
-                }
+                Some(last) if joins(last.kind, x.kind, last.len + len) => last.len += len,
                 _ => self.extents.push(Extent { kind: x.kind, len }),
             }
             if x.kind == ExtentKind::Binary {
@@ -281,36 +274,14 @@ fn demote(
     tokens: &mut Vec<TokenStream>,
     coded: &mut Vec<CodedStream>,
 ) -> bool {
-    let texts = pieces.iter().filter(|x| x.kind == ExtentKind::Text);
-    let worse: Vec<bool> = texts
-        .zip(coded.iter())
-        .map(|(x, c)| compress_frame(&data[x.range.clone()]).1.len() < c.bytes.len())
-        .collect();
+    let worse = worse_than_classical(data, pieces, coded);
     if !worse.contains(&true) {
         return false;
     }
-    let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
-    let mut k = 0;
-    for x in pieces.drain(..) {
-        let mut kind = x.kind;
-        if kind == ExtentKind::Text {
-            if worse[k] {
-                kind = ExtentKind::Binary;
-            }
-            k += 1;
-        }
-        push_piece(&mut out, kind, x.range);
-    }
-    *pieces = out;
-    let mut k = 0;
-    tokens.retain(|_| {
-        k += 1;
-        !worse[k - 1]
-    });
-    let mut k = 0;
-    coded.retain(|_| {
-        k += 1;
-        !worse[k - 1]
-    });
+    *pieces = demote_pieces(pieces, &worse);
+    let mut keep = worse.iter().map(|w| !w);
+    tokens.retain(|_| keep.next().unwrap_or(true));
+    let mut keep = worse.iter().map(|w| !w);
+    coded.retain(|_| keep.next().unwrap_or(true));
     true
 }

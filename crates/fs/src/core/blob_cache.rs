@@ -146,15 +146,17 @@ impl BlobCache {
         // Runs of missing pieces, each decoded in one call (its text chunks share a
         // lockstep batch); holes are never decoded.
         let mut runs: Vec<(usize, usize)> = Vec::new();
+        // Whether the last run may grow: no hole since it ended.
+        let mut open = false;
         for i in first..last {
             if blob.is_hole(i) {
-                continue;
-            }
-            if parts[i - first].is_none() {
+                open = false;
+            } else if parts[i - first].is_none() {
                 match runs.last_mut() {
-                    Some(r) if (r.1 + 1..i).all(|j| !blob.is_hole(j)) => r.1 = i,
+                    Some(r) if open => r.1 = i,
                     _ => runs.push((i, i)),
                 }
+                open = true;
             }
         }
         for (lo, hi) in runs {

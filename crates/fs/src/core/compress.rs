@@ -9,7 +9,7 @@ use super::blob_cache::blob_key;
 use super::content::Content;
 use super::status::JobStatus;
 use super::types::{Ino, Kind};
-use super::{lock, Core, Status};
+use super::{lock, Core, Entry, Status};
 use crate::error::{FsError, FsResult, IoContext};
 use crate::store::codec::{BlobOut, Meter, Source};
 use crate::store::AtomicFile;
@@ -215,10 +215,7 @@ impl Core {
         why: &str,
     ) -> FsResult<()> {
         let mut t = self.table();
-        let same = t
-            .get(ino)
-            .is_some_and(|n| n.gen() == gen && n.writers == 0 && !n.is_orphan() && n.id == id);
-        if !same {
+        if !t.unchanged(ino, gen, id) {
             drop(t);
             return self.changed_meanwhile(ino);
         }
@@ -317,11 +314,8 @@ impl Core {
         drop(f);
         let job = self.register(ino, &shown, size);
         let read = |off: u64, len: u64| -> FsResult<Vec<u8>> {
-            let f = match entry.dir.open_regular(&entry.name, false) {
-                Ok(f) if Stat::of(&f).is_ok_and(|m| m.id() == id) => f,
-                _ => return Err(changed(&shown)),
-            };
-            if !self.unchanged(ino, gen) {
+            let f = reopen(&entry, id).ok_or_else(|| changed(&shown))?;
+            if !self.unchanged(ino, gen, id) {
                 return Err(changed(&shown));
             }
             let mut buf = vec![0; usize::try_from(len).map_err(|_| changed(&shown))?];
@@ -346,12 +340,11 @@ impl Core {
             )
         }) {
             Ok(n) => n,
-            Err(_) if !self.unchanged(ino, gen) => return self.changed_meanwhile(ino),
+            Err(_) if !self.unchanged(ino, gen, id) => return self.changed_meanwhile(ino),
             Err(e) => return Err(e.in_file(&shown)),
         };
-        let f = match entry.dir.open_regular(&entry.name, false) {
-            Ok(f) if Stat::of(&f).is_ok_and(|m| m.id() == id) => f,
-            _ => return self.changed_meanwhile(ino),
+        let Some(f) = reopen(&entry, id) else {
+            return self.changed_meanwhile(ino);
         };
         if blob_len >= size {
             let why = format!("{size} bytes; compression would not make it smaller");
@@ -374,11 +367,9 @@ impl Core {
         })
     }
 
-    /// Whether node `ino` is still at generation `gen`, with no writer.
-    fn unchanged(&self, ino: Ino, gen: u64) -> bool {
-        self.table()
-            .get(ino)
-            .is_some_and(|n| n.gen() == gen && n.writers == 0 && !n.is_orphan())
+    /// [`Table::unchanged`](super::inode::Table::unchanged) under a lock of its own.
+    fn unchanged(&self, ino: Ino, gen: u64, id: (u64, u64)) -> bool {
+        self.table().unchanged(ino, gen, id)
     }
 
     /// Registers a compression of `bytes` bytes for `status`, until the guard drops.
@@ -435,7 +426,7 @@ impl Core {
         }
         let job = self.register(ino, shown, size);
         let read = |off: u64, len: u64| {
-            if !self.unchanged(ino, gen) {
+            if !self.unchanged(ino, gen, id) {
                 return Err(changed(shown));
             }
             self.read_planned(&*blob, key, &file, &plan.plan(off, len))
@@ -449,7 +440,7 @@ impl Core {
             self.codec.recompress(&*blob, &clean, &src, out, &job.meter)
         }) {
             Ok(n) => n,
-            Err(_) if !self.unchanged(ino, gen) => return self.changed_meanwhile(ino),
+            Err(_) if !self.unchanged(ino, gen, id) => return self.changed_meanwhile(ino),
             Err(e) => return Err(e.in_file(shown)),
         };
         drop(blob);
@@ -464,8 +455,7 @@ impl Core {
     }
 
     /// Installs the sealed blob `tmp` (of `blob_len` bytes, of an original of `size`
-    /// bytes) over node `ino`'s file, unless it changed
-    /// meanwhile.
+    /// bytes) over node `ino`'s file, unless it changed meanwhile.
     #[allow(clippy::too_many_arguments)]
     fn commit_blob(
         &self,
@@ -478,10 +468,11 @@ impl Core {
         job: &Job<'_>,
     ) -> FsResult<()> {
         let mut t = self.table();
-        let ok = t
-            .get(ino)
-            .is_some_and(|n| n.gen() == gen && n.writers == 0 && !n.is_orphan() && n.id == id);
-        let now = if ok { self.entry(&t, ino).ok() } else { None };
+        let now = if t.unchanged(ino, gen, id) {
+            self.entry(&t, ino).ok()
+        } else {
+            None
+        };
         let still = now
             .as_ref()
             .and_then(|e| e.stat().ok())
@@ -528,6 +519,15 @@ impl Core {
         );
         Ok(())
     }
+}
+
+/// `entry`'s file opened again, if it is still the backing inode `id`.
+fn reopen(entry: &Entry, id: (u64, u64)) -> Option<std::fs::File> {
+    entry
+        .dir
+        .open_regular(&entry.name, false)
+        .ok()
+        .filter(|f| Stat::of(f).is_ok_and(|m| m.id() == id))
 }
 
 /// A read for a compression that found its file changed or gone: the compression is

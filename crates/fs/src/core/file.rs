@@ -150,34 +150,15 @@ impl Core {
     /// a plaintext file's are the backing file's.
     pub fn seek(&self, fh: u64, offset: u64, hole: bool) -> FsResult<u64> {
         let (_, content) = self.open_content(fh)?;
-        let nxio = || FsError::refused(libc::ENXIO, "no data past the offset");
-        let Content::Blob { blob, overlay, .. } = content else {
-            let Content::Plain(f) = content else {
-                return Err(noent());
-            };
-            let whence = if hole {
-                libc::SEEK_HOLE
-            } else {
-                libc::SEEK_DATA
-            };
-            let off = i64::try_from(offset).map_err(|_| nxio())?;
-            // SAFETY: lseek on an fd that `f` owns and keeps open; it moves only that
-            // description's offset, which the core never uses (it reads with pread).
-            let r = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&*f), off, whence) };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                return Err(FsError::refused(
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                    "lseek on the backing file",
-                ));
-            }
-            return Ok(r as u64);
+        let (blob, overlay) = match content {
+            Content::Blob { blob, overlay, .. } => (blob, overlay),
+            Content::Plain(f) => return seek_plain(&f, offset, hole),
         };
         let (size, plan) = {
             let live = lock(&overlay);
             let size = live.overlay.size();
             if offset >= size {
-                return Err(nxio());
+                return Err(no_data());
             }
             (size, live.overlay.plan(offset, size - offset))
         };
@@ -214,7 +195,7 @@ impl Core {
         if hole {
             Ok(size)
         } else {
-            Err(nxio())
+            Err(no_data())
         }
     }
 
@@ -313,4 +294,30 @@ impl Core {
             self.queue.push(ino);
         }
     }
+}
+
+/// ENXIO: `SEEK_DATA` or `SEEK_HOLE` at or past the end, or no data after the offset.
+fn no_data() -> FsError {
+    FsError::refused(libc::ENXIO, "no data past the offset")
+}
+
+/// [`Core::seek`] in a plaintext file: the backing file's own holes.
+fn seek_plain(f: &std::fs::File, offset: u64, hole: bool) -> FsResult<u64> {
+    let whence = if hole {
+        libc::SEEK_HOLE
+    } else {
+        libc::SEEK_DATA
+    };
+    let off = i64::try_from(offset).map_err(|_| no_data())?;
+    // SAFETY: lseek on an fd that `f` owns and keeps open; it moves only that
+    // description's offset, which the core never uses (it reads with pread).
+    let r = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(f), off, whence) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(FsError::refused(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            "lseek on the backing file",
+        ));
+    }
+    Ok(r as u64)
 }

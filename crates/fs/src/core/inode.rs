@@ -110,6 +110,14 @@ impl Table {
         self.nodes.get(&ino)
     }
 
+    /// Whether node `ino` is still what a compression started from: generation `gen`
+    /// and backing inode `id`, linked, with no writer. A compression commits (or keeps
+    /// the file plain) only while this holds.
+    pub fn unchanged(&self, ino: Ino, gen: u64, id: (u64, u64)) -> bool {
+        self.get(ino)
+            .is_some_and(|n| n.gen() == gen && n.writers == 0 && !n.is_orphan() && n.id == id)
+    }
+
     pub fn get_mut(&mut self, ino: Ino) -> Option<&mut Node> {
         self.nodes.get_mut(&ino)
     }

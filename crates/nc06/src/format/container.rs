@@ -539,43 +539,35 @@ impl Index {
     /// serves it without decoding: see [`Index::holes`]). A reader that caches pieces
     /// never decompresses a frame for bytes outside it.
     pub fn pieces(&self) -> Vec<(u64, u64)> {
-        let frame = super::FRAME_SIZE as u64;
         let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
+        self.each_piece(|offset, len, _| out.push((offset, len)));
+        out
+    }
+
+    /// For each of [`Index::pieces`], whether it is a zero extent.
+    pub fn holes(&self) -> Vec<bool> {
+        let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
+        self.each_piece(|_, _, kind| out.push(kind == ExtentKind::Zero));
+        out
+    }
+
+    /// Calls `f(offset, len, kind)` for each of [`Index::pieces`], in order.
+    fn each_piece(&self, mut f: impl FnMut(u64, u64, ExtentKind)) {
+        let frame = super::FRAME_SIZE as u64;
         for e in &self.extents {
             match e.kind {
-                ExtentKind::Text | ExtentKind::Zero => out.push((e.orig_offset, e.len)),
+                ExtentKind::Text | ExtentKind::Zero => f(e.orig_offset, e.len, e.kind),
                 ExtentKind::Binary => {
                     let mut done = 0;
                     while done < e.len {
                         let at = e.binary_offset + done;
                         let n = (frame - at % frame).min(e.len - done);
-                        out.push((e.orig_offset + done, n));
+                        f(e.orig_offset + done, n, e.kind);
                         done += n;
                     }
                 }
             }
         }
-        out
-    }
-}
-
-impl Index {
-    /// For each of [`Index::pieces`], whether it is a zero extent.
-    pub fn holes(&self) -> Vec<bool> {
-        let frame = super::FRAME_SIZE as u64;
-        let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
-        for e in &self.extents {
-            match e.kind {
-                ExtentKind::Text => out.push(false),
-                ExtentKind::Zero => out.push(true),
-                ExtentKind::Binary => {
-                    let first = e.binary_offset / frame;
-                    let last = (e.binary_offset + e.len - 1) / frame;
-                    out.extend(std::iter::repeat_n(false, (last - first + 1) as usize));
-                }
-            }
-        }
-        out
     }
 }
 
