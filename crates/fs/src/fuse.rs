@@ -1,7 +1,7 @@
 //! The thin fuser adapter: translates FUSE requests into [`Core`] calls and results
 //! into replies. No filesystem logic lives here.
 
-use crate::core::{Attr, Core, Kind, OpenReply, SetAttr, SetTime};
+use crate::core::{Allocate, Attr, Core, Kind, OpenReply, SetAttr, SetTime};
 use crate::error::FsError;
 use crate::store::Caller;
 use fuser::{
@@ -353,6 +353,21 @@ impl Filesystem for NacrithFuse {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", &e)),
         }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        log::debug!("fallocate({ino}, fh {}, {offset}, {length}, {mode:#x})", fh.0);
+        let r = Allocate::from_mode(mode).and_then(|a| self.core.fallocate(fh.0, offset, length, a));
+        reply_empty("fallocate", r, reply);
     }
 
     fn flush(

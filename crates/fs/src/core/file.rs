@@ -4,11 +4,13 @@ use super::content::{Changed, Content};
 use super::handles::Handle;
 use super::inode::noent;
 use super::lock;
-use super::overlay::Seg;
-use super::types::{Attr, Ino, Kind, OpenReply, STATUS_INO};
+use super::overlay::{Overlay, Seg};
+use super::types::{Allocate, Attr, Ino, Kind, OpenReply, STATUS_INO};
 use super::Core;
 use crate::error::{FsError, FsResult, IoContext};
 use crate::store::{Caller, Stat};
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -221,6 +223,64 @@ impl Core {
             }
         }
         Ok(n as u32)
+    }
+
+    /// `fallocate(2)` on open handle `fh`: reserves `[offset, offset+len)`, or makes
+    /// it read as zeros. A compressed file logs a punched or zeroed range as one
+    /// overlay record (nothing is decoded, and the range costs nothing once the file is
+    /// compressed again); reserving space in it only grows its size, since its bytes
+    /// are made when it is compressed. A plaintext file passes the call on to its
+    /// backing file.
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, what: Allocate) -> FsResult<()> {
+        let ino = self.handles.file(fh, true)?;
+        if len == 0 {
+            return Err(FsError::refused(libc::EINVAL, "fallocate of no bytes"));
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= i64::MAX as u64)
+            .ok_or_else(|| FsError::refused(libc::EFBIG, "fallocate past the largest offset"))?;
+        let f = if what == (Allocate::Reserve { keep_size: true }) {
+            // Nothing the file shows changes: not a modification.
+            match self.open_content(fh)?.1 {
+                Content::Blob { .. } => return Ok(()),
+                Content::Plain(f) => f,
+            }
+        } else {
+            let change = |o: &mut Overlay, f: &File| {
+                let grows = match what {
+                    Allocate::Reserve { keep_size } | Allocate::ZeroRange { keep_size } => {
+                        !keep_size && end > o.size()
+                    }
+                    Allocate::PunchHole => false,
+                };
+                if grows {
+                    o.set_size(f, end)?;
+                }
+                match what {
+                    Allocate::Reserve { .. } => Ok(()),
+                    _ => o.zero(f, offset, len),
+                }
+            };
+            match self.change_overlay(ino, change)? {
+                Changed::Logged(()) => return Ok(()),
+                Changed::Plain(f) => f,
+            }
+        };
+        // SAFETY: fallocate on an fd that `f` owns and keeps open for the call; it
+        // takes no pointers.
+        let r = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                what.mode(),
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r != 0 {
+            return Err(FsError::io(self.describe(ino), std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Flushes a file's plaintext to disk (a blob is already synced when it is made),

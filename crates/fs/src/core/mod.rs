@@ -33,7 +33,7 @@ mod xattr;
 
 pub use status::{human_secs, JobStatus, Status};
 pub use types::{
-    Attr, DirEntry, Ino, Kind, OpenReply, SetAttr, SetTime, Statfs, ROOT_INO, STATUS_INO,
+    Allocate, Attr, DirEntry, Ino, Kind, OpenReply, SetAttr, SetTime, Statfs, ROOT_INO, STATUS_INO,
     STATUS_NAME,
 };
 

@@ -33,6 +33,9 @@ const HEAD: usize = 4 + 1 + 8 + 8 + 4;
 const KIND_WRITE: u8 = 1;
 /// The file's size becomes `offset`.
 const KIND_SIZE: u8 = 2;
+/// `len` bytes at `offset` read as zeros (a punched hole or a zeroed range); no data
+/// follows.
+const KIND_ZERO: u8 = 3;
 
 /// Past this many written ranges a log is folded into plaintext: the range map is
 /// held in memory (about 80 bytes a range).
@@ -48,8 +51,28 @@ pub(super) enum Seg {
     Log { at: u64, len: u64 },
     /// The blob's original bytes `off..off+len`.
     Blob { off: u64, len: u64 },
-    /// Zeros (a file extended past what the blob still shows).
+    /// Zeros: a file extended past what the blob still shows, or a range punched or
+    /// zeroed by `fallocate(2)`.
     Zero { len: u64 },
+}
+
+/// Where the bytes of a written range come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Src {
+    /// The backing file, from this offset on.
+    Log(u64),
+    /// Zeros: a hole punched or a range zeroed.
+    Zero,
+}
+
+impl Src {
+    /// The source of the same range `n` bytes further on.
+    fn skip(self, n: u64) -> Src {
+        match self {
+            Src::Log(at) => Src::Log(at + n),
+            Src::Zero => Src::Zero,
+        }
+    }
 }
 
 /// What a compressed file's log has changed, replayed from its records.
@@ -64,9 +87,9 @@ pub(super) struct Overlay {
     /// Blob bytes from here on are hidden (a truncate cut them off; a later
     /// extension reads as zeros there).
     blob_limit: u64,
-    /// Written ranges: start -> (length, where its bytes lie in the backing file).
-    /// Disjoint; a later write replaces what it covers.
-    map: BTreeMap<u64, (u64, u64)>,
+    /// Written ranges: start -> (length, where its bytes come from). Disjoint; a
+    /// later write replaces what it covers.
+    map: BTreeMap<u64, (u64, Src)>,
     /// The file is marked as carrying a log (set, and synced, before the first record).
     marked: bool,
     /// Bytes after `end` that are not a whole record (a write cut short): cut off
@@ -137,7 +160,8 @@ impl Overlay {
             let at = o.end + HEAD as u64;
             o.end = at + data_len;
             match kind {
-                KIND_WRITE => o.apply_write(off, len, at),
+                KIND_WRITE => o.apply(off, len, Src::Log(at)),
+                KIND_ZERO => o.apply(off, len, Src::Zero),
                 _ => o.apply_size(off),
             }
         }
@@ -184,7 +208,20 @@ impl Overlay {
             .filter(|&e| e <= i64::MAX as u64)
             .ok_or_else(|| FsError::refused(libc::EFBIG, "write past the largest offset"))?;
         let at = self.append(file, KIND_WRITE, off, data)?;
-        self.apply_write(off, data.len() as u64, at);
+        self.apply(off, data.len() as u64, Src::Log(at));
+        Ok(())
+    }
+
+    /// Makes `[off, off+len)` read as zeros (`fallocate(2)`'s punch hole and zero
+    /// range), logged as one record without data; the size does not change. Nothing
+    /// is logged for the part at or past the end.
+    pub fn zero(&mut self, file: &File, off: u64, len: u64) -> FsResult<()> {
+        let end = off.saturating_add(len).min(self.size);
+        if end <= off {
+            return Ok(());
+        }
+        self.append_record(file, KIND_ZERO, off, end - off, &[])?;
+        self.apply(off, end - off, Src::Zero);
         Ok(())
     }
 
@@ -197,6 +234,19 @@ impl Overlay {
 
     /// Writes one record at the end of the log; returns where its data lies.
     fn append(&mut self, file: &File, kind: u8, off: u64, data: &[u8]) -> FsResult<u64> {
+        self.append_record(file, kind, off, data.len() as u64, data)
+    }
+
+    /// Writes one record with `len` in its length field (the data's length, but for a
+    /// zero record the range's) at the end of the log; returns where its data lies.
+    fn append_record(
+        &mut self,
+        file: &File,
+        kind: u8,
+        off: u64,
+        len: u64,
+        data: &[u8],
+    ) -> FsResult<u64> {
         if !self.marked {
             // Durable before any record, so that a record is never found after a crash
             // in a file that recovery would not know to look at.
@@ -212,7 +262,7 @@ impl Overlay {
         rec.extend_from_slice(&MAGIC);
         rec.push(kind);
         rec.extend_from_slice(&off.to_le_bytes());
-        rec.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        rec.extend_from_slice(&len.to_le_bytes());
         let crc = crc_of(&rec, data);
         rec.extend_from_slice(&crc.to_le_bytes());
         rec.extend_from_slice(data);
@@ -227,13 +277,18 @@ impl Overlay {
         Ok(at)
     }
 
-    fn apply_write(&mut self, off: u64, len: u64, at: u64) {
-        if len == 0 {
+    /// Applies a write (`Src::Log`), which may grow the file, or a zeroed range
+    /// (`Src::Zero`), which never does.
+    fn apply(&mut self, off: u64, len: u64, src: Src) {
+        let end = match src {
+            Src::Log(_) => off + len,
+            Src::Zero => (off + len).min(self.size),
+        };
+        if end <= off {
             return;
         }
-        let end = off + len;
         self.cut(off, end);
-        self.map.insert(off, (len, at));
+        self.map.insert(off, (end - off, src));
         self.size = self.size.max(end);
     }
 
@@ -245,20 +300,20 @@ impl Overlay {
 
     /// Removes `[from, to)` from the written ranges, keeping the parts outside it.
     fn cut(&mut self, from: u64, to: u64) {
-        let hit: Vec<(u64, (u64, u64))> = self
+        let hit: Vec<(u64, (u64, Src))> = self
             .map
             .range(..to)
             .rev()
             .take_while(|(s, (l, _))| *s + *l > from)
             .map(|(s, v)| (*s, *v))
             .collect();
-        for (s, (l, at)) in hit {
+        for (s, (l, src)) in hit {
             self.map.remove(&s);
             if s < from {
-                self.map.insert(s, (from - s, at));
+                self.map.insert(s, (from - s, src));
             }
             if s + l > to {
-                self.map.insert(to, (s + l - to, at + (to - s)));
+                self.map.insert(to, (s + l - to, src.skip(to - s)));
             }
         }
     }
@@ -275,15 +330,15 @@ impl Overlay {
             .filter(|(s, (l, _))| *s + *l > off)
             .map(|(s, _)| *s)
             .unwrap_or(off);
-        for (&s, &(l, at)) in self.map.range(first..end) {
+        for (&s, &(l, src)) in self.map.range(first..end) {
             if s > pos {
                 self.unwritten(pos, s, &mut out);
             }
             let from = pos.max(s);
             let to = (s + l).min(end);
-            out.push(Seg::Log {
-                at: at + (from - s),
-                len: to - from,
+            out.push(match src.skip(from - s) {
+                Src::Log(at) => Seg::Log { at, len: to - from },
+                Src::Zero => Seg::Zero { len: to - from },
             });
             pos = to;
         }
@@ -359,6 +414,7 @@ fn parse_head(h: &[u8]) -> Option<(u8, u64, u64)> {
     let ok = match kind {
         KIND_WRITE => len > 0 && off.checked_add(len).is_some_and(|e| e <= i64::MAX as u64),
         KIND_SIZE => len == 0 && off <= i64::MAX as u64,
+        KIND_ZERO => len > 0 && off.checked_add(len).is_some_and(|e| e <= i64::MAX as u64),
         _ => false,
     };
     ok.then_some((kind, off, len))
@@ -404,12 +460,14 @@ mod tests {
     enum Op {
         Write(u16, Vec<u8>),
         Size(u16),
+        Zero(u16, u16),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             3 => (0u16..400, proptest::collection::vec(any::<u8>(), 0..60)).prop_map(|(o, d)| Op::Write(o, d)),
             1 => (0u16..400).prop_map(Op::Size),
+            1 => (0u16..400, 0u16..200).prop_map(|(o, l)| Op::Zero(o, l)),
         ]
     }
 
@@ -434,6 +492,11 @@ mod tests {
                     Op::Size(s) => {
                         o.set_size(f.as_file(), *s as u64).unwrap();
                         model.resize(*s as usize, 0);
+                    }
+                    Op::Zero(off, len) => {
+                        o.zero(f.as_file(), *off as u64, *len as u64).unwrap();
+                        let (from, to) = (*off as usize, (*off as usize + *len as usize).min(model.len()));
+                        if from < to { model[from..to].fill(0); }
                     }
                 }
                 prop_assert_eq!(o.size(), model.len() as u64);

@@ -105,6 +105,56 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
 }
 
+/// What a `fallocate(2)` call asks for, from its mode bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocate {
+    /// Reserve space (mode 0 or `FALLOC_FL_KEEP_SIZE`); without `keep_size` a range
+    /// past the end grows the file, reading as zeros.
+    Reserve {
+        /// `FALLOC_FL_KEEP_SIZE`: the size stays.
+        keep_size: bool,
+    },
+    /// `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`: the range reads as zeros and its
+    /// space may be freed; the size never changes.
+    PunchHole,
+    /// `FALLOC_FL_ZERO_RANGE`: the range reads as zeros; without `keep_size` a range
+    /// past the end grows the file.
+    ZeroRange {
+        /// `FALLOC_FL_KEEP_SIZE`: the size stays.
+        keep_size: bool,
+    },
+}
+
+impl Allocate {
+    /// The request `fallocate(2)`'s `mode` names; EOPNOTSUPP for the modes this
+    /// filesystem does not offer (collapse, insert, unshare) and, as on Linux, for a
+    /// hole punch without `FALLOC_FL_KEEP_SIZE`.
+    pub fn from_mode(mode: i32) -> Result<Allocate, crate::error::FsError> {
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        match mode & !libc::FALLOC_FL_KEEP_SIZE {
+            0 => Ok(Allocate::Reserve { keep_size }),
+            libc::FALLOC_FL_PUNCH_HOLE if keep_size => Ok(Allocate::PunchHole),
+            libc::FALLOC_FL_ZERO_RANGE => Ok(Allocate::ZeroRange { keep_size }),
+            _ => Err(crate::error::FsError::refused(
+                libc::EOPNOTSUPP,
+                format!("fallocate mode {mode:#x} is not supported"),
+            )),
+        }
+    }
+
+    /// The mode bits to pass on to the backing file's `fallocate(2)`.
+    pub fn mode(self) -> i32 {
+        match self {
+            Allocate::Reserve { keep_size: false } => 0,
+            Allocate::Reserve { keep_size: true } => libc::FALLOC_FL_KEEP_SIZE,
+            Allocate::PunchHole => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            Allocate::ZeroRange { keep_size } => {
+                libc::FALLOC_FL_ZERO_RANGE | if keep_size { libc::FALLOC_FL_KEEP_SIZE } else { 0 }
+            }
+        }
+    }
+}
+
 /// How the kernel should treat an open file.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OpenReply {
