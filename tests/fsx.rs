@@ -8,7 +8,11 @@
 //! and the last operations, so it replays with `NACRITHFS_SEED=...`.
 //!
 //! Data is mostly binary (random bytes and runs: the zstd/xz path, instant); one file now
-//! and then gets a short English line, so the model's text path is in the mix too.
+//! and then gets a short English line, so the model's text path is in the mix too. One
+//! file grows to 64 MiB, mostly holes, so its writes, truncates and punched holes cross
+//! the 1 MiB frames of its blob. Writes, truncates and `fallocate(2)` (punch hole, zero
+//! range, reserve) after a compression point land in the overlay log of a compressed
+//! file, including appends.
 //! `NACRITHFS_FSX_OPS` sets the number of operations (default 10000).
 
 #[path = "common/mount.rs"]
@@ -24,12 +28,20 @@ use std::time::Instant;
 const ENGLISH: &str = include_str!("data/english.txt");
 /// Bytes that are never text to the segmenter (a run of letters would go to the model).
 const RUN_BYTES: [u8; 6] = [0x00, 0x01, 0x80, 0x9c, 0xc0, 0xff];
-const FILES: &[&str] = &["f0.txt", "f1.bin", "f2.bin", "d/f3.bin", "d/e/f4.bin"];
-/// Largest size a file grows to.
-const MAX: u64 = 192 << 10;
+/// The files and the largest size each grows to.
+const FILES: &[(&str, u64)] = &[
+    ("f0.txt", 192 << 10),
+    ("f1.bin", 192 << 10),
+    ("f2.bin", 192 << 10),
+    ("d/f3.bin", 192 << 10),
+    ("d/e/f4.bin", 192 << 10),
+    ("big.bin", 64 << 20),
+];
 
 struct F {
     rel: &'static str,
+    /// Largest size the file grows to.
+    max: u64,
     model: Vec<u8>,
     handle: Option<File>,
 }
@@ -104,18 +116,18 @@ impl Fsx {
     }
 
     fn write(&mut self, i: usize) {
-        let cur = self.files[i].model.len() as u64;
+        let (cur, max) = (self.files[i].model.len() as u64, self.files[i].max);
         let off = match self.rng.below(10) {
-            0 => cur,                            // append
-            1 => cur + self.rng.below(32 << 10), // past the end: a hole
-            _ => self.rng.below(cur + 1),        // inside
+            0 => cur,                               // append
+            1 => cur + self.rng.below(max / 6 + 1), // past the end: a hole
+            _ => self.rng.below(cur + 1),           // inside
         };
         let len = if self.rng.chance(85) {
             1 + self.rng.below(8192)
         } else {
             1 + self.rng.below(64 << 10)
         };
-        let len = len.min(MAX.saturating_sub(off)) as usize;
+        let len = len.min(max.saturating_sub(off)) as usize;
         if len == 0 {
             return;
         }
@@ -137,13 +149,13 @@ impl Fsx {
     }
 
     fn truncate(&mut self, i: usize) {
-        let cur = self.files[i].model.len() as u64;
+        let (cur, max) = (self.files[i].model.len() as u64, self.files[i].max);
         let size = match self.rng.below(6) {
             0 => 0,
-            1 => cur + self.rng.below(16 << 10),
+            1 => cur + self.rng.below(max / 12 + 1),
             _ => self.rng.below(cur + 1),
         }
-        .min(MAX);
+        .min(max);
         let by_path = self.rng.chance(40);
         self.note(format!(
             "truncate {} to {size} ({})",
@@ -163,6 +175,58 @@ impl Fsx {
                 .unwrap_or_else(|e| self.fail(format!("ftruncate: {e}")));
         }
         self.files[i].model.resize(size as usize, 0);
+    }
+
+    /// `fallocate(2)` by handle: a punched hole, a zeroed range (which may grow the
+    /// file) or reserved space (which may too).
+    fn fallocate(&mut self, i: usize) {
+        let (cur, max) = (self.files[i].model.len() as u64, self.files[i].max);
+        let off = self.rng.below(cur + 1 + max / 24);
+        let len = 1 + self.rng.below((max / 24).min(4 << 20));
+        let (mode, name) = match self.rng.below(4) {
+            0 | 1 => (
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                "punch hole",
+            ),
+            2 if self.rng.chance(50) => (
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                "zero range, keep size",
+            ),
+            2 => (libc::FALLOC_FL_ZERO_RANGE, "zero range"),
+            _ => (0, "reserve"),
+        };
+        let grows = mode & libc::FALLOC_FL_KEEP_SIZE == 0;
+        if grows && off + len > max {
+            return;
+        }
+        self.note(format!(
+            "fallocate {} off {off} len {len} ({name})",
+            self.files[i].rel
+        ));
+        let f = self.handle(i).try_clone().unwrap();
+        // SAFETY: fallocate on an fd that `f` owns for the call; it takes no pointers.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                mode,
+                off as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if r != 0 {
+            self.fail(format!("fallocate: {}", std::io::Error::last_os_error()));
+        }
+        let m = &mut self.files[i].model;
+        let end = (off + len) as usize;
+        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+            let to = end.min(m.len());
+            if (off as usize) < to {
+                m[off as usize..to].fill(0);
+            }
+        }
+        if grows && m.len() < end {
+            m.resize(end, 0);
+        }
     }
 
     fn check_range(&mut self, i: usize, f: &File, off: u64, len: usize, how: &str) {
@@ -299,8 +363,9 @@ fn fsx_random_ops_across_compression_and_remounts() {
         seed,
         files: FILES
             .iter()
-            .map(|rel| F {
+            .map(|&(rel, max)| F {
                 rel,
+                max,
                 model: Vec::new(),
                 handle: None,
             })
@@ -319,15 +384,19 @@ fn fsx_random_ops_across_compression_and_remounts() {
         File::create(x.path(i)).unwrap();
     }
     let t0 = Instant::now();
-    let (mut peak_rss, mut counts) = (0u64, [0u64; 7]);
+    let (mut peak_rss, mut counts) = (0u64, [0u64; 8]);
     while x.ops < total {
         x.ops += 1;
         let i = x.rng.below(FILES.len() as u64) as usize;
         let op = x.rng.below(100);
         match op {
-            0..=34 => {
+            0..=31 => {
                 counts[0] += 1;
                 x.write(i)
+            }
+            32..=34 => {
+                counts[7] += 1;
+                x.fallocate(i)
             }
             35..=42 => {
                 counts[1] += 1;
@@ -402,10 +471,11 @@ fn fsx_random_ops_across_compression_and_remounts() {
         .count();
     assert_eq!(tmp, 0, "temporary files left behind");
     eprintln!(
-        "fsx: seed {seed}: {} ops (writes {}, truncates {}, reads {}, whole-file checks {}, closes {}, fsyncs {}), \
+        "fsx: seed {seed}: {} ops (writes {}, fallocates {}, truncates {}, reads {}, whole-file checks {}, closes {}, fsyncs {}), \
          {} compression points, {} remounts, {} reads compared ({} bytes), 0 mismatches, {:.1} s, daemon peak RSS {} MiB",
         x.ops,
         counts[0],
+        counts[7],
         counts[1],
         counts[2],
         counts[3],
