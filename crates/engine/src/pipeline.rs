@@ -650,7 +650,9 @@ impl Engine {
         }
         let mut frames: HashMap<usize, Vec<u8>> = HashMap::new();
         let mut out = Vec::with_capacity(hi.saturating_sub(lo).min(1 << 24) as usize);
-        for e in &index.extents[ext] {
+        let last_extent = ext.end - 1;
+        for (i, e) in index.extents[ext.clone()].iter().enumerate() {
+            let last = ext.start + i == last_extent;
             match e.kind {
                 ExtentKind::Text => {
                     let bytes = text_bytes.remove(&e.chunk).unwrap_or_default();
@@ -679,7 +681,13 @@ impl Engine {
                         };
                         let in_frame = (off - f as u64 * FRAME_SIZE as u64) as usize;
                         let take = ((end - off) as usize).min(raw.len() - in_frame);
-                        out.extend_from_slice(&raw[in_frame..in_frame + take]);
+                        if out.is_empty() && take == raw.len() && last && off + take as u64 == end
+                        {
+                            // The range is exactly this frame: hand it over, uncopied.
+                            out = std::mem::take(raw);
+                        } else {
+                            out.extend_from_slice(&raw[in_frame..in_frame + take]);
+                        }
                         off += take as u64;
                     }
                 }
@@ -702,7 +710,7 @@ impl Engine {
         let stored = payload
             .read(index.frame_offsets[f], entry.stored_len as usize)
             .map_err(Error::Payload)?;
-        let raw = decompress_frame(entry.method, &stored, entry.raw_len as usize)
+        let raw = decompress_frame(entry.method, stored, entry.raw_len as usize)
             .map_err(|source| Error::Frame { frame: f, source })?;
         if crc32c::crc32c(&raw) != entry.crc {
             return Err(Error::Frame {

@@ -164,6 +164,13 @@ impl BlobCache {
             let bytes = blob.decode(lo..hi + 1)?;
             let mut at = 0usize;
             let mut c = lock(&self.extents);
+            if lo == hi && bytes.len() as u64 == ext[lo].1 {
+                // One piece (a random read's case): cached as decoded, not copied.
+                let v = Arc::new(bytes);
+                parts[lo - first] = Some(v.clone());
+                c.insert((key, lo), v);
+                continue;
+            }
             for i in lo..=hi {
                 let l = ext[i].1 as usize;
                 let piece = bytes

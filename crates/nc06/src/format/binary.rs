@@ -114,28 +114,31 @@ pub enum FrameError {
     Missing,
 }
 
-/// Decompresses one frame that must expand to exactly `raw_len` bytes.
-pub fn decompress_frame(
+/// Decompresses one frame that must expand to exactly `raw_len` bytes. A raw frame
+/// given as an owned buffer is returned as it is, not copied: a random read of
+/// incompressible data costs one read of its frame.
+pub fn decompress_frame<'a>(
     method: Method,
-    stored: &[u8],
+    stored: impl Into<std::borrow::Cow<'a, [u8]>>,
     raw_len: usize,
 ) -> Result<Vec<u8>, FrameError> {
+    let stored = stored.into();
     let stream = |source| FrameError::Stream {
         method: method.name(),
         source,
     };
     let mut out = Vec::new();
     match method {
-        Method::Raw => out.extend_from_slice(stored),
+        Method::Raw => out = stored.into_owned(),
         Method::Zstd => {
-            zstd::stream::read::Decoder::new(stored)
+            zstd::stream::read::Decoder::new(&stored[..])
                 .map_err(stream)?
                 .take(raw_len as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(stream)?;
         }
         Method::Xz => {
-            xz2::read::XzDecoder::new(stored)
+            xz2::read::XzDecoder::new(&stored[..])
                 .take(raw_len as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(stream)?;
