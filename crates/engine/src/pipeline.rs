@@ -681,8 +681,7 @@ impl Engine {
                         };
                         let in_frame = (off - f as u64 * FRAME_SIZE as u64) as usize;
                         let take = ((end - off) as usize).min(raw.len() - in_frame);
-                        if out.is_empty() && take == raw.len() && last && off + take as u64 == end
-                        {
+                        if out.is_empty() && take == raw.len() && last && off + take as u64 == end {
                             // The range is exactly this frame: hand it over, uncopied.
                             out = std::mem::take(raw);
                         } else {

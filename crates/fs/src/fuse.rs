@@ -365,8 +365,12 @@ impl Filesystem for NacrithFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        log::debug!("fallocate({ino}, fh {}, {offset}, {length}, {mode:#x})", fh.0);
-        let r = Allocate::from_mode(mode).and_then(|a| self.core.fallocate(fh.0, offset, length, a));
+        log::debug!(
+            "fallocate({ino}, fh {}, {offset}, {length}, {mode:#x})",
+            fh.0
+        );
+        let r =
+            Allocate::from_mode(mode).and_then(|a| self.core.fallocate(fh.0, offset, length, a));
         reply_empty("fallocate", r, reply);
     }
 

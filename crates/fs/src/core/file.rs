@@ -278,7 +278,10 @@ impl Core {
             )
         };
         if r != 0 {
-            return Err(FsError::io(self.describe(ino), std::io::Error::last_os_error()));
+            return Err(FsError::io(
+                self.describe(ino),
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }

@@ -149,7 +149,12 @@ impl Allocate {
             Allocate::Reserve { keep_size: true } => libc::FALLOC_FL_KEEP_SIZE,
             Allocate::PunchHole => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             Allocate::ZeroRange { keep_size } => {
-                libc::FALLOC_FL_ZERO_RANGE | if keep_size { libc::FALLOC_FL_KEEP_SIZE } else { 0 }
+                libc::FALLOC_FL_ZERO_RANGE
+                    | if keep_size {
+                        libc::FALLOC_FL_KEEP_SIZE
+                    } else {
+                        0
+                    }
             }
         }
     }
