@@ -162,24 +162,26 @@ impl BlobCache {
         for (lo, hi) in runs {
             log::debug!("decoding extents {lo}..={hi} of blob {key:?}");
             let bytes = blob.decode(lo..hi + 1)?;
-            let mut at = 0usize;
-            let mut c = lock(&self.extents);
-            if lo == hi && bytes.len() as u64 == ext[lo].1 {
+            let pieces: Vec<Arc<Vec<u8>>> = if lo == hi && bytes.len() as u64 == ext[lo].1 {
                 // One piece (a random read's case): cached as decoded, not copied.
-                let v = Arc::new(bytes);
-                parts[lo - first] = Some(v.clone());
-                c.insert((key, lo), v);
-                continue;
-            }
-            for i in lo..=hi {
-                let l = ext[i].1 as usize;
-                let piece = bytes
-                    .get(at..at + l)
-                    .ok_or_else(|| damaged(format!("extent {i} decoded too short")))?;
-                let v = Arc::new(piece.to_vec());
+                vec![Arc::new(bytes)]
+            } else {
+                let mut at = 0usize;
+                (lo..=hi)
+                    .map(|i| {
+                        let l = ext[i].1 as usize;
+                        let piece = bytes
+                            .get(at..at + l)
+                            .ok_or_else(|| damaged(format!("extent {i} decoded too short")))?;
+                        at += l;
+                        Ok(Arc::new(piece.to_vec()))
+                    })
+                    .collect::<FsResult<_>>()?
+            };
+            let mut c = lock(&self.extents);
+            for (i, v) in (lo..=hi).zip(pieces) {
                 parts[i - first] = Some(v.clone());
                 c.insert((key, i), v);
-                at += l;
             }
         }
         drop(one);

@@ -4,7 +4,7 @@ use super::content::{Changed, Content};
 use super::handles::Handle;
 use super::inode::noent;
 use super::lock;
-use super::overlay::{Overlay, Seg};
+use super::overlay::{range_end, Overlay, Seg};
 use super::types::{Allocate, Attr, Ino, Kind, OpenReply, STATUS_INO};
 use super::Core;
 use crate::error::{FsError, FsResult, IoContext};
@@ -236,9 +236,7 @@ impl Core {
         if len == 0 {
             return Err(FsError::refused(libc::EINVAL, "fallocate of no bytes"));
         }
-        let end = offset
-            .checked_add(len)
-            .filter(|&e| e <= i64::MAX as u64)
+        let end = range_end(offset, len)
             .ok_or_else(|| FsError::refused(libc::EFBIG, "fallocate past the largest offset"))?;
         let f = if what == (Allocate::Reserve { keep_size: true }) {
             // Nothing the file shows changes: not a modification.

@@ -204,8 +204,7 @@ impl Overlay {
         if data.is_empty() {
             return Ok(()); // POSIX: a write of nothing changes nothing
         }
-        off.checked_add(data.len() as u64)
-            .filter(|&e| e <= i64::MAX as u64)
+        range_end(off, data.len() as u64)
             .ok_or_else(|| FsError::refused(libc::EFBIG, "write past the largest offset"))?;
         let at = self.append(file, KIND_WRITE, off, data)?;
         self.apply(off, data.len() as u64, Src::Log(at));
@@ -381,6 +380,12 @@ impl Overlay {
     }
 }
 
+/// The end of `[off, off+len)` if it is a file offset (at most 2^63 - 1, what
+/// `off_t` holds).
+pub(super) fn range_end(off: u64, len: u64) -> Option<u64> {
+    off.checked_add(len).filter(|&e| e <= i64::MAX as u64)
+}
+
 /// CRC-32C of a record: its header up to the CRC field, then its data.
 fn crc_of(head: &[u8], data: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&head[..HEAD - 4]), data)
@@ -412,9 +417,8 @@ fn parse_head(h: &[u8]) -> Option<(u8, u64, u64)> {
     let off = u64::from_le_bytes(h[5..13].try_into().ok()?);
     let len = u64::from_le_bytes(h[13..21].try_into().ok()?);
     let ok = match kind {
-        KIND_WRITE => len > 0 && off.checked_add(len).is_some_and(|e| e <= i64::MAX as u64),
+        KIND_WRITE | KIND_ZERO => len > 0 && range_end(off, len).is_some(),
         KIND_SIZE => len == 0 && off <= i64::MAX as u64,
-        KIND_ZERO => len > 0 && off.checked_add(len).is_some_and(|e| e <= i64::MAX as u64),
         _ => false,
     };
     ok.then_some((kind, off, len))
