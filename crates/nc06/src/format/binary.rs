@@ -110,6 +110,12 @@ pub enum FrameError {
         /// Bytes the frame table records.
         want: usize,
     },
+    /// A frame longer than [`FRAME_SIZE`]: no frame table holds one.
+    #[error("a frame of {want} bytes, over the {FRAME_SIZE} a frame holds")]
+    Oversized {
+        /// Bytes asked for.
+        want: usize,
+    },
     /// The frame decodes to bytes that fail the CRC-32C of the frame table.
     #[error("checksum mismatch")]
     Checksum,
@@ -131,25 +137,30 @@ pub fn decompress_frame<'a>(
         method: method.name(),
         source,
     };
-    let mut out;
-    match method {
-        Method::Raw => out = stored.into_owned(),
+    // The buffers below are sized by `raw_len` before anything is decoded.
+    if raw_len > FRAME_SIZE {
+        return Err(FrameError::Oversized { want: raw_len });
+    }
+    let out = match method {
+        Method::Raw => stored.into_owned(),
         Method::Zstd => {
             // Into a buffer of exactly the frame's size, in one call: a stream that
             // would expand beyond it fails, one that expands to less fails below.
-            out = Vec::with_capacity(raw_len);
+            let mut out = Vec::with_capacity(raw_len);
             zstd::bulk::Decompressor::new()
                 .and_then(|mut d| d.decompress_to_buffer(&stored[..], &mut out))
                 .map_err(stream)?;
+            out
         }
         Method::Xz => {
-            out = Vec::with_capacity(raw_len + 1);
+            let mut out = Vec::with_capacity(raw_len + 1);
             xz2::read::XzDecoder::new(&stored[..])
                 .take(raw_len as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(stream)?;
+            out
         }
-    }
+    };
     if out.len() != raw_len {
         return Err(FrameError::Length {
             method: method.name(),
@@ -237,6 +248,7 @@ mod tests {
         fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200), n in 0usize..1000) {
             for m in [Method::Raw, Method::Zstd, Method::Xz] {
                 let _ = decompress_frame(m, &data, n);
+                let _ = decompress_frame(m, &data, usize::MAX - n);
             }
         }
     }
