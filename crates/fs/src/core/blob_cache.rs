@@ -15,6 +15,7 @@ use crate::store::{Codec, OpenBlob};
 use lru::LruCache;
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 /// Identifies an immutable blob file: (dev, ino, ctime). A replaced or rewritten file
@@ -120,6 +121,8 @@ impl BlobCache {
     }
 
     /// Reads `[offset, offset+size)` of a blob, decoding only the extents not cached.
+    /// Pieces stored plain are read straight from the blob's file, outside the gate
+    /// and the LRU.
     pub fn read(
         &self,
         blob: &dyn OpenBlob,
@@ -135,21 +138,61 @@ impl BlobCache {
         let ext = blob.extents();
         let first = ext.partition_point(|e| e.0 + e.1 <= offset);
         let last = ext.partition_point(|e| e.0 < end);
+        let decoded = (first..last).any(|i| !blob.is_hole(i) && !blob.is_plain(i));
+        let parts = if decoded {
+            self.decoded(blob, key, first..last)?
+        } else {
+            vec![None; last - first]
+        };
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (i, p) in (first..last).zip(parts) {
+            let (s, l) = ext[i];
+            let from = offset.max(s) - s;
+            let to = end.min(s + l) - s;
+            if blob.is_hole(i) {
+                out.resize(out.len() + (to - from) as usize, 0);
+            } else if blob.is_plain(i) {
+                blob.read_plain(i, from..to, &mut out)?;
+            } else {
+                let p = p.ok_or_else(|| damaged("extent missing"))?;
+                out.extend_from_slice(&p[from as usize..to as usize]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The decoded bytes of each piece in `range` that is neither a hole nor plain
+    /// (`None` for those), from the LRU or decoded under the blob's gate.
+    fn decoded(
+        &self,
+        blob: &dyn OpenBlob,
+        key: BlobKey,
+        range: Range<usize>,
+    ) -> FsResult<Vec<Option<Arc<Vec<u8>>>>> {
+        let (first, last) = (range.start, range.end);
+        let ext = blob.extents();
+        let skip = |i: usize| blob.is_hole(i) || blob.is_plain(i);
         let gate = lock(&self.gates).entry(key).or_default().clone();
         let one = lock(&gate);
         let mut parts: Vec<Option<Arc<Vec<u8>>>> = {
             let mut c = lock(&self.extents);
             (first..last)
-                .map(|i| c.lru.get(&(key, i)).cloned())
+                .map(|i| {
+                    if skip(i) {
+                        None
+                    } else {
+                        c.lru.get(&(key, i)).cloned()
+                    }
+                })
                 .collect()
         };
         // Runs of missing pieces, each decoded in one call (its text chunks share a
-        // lockstep batch); holes are never decoded.
+        // lockstep batch); holes and plain pieces are never decoded.
         let mut runs: Vec<(usize, usize)> = Vec::new();
-        // Whether the last run may grow: no hole since it ended.
+        // Whether the last run may grow: no hole or plain piece since it ended.
         let mut open = false;
         for i in first..last {
-            if blob.is_hole(i) {
+            if skip(i) {
                 open = false;
             } else if parts[i - first].is_none() {
                 match runs.last_mut() {
@@ -186,24 +229,10 @@ impl BlobCache {
         }
         drop(one);
         drop(gate);
-        {
-            let mut g = lock(&self.gates);
-            if g.get(&key).is_some_and(|g| Arc::strong_count(g) == 1) {
-                g.remove(&key);
-            }
+        let mut g = lock(&self.gates);
+        if g.get(&key).is_some_and(|g| Arc::strong_count(g) == 1) {
+            g.remove(&key);
         }
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        for (i, p) in (first..last).zip(parts) {
-            let (s, l) = ext[i];
-            let from = offset.max(s) - s;
-            let to = end.min(s + l) - s;
-            if blob.is_hole(i) {
-                out.resize(out.len() + (to - from) as usize, 0);
-                continue;
-            }
-            let p = p.ok_or_else(|| damaged("extent missing"))?;
-            out.extend_from_slice(&p[from as usize..to as usize]);
-        }
-        Ok(out)
+        Ok(parts)
     }
 }

@@ -134,6 +134,21 @@ pub trait OpenBlob: Send + Sync {
         let _ = i;
         false
     }
+    /// Whether piece `i` is stored as its own bytes (a raw binary frame): then
+    /// [`OpenBlob::read_plain`] reads any part of it straight from the blob's file,
+    /// and the kernel's page cache keeps it rather than the LRU. A 4 KiB read of such
+    /// a piece costs a 4 KiB `pread`, not a copy of the whole piece.
+    fn is_plain(&self, i: usize) -> bool {
+        let _ = i;
+        false
+    }
+    /// Appends bytes `range` of piece `i` (offsets within the piece, which
+    /// [`OpenBlob::is_plain`]) to `out`. The piece's checksum is checked, over all of
+    /// it, the first time any of it is read.
+    fn read_plain(&self, i: usize, range: Range<u64>, out: &mut Vec<u8>) -> FsResult<()> {
+        let _ = (range, out);
+        Err(damaged(format!("piece {i} is not stored plain")))
+    }
 }
 
 /// The bytes `start..end` of the original file that extents `range` cover, or `None`

@@ -540,29 +540,39 @@ impl Index {
     /// never decompresses a frame for bytes outside it.
     pub fn pieces(&self) -> Vec<(u64, u64)> {
         let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
-        self.each_piece(|offset, len, _| out.push((offset, len)));
+        self.each_piece(|offset, len, _, _| out.push((offset, len)));
         out
     }
 
     /// For each of [`Index::pieces`], whether it is a zero extent.
     pub fn holes(&self) -> Vec<bool> {
         let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
-        self.each_piece(|_, _, kind| out.push(kind == ExtentKind::Zero));
+        self.each_piece(|_, _, kind, _| out.push(kind == ExtentKind::Zero));
         out
     }
 
-    /// Calls `f(offset, len, kind)` for each of [`Index::pieces`], in order.
-    fn each_piece(&self, mut f: impl FnMut(u64, u64, ExtentKind)) {
+    /// For each of [`Index::pieces`], the offset of its first byte in the binary
+    /// stream when it is binary: it lies in frame `offset / FRAME_SIZE`, which holds
+    /// it whole.
+    pub fn binary_offsets(&self) -> Vec<Option<u64>> {
+        let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
+        self.each_piece(|_, _, _, at| out.push(at));
+        out
+    }
+
+    /// Calls `f(offset, len, kind, binary_offset)` for each of [`Index::pieces`], in
+    /// order; `binary_offset` is set for binary pieces.
+    fn each_piece(&self, mut f: impl FnMut(u64, u64, ExtentKind, Option<u64>)) {
         let frame = super::FRAME_SIZE as u64;
         for e in &self.extents {
             match e.kind {
-                ExtentKind::Text | ExtentKind::Zero => f(e.orig_offset, e.len, e.kind),
+                ExtentKind::Text | ExtentKind::Zero => f(e.orig_offset, e.len, e.kind, None),
                 ExtentKind::Binary => {
                     let mut done = 0;
                     while done < e.len {
                         let at = e.binary_offset + done;
                         let n = (frame - at % frame).min(e.len - done);
-                        f(e.orig_offset + done, n, e.kind);
+                        f(e.orig_offset + done, n, e.kind, Some(at));
                         done += n;
                     }
                 }
@@ -662,6 +672,19 @@ mod tests {
                 (110 + 2 * f + f / 2, 7),
                 (117 + 2 * f + f / 2, f / 2),
                 (117 + 3 * f, f / 2),
+            ]
+        );
+        assert_eq!(
+            idx.binary_offsets(),
+            vec![
+                None,
+                Some(f - 10),
+                Some(f),
+                Some(2 * f),
+                Some(3 * f),
+                None,
+                Some(3 * f + f / 2),
+                Some(4 * f),
             ]
         );
         // They tile the file.
