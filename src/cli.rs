@@ -2,9 +2,10 @@
 
 use crate::args::{ModelArgs, ShardArgs, WindowArgs};
 use crate::error::CliError;
+use crate::file_io::{is_dash, write_atomic, write_stdout, Input, Output};
 use clap::{Parser, Subcommand};
 use nacrithfs_engine::{CompressOptions, Engine, DEFAULT_CHUNK_SIZE};
-use nacrithfs_fs::store::AtomicFile;
+use nacrithfs_fs::store::codec::{BlobOut, Meter, Source};
 use nacrithfs_pack::{LazyEngine, PackOptions, VerifyOptions};
 use nc06::format::{Blob, ExtentKind};
 use std::ffi::OsStr;
@@ -46,6 +47,11 @@ pub enum Command {
         /// Skip decoding the blob back before writing it (faster, not recommended).
         #[arg(long)]
         no_verify: bool,
+        /// Inputs larger than this many MiB are compressed this many MiB at a time
+        /// (the blob a mount writes for them): memory stays a few times this,
+        /// whatever the input's size.
+        #[arg(long, default_value_t = WINDOW_MB, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        window_mb: u32,
         /// Overwrite OUTPUT if it exists.
         #[arg(short, long)]
         force: bool,
@@ -62,6 +68,10 @@ pub enum Command {
         output: Option<PathBuf>,
         #[command(flatten)]
         model: ModelArgs,
+        /// Decode this many MiB of the file at a time: memory stays a few times this,
+        /// whatever the file's size.
+        #[arg(long, default_value_t = WINDOW_MB, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        window_mb: u32,
         /// Overwrite OUTPUT if it exists.
         #[arg(short, long)]
         force: bool,
@@ -220,10 +230,11 @@ impl Command {
     }
 }
 
-fn is_dash(p: &Path) -> bool {
-    p.as_os_str() == "-"
-}
+/// The default of `--window-mb`: the mount's.
+const WINDOW_MB: u32 = (crate::nc06_codec::STREAM_WINDOW >> 20) as u32;
 
+/// Reads all of `path` (`-` for stdin): for inputs a command needs whole (a text to
+/// benchmark, a blob to describe).
 fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
     let mut buf = Vec::new();
     if is_dash(path) {
@@ -237,32 +248,6 @@ fn read_input(path: &Path) -> Result<Vec<u8>, CliError> {
             source,
         })?;
     Ok(buf)
-}
-
-/// Writes `data` to `path` through a temporary file in the same directory, renamed
-/// into place only once complete and synced, so a crash never leaves a partial output.
-pub fn write_atomic(path: &Path, data: &[u8], force: bool) -> Result<(), CliError> {
-    if is_dash(path) {
-        let mut out = std::io::stdout().lock();
-        out.write_all(data)?;
-        out.flush()?;
-        return Ok(());
-    }
-    if !force && path.exists() {
-        return Err(CliError::Exists(path.to_path_buf()));
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let cant = |source| CliError::CantCreate {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut tmp = AtomicFile::create_in(dir, ".nacrithfs").map_err(cant)?;
-    tmp.write_all(data).map_err(cant)?;
-    tmp.commit(path).map_err(cant)?;
-    Ok(())
 }
 
 /// Where `compress` writes by default: `INPUT.nc06`, byte for byte (a file name that is
@@ -313,6 +298,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             window,
             predictors,
             no_verify,
+            window_mb,
             force,
             quiet,
         } => {
@@ -328,7 +314,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     compressed_name(&input)
                 }
             });
-            let data = read_input(&input)?;
+            let src = Input::open(&input)?;
+            let window_bytes = (window_mb as u64) << 20;
+            let whole = src.len <= window_bytes;
+            // Made before the model loads, so an existing output is refused at once;
+            // a blob for stdout that is not made whole goes through a temporary file
+            // (its header is written last).
+            let out = if whole && is_dash(&output) {
+                None
+            } else {
+                Some(Output::create(&output, force)?)
+            };
             let engine = load_engine(&model)?;
             let opts = CompressOptions {
                 chunk_size,
@@ -339,15 +335,48 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             let pb = spinner("compressing");
             let inc = |n: u64| pb.inc(n);
-            let c = engine
-                .compress(&data, &opts, Some(&inc))
-                .map_err(|source| CliError::Codec {
-                    what: input.display().to_string(),
-                    source,
-                })?;
-            pb.finish_and_clear();
-            write_atomic(&output, &c.blob, force)?;
-            let s = &c.stats;
+            let stats = if whole {
+                // A file of at most one window, in memory: the whole-file choices
+                // (all of it binary when that is smaller) apply.
+                let data = src.read_all(&input)?;
+                let c = engine
+                    .compress(&data, &opts, Some(&inc))
+                    .map_err(|source| CliError::Codec {
+                        what: input.display().to_string(),
+                        source,
+                    })?;
+                pb.finish_and_clear();
+                match out {
+                    Some(out) => out.write_all(&c.blob)?,
+                    None => write_stdout(&c.blob)?,
+                }
+                c.stats
+            } else {
+                let out = out.ok_or_else(|| CliError::Usage("no output".into()))?;
+                let read = |off, len| src.read(off, len, &input);
+                let scratch = || out.scratch();
+                let job = crate::nc06_codec::Streamed {
+                    engine: &engine,
+                    opts: &opts,
+                    window: window_bytes as usize,
+                    keep_larger: true,
+                };
+                let src = Source {
+                    len: src.len,
+                    read: &read,
+                };
+                let blob = BlobOut {
+                    file: out.file(),
+                    scratch: &scratch,
+                };
+                let stats = job
+                    .compress(&src, &blob, &Meter::default(), Some(&inc))
+                    .map_err(|e| CliError::coding(&input, e))?;
+                pb.finish_and_clear();
+                out.finish()?;
+                stats
+            };
+            let s = &stats;
             if quiet {
                 return Ok(());
             }
@@ -371,6 +400,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             input,
             output,
             model,
+            window_mb,
             force,
         } => {
             let output = match output {
@@ -386,23 +416,64 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     }
                 },
             };
-            let data = read_input(&input)?;
-            let what = input.display().to_string();
+            let src = Input::open(&input)?;
             // Parse first: bad input is reported before the model is loaded.
-            let blob = Blob::parse(&data).map_err(|e| CliError::Codec {
-                what: what.clone(),
-                source: e.into(),
-            })?;
-            let fingerprint = blob.header.fingerprint;
-            drop(blob);
-            let engine = model.decoder_for(fingerprint)?;
+            let (blob, header_len) = crate::nc06_codec::read_header(&src.file)
+                .map_err(|e| CliError::coding(&input, e))?;
+            if src.len > header_len as u64 + blob.payload_len() {
+                return Err(CliError::Codec {
+                    what: input.display().to_string(),
+                    source: nc06::format::FormatError::Inconsistent(format!(
+                        "{} bytes of trailing garbage",
+                        src.len - header_len as u64 - blob.payload_len()
+                    ))
+                    .into(),
+                });
+            }
+            let out = if is_dash(&output) {
+                None
+            } else {
+                Some(Output::create(&output, force)?)
+            };
+            let engine = model.decoder_for(blob.header.fingerprint)?;
             let pb = spinner("decompressing");
             let inc = |n: u64| pb.inc(n);
-            let out = engine
-                .decompress(&data, Some(&inc))
-                .map_err(|source| CliError::Codec { what, source })?;
+            let window = (window_mb as usize) << 20;
+            // To stdout as it is decoded (every chunk and frame is checked before it
+            // goes out; a failed whole-file check still fails the command); to a
+            // file through a temporary one that appears only once all of it checked.
+            let decode = |w: &mut dyn Write| {
+                crate::nc06_codec::decompress_streamed(
+                    &engine,
+                    &blob,
+                    header_len,
+                    src.file.clone(),
+                    w,
+                    window,
+                    Some(&inc),
+                )
+                .map_err(|e| CliError::coding(&input, e))
+            };
+            match out {
+                None => {
+                    let mut w =
+                        std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+                    decode(&mut w)?;
+                    w.flush()?;
+                }
+                Some(out) => {
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
+                    decode(&mut w)?;
+                    w.flush().map_err(|e| CliError::CantCreate {
+                        path: out.path().to_path_buf(),
+                        source: nacrithfs_fs::FsError::io("writing", e),
+                    })?;
+                    drop(w);
+                    out.finish()?;
+                }
+            }
             pb.finish_and_clear();
-            write_atomic(&output, &out, force)
+            Ok(())
         }
         Command::Mount(args) => crate::mount_cmd::mount(args),
         Command::Umount {

@@ -38,6 +38,14 @@ pub enum CliError {
     /// Other I/O (74).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// I/O on a file while it was coded (74).
+    #[error("{}: {}", .path.display(), .source.report())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: FsError,
+    },
     /// A blob that cannot be coded or decoded (65; 69 without a model; 70 when the
     /// verification failed).
     #[error("{what}: {source}")]
@@ -102,13 +110,38 @@ fn bench_exit_code(e: &BenchError) -> i32 {
 }
 
 impl CliError {
+    /// A failure of a streamed compression or decompression of `path`: the codec's
+    /// own error when one is behind it (so a bad blob still exits 65 and a failed
+    /// verification 70), I/O otherwise.
+    pub fn coding(path: &std::path::Path, e: FsError) -> CliError {
+        let codec = std::error::Error::source(&e)
+            .is_some_and(|s| s.downcast_ref::<nacrithfs_engine::Error>().is_some());
+        if !codec {
+            return CliError::File {
+                path: path.to_path_buf(),
+                source: e,
+            };
+        }
+        let what = format!("{}: {}", path.display(), e.message());
+        match e
+            .into_source()
+            .map(|s| s.downcast::<nacrithfs_engine::Error>())
+        {
+            Some(Ok(source)) => CliError::Codec {
+                what,
+                source: *source,
+            },
+            _ => CliError::Io(std::io::Error::other(what)),
+        }
+    }
+
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => 64,
             CliError::NoInput { .. } => 66,
             CliError::CantCreate { .. } | CliError::Exists(_) => 73,
-            CliError::Io(_) => 74,
+            CliError::Io(_) | CliError::File { .. } => 74,
             CliError::Codec { source, .. } => codec_exit_code(source),
             CliError::Model(_) => 69,
             CliError::Pack(e) => pack_exit_code(e),

@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod cli;
 mod error;
+mod file_io;
 mod mount_cmd;
 mod nc06_codec;
 

@@ -2,7 +2,7 @@
 //! [`Codec`] trait (the filesystem crate knows nothing of the model).
 
 use log::Level;
-use nacrithfs_engine::{CompressOptions, Engine, EngineSet, Part, ProgressSink};
+use nacrithfs_engine::{CompressOptions, Engine, EngineSet, Part, ProgressSink, Stats};
 use nacrithfs_fs::store::codec::byte_span;
 use nacrithfs_fs::store::codec::{BlobLens, BlobOut, Meter, Source};
 use nacrithfs_fs::store::{Codec, OpenBlob};
@@ -98,8 +98,7 @@ impl Nc06Codec {
         write_blob(out, &blob, src.len)
     }
 
-    /// A file larger than one window, a window at a time: the streams and frames go
-    /// to two scratch files while they are coded, and into the blob after its header.
+    /// A file larger than one window, a window at a time (see [`Streamed`]).
     fn compress_streamed(
         &self,
         src: &Source<'_>,
@@ -107,64 +106,121 @@ impl Nc06Codec {
         meter: &Meter,
     ) -> FsResult<u64> {
         let engine = self.engines.default_engine();
-        let mut enc = engine.stream_encoder(&self.fs_options());
-        let mut streams = Spool::new((out.scratch)()?);
-        let mut frames = Spool::new((out.scratch)()?);
-        meter.set_total(src.len);
-        let mut off = 0;
-        while off < src.len {
-            let want = (src.len - off).min(self.stream_window as u64);
-            let data = (src.read)(off, want)?;
-            let eof = off + want == src.len;
-            let coded = enc
-                .push(&data, eof, None)
-                .map_err(|e| fs_error("compressing", e))?;
-            for s in &coded.streams {
-                streams.append(s)?;
-            }
-            for f in &coded.frames {
-                frames.append(f)?;
-            }
-            off += coded.consumed as u64;
-            meter.add(coded.consumed as u64);
+        let opts = self.fs_options();
+        let stats = Streamed {
+            engine,
+            opts: &opts,
+            window: self.stream_window,
+            keep_larger: false,
         }
-        let done = enc.finish().map_err(|e| fs_error("compressing", e))?;
-        let total = done.stats.compressed;
-        if total >= src.len {
-            return Ok(total);
-        }
-        if streams.len != done.stream_bytes || frames.len != done.frame_bytes {
-            return Err(nacrithfs_fs::store::codec::damaged(
-                "the spooled streams and frames do not match the blob's tables",
-            ));
-        }
-        out.file
-            .write_all_at(&done.header, 0)
-            .map_err(|e| FsError::io("blob", e))?;
-        let mut at = done.header.len() as u64;
-        for spool in [&mut streams, &mut frames] {
-            spool.copy_to(out.file, at)?;
-            at += spool.len;
-        }
-        // The container must read back as written: its header, and every spooled byte.
-        let back = read_at(out.file, 0, done.header.len(), "blob")?;
-        let streams_back = crc_at(out.file, done.header.len() as u64, streams.len)?;
-        let frames_back = crc_at(out.file, done.header.len() as u64 + streams.len, frames.len)?;
-        if back != done.header || streams_back != streams.crc || frames_back != frames.crc {
-            return Err(fs_error(
-                "compressing",
-                nacrithfs_engine::Error::ContainerRoundTrip,
-            ));
-        }
-        log::debug!(
-            "compressed {} bytes in windows of {}: {} chunks, {} frames, {total} bytes",
-            src.len,
-            self.stream_window,
-            done.stats.chunks,
-            done.stats.frames
-        );
-        Ok(total)
+        .compress(src, out, meter, None)?;
+        Ok(stats.compressed)
     }
+}
+
+/// A compression of a file a window at a time, for files larger than one window (the
+/// mount's and the command line's): what it holds is a few windows' worth of bytes,
+/// whatever the file's size.
+pub struct Streamed<'a> {
+    /// What codes it.
+    pub engine: &'a Engine,
+    /// How.
+    pub opts: &'a CompressOptions,
+    /// Bytes read and coded at a time.
+    pub window: usize,
+    /// Whether a blob that is not smaller than the file is written all the same (a
+    /// command line compressor always gives an output; the mount keeps such a file
+    /// plain).
+    pub keep_larger: bool,
+}
+
+impl Streamed<'_> {
+    /// Compresses `src` into the blob file of `out`: the streams and frames go to two
+    /// scratch files while they are coded, and into the blob after its header, which is
+    /// read back (header compared, streams and frames by CRC-32C) before this returns.
+    /// `meter` counts bytes read, `progress` tokens as the model codes them. Returns
+    /// the blob's statistics.
+    pub fn compress(
+        &self,
+        src: &Source<'_>,
+        out: &BlobOut<'_>,
+        meter: &Meter,
+        progress: Option<nacrithfs_engine::Progress<'_>>,
+    ) -> FsResult<Stats> {
+        compress_streamed(self, src, out, meter, progress)
+    }
+}
+
+fn compress_streamed(
+    job: &Streamed<'_>,
+    src: &Source<'_>,
+    out: &BlobOut<'_>,
+    meter: &Meter,
+    progress: Option<nacrithfs_engine::Progress<'_>>,
+) -> FsResult<Stats> {
+    let Streamed {
+        engine,
+        opts,
+        window,
+        keep_larger,
+    } = *job;
+    let mut enc = engine.stream_encoder(opts);
+    let mut streams = Spool::new((out.scratch)()?);
+    let mut frames = Spool::new((out.scratch)()?);
+    meter.set_total(src.len);
+    let mut off = 0;
+    while off < src.len {
+        let want = (src.len - off).min(window.max(1) as u64);
+        let data = (src.read)(off, want)?;
+        let eof = off + want == src.len;
+        let coded = enc
+            .push(&data, eof, progress)
+            .map_err(|e| fs_error("compressing", e))?;
+        for s in &coded.streams {
+            streams.append(s)?;
+        }
+        for f in &coded.frames {
+            frames.append(f)?;
+        }
+        off += coded.consumed as u64;
+        meter.add(coded.consumed as u64);
+    }
+    let done = enc.finish().map_err(|e| fs_error("compressing", e))?;
+    let stats = done.stats;
+    if stats.compressed >= src.len && !keep_larger {
+        return Ok(stats);
+    }
+    if streams.len != done.stream_bytes || frames.len != done.frame_bytes {
+        return Err(nacrithfs_fs::store::codec::damaged(
+            "the spooled streams and frames do not match the blob's tables",
+        ));
+    }
+    out.file
+        .write_all_at(&done.header, 0)
+        .map_err(|e| FsError::io("blob", e))?;
+    let mut at = done.header.len() as u64;
+    for spool in [&mut streams, &mut frames] {
+        spool.copy_to(out.file, at)?;
+        at += spool.len;
+    }
+    // The container must read back as written: its header, and every spooled byte.
+    let back = read_at(out.file, 0, done.header.len(), "blob")?;
+    let streams_back = crc_at(out.file, done.header.len() as u64, streams.len)?;
+    let frames_back = crc_at(out.file, done.header.len() as u64 + streams.len, frames.len)?;
+    if back != done.header || streams_back != streams.crc || frames_back != frames.crc {
+        return Err(fs_error(
+            "compressing",
+            nacrithfs_engine::Error::ContainerRoundTrip,
+        ));
+    }
+    log::debug!(
+        "compressed {} bytes in windows of {window}: {} chunks, {} frames, {} bytes",
+        src.len,
+        stats.chunks,
+        stats.frames,
+        stats.compressed
+    );
+    Ok(stats)
 }
 
 /// Writes an in-memory blob as the blob of a file of `len` bytes (unless it is no
@@ -389,7 +445,7 @@ const HEADER_READ: usize = 64 << 10;
 /// Reads and validates the header and tables of the blob in `file` (reading more while
 /// they go on) and checks that the file holds the payload they describe. Returns the blob without
 /// its payload and where the payload starts.
-fn read_header(file: &File) -> FsResult<(Blob, usize)> {
+pub fn read_header(file: &File) -> FsResult<(Blob, usize)> {
     let len = file.metadata().map_err(|e| FsError::io("blob", e))?.len();
     let mut want = HEADER_READ;
     loop {
@@ -409,6 +465,55 @@ fn read_header(file: &File) -> FsResult<(Blob, usize)> {
             Err(e) => return Err(fs_error("blob", e.into())),
         }
     }
+}
+
+/// Decodes the blob in `file` (its header and tables `blob`, its payload after
+/// `header_len` bytes) into `out`, about `window` bytes at a time: the text chunks of
+/// each window whole and in lockstep, only the frames it lies in. Every chunk and
+/// frame is checked as it is decoded, and the whole file's CRC-32C at the end (after
+/// its bytes went out: a reader of `out` must take an error as "not the file").
+/// Returns the original length.
+pub fn decompress_streamed(
+    engine: &Engine,
+    blob: &Blob,
+    header_len: usize,
+    file: Arc<File>,
+    out: &mut dyn Write,
+    window: usize,
+    progress: Option<nacrithfs_engine::Progress<'_>>,
+) -> FsResult<u64> {
+    let index = blob.index();
+    let payload = FilePayload {
+        file,
+        base: header_len as u64,
+    };
+    let len = blob.header.original_len;
+    let (mut done, mut crc) = (0u64, 0u32);
+    while done < len {
+        let end = done.saturating_add(window.max(1) as u64).min(len);
+        let (lo, bytes) = engine
+            .decode_range(blob, &index, &payload, done, end, progress)
+            .map_err(|e| fs_error(&format!("decoding bytes {done}..{end}"), e))?;
+        let skip = done
+            .checked_sub(lo)
+            .and_then(|k| usize::try_from(k).ok())
+            .filter(|&k| k < bytes.len())
+            .ok_or_else(|| {
+                nacrithfs_fs::store::codec::damaged(format!(
+                    "decoding bytes {done}..{end} gave {} bytes at {lo}",
+                    bytes.len()
+                ))
+            })?;
+        let new = &bytes[skip..];
+        out.write_all(new)
+            .map_err(|e| FsError::io("the output", e))?;
+        crc = crc32c::crc32c_append(crc, new);
+        done += new.len() as u64;
+    }
+    if done != len || crc != blob.header.original_crc {
+        return Err(fs_error("decoding", nacrithfs_engine::Error::FileChecksum));
+    }
+    Ok(len)
 }
 
 /// A blob's payload in its backing file, read piece by piece with `pread`.

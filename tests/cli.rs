@@ -297,3 +297,103 @@ fn a_closed_output_pipe_ends_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
+
+/// An input larger than `--window-mb` is compressed and decompressed a window at a
+/// time (never held whole): from a file and from a pipe, to a file and to stdout, it
+/// comes back byte for byte, and a damaged streamed blob fails cleanly.
+#[test]
+fn inputs_larger_than_the_window_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    // 3.5 MiB: noise, bytes that are never UTF-8 but compress, a little English
+    // (coded by the model), more noise.
+    let mib = 1 << 20;
+    let mut data = noise(mib, 7);
+    data.extend((0..mib).map(|i| 0xf8 + ((i % 7) * (i % 3) % 8) as u8));
+    data.extend_from_slice(&ENGLISH.as_bytes()[..300]);
+    data.extend(noise(3 * mib / 2, 8));
+    let input = dir.path().join("big.bin");
+    std::fs::write(&input, &data).unwrap();
+    let blob = dir.path().join("big.bin.nc06");
+    let out = run(&["compress", input.to_str().unwrap(), "--window-mb", "1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = std::fs::read(&blob).unwrap();
+    assert!(
+        stored.len() < data.len() - mib / 2,
+        "{} bytes",
+        stored.len()
+    );
+    let parsed = Blob::parse(&stored).unwrap();
+    assert_eq!(parsed.header.original_len, data.len() as u64);
+    // Back to a file and to stdout, a window at a time.
+    let back = dir.path().join("back.bin");
+    let out = run(&[
+        "decompress",
+        blob.to_str().unwrap(),
+        "-o",
+        back.to_str().unwrap(),
+        "--window-mb",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&back).unwrap() == data, "file output differs");
+    let out = run(&[
+        "decompress",
+        blob.to_str().unwrap(),
+        "-o",
+        "-",
+        "--window-mb",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == data, "stdout differs");
+    // From a pipe to stdout, then back through a pipe.
+    let piped = pipe(&["compress", "-", "-q", "--window-mb", "1"], &data);
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert!(
+        piped.stdout == stored,
+        "the piped blob differs from the file's"
+    );
+    let back = pipe(&["decompress", "-"], &piped.stdout);
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    assert!(back.stdout == data, "piped round trip differs");
+    // An existing output is refused before anything is coded.
+    let out = run(&["compress", input.to_str().unwrap(), "--window-mb", "1"]);
+    assert_eq!(out.status.code(), Some(73));
+    // Damage in the last frame: a clean failure, no output.
+    let mut bad = stored.clone();
+    let n = bad.len();
+    bad[n - 1000] ^= 0x40;
+    let bad_blob = dir.path().join("bad.nc06");
+    std::fs::write(&bad_blob, &bad).unwrap();
+    let out_file = dir.path().join("bad.out");
+    let out = run(&[
+        "decompress",
+        bad_blob.to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+        "--window-mb",
+        "1",
+    ]);
+    assert_clean_failure(&out, &out_file, "damaged streamed blob");
+    assert_eq!(out.status.code(), Some(65));
+}

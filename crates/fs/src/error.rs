@@ -70,6 +70,17 @@ impl FsError {
         self
     }
 
+    /// What failed, without its sources.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The cause, for a caller that maps it to its own error (a command line tool
+    /// finding the codec's error behind a filesystem one).
+    pub fn into_source(self) -> Option<Box<dyn std::error::Error + Send + Sync + 'static>> {
+        self.source
+    }
+
     /// The errno the kernel gets.
     pub fn errno(&self) -> i32 {
         self.errno
