@@ -8,7 +8,9 @@
 #     (fresh mount, dropped caches: nacrithfs decodes the blob), warm (page cache), and
 #     after drop_caches on a live mount (nacrithfs: its LRU of decoded extents);
 #   English text: time to compress it (nacrithfs wait), time to first byte and to the
-#     end of a cold read (the model decodes), warm and LRU re-reads;
+#     end of a cold read (the model decodes), warm and LRU re-reads, then a line
+#     appended and 4 KiB overwritten in the compressed file (each timed), and the
+#     background compression of those changes;
 #   space: bytes in the backing directory against the file sizes seen in the mount;
 #   memory: the nacrithfs daemon's peak RSS over the writes and over the reads.
 #
@@ -211,6 +213,23 @@ suite() { # nc|pt
     r=$(read_timed "$mnt/text.txt") || die "$m: reading text.txt failed"
     put "$m" text_lru "${r#* }"
     cmp -s "$work/text.txt" "$mnt/text.txt" || die "$m: text read back differs"
+
+    # Changes to the compressed text (nacrithfs: one overlay record each, nothing
+    # decoded), then the background compression that folds them into a new blob
+    # (its unchanged chunks copied, not coded again).
+    echo "bench-fs: $m: text changes" >&2
+    head -c 4096 /dev/zero | tr '\0' x >"$work/patch"
+    t0=$EPOCHREALTIME
+    echo "a line appended to the compressed file" >>"$mnt/text.txt"
+    put "$m" text_append "$(secs_since "$t0")"
+    echo "a line appended to the compressed file" >>"$work/text.txt"
+    t0=$EPOCHREALTIME
+    dd if="$work/patch" of="$mnt/text.txt" bs=4096 seek=1 conv=notrunc status=none
+    put "$m" text_overwrite "$(secs_since "$t0")"
+    dd if="$work/patch" of="$work/text.txt" bs=4096 seek=1 conv=notrunc status=none
+    cmp -s "$work/text.txt" "$mnt/text.txt" || die "$m: changed text reads back wrong"
+    t0=$EPOCHREALTIME; settle "$m"; put "$m" text_resettle "$(secs_since "$t0")"
+    cmp -s "$work/text.txt" "$mnt/text.txt" || die "$m: recompressed text reads back wrong"
 }
 
 start_nc
@@ -250,6 +269,9 @@ row_nc() { # LABEL KEY UNIT: a step the passthrough does not have
     row "text: full read, cold (model decodes)" text_cold "s"
     row "text: full read, warm (page cache)" text_warm "s"
     row "text: full read after drop_caches (LRU)" text_lru "s"
+    row "text: append a line to the compressed file" text_append "s"
+    row "text: overwrite 4 KiB in its middle" text_overwrite "s"
+    row_nc "text: background compression of the two changes" text_resettle "s"
     fi
     echo
     echo "| space | file size in the mount | bytes in nacrithfs backing | stored / size |"
