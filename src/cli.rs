@@ -360,6 +360,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     opts: &opts,
                     window: window_bytes as usize,
                     keep_larger: true,
+                    frames: None,
                 };
                 let src = Source {
                     len: src.len,

@@ -2,7 +2,9 @@
 //! [`Codec`] trait (the filesystem crate knows nothing of the model).
 
 use log::Level;
-use nacrithfs_engine::{CompressOptions, Engine, EngineSet, Part, ProgressSink, Stats};
+use nacrithfs_engine::{
+    BlobFrames, CompressOptions, Engine, EngineSet, FrameSource, Part, ProgressSink, Stats,
+};
 use nacrithfs_fs::store::codec::byte_span;
 use nacrithfs_fs::store::codec::{BlobLens, BlobOut, Meter, Source};
 use nacrithfs_fs::store::{Codec, OpenBlob};
@@ -23,6 +25,8 @@ pub struct Nc06Codec {
     opts: CompressOptions,
     /// Text chunks decoded since the start (reads, and chunks a change touched).
     model_decodes: Arc<AtomicU64>,
+    /// Binary frames of old blobs taken as they are into new ones since the start.
+    frames_reused: AtomicU64,
     /// Files larger than this are compressed a window of this many bytes at a time.
     stream_window: usize,
 }
@@ -39,6 +43,7 @@ impl Nc06Codec {
             engines,
             opts: CompressOptions::default(),
             model_decodes: Arc::default(),
+            frames_reused: AtomicU64::new(0),
             stream_window: STREAM_WINDOW,
         }
     }
@@ -98,12 +103,14 @@ impl Nc06Codec {
         write_blob(out, &blob, src.len)
     }
 
-    /// A file larger than one window, a window at a time (see [`Streamed`]).
+    /// A file larger than one window, a window at a time (see [`Streamed`]), taking
+    /// the frames `frames` holds as they are.
     fn compress_streamed(
         &self,
         src: &Source<'_>,
         out: &BlobOut<'_>,
         meter: &Meter,
+        frames: Option<&dyn FrameSource>,
     ) -> FsResult<u64> {
         let engine = self.engines.default_engine();
         let opts = self.fs_options();
@@ -112,9 +119,36 @@ impl Nc06Codec {
             opts: &opts,
             window: self.stream_window,
             keep_larger: false,
+            frames,
         }
         .compress(src, out, meter, None)?;
         Ok(stats.compressed)
+    }
+
+    /// [`Codec::compress`], taking the frames of `base` (the file's old blob) as they
+    /// are where its new bytes match them: a large binary file changed in a few places
+    /// costs a copy of its other frames, not a compression of them. (A file of one
+    /// window is compressed whole, afresh.)
+    fn compress_over(
+        &self,
+        base: &Nc06Blob,
+        src: &Source<'_>,
+        out: &BlobOut<'_>,
+        meter: &Meter,
+    ) -> FsResult<u64> {
+        if src.len <= self.stream_window as u64 {
+            return self.compress_whole(src, out, meter);
+        }
+        let frames = BlobFrames::new(&base.blob, &base.index, &base.payload);
+        let n = self.compress_streamed(src, out, meter, Some(&frames));
+        log::debug!(
+            "compressed again: {} of {} binary frames copied from the old blob",
+            frames.reused(),
+            base.blob.frames.len()
+        );
+        self.frames_reused
+            .fetch_add(frames.reused(), Ordering::Relaxed);
+        n
     }
 }
 
@@ -132,6 +166,9 @@ pub struct Streamed<'a> {
     /// command line compressor always gives an output; the mount keeps such a file
     /// plain).
     pub keep_larger: bool,
+    /// Frames to take as they are where the file's binary bytes match them (the old
+    /// blob of a file compressed again).
+    pub frames: Option<&'a dyn FrameSource>,
 }
 
 impl Streamed<'_> {
@@ -163,8 +200,12 @@ fn compress_streamed(
         opts,
         window,
         keep_larger,
+        frames: reuse,
     } = *job;
     let mut enc = engine.stream_encoder(opts);
+    if let Some(f) = reuse {
+        enc = enc.reusing_frames(f);
+    }
     let mut streams = Spool::new((out.scratch)()?);
     let mut frames = Spool::new((out.scratch)()?);
     meter.set_total(src.len);
@@ -308,7 +349,7 @@ impl Codec for Nc06Codec {
         if src.len <= self.stream_window as u64 {
             self.compress_whole(src, out, meter)
         } else {
-            self.compress_streamed(src, out, meter)
+            self.compress_streamed(src, out, meter, None)
         }
     }
 
@@ -363,13 +404,13 @@ impl Codec for Nc06Codec {
         let (len, read) = (src.len, src.read);
         let engine = self.engines.default_engine();
         let opts = self.fs_options();
-        let Some(base) = base
-            .as_any()
-            .downcast_ref::<Nc06Blob>()
-            .filter(|b| engine.can_reuse(&b.blob.header, &opts))
-        else {
+        let Some(base) = base.as_any().downcast_ref::<Nc06Blob>() else {
             return self.compress(src, out, meter);
         };
+        if !engine.can_reuse(&base.blob.header, &opts) {
+            // Another model's or build's chunks cannot be copied; frames can.
+            return self.compress_over(base, src, out, meter);
+        }
         let inside = |s: u64, e: u64| {
             e <= len && {
                 let i = clean.partition_point(|r| r.end < e);
@@ -400,7 +441,7 @@ impl Codec for Nc06Codec {
             .map(|r| r.end - r.start)
             .sum();
         if !plan.iter().any(|p| p.is_ok()) || new_bytes > self.stream_window as u64 {
-            return self.compress(src, out, meter);
+            return self.compress_over(base, src, out, meter);
         }
         let bytes: Vec<Vec<u8>> = plan
             .iter()
@@ -435,6 +476,10 @@ impl Codec for Nc06Codec {
 
     fn model_decodes(&self) -> u64 {
         self.model_decodes.load(Ordering::Relaxed)
+    }
+
+    fn frames_reused(&self) -> u64 {
+        self.frames_reused.load(Ordering::Relaxed)
     }
 }
 

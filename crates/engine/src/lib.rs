@@ -27,8 +27,8 @@ mod stream;
 pub use error::{Error, Result};
 pub use jobs::{CodedStream, TokenStream};
 pub use nc06::format::DEFAULT_CHUNK_SIZE;
-pub use pipeline::{CompressOptions, Compressed, Stats};
-pub use reuse::Part;
+pub use pipeline::{CompressOptions, Compressed, FrameSource, Stats};
+pub use reuse::{BlobFrames, Part};
 pub use set::EngineSet;
 pub use stream::{Coded, StreamEncoder, Streamed};
 

@@ -216,7 +216,7 @@ impl Engine {
             let frames = scope.spawn(|| {
                 prepared
                     .iter()
-                    .map(|p| frames_of(&p.binary, parallel, opts.verify))
+                    .map(|p| frames_of(&p.binary, parallel, opts.verify, None))
                     .collect::<Result<Vec<Frames>>>()
             });
             let coded = self.encode(&tokens, opts.window, opts.predictor(), progress);
@@ -412,7 +412,7 @@ impl Engine {
         for x in pieces.iter().filter(|x| x.kind == ExtentKind::Binary) {
             binary.extend_from_slice(&p.data[x.range.clone()]);
         }
-        let frames = frames_of(&binary, false, opts.verify)?;
+        let frames = frames_of(&binary, false, opts.verify, None)?;
         let q = Prepared {
             data: p.data,
             pieces,
@@ -741,11 +741,36 @@ pub(crate) fn finish(mut blob: Blob, mut stats: Stats) -> Result<Compressed> {
     Ok(Compressed { blob: bytes, stats })
 }
 
+/// Frames stored before that a compression may take as they are instead of
+/// compressing their bytes again: those of the blob a changed file had. Frames do
+/// not depend on the model, so any blob's frames will do.
+pub trait FrameSource: Sync {
+    /// A stored frame whose raw bytes are exactly `raw` (CRC-32C `crc`), checked
+    /// byte for byte against `raw` before it is returned: its method and stored bytes.
+    fn find(&self, raw: &[u8], crc: u32) -> Option<(nc06::format::Method, Vec<u8>)>;
+}
+
 /// Compresses binary bytes into frames (each checked to decompress back with
-/// `verify`), on every core with `parallel`.
-pub(crate) fn frames_of(binary: &[u8], parallel: bool, verify: bool) -> Result<Frames> {
+/// `verify`), on every core with `parallel`. A frame `reuse` already holds is taken
+/// from it, not compressed again.
+pub(crate) fn frames_of(
+    binary: &[u8],
+    parallel: bool,
+    verify: bool,
+    reuse: Option<&dyn FrameSource>,
+) -> Result<Frames> {
     use rayon::prelude::*;
     let one = |(i, raw): (usize, &[u8])| -> Result<(FrameEntry, Vec<u8>)> {
+        let crc = crc32c::crc32c(raw);
+        if let Some((method, stored)) = reuse.and_then(|r| r.find(raw, crc)) {
+            let entry = FrameEntry {
+                method,
+                raw_len: raw.len() as u32,
+                stored_len: stored.len() as u32,
+                crc,
+            };
+            return Ok((entry, stored));
+        }
         let (method, stored) = compress_frame(raw);
         if verify && method != nc06::format::Method::Raw {
             let back = decompress_frame(method, &stored, raw.len())
@@ -759,7 +784,7 @@ pub(crate) fn frames_of(binary: &[u8], parallel: bool, verify: bool) -> Result<F
                 method,
                 raw_len: raw.len() as u32,
                 stored_len: stored.len() as u32,
-                crc: crc32c::crc32c(raw),
+                crc,
             },
             stored,
         ))

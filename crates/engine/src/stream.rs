@@ -11,7 +11,8 @@
 //! same, and so is every reader.
 
 use super::pipeline::{
-    demote_pieces, frames_of, joins, worse_than_classical, CompressOptions, Frames, Piece, Stats,
+    demote_pieces, frames_of, joins, worse_than_classical, CompressOptions, FrameSource, Frames,
+    Piece, Stats,
 };
 use super::{CodedStream, Engine, Progress, TokenStream};
 use crate::{Error, Result};
@@ -59,6 +60,8 @@ pub struct StreamEncoder<'e> {
     len: u64,
     ended: bool,
     stats: Stats,
+    /// Frames to take as they are when a window's binary bytes match them.
+    reuse: Option<&'e dyn FrameSource>,
 }
 
 impl Engine {
@@ -75,7 +78,17 @@ impl Engine {
             len: 0,
             ended: false,
             stats: Stats::default(),
+            reuse: None,
         }
+    }
+}
+
+impl<'e> StreamEncoder<'e> {
+    /// Takes every frame that `frames` holds (the old blob of a changed file) as it
+    /// is, instead of compressing its bytes again.
+    pub fn reusing_frames(mut self, frames: &'e dyn FrameSource) -> Self {
+        self.reuse = Some(frames);
+        self
     }
 }
 
@@ -125,8 +138,9 @@ impl StreamEncoder<'_> {
         let mut binary = self.binary_in(data, &pieces);
         let mut full = self.frame_cut(binary.len(), eof);
         let parallel = tokens.iter().all(|t| t.0.is_empty()) && engine.model_idle();
+        let reuse = self.reuse;
         let (frames, coded) = std::thread::scope(|scope| {
-            let frames = scope.spawn(|| frames_of(&binary[..full], parallel, opts.verify));
+            let frames = scope.spawn(|| frames_of(&binary[..full], parallel, opts.verify, reuse));
             let coded = engine.encode(&tokens, opts.window, opts.predictor(), progress);
             (frames.join(), coded)
         });
@@ -153,7 +167,7 @@ impl StreamEncoder<'_> {
         if demote(data, &mut pieces, &mut tokens, &mut coded) {
             binary = self.binary_in(data, &pieces);
             full = self.frame_cut(binary.len(), eof);
-            frames = frames_of(&binary[..full], parallel, opts.verify)?;
+            frames = frames_of(&binary[..full], parallel, opts.verify, reuse)?;
         }
         Ok(self.record(data, &pieces, &tokens, coded, frames, &binary, full, eof))
     }

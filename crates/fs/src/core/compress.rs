@@ -118,6 +118,7 @@ impl Core {
             bytes_before: c.bytes_before.load(Ordering::Relaxed),
             bytes_after: c.bytes_after.load(Ordering::Relaxed),
             model_decodes: self.codec.model_decodes(),
+            frames_reused: self.codec.frames_reused(),
         }
     }
 

@@ -99,6 +99,11 @@ pub trait Codec: Send + Sync + 'static {
     fn model_decodes(&self) -> u64 {
         0
     }
+    /// How many binary frames of old blobs went into new blobs as they were, not
+    /// compressed again, for `status`.
+    fn frames_reused(&self) -> u64 {
+        0
+    }
 }
 
 /// What a blob's header says of its size.
