@@ -298,6 +298,12 @@ fn a_closed_output_pipe_ends_the_command_quietly() {
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?}", out.status);
 }
 
+/// `nacrithfs decompress BLOB -o OUT`, 1 MiB at a time.
+fn decompress_windows(blob: &Path, out: &Path) -> Output {
+    let (blob, out) = (blob.to_str().unwrap(), out.to_str().unwrap());
+    run(&["decompress", blob, "-o", out, "--window-mb", "1"])
+}
+
 /// An input larger than `--window-mb` is compressed and decompressed a window at a
 /// time (never held whole): from a file and from a pipe, to a file and to stdout, it
 /// comes back byte for byte, and a damaged streamed blob fails cleanly.
@@ -330,14 +336,7 @@ fn inputs_larger_than_the_window_stream() {
     assert_eq!(parsed.header.original_len, data.len() as u64);
     // Back to a file and to stdout, a window at a time.
     let back = dir.path().join("back.bin");
-    let out = run(&[
-        "decompress",
-        blob.to_str().unwrap(),
-        "-o",
-        back.to_str().unwrap(),
-        "--window-mb",
-        "1",
-    ]);
+    let out = decompress_windows(&blob, &back);
     assert!(
         out.status.success(),
         "{}",
@@ -386,14 +385,7 @@ fn inputs_larger_than_the_window_stream() {
     let bad_blob = dir.path().join("bad.nc06");
     std::fs::write(&bad_blob, &bad).unwrap();
     let out_file = dir.path().join("bad.out");
-    let out = run(&[
-        "decompress",
-        bad_blob.to_str().unwrap(),
-        "-o",
-        out_file.to_str().unwrap(),
-        "--window-mb",
-        "1",
-    ]);
+    let out = decompress_windows(&bad_blob, &out_file);
     assert_clean_failure(&out, &out_file, "damaged streamed blob");
     assert_eq!(out.status.code(), Some(65));
 }

@@ -37,6 +37,20 @@ fn nibbles(rng: &mut Rng, n: u64) -> Vec<u8> {
     v
 }
 
+/// 12 MiB, a frame each: every third compresses by half (stored zstd), the others are
+/// stored raw.
+fn mixed_frames(rng: &mut Rng) -> Vec<u8> {
+    let mut data = Vec::new();
+    for i in 0..12 {
+        data.extend(if i % 3 == 0 {
+            nibbles(rng, 1)
+        } else {
+            random(rng, 1)
+        });
+    }
+    data
+}
+
 fn drop_caches() {
     // SAFETY: sync(2) takes nothing and cannot fail.
     unsafe { libc::sync() };
@@ -163,15 +177,7 @@ fn raw_frames_read_in_place_and_are_checked() {
     let _g = serial();
     let d = dirs();
     let mut rng = Rng(0x5eed_f00d);
-    // 12 frames: every third compresses by half, the others are stored raw.
-    let mut data = Vec::new();
-    for i in 0..12 {
-        data.extend(if i % 3 == 0 {
-            nibbles(&mut rng, 1)
-        } else {
-            random(&mut rng, 1)
-        });
-    }
+    let data = mixed_frames(&mut rng);
     let m = Mount::start(&d.backing, &d.mnt);
     std::fs::write(d.mnt.join("mixed.bin"), &data).unwrap();
     m.wait();
@@ -233,15 +239,8 @@ fn a_changed_large_file_copies_its_unchanged_frames() {
     let _g = serial();
     let d = dirs();
     let mut rng = Rng(0x00f4_a3e5);
-    // 12 frames, past the 8 MiB window: compressed a window at a time.
-    let mut data = Vec::new();
-    for i in 0..12 {
-        data.extend(if i % 3 == 0 {
-            nibbles(&mut rng, 1)
-        } else {
-            random(&mut rng, 1)
-        });
-    }
+    // Past the 8 MiB window: compressed a window at a time.
+    let mut data = mixed_frames(&mut rng);
     let m = Mount::start(&d.backing, &d.mnt);
     std::fs::write(d.mnt.join("big.bin"), &data).unwrap();
     m.wait();
