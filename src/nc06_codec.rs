@@ -184,84 +184,74 @@ impl Streamed<'_> {
         meter: &Meter,
         progress: Option<nacrithfs_engine::Progress<'_>>,
     ) -> FsResult<Stats> {
-        compress_streamed(self, src, out, meter, progress)
-    }
-}
-
-fn compress_streamed(
-    job: &Streamed<'_>,
-    src: &Source<'_>,
-    out: &BlobOut<'_>,
-    meter: &Meter,
-    progress: Option<nacrithfs_engine::Progress<'_>>,
-) -> FsResult<Stats> {
-    let Streamed {
-        engine,
-        opts,
-        window,
-        keep_larger,
-        frames: reuse,
-    } = *job;
-    let mut enc = engine.stream_encoder(opts);
-    if let Some(f) = reuse {
-        enc = enc.reusing_frames(f);
-    }
-    let mut streams = Spool::new((out.scratch)()?);
-    let mut frames = Spool::new((out.scratch)()?);
-    meter.set_total(src.len);
-    let mut off = 0;
-    while off < src.len {
-        let want = (src.len - off).min(window.max(1) as u64);
-        let data = (src.read)(off, want)?;
-        let eof = off + want == src.len;
-        let coded = enc
-            .push(&data, eof, progress)
-            .map_err(|e| fs_error("compressing", e))?;
-        for s in &coded.streams {
-            streams.append(s)?;
+        let Streamed {
+            engine,
+            opts,
+            window,
+            keep_larger,
+            frames: reuse,
+        } = *self;
+        let mut enc = engine.stream_encoder(opts);
+        if let Some(f) = reuse {
+            enc = enc.reusing_frames(f);
         }
-        for f in &coded.frames {
-            frames.append(f)?;
+        let mut streams = Spool::new((out.scratch)()?);
+        let mut frames = Spool::new((out.scratch)()?);
+        meter.set_total(src.len);
+        let mut off = 0;
+        while off < src.len {
+            let want = (src.len - off).min(window.max(1) as u64);
+            let data = (src.read)(off, want)?;
+            let eof = off + want == src.len;
+            let coded = enc
+                .push(&data, eof, progress)
+                .map_err(|e| fs_error("compressing", e))?;
+            for s in &coded.streams {
+                streams.append(s)?;
+            }
+            for f in &coded.frames {
+                frames.append(f)?;
+            }
+            off += coded.consumed as u64;
+            meter.add(coded.consumed as u64);
         }
-        off += coded.consumed as u64;
-        meter.add(coded.consumed as u64);
+        let done = enc.finish().map_err(|e| fs_error("compressing", e))?;
+        let stats = done.stats;
+        if stats.compressed >= src.len && !keep_larger {
+            return Ok(stats);
+        }
+        if streams.len != done.stream_bytes || frames.len != done.frame_bytes {
+            return Err(nacrithfs_fs::store::codec::damaged(
+                "the spooled streams and frames do not match the blob's tables",
+            ));
+        }
+        out.file
+            .write_all_at(&done.header, 0)
+            .map_err(|e| FsError::io("blob", e))?;
+        let mut at = done.header.len() as u64;
+        for spool in [&mut streams, &mut frames] {
+            spool.copy_to(out.file, at)?;
+            at += spool.len;
+        }
+        // The container must read back as written: its header, and every spooled byte.
+        let back = read_at(out.file, 0, done.header.len(), "blob")?;
+        let streams_back = crc_at(out.file, done.header.len() as u64, streams.len)?;
+        let frames_back = crc_at(out.file, done.header.len() as u64 + streams.len, frames.len)?;
+        if back != done.header || streams_back != streams.crc || frames_back != frames.crc {
+            return Err(fs_error(
+                "compressing",
+                nacrithfs_engine::Error::ContainerRoundTrip,
+            ));
+        }
+        log::debug!(
+            "compressed {} bytes in windows of {window}: {} chunks, {} frames, {} bytes",
+            src.len,
+            stats.chunks,
+            stats.frames,
+            stats.compressed
+        );
+        Ok(stats)
     }
-    let done = enc.finish().map_err(|e| fs_error("compressing", e))?;
-    let stats = done.stats;
-    if stats.compressed >= src.len && !keep_larger {
-        return Ok(stats);
-    }
-    if streams.len != done.stream_bytes || frames.len != done.frame_bytes {
-        return Err(nacrithfs_fs::store::codec::damaged(
-            "the spooled streams and frames do not match the blob's tables",
-        ));
-    }
-    out.file
-        .write_all_at(&done.header, 0)
-        .map_err(|e| FsError::io("blob", e))?;
-    let mut at = done.header.len() as u64;
-    for spool in [&mut streams, &mut frames] {
-        spool.copy_to(out.file, at)?;
-        at += spool.len;
-    }
-    // The container must read back as written: its header, and every spooled byte.
-    let back = read_at(out.file, 0, done.header.len(), "blob")?;
-    let streams_back = crc_at(out.file, done.header.len() as u64, streams.len)?;
-    let frames_back = crc_at(out.file, done.header.len() as u64 + streams.len, frames.len)?;
-    if back != done.header || streams_back != streams.crc || frames_back != frames.crc {
-        return Err(fs_error(
-            "compressing",
-            nacrithfs_engine::Error::ContainerRoundTrip,
-        ));
-    }
-    log::debug!(
-        "compressed {} bytes in windows of {window}: {} chunks, {} frames, {} bytes",
-        src.len,
-        stats.chunks,
-        stats.frames,
-        stats.compressed
-    );
-    Ok(stats)
 }
 
 /// Writes an in-memory blob as the blob of a file of `len` bytes (unless it is no
