@@ -11,6 +11,7 @@ use nc06::format::{Blob, ExtentKind};
 use std::ffi::OsStr;
 use std::io::{IsTerminal, Read, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
@@ -179,6 +180,10 @@ pub enum Command {
         /// its streams; a killed shard loses at most one batch (default: --streams x 16 KiB).
         #[arg(long)]
         batch_bytes: Option<u64>,
+        /// Files larger than this many MiB are compressed alone, this many MiB at a
+        /// time (the blob a mount writes for them): memory stays a few times this.
+        #[arg(long, default_value_t = WINDOW_MB, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        window_mb: u32,
     },
     /// Decode a packed tree (or any backing directory) into plain files under OUT,
     /// sharded like pack.
@@ -231,7 +236,7 @@ impl Command {
 }
 
 /// The default of `--window-mb`: the mount's.
-const WINDOW_MB: u32 = (crate::nc06_codec::STREAM_WINDOW >> 20) as u32;
+const WINDOW_MB: u32 = (nacrithfs_codec::STREAM_WINDOW >> 20) as u32;
 
 /// Reads all of `path` (`-` for stdin): for inputs a command needs whole (a text to
 /// benchmark, a blob to describe).
@@ -355,7 +360,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 let out = out.ok_or_else(|| CliError::Usage("no output".into()))?;
                 let read = |off, len| src.read(off, len, &input);
                 let scratch = || out.scratch();
-                let job = crate::nc06_codec::Streamed {
+                let job = nacrithfs_codec::Streamed {
                     engine: &engine,
                     opts: &opts,
                     window: window_bytes as usize,
@@ -417,20 +422,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                     }
                 },
             };
-            let src = Input::open(&input)?;
             // Parse first: bad input is reported before the model is loaded.
-            let (blob, header_len) = crate::nc06_codec::read_header(&src.file)
-                .map_err(|e| CliError::coding(&input, e))?;
-            if src.len > header_len as u64 + blob.payload_len() {
-                return Err(CliError::Codec {
-                    what: input.display().to_string(),
-                    source: nc06::format::FormatError::Inconsistent(format!(
-                        "{} bytes of trailing garbage",
-                        src.len - header_len as u64 - blob.payload_len()
-                    ))
-                    .into(),
-                });
-            }
+            let (src, blob, header_len) = open_blob(&input)?;
             let out = if is_dash(&output) {
                 None
             } else {
@@ -444,7 +437,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             // goes out; a failed whole-file check still fails the command); to a
             // file through a temporary one that appears only once all of it checked.
             let decode = |w: &mut dyn Write| {
-                crate::nc06_codec::decompress_streamed(
+                nacrithfs_codec::decompress_streamed(
                     &engine,
                     &blob,
                     header_len,
@@ -588,6 +581,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             shard,
             model,
             batch_bytes,
+            window_mb,
         } => {
             let shard = shard.resolve("pack")?;
             let engine = LazyEngine::new(|| model.engine(), model.options());
@@ -600,6 +594,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 shard,
                 compress,
                 batch_bytes,
+                window: (window_mb as usize) << 20,
             };
             let report = nacrithfs_pack::pack(&opts, &engine)?;
             println!("{report}");
@@ -643,19 +638,39 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Info { blob: path, model } => {
-            let data = read_input(&path)?;
-            let what = path.display().to_string();
-            let blob = Blob::parse(&data).map_err(|e| CliError::Codec {
-                what,
-                source: e.into(),
-            })?;
-            print_info(&path, &data, &blob, &model);
+            let (src, blob, _) = open_blob(&path)?;
+            // What the file says: a blob is written with the lowest version that holds it.
+            let mut version = [blob.version()];
+            let _ = src.file.read_exact_at(&mut version, 4);
+            print_info(&path, version[0], src.len, &blob, &model);
             Ok(())
         }
     }
 }
 
-fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
+/// Opens the blob `path` (`-` for stdin) and reads its header and tables: the blob
+/// without its payload, and where the payload starts. A blob followed by anything is
+/// refused.
+fn open_blob(path: &Path) -> Result<(Input, Blob, usize), CliError> {
+    let src = Input::open(path)?;
+    let (blob, header_len) =
+        nacrithfs_codec::read_header(&src.file).map_err(|e| CliError::coding(path, e))?;
+    let end = header_len as u64 + blob.payload_len();
+    if src.len > end {
+        return Err(CliError::Codec {
+            what: path.display().to_string(),
+            source: nc06::format::FormatError::Inconsistent(format!(
+                "{} bytes of trailing garbage",
+                src.len - end
+            ))
+            .into(),
+        });
+    }
+    Ok((src, blob, header_len))
+}
+
+/// Describes the blob `path` of `stored` bytes, NC06 version `version`.
+fn print_info(path: &Path, version: u8, stored: u64, blob: &Blob, model: &ModelArgs) {
     let h = &blob.header;
     let text: u64 = blob
         .extents
@@ -670,8 +685,6 @@ fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
         .map(|e| e.len)
         .sum();
     println!("file:         {}", path.display());
-    // What the file says: a blob is written with the lowest version that holds it.
-    let version = data.get(4).copied().unwrap_or_else(|| blob.version());
     println!("format:       NC06 version {version}");
     println!(
         "original:     {} bytes (crc32c {:08x})",
@@ -679,14 +692,14 @@ fn print_info(path: &Path, data: &[u8], blob: &Blob, model: &ModelArgs) {
     );
     println!(
         "compressed:   {} bytes, ratio {:.3}, {:.4} bits/byte",
-        data.len(),
-        if data.is_empty() {
+        stored,
+        if stored == 0 {
             0.0
         } else {
-            h.original_len as f64 / data.len() as f64
+            h.original_len as f64 / stored as f64
         },
         if h.original_len > 0 {
-            data.len() as f64 * 8.0 / h.original_len as f64
+            stored as f64 * 8.0 / h.original_len as f64
         } else {
             0.0
         }

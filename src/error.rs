@@ -87,7 +87,9 @@ fn pack_exit_code(e: &PackError) -> i32 {
         PackError::Usage(_) => 64,
         PackError::NoInput { .. } | PackError::Incomplete(_) => 66,
         PackError::Io { .. } | PackError::Store(_) => 74,
-        PackError::Codec { source, .. } => codec_exit_code(source),
+        PackError::Codec { source, .. } | PackError::Coding { source, .. } => {
+            codec_exit_code(source)
+        }
         PackError::Model(_) => 69,
         PackError::Mismatch { .. } | PackError::Manifest { .. } => 65,
         PackError::Failed { first, .. } => pack_exit_code(first),

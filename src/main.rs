@@ -7,7 +7,6 @@ mod cli;
 mod error;
 mod file_io;
 mod mount_cmd;
-mod nc06_codec;
 
 use clap::{CommandFactory, Parser};
 use cli::{run, Cli};

@@ -3,8 +3,8 @@
 
 use crate::args::ModelArgs;
 use crate::error::CliError;
-use crate::nc06_codec::Nc06Codec;
 use clap::Args;
+use nacrithfs_codec::Nc06Codec;
 use nacrithfs_engine::EngineSet;
 use nacrithfs_fs::mount::{Mounting, ServeEvents, ServeOptions};
 use nacrithfs_fs::Status;
@@ -42,7 +42,7 @@ pub struct MountArgs {
     pub chunk_size: u32,
     /// Files larger than this many MiB are compressed this many MiB at a time: what a
     /// compression holds in memory is a few times this, whatever the file's size.
-    #[arg(long, default_value_t = (crate::nc06_codec::STREAM_WINDOW >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, default_value_t = (nacrithfs_codec::STREAM_WINDOW >> 20) as u32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub window_mb: u32,
     /// Let other users access the mount (and unmount it when the daemon dies).
     #[arg(long)]

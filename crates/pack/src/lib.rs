@@ -65,6 +65,17 @@ pub enum PackError {
         /// Why.
         source: nacrithfs_engine::Error,
     },
+    /// A file whose windowed compression or decoding failed in the codec, at `what`
+    /// (which bytes).
+    #[error("{}: {what}: {source}", .path.display())]
+    Coding {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: String,
+        /// Why.
+        source: nacrithfs_engine::Error,
+    },
     /// The model cannot be loaded.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -110,6 +121,32 @@ pub enum PackError {
 }
 
 impl PackError {
+    /// A failure of a windowed compression or decoding of `path`: the codec's own
+    /// error when one is behind it (so a bad blob is a data error, as when it is
+    /// decoded whole), a store error otherwise.
+    pub(crate) fn coding(path: &std::path::Path, e: nacrithfs_fs::FsError) -> PackError {
+        let codec = std::error::Error::source(&e)
+            .is_some_and(|s| s.downcast_ref::<nacrithfs_engine::Error>().is_some());
+        if !codec {
+            return PackError::Store(e.in_file(path.display()));
+        }
+        let what = e.message().to_string();
+        match e
+            .into_source()
+            .map(|s| s.downcast::<nacrithfs_engine::Error>())
+        {
+            Some(Ok(source)) => PackError::Coding {
+                path: path.to_path_buf(),
+                what,
+                source: *source,
+            },
+            _ => PackError::Mismatch {
+                path: path.to_path_buf(),
+                why: what,
+            },
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> PackError {
         let path = path.into();
         move |source| PackError::Io { path, source }

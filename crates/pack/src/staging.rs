@@ -86,12 +86,35 @@ impl Staging {
     /// times, user xattrs) and, for a blob, the blob marker, synced; the caller
     /// renames it into place with [`Staging::commit`].
     pub fn file(&self, data: &[u8], like: &File, blob: bool) -> Result<AtomicFile, PackError> {
-        let mut f = match AtomicFile::create_in(&self.dir, &self.prefix) {
-            Err(e) if self.gone(Some(e.errno())) => AtomicFile::create_in(&self.dir, &self.prefix)?,
-            r => r?,
-        };
+        let mut f = self.create()?;
         backing::stage(&mut f, data, like, blob)?;
         Ok(f)
+    }
+
+    /// A new empty temporary file, for content written a piece at a time; then
+    /// [`Staging::seal`] and [`Staging::commit`].
+    pub fn empty(&self) -> Result<AtomicFile, PackError> {
+        Ok(self.create()?)
+    }
+
+    /// A new unlinked scratch file beside the temporary files (on the same
+    /// filesystem): gone when it is closed, whatever happens.
+    pub fn scratch(&self) -> nacrithfs_fs::FsResult<File> {
+        self.create()?.into_unlinked()
+    }
+
+    fn create(&self) -> nacrithfs_fs::FsResult<AtomicFile> {
+        match AtomicFile::create_in(&self.dir, &self.prefix) {
+            Err(e) if self.gone(Some(e.errno())) => AtomicFile::create_in(&self.dir, &self.prefix),
+            r => r,
+        }
+    }
+
+    /// Gives a temporary file whose content is written `like`'s metadata and, for a
+    /// blob, the blob marker, and syncs it: [`Staging::file`] after the fact.
+    pub fn seal(&self, f: &mut AtomicFile, like: &File, blob: bool) -> Result<(), PackError> {
+        backing::seal(f, like, blob)?;
+        Ok(())
     }
 
     /// A new temporary symlink to `target`.

@@ -319,14 +319,14 @@ impl Backing {
     ) -> FsResult<AtomicFile> {
         let mut f = self.temp_file()?;
         fill(&mut f)?;
-        finish(&mut f, like, blob)?;
+        seal(&mut f, like, blob)?;
         Ok(f)
     }
 
     /// Gives a temporary file whose content is written the metadata of `like` and,
     /// for a blob, the marker, and fsyncs it: [`Backing::prepare`] after the fact.
     pub fn seal(&self, f: &mut AtomicFile, like: &File, blob: bool) -> FsResult<()> {
-        finish(f, like, blob)
+        seal(f, like, blob)
     }
 
     /// Renames a prepared temporary file over `dir/name` and syncs the directory.
@@ -352,11 +352,12 @@ impl Backing {
 /// `pack` write before every rename into BACKING.
 pub fn stage(f: &mut AtomicFile, data: &[u8], like: &File, blob: bool) -> FsResult<()> {
     f.write_all(data)?;
-    finish(f, like, blob)
+    seal(f, like, blob)
 }
 
-/// The metadata, marker and fsync of [`stage`], after the content.
-fn finish(f: &mut AtomicFile, like: &File, blob: bool) -> FsResult<()> {
+/// The metadata, marker and fsync of [`stage`], after the content (written a piece at
+/// a time).
+pub fn seal(f: &mut AtomicFile, like: &File, blob: bool) -> FsResult<()> {
     copy_metadata(like, f.file()).ctx(f.name())?;
     if blob {
         fset_xattr(f.file(), STATE_XATTR, STATE_BLOB).ctx(f.name())?;

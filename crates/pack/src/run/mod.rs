@@ -8,6 +8,7 @@
 //! missing model stops a shard at once.
 
 mod pack;
+mod stream;
 mod unpack;
 mod verify;
 
@@ -52,6 +53,9 @@ pub struct PackOptions {
     /// shard loses at most one batch of work. The CLI's default fills every stream with
     /// one chunk (streams × chunk size).
     pub batch_bytes: u64,
+    /// Bytes of a file coded at a time: a larger file is compressed alone, a window at
+    /// a time, as the mount does ([`nacrithfs_codec::STREAM_WINDOW`] by default).
+    pub window: usize,
 }
 
 /// What `verify` checks.
@@ -247,14 +251,19 @@ fn mirror_dirs(from: &Path, to: &Path, dirs: &[PathBuf]) -> Result<(), PackError
     Ok(())
 }
 
-/// Whether `path` is already a regular file of `len` bytes with CRC-32C `crc`.
-fn same_plain(path: &Path, len: u64, crc: u32) -> Result<bool, PackError> {
+/// Whether `path` is already a regular file of `len` bytes with CRC-32C `crc()`
+/// (asked only when the length matches).
+fn same_plain(
+    path: &Path,
+    len: u64,
+    crc: impl FnOnce() -> Result<u32, PackError>,
+) -> Result<bool, PackError> {
     match std::fs::symlink_metadata(path) {
         Ok(md) if md.is_file() && md.len() == len => {}
         _ => return Ok(false),
     }
-    let data = std::fs::read(path).map_err(PackError::io(path))?;
-    Ok(crc32c::crc32c(&data) == crc)
+    let f = File::open(path).map_err(PackError::io(path))?;
+    Ok(stream::digest(&f, path)?.crc == crc()?)
 }
 
 /// Makes `dest` a symlink to `target` unless it already is one. Returns whether it
@@ -289,6 +298,10 @@ fn fatal(e: PackError) -> Result<PackError, PackError> {
     match e {
         PackError::Model(_) => Err(e),
         PackError::Codec {
+            source: nacrithfs_engine::Error::Model(m),
+            ..
+        }
+        | PackError::Coding {
             source: nacrithfs_engine::Error::Model(m),
             ..
         } => Err(PackError::Model(m)),

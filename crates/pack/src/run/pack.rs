@@ -1,5 +1,6 @@
 //! `pack`: compress this shard's files of SRC into the backing layout at DEST, in
-//! batches that share the model's streams; files already packed are skipped.
+//! batches that share the model's streams (a file larger than one window alone, a
+//! window at a time); files already packed are skipped.
 
 use super::*;
 
@@ -172,6 +173,9 @@ impl PackRun<'_, '_> {
                 why: "no longer a regular file".into(),
             });
         }
+        if md.len() > self.opts.window as u64 {
+            return self.large(item, &sp, &dp, f);
+        }
         let data = read_all(&mut f, &sp)?;
         let crc = crc32c::crc32c(&data);
         let mut entry = Entry {
@@ -211,6 +215,49 @@ impl PackRun<'_, '_> {
             data,
             entry,
         }))
+    }
+
+    /// A file larger than one window: hashed, then (unless packed already) compressed
+    /// on its own a window at a time, never held whole.
+    fn large(&self, item: &Item, sp: &Path, dp: &Path, f: File) -> Result<Step, PackError> {
+        let want = stream::digest(&f, sp)?;
+        let mut entry = Entry {
+            rel: item.rel.clone(),
+            kind: EntryKind::Blob,
+            size: want.len,
+            sha256: String::new(),
+            crc32c: want.crc,
+            stored: 0,
+            fingerprint: None,
+            needs_model: None,
+            target: None,
+            shard: self.shard.index,
+        };
+        if let Some((stored, fp, text)) = packed_already(dp, want.len, want.crc)? {
+            entry.stored = stored;
+            entry.fingerprint = Some(fingerprint_str(&fp));
+            entry.needs_model = Some(text);
+            entry.sha256 = want.sha256_hex();
+            return Ok(Step::Done(entry, false));
+        }
+        let engine = self.engine.get()?;
+        let mut tmp = self.staging.empty()?;
+        let (stored, text) = stream::compress_into(
+            (engine, &self.opts.compress, self.opts.window),
+            &self.staging,
+            &f,
+            sp,
+            &want,
+            &mut tmp,
+        )?;
+        self.staging.seal(&mut tmp, &f, true)?;
+        self.staging.commit(tmp, dp)?;
+        log::debug!("{}: {} -> {stored} bytes", item.rel.display(), want.len);
+        entry.stored = stored;
+        entry.fingerprint = Some(fingerprint_str(&engine.model().fingerprint()));
+        entry.needs_model = Some(text);
+        entry.sha256 = want.sha256_hex();
+        Ok(Step::Done(entry, true))
     }
 
     /// Compresses the batch in one model run and commits each blob. When the run fails
@@ -287,18 +334,18 @@ fn packed_already(
     if !is_blob_path(dest).map_err(PackError::io(dest))? {
         return Ok(None);
     }
-    let bytes = std::fs::read(dest).map_err(PackError::io(dest))?;
-    match Blob::parse(&bytes) {
-        Ok(b) if b.header.original_len == len && b.header.original_crc == crc => Ok(Some((
-            bytes.len() as u64,
-            b.header.fingerprint,
-            !b.chunks.is_empty(),
-        ))),
+    let file = File::open(dest).map_err(PackError::io(dest))?;
+    let stored = file.metadata().map_err(PackError::io(dest))?.len();
+    match nacrithfs_codec::read_header(&file) {
+        Ok((b, _)) if b.header.original_len == len && b.header.original_crc == crc => {
+            Ok(Some((stored, b.header.fingerprint, !b.chunks.is_empty())))
+        }
         Ok(_) => Ok(None),
         Err(e) => {
             log::warn!(
-                "{}: unreadable blob ({e}), packing it again",
-                dest.display()
+                "{}: unreadable blob ({}), packing it again",
+                dest.display(),
+                e.report()
             );
             Ok(None)
         }

@@ -1,6 +1,7 @@
 //! `unpack`: decode this shard's files of a packed tree into plain files.
 
 use super::*;
+use std::sync::Arc;
 
 /// Writes this shard's files of the packed tree `packed` as plain files into `out`.
 pub fn unpack(
@@ -36,33 +37,29 @@ pub fn unpack(
                 let target = std::fs::read_link(&bp).map_err(PackError::io(&bp))?;
                 return mirror_symlink(&staging, &target, &op);
             }
-            let mut f = File::open(&bp).map_err(PackError::io(&bp))?;
-            let data = read_all(&mut f, &bp)?;
-            report.stored += data.len() as u64;
-            let codec = |source: nacrithfs_engine::Error| PackError::Codec {
-                path: bp.clone(),
-                source,
-            };
+            let f = Arc::new(File::open(&bp).map_err(PackError::io(&bp))?);
+            let stored = f.metadata().map_err(PackError::io(&bp))?.len();
+            report.stored += stored;
             if !is_blob_file(&f).map_err(PackError::io(&bp))? {
-                report.bytes += data.len() as u64;
-                if same_plain(&op, data.len() as u64, crc32c::crc32c(&data))? {
+                report.bytes += stored;
+                if same_plain(&op, stored, || Ok(stream::digest(&f, &bp)?.crc))? {
                     return Ok(false);
                 }
-                let tmp = staging.file(&data, &f, false)?;
+                let mut tmp = staging.empty()?;
+                stream::copy_plain(&f, &bp, &mut tmp)?;
+                staging.seal(&mut tmp, &f, false)?;
                 staging.commit(tmp, &op)?;
                 return Ok(true);
             }
-            let blob = Blob::parse(&data).map_err(|e| codec(e.into()))?;
-            report.bytes += blob.header.original_len;
-            if same_plain(&op, blob.header.original_len, blob.header.original_crc)? {
+            let header = stream::blob_header(&f, &bp)?;
+            let h = &header.0.header;
+            report.bytes += h.original_len;
+            if same_plain(&op, h.original_len, || Ok(h.original_crc))? {
                 return Ok(false);
             }
-            let plain = engine
-                .decoder(&blob)?
-                .decompress(&data, None)
-                .map_err(codec)?;
-            drop(blob);
-            let tmp = staging.file(&plain, &f, false)?;
+            let mut tmp = staging.empty()?;
+            stream::decode_into(engine, &f, &bp, &header, &mut tmp)?;
+            staging.seal(&mut tmp, &f, false)?;
             staging.commit(tmp, &op)?;
             Ok(true)
         },

@@ -2,6 +2,7 @@
 //! merged manifest.
 
 use super::*;
+use std::sync::Arc;
 
 /// Decodes this shard's blobs of the packed tree and checks them: every checksum in the
 /// blob and, with a manifest, size and SHA-256 against it, plus files it lists that
@@ -92,23 +93,17 @@ pub fn verify(opts: &VerifyOptions, engine: &LazyEngine) -> Result<Report, PackE
                 }
                 return Ok(false);
             }
-            let mut f = File::open(&path).map_err(PackError::io(&path))?;
-            let data = read_all(&mut f, &path)?;
+            let f = Arc::new(File::open(&path).map_err(PackError::io(&path))?);
             let blob = is_blob_file(&f).map_err(PackError::io(&path))?;
             let plain = if blob {
-                let codec = |source: nacrithfs_engine::Error| PackError::Codec {
-                    path: path.clone(),
-                    source,
-                };
-                let (parsed, _) = Blob::parse_header(&data).map_err(|e| codec(e.into()))?;
-                engine
-                    .decoder(&parsed)?
-                    .decompress(&data, None)
-                    .map_err(codec)?
+                let header = stream::blob_header(&f, &path)?;
+                let mut d = stream::Digest::new();
+                stream::decode_blob(engine, &f, &path, &header, &mut d)?;
+                d
             } else {
-                data
+                stream::digest(&f, &path)?
             };
-            report.bytes += plain.len() as u64;
+            report.bytes += plain.len;
             if let Some(e) = entry {
                 let kind = if blob {
                     EntryKind::Blob
@@ -121,10 +116,10 @@ pub fn verify(opts: &VerifyOptions, engine: &LazyEngine) -> Result<Report, PackE
                         e.kind
                     )));
                 }
-                if e.size != plain.len() as u64 || e.sha256 != sha256_hex(&plain) {
+                let len = plain.len;
+                if e.size != len || e.sha256 != plain.sha256_hex() {
                     return Err(mismatch(format!(
-                        "decodes to {} bytes that differ from the manifest's {} bytes",
-                        plain.len(),
+                        "decodes to {len} bytes that differ from the manifest's {} bytes",
                         e.size
                     )));
                 }
