@@ -280,7 +280,7 @@ row_nc() { # LABEL KEY UNIT: a step the passthrough does not have
     for k in $kinds; do
         a=${result[nc.apparent_$k]} s=${result[nc.stored_$k]}
         label=$([ $k = bin ] && echo "fio data (random)" || echo "English text")
-        awk -v l="$label" -v a="$a" -v s="$s" 'BEGIN { printf "| %s | %d | %d | %.3f |\n", l, a, s, (a > 0) ? s / a : 0 }'
+        awk -v l="$label" -v a="$a" -v s="$s" 'BEGIN { printf "| %s | %.0f | %.0f | %.3f |\n", l, a, s, (a > 0) ? s / a : 0 }'
     done
 } | tee "$out/fs.md"
 {
