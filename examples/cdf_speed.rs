@@ -1,9 +1,14 @@
-//! Times the per-token CPU work (softmax + CDF + one coder step) over a 49,152-symbol vocabulary.
-use nc06::codec::{softmax_into, Cdf, Encoder};
+//! Times the per-token CPU work (softmax + CDF + one coder step) over a vocabulary of
+//! the size given (default 49,152, SmolLM2's; Gemma 3's is 262,144), at the precision a
+//! writer uses for it.
+use nc06::codec::{softmax_into, Cdf, Encoder, Precision};
 use std::time::Instant;
 
 fn main() {
-    let n = 49_152;
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(49_152);
     let mut state = 1u64;
     let logits: Vec<f32> = (0..n)
         .map(|_| {
@@ -12,7 +17,8 @@ fn main() {
         })
         .collect();
     let mut probs = Vec::new();
-    let mut cdf = Cdf::default();
+    let precision = Precision::for_vocab(n);
+    let mut cdf = Cdf::with_precision(precision);
     let mut enc = Encoder::new();
     let iters = 2000;
     let (mut t_soft, mut t_cdf) = (0.0, 0.0);
@@ -20,15 +26,18 @@ fn main() {
         let t = Instant::now();
         let sum = softmax_into(&logits, 1.0, &mut probs);
         let t1 = Instant::now();
-        cdf.set_weights(&probs, sum).unwrap();
+        if cdf.set_weights(&probs, sum).is_err() {
+            eprintln!("{n} symbols do not fit 2^{} counts", precision.bits());
+            std::process::exit(1);
+        }
         let t2 = Instant::now();
-        let (lo, hi) = cdf.range(i % n);
-        enc.encode(lo, hi);
+        enc.encode(&cdf, i % n);
         t_soft += (t1 - t).as_secs_f64();
         t_cdf += (t2 - t1).as_secs_f64();
     }
     println!(
-        "softmax {:.1} us, cdf {:.1} us per token",
+        "{n} symbols, 2^{} counts: softmax {:.1} us, cdf {:.1} us per token",
+        precision.bits(),
         t_soft / iters as f64 * 1e6,
         t_cdf / iters as f64 * 1e6
     );

@@ -175,6 +175,7 @@ fn main() {
             PredictorConfig {
                 flags: Flags(flags),
                 temperature: 1.0,
+                precision: nc06::codec::Precision::for_vocab(V),
             },
         );
         let mut logits = vec![0.0f32; V];

@@ -539,6 +539,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             let predictor = nc06::predict::PredictorConfig {
                 flags,
                 temperature: 1.0,
+                precision: engine.precision(),
             };
             println!("| streams | mode | tokens | seconds | tokens/s | KB/s | % of raw | model s | predictor+coder s | bits/byte | RSS MiB |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|");
@@ -712,8 +713,12 @@ fn print_info(path: &Path, version: u8, stored: u64, blob: &Blob, model: &ModelA
     );
     println!("predictors:   {} (flags {:#06x})", h.flags, h.flags.0);
     println!(
-        "window:       {} tokens, slide {}; temperature {}; chunk size {}",
-        h.window.ctx, h.window.slide, h.temperature, h.chunk_size
+        "window:       {} tokens, slide {}; temperature {}; chunk size {}; coder total 2^{}",
+        h.window.ctx,
+        h.window.slide,
+        h.temperature,
+        h.chunk_size,
+        h.precision.bits()
     );
     println!(
         "extents:      {} ({} text bytes, {} binary bytes{})",

@@ -200,3 +200,70 @@ fn one_mount_reads_blobs_of_both_models_whichever_is_its_default() {
         assert_eq!(&out.stdout, want, "{name}");
     }
 }
+
+/// Gemma's 262,144-token vocabulary is coded at 2^28 (container version 3), and
+/// English, text in nine scripts and binary bytes around text all come back exactly,
+/// through `compress` (which verifies) and `decompress`.
+#[test]
+fn gemma_round_trips_english_multilingual_and_binary_with_text_at_2_28() {
+    let Some(_) = gemma("gemma_round_trips_english_multilingual_and_binary_with_text_at_2_28")
+    else {
+        return;
+    };
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mut mixed: Vec<u8> = (0..3000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    mixed.extend_from_slice(&ENGLISH.as_bytes()[..300]);
+    mixed.extend((0..2000u32).map(|i| (i.wrapping_mul(40503) >> 8) as u8));
+    let files: [(&str, Vec<u8>); 3] = [
+        ("english", ENGLISH.as_bytes()[..400].to_vec()),
+        (
+            "multilingual",
+            include_bytes!("data/multilingual.txt").to_vec(),
+        ),
+        ("mixed", mixed),
+    ];
+    for (name, data) in &files {
+        let src = dir.path().join(name);
+        let blob = dir.path().join(format!("{name}.nc"));
+        let back = dir.path().join(format!("{name}.out"));
+        std::fs::write(&src, data).unwrap();
+        let st = bin()
+            .args(["compress", "--model", "gemma3-270m", "-q"])
+            .arg(&src)
+            .arg("-o")
+            .arg(&blob)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let bytes = std::fs::read(&blob).unwrap();
+        let parsed = Blob::parse(&bytes).unwrap();
+        assert!(!parsed.chunks.is_empty(), "{name}: no text chunk was coded");
+        assert_eq!(parsed.header.fingerprint.model, digest_of("gemma3-270m"));
+        assert_eq!(parsed.header.precision.bits(), 28, "{name}");
+        assert_eq!(
+            bytes[4], 3,
+            "{name}: a precision of 28 is container version 3"
+        );
+        let st = bin()
+            .args(["decompress"])
+            .arg(&blob)
+            .arg("-o")
+            .arg(&back)
+            .env_remove("NACRITHFS_MODEL")
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        assert_eq!(&std::fs::read(&back).unwrap(), data, "{name}");
+    }
+}

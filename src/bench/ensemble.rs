@@ -14,6 +14,7 @@ use crate::args::ModelArgs;
 use nacrithfs_engine::model::{Feed, Model, Session};
 use nacrithfs_engine::{CompressOptions, TokenStream};
 use nacrithfs_fs::store::AtomicFile;
+use nc06::codec::Precision;
 use nc06::format::Flags;
 use nc06::predict::logmix::LogMixParams;
 use nc06::predict::{Predictor, PredictorConfig};
@@ -269,6 +270,7 @@ pub fn replay(
                     PredictorConfig {
                         flags: *flags,
                         temperature: 1.0,
+                        precision: Precision::for_vocab(v),
                     },
                     params,
                 );

@@ -81,10 +81,9 @@ impl Job for EncodeJob {
                 vocab: cdf.len(),
             });
         }
-        let (lo, hi) = cdf.range(t as usize);
         self.ideal_bits -= cdf.prob(t as usize).log2();
         if let Some(enc) = self.enc.as_mut() {
-            enc.encode(lo, hi);
+            enc.encode(cdf, t as usize);
         }
         self.next += 1;
         if self.next == self.tokens.len() {
@@ -129,9 +128,7 @@ impl Job for DecodeJob {
         self.out.last().copied().unwrap_or(bos)
     }
     fn code(&mut self, cdf: &Cdf) -> Result<u32, Error> {
-        let s = cdf.find(self.dec.target());
-        let (lo, hi) = cdf.range(s);
-        self.dec.consume(lo, hi);
+        let s = self.dec.decode(cdf);
         self.out.push(s as u32);
         Ok(s as u32)
     }

@@ -4,6 +4,7 @@
 use super::jobs::{DecodeJob, EncodeJob, Work};
 use super::{CodedStream, Engine, Progress, TokenStream};
 use crate::{Error, Result};
+use nc06::codec::Precision;
 use nc06::format::{
     compress_frame, decompress_frame, segment, zero_runs, Blob, ChunkEntry, Extent, ExtentKind,
     Flags, FrameEntry, FrameError, Header, Index, Payload, SegmentOptions, FRAME_SIZE,
@@ -28,15 +29,6 @@ pub struct CompressOptions {
     pub flags: Flags,
     /// Decode every chunk back and compare before returning the blob.
     pub verify: bool,
-}
-
-impl CompressOptions {
-    pub(crate) fn predictor(&self) -> PredictorConfig {
-        PredictorConfig {
-            flags: self.flags,
-            temperature: self.temperature,
-        }
-    }
 }
 
 impl Default for CompressOptions {
@@ -219,7 +211,7 @@ impl Engine {
                     .map(|p| frames_of(&p.binary, parallel, opts.verify, None))
                     .collect::<Result<Vec<Frames>>>()
             });
-            let coded = self.encode(&tokens, opts.window, opts.predictor(), progress);
+            let coded = self.encode(&tokens, opts.window, self.predictor(opts), progress);
             (frames.join(), coded)
         });
         let frames = frames.map_err(|_| Error::Panicked("binary frame compressor"))??;
@@ -232,7 +224,8 @@ impl Engine {
         if opts.verify {
             let streams: Vec<(&[u8], u32)> =
                 coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back = self.decode_streams(&streams, opts.window, opts.predictor(), progress)?;
+            let back =
+                self.decode_streams(&streams, opts.window, self.predictor(opts), progress)?;
             for (f, span) in spans.iter().enumerate() {
                 failed[f] = span
                     .clone()
@@ -501,6 +494,21 @@ impl Engine {
             window: opts.window,
             temperature: opts.temperature,
             chunk_size: opts.chunk_size as u32,
+            precision: self.precision(),
+        }
+    }
+
+    /// The coder precision of this engine's blobs, from its model's vocabulary.
+    pub fn precision(&self) -> Precision {
+        Precision::for_vocab(self.model.n_vocab())
+    }
+
+    /// How this engine's predictors run for a blob coded with `opts`.
+    pub(crate) fn predictor(&self, opts: &CompressOptions) -> PredictorConfig {
+        PredictorConfig {
+            flags: opts.flags,
+            temperature: opts.temperature,
+            precision: self.precision(),
         }
     }
 
@@ -634,10 +642,7 @@ impl Engine {
             .zip(&stored)
             .map(|(&c, s)| (&s[..], blob.chunks[c].tokens))
             .collect();
-        let predictor = PredictorConfig {
-            flags: blob.header.flags,
-            temperature: blob.header.temperature,
-        };
+        let predictor = PredictorConfig::of(&blob.header);
         let decoded = self.decode_streams(&streams, blob.header.window, predictor, progress)?;
         let mut text_bytes: HashMap<usize, Vec<u8>> = HashMap::new();
         for (&c, toks) in texts.iter().zip(decoded) {

@@ -28,9 +28,11 @@ pub enum Part<'a> {
 
 impl Engine {
     /// Whether the chunks of a blob with header `base` can be copied into a blob this
-    /// engine codes with `opts`: the same model and build, predictors and window.
+    /// engine codes with `opts`: the same model and build, predictors, window and
+    /// coder precision.
     pub fn can_reuse(&self, base: &Header, opts: &CompressOptions) -> bool {
         base.fingerprint == self.model.fingerprint()
+            && base.precision == self.precision()
             && base.flags == opts.flags
             && base.window == opts.window
             && base.temperature.to_bits() == opts.temperature.to_bits()
@@ -75,7 +77,7 @@ impl Engine {
         let old_frames = BlobFrames::new(base, index, payload);
         let (frames, coded) = std::thread::scope(|scope| {
             let frames = scope.spawn(|| frames_of(&binary, false, opts.verify, Some(&old_frames)));
-            let coded = self.encode(&tokens, opts.window, opts.predictor(), progress);
+            let coded = self.encode(&tokens, opts.window, self.predictor(opts), progress);
             (frames.join(), coded)
         });
         let frames = frames.map_err(|_| Error::Panicked("binary frame compressor"))??;
@@ -83,7 +85,8 @@ impl Engine {
         if opts.verify {
             let streams: Vec<(&[u8], u32)> =
                 coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back = self.decode_streams(&streams, opts.window, opts.predictor(), progress)?;
+            let back =
+                self.decode_streams(&streams, opts.window, self.predictor(opts), progress)?;
             if let Some(chunk) = (0..tokens.len()).find(|&i| back[i] != tokens[i]) {
                 return Err(Error::VerifyFailed { chunk });
             }

@@ -141,7 +141,7 @@ impl StreamEncoder<'_> {
         let reuse = self.reuse;
         let (frames, coded) = std::thread::scope(|scope| {
             let frames = scope.spawn(|| frames_of(&binary[..full], parallel, opts.verify, reuse));
-            let coded = engine.encode(&tokens, opts.window, opts.predictor(), progress);
+            let coded = engine.encode(&tokens, opts.window, engine.predictor(opts), progress);
             (frames.join(), coded)
         });
         let mut frames = frames.map_err(|_| Error::Panicked("binary frame compressor"))??;
@@ -153,7 +153,8 @@ impl StreamEncoder<'_> {
             let t1 = Instant::now();
             let streams: Vec<(&[u8], u32)> =
                 coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back = engine.decode_streams(&streams, opts.window, opts.predictor(), progress)?;
+            let back =
+                engine.decode_streams(&streams, opts.window, engine.predictor(opts), progress)?;
             if let Some(i) = (0..tokens.len()).find(|&i| back[i] != tokens[i]) {
                 return Err(Error::VerifyFailed {
                     chunk: self.chunks.len() + i,

@@ -1,30 +1,80 @@
 //! Quantised cumulative distributions over a whole vocabulary.
 //!
-//! A distribution of `n` symbols becomes integer counts summing to exactly 2^24 with a
-//! floor of one count per symbol, so no symbol is ever uncodable. With 49,152 symbols
-//! the floors take 0.3 % of the range (about 0.004 bits per token), where a 2^16 total
-//! would lose 75 % of it.
+//! A distribution of `n` symbols becomes integer counts summing to exactly 2^bits (the
+//! [`Precision`]) with a floor of one count per symbol, so no symbol is ever uncodable.
+//! The floors cost about `n / 2^bits * log2(e)` bits per token: with 49,152 symbols and
+//! 2^24 that is 0.004, but with Gemma's 262,144 it is 0.023, so vocabularies over 2^16
+//! get 2^28 (0.0014 bits per token).
 //!
 //! The float work is IEEE-754 f32 add/mul/convert only, in a fixed order: no platform
 //! `exp`, no fused multiply-add (Rust never contracts), no order-dependent reductions
 //! (sums go through eight fixed lanes). Encoder and decoder therefore agree to the bit.
 
-/// Bits of precision of every CDF.
-pub const PRECISION_BITS: u32 = 24;
-/// The sum of every CDF's counts.
-pub const TOTAL: u32 = 1 << PRECISION_BITS;
+/// The bits of a CDF's total: its counts sum to 2^bits. Part of the format, since the
+/// coder's interval arithmetic depends on it: blobs record it (docs/FORMAT.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Precision(u8);
 
-/// Cumulative counts: `cum[s]..cum[s + 1]` is symbol `s`'s interval, `cum[n] == TOTAL`.
+impl Precision {
+    /// What every blob before container version 3 was coded with.
+    pub const DEFAULT: Precision = Precision(24);
+    /// The most the coder allows: after renormalisation its range exceeds 2^30, so a
+    /// one-count symbol out of 2^28 still keeps an interval of at least 4 values.
+    pub const MAX: Precision = Precision(28);
+    /// The least a blob may ask for.
+    pub const MIN: Precision = Precision(16);
+    /// Vocabularies up to this size keep [`Precision::DEFAULT`] (so SmolLM2's blobs stay
+    /// as they were); larger ones get [`Precision::MAX`].
+    pub const DEFAULT_MAX_VOCAB: usize = 1 << 16;
+
+    /// The precision of `bits`, if the coder supports it.
+    pub fn new(bits: u8) -> Option<Precision> {
+        (Self::MIN.0..=Self::MAX.0)
+            .contains(&bits)
+            .then_some(Precision(bits))
+    }
+
+    /// The precision a writer uses for a vocabulary of `n` tokens.
+    pub fn for_vocab(n: usize) -> Precision {
+        if n <= Self::DEFAULT_MAX_VOCAB {
+            Self::DEFAULT
+        } else {
+            Self::MAX
+        }
+    }
+
+    /// The exponent.
+    pub fn bits(self) -> u32 {
+        self.0 as u32
+    }
+
+    /// The sum of a CDF's counts, 2^bits.
+    pub fn total(self) -> u32 {
+        1 << self.0
+    }
+}
+
+impl Default for Precision {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Cumulative counts: `cum[s]..cum[s + 1]` is symbol `s`'s interval, and `cum[n]` is the
+/// precision's total.
 #[derive(Clone, Debug, Default)]
 pub struct Cdf {
     cum: Vec<u32>,
+    precision: Precision,
 }
 
-/// A distribution that cannot be quantised (too many symbols for 2^24 counts, or none).
+/// A distribution that cannot be quantised (more symbols than half the total, none, or
+/// counts that are not a valid distribution).
 #[derive(Debug, thiserror::Error)]
-#[error("cannot quantise a distribution of {symbols} symbols to 2^24 counts")]
+#[error("cannot quantise a distribution of {symbols} symbols to 2^{bits} counts")]
 pub struct CdfError {
     symbols: usize,
+    bits: u32,
 }
 
 /// Fixed lanes of the vectorised sums and maxima (a fixed order of operations).
@@ -132,36 +182,48 @@ pub fn lane_total(l: &[f64; LANES]) -> f64 {
 }
 
 impl Cdf {
+    /// An empty CDF whose distributions will have `precision`.
+    pub fn with_precision(precision: Precision) -> Cdf {
+        Cdf {
+            cum: Vec::new(),
+            precision,
+        }
+    }
+
     /// Quantises non-negative weights `w` whose sum is `sum` (as returned by
-    /// [`softmax_into`] or [`fixed_sum`]). Every symbol gets `1 + round(w * scale)` counts
-    /// (rounding, not flooring, so the total lands within a few counts of 2^24); the
-    /// slack goes to (or comes from) the most probable symbol.
-    pub fn from_weights(w: &[f32], sum: f32) -> Result<Cdf, CdfError> {
-        let mut cdf = Cdf::default();
+    /// [`softmax_into`] or [`fixed_sum`]) to `precision`. Every symbol gets
+    /// `1 + round(w * scale)` counts (rounding, not flooring, so the total lands within a
+    /// few counts of 2^bits); the slack goes to (or comes from) the most probable symbol.
+    pub fn from_weights(w: &[f32], sum: f32, precision: Precision) -> Result<Cdf, CdfError> {
+        let mut cdf = Cdf::with_precision(precision);
         cdf.set_weights(w, sum)?;
         Ok(cdf)
     }
 
-    /// Like [`Cdf::from_weights`], reusing this CDF's allocation.
+    /// Like [`Cdf::from_weights`] at this CDF's precision, reusing its allocation.
     pub fn set_weights(&mut self, w: &[f32], sum: f32) -> Result<(), CdfError> {
         let n = w.len();
-        if n == 0 || n as u64 > (TOTAL / 2) as u64 {
-            return Err(CdfError { symbols: n });
+        let total = self.precision.total();
+        if n == 0 || n as u64 > (total / 2) as u64 {
+            return Err(CdfError {
+                symbols: n,
+                bits: self.precision.bits(),
+            });
         }
-        let spare = (TOTAL - n as u32) as f32;
+        let spare = (total - n as u32) as f32;
         let scale = if sum > 0.0 && sum.is_finite() {
             spare / sum
         } else {
             0.0
         };
-        const CAP: f32 = TOTAL as f32;
+        let cap = total as f32;
         self.cum.clear();
         self.cum.resize(n + 1, 0);
         // Counts first (vectorises), then the running sum.
         for (c, &x) in self.cum[1..].iter_mut().zip(w) {
-            // f32::min/max return the non-NaN operand, so NaN weights become CAP.
-            let v = (x * scale + 0.5).min(CAP).max(0.0);
-            // SAFETY: v is finite and in [0, 2^24] after the clamps above.
+            // f32::min/max return the non-NaN operand, so NaN weights become the cap.
+            let v = (x * scale + 0.5).min(cap).max(0.0);
+            // SAFETY: v is finite and in [0, 2^28] after the clamps above.
             *c = 1 + unsafe { v.to_int_unchecked::<i32>() } as u32;
         }
         // Running sum, and the heaviest symbol (the first of equals), which absorbs the
@@ -176,13 +238,13 @@ impl Cdf {
             acc += *c as u64;
             *c = acc as u32;
         }
-        let diff = TOTAL as i64 - acc as i64;
+        let diff = total as i64 - acc as i64;
         if diff != 0 {
             let best_f = self.cum[best + 1].wrapping_sub(self.cum[best]) as i64;
-            if acc > 2 * TOTAL as u64 || best_f + diff < 1 {
+            if acc > 2 * total as u64 || best_f + diff < 1 {
                 // Only reachable when `sum` is not the sum of `w`: fall back to uniform.
                 let uniform: Vec<u32> = (0..n)
-                    .map(|i| TOTAL / n as u32 + u32::from((i as u32) < TOTAL % n as u32))
+                    .map(|i| total / n as u32 + u32::from((i as u32) < total % n as u32))
                     .collect();
                 self.set_freqs(&uniform);
                 return Ok(());
@@ -191,19 +253,20 @@ impl Cdf {
                 *c = (*c as i64 + diff) as u32;
             }
         }
-        debug_assert_eq!(self.cum[n], TOTAL);
+        debug_assert_eq!(self.cum[n], total);
         Ok(())
     }
 
-    /// Builds a CDF from explicit counts, which must each be >= 1 and sum to 2^24.
-    pub fn from_freqs(freqs: &[u32]) -> Result<Cdf, CdfError> {
+    /// Builds a CDF from explicit counts, which must each be >= 1 and sum to 2^bits.
+    pub fn from_freqs(freqs: &[u32], precision: Precision) -> Result<Cdf, CdfError> {
         let sum: u64 = freqs.iter().map(|&f| f as u64).sum();
-        if freqs.is_empty() || sum != TOTAL as u64 || freqs.contains(&0) {
+        if freqs.is_empty() || sum != precision.total() as u64 || freqs.contains(&0) {
             return Err(CdfError {
                 symbols: freqs.len(),
+                bits: precision.bits(),
             });
         }
-        let mut cdf = Cdf::default();
+        let mut cdf = Cdf::with_precision(precision);
         cdf.set_freqs(freqs);
         Ok(cdf)
     }
@@ -234,13 +297,18 @@ impl Cdf {
         (self.cum[s], self.cum[s + 1])
     }
 
+    /// The precision of its counts.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Probability the CDF gives symbol `s`.
     pub fn prob(&self, s: usize) -> f64 {
         let (lo, hi) = self.range(s);
-        (hi - lo) as f64 / TOTAL as f64
+        (hi - lo) as f64 / self.precision.total() as f64
     }
 
-    /// The symbol whose interval holds `target` (`target < TOTAL`).
+    /// The symbol whose interval holds `target` (`target < 2^bits`).
     #[inline]
     pub fn find(&self, target: u32) -> usize {
         // partition_point gives the first index with cum > target; the symbol is one less.
@@ -299,8 +367,8 @@ mod tests {
         let logits = vec![f32::NAN, f32::INFINITY, 1.0, f32::NEG_INFINITY, 0.0];
         let mut out = Vec::new();
         let sum = softmax_into(&logits, 1.0, &mut out);
-        let cdf = Cdf::from_weights(&out, sum).unwrap();
-        assert_eq!(cdf.range(cdf.len() - 1).1, TOTAL);
+        let cdf = Cdf::from_weights(&out, sum, Precision::DEFAULT).unwrap();
+        assert_eq!(cdf.range(cdf.len() - 1).1, Precision::DEFAULT.total());
         for s in 0..cdf.len() {
             let (lo, hi) = cdf.range(s);
             assert!(hi > lo);
@@ -309,11 +377,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn weights_give_valid_cdfs(w in proptest::collection::vec(0.0f32..1e6, 1..5000)) {
+        fn weights_give_valid_cdfs(
+            w in proptest::collection::vec(0.0f32..1e6, 1..5000),
+            bits in Precision::MIN.bits()..=Precision::MAX.bits(),
+        ) {
             let sum = fixed_sum(&w);
-            let cdf = Cdf::from_weights(&w, sum).unwrap();
+            let p = Precision::new(bits as u8).unwrap();
+            let cdf = Cdf::from_weights(&w, sum, p).unwrap();
             prop_assert_eq!(cdf.len(), w.len());
-            prop_assert_eq!(cdf.range(w.len() - 1).1, TOTAL);
+            prop_assert_eq!(cdf.range(w.len() - 1).1, p.total());
             for s in 0..w.len() {
                 let (lo, hi) = cdf.range(s);
                 prop_assert!(hi > lo);
@@ -326,8 +398,10 @@ mod tests {
         fn logits_give_valid_cdfs(l in proptest::collection::vec(-1e4f32..1e4, 1..3000), t in 0.1f32..4.0) {
             let mut out = Vec::new();
             let sum = softmax_into(&l, t, &mut out);
-            let cdf = Cdf::from_weights(&out, sum).unwrap();
-            prop_assert_eq!(cdf.range(l.len() - 1).1, TOTAL);
+            for p in [Precision::DEFAULT, Precision::MAX] {
+                let cdf = Cdf::from_weights(&out, sum, p).unwrap();
+                prop_assert_eq!(cdf.range(l.len() - 1).1, p.total());
+            }
         }
     }
 }

@@ -4,14 +4,16 @@
 use super::binary::{Method, FRAME_SIZE};
 use super::varint::{self, Reader};
 use super::Flags;
+use crate::codec::Precision;
 use crate::{Fingerprint, Window};
 
 /// The first four bytes of every blob.
 pub const MAGIC: [u8; 4] = *b"NC06";
 /// The newest container version this build writes and reads. A writer gives a blob
 /// the lowest version that can hold it (see [`Blob::version`]), so a blob without
-/// zero extents is a version 1 blob, byte for byte as before version 2 existed.
-pub const VERSION: u8 = 2;
+/// zero extents is a version 1 blob, byte for byte as before version 2 existed, and
+/// only a coder precision other than 2^24 makes a version 3 blob.
+pub const VERSION: u8 = 3;
 /// Bytes that always precede the variable part of the header (magic + version).
 pub const HEADER_PREFIX_LEN: usize = 5;
 
@@ -35,6 +37,8 @@ pub struct Header {
     pub temperature: f32,
     /// The chunk size the writer aimed for (informational).
     pub chunk_size: u32,
+    /// The total of the coder's CDFs (recorded from version 3; 2^24 before).
+    pub precision: Precision,
 }
 
 /// What an extent holds.
@@ -157,6 +161,9 @@ impl Blob {
         varint::put(out, h.window.slide as u64);
         out.extend_from_slice(&h.temperature.to_bits().to_le_bytes());
         varint::put(out, h.chunk_size as u64);
+        if version >= 3 {
+            out.push(h.precision.bits() as u8);
+        }
         varint::put(out, self.extents.len() as u64);
         varint::put(out, self.chunks.len() as u64);
         varint::put(out, self.frames.len() as u64);
@@ -185,9 +192,12 @@ impl Blob {
         out.extend_from_slice(&crc.to_le_bytes());
     }
 
-    /// The version this blob is written with: 1, unless it has a zero extent (2).
+    /// The version this blob is written with: 3 if its coder precision is not 2^24,
+    /// else 2 if it has a zero extent, else 1.
     pub fn version(&self) -> u8 {
-        if self.extents.iter().any(|e| e.kind == ExtentKind::Zero) {
+        if self.header.precision != Precision::DEFAULT {
+            3
+        } else if self.extents.iter().any(|e| e.kind == ExtentKind::Zero) {
             2
         } else {
             1
@@ -242,6 +252,7 @@ impl Blob {
         let slide = r.varint()?;
         let temperature = f32::from_bits(r.u32()?);
         let chunk_size = r.varint()?;
+        let precision_bits = if version >= 3 { Some(r.u8()?) } else { None };
         let n_extents = r.varint()?;
         let n_chunks = r.varint()?;
         let n_frames = r.varint()?;
@@ -314,6 +325,12 @@ impl Blob {
         if flags.0 & !Flags::KNOWN != 0 || !flags.has(Flags::LLM) {
             return Err(FormatError::UnknownFlags(flags.0));
         }
+        let precision = match precision_bits {
+            None => Precision::DEFAULT,
+            Some(b) => Precision::new(b).ok_or_else(|| {
+                FormatError::Inconsistent(format!("unsupported coder precision 2^{b}"))
+            })?,
+        };
         let window = Window {
             ctx: ctx.min(u32::MAX as u64) as u32,
             slide: slide.min(u32::MAX as u64) as u32,
@@ -326,6 +343,7 @@ impl Blob {
             window,
             temperature,
             chunk_size: chunk_size.min(u32::MAX as u64) as u32,
+            precision,
         };
         let blob = Blob {
             header,
@@ -599,6 +617,7 @@ mod tests {
                 window: Window::default(),
                 temperature: 1.0,
                 chunk_size: 8192,
+                precision: Precision::DEFAULT,
             },
             extents: vec![
                 Extent {
@@ -766,6 +785,36 @@ mod tests {
             Blob::parse(&v1).is_err(),
             "a version change is covered by the CRC"
         );
+    }
+
+    #[test]
+    fn a_precision_other_than_2_24_makes_a_version_3_blob() {
+        let mut b = sample();
+        b.header.precision = Precision::MAX;
+        let bytes = b.to_bytes();
+        assert_eq!(bytes[4], 3);
+        assert_eq!(Blob::parse(&bytes).unwrap(), b);
+        assert_eq!(bytes.len(), sample().to_bytes().len() + 1, "one byte more");
+        // With zero extents too, the extents keep version 2's encoding.
+        b.extents.insert(
+            1,
+            Extent {
+                kind: ExtentKind::Zero,
+                len: 4096,
+            },
+        );
+        b.header.original_len += 4096;
+        assert_eq!(Blob::parse(&b.to_bytes()).unwrap(), b);
+        // A precision the coder does not support is refused, even under a valid checksum.
+        let crc_at = bytes.len() - 13 - 4; // the payload is 13 bytes
+        let refused = (5..crc_at).any(|i| {
+            let mut t = bytes.clone();
+            t[i] = 29;
+            let crc = crc32c::crc32c(&t[..crc_at]);
+            t[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+            matches!(Blob::parse(&t), Err(FormatError::Inconsistent(m)) if m.contains("precision 2^29"))
+        });
+        assert!(refused, "no byte of the header reads as precision 29");
     }
 
     proptest! {

@@ -12,7 +12,7 @@ use super::{
     decompress_frame, Blob, ChunkEntry, Extent, ExtentKind, Flags, FrameEntry, Header, Method,
     FRAME_SIZE,
 };
-use crate::codec::{fixed_sum, Cdf, Decoder, Encoder};
+use crate::codec::{fixed_sum, Cdf, Decoder, Encoder, Precision};
 use crate::{Fingerprint, Window};
 
 /// Parses `data` as a blob (header alone, then whole); for a blob that parses, walks
@@ -55,31 +55,30 @@ pub fn decoder(data: &[u8]) {
     }
     let (weights, stream) = rest.split_at(symbols);
     let w: Vec<f32> = weights.iter().map(|&b| b as f32 + 1.0).collect();
-    let Ok(cdf) = Cdf::from_weights(&w, fixed_sum(&w)) else {
+    let precision = if n & 0x80 == 0 {
+        Precision::DEFAULT
+    } else {
+        Precision::MAX
+    };
+    let Ok(cdf) = Cdf::from_weights(&w, fixed_sum(&w), precision) else {
         return;
     };
     let count = 8 * stream.len() + 64;
     let mut dec = Decoder::new(stream);
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
-        let s = cdf.find(dec.target());
+        let s = dec.decode(&cdf);
         assert!(s < cdf.len());
-        let (lo, hi) = cdf.range(s);
-        dec.consume(lo, hi);
         out.push(s);
     }
     let mut enc = Encoder::new();
     for &s in &out {
-        let (lo, hi) = cdf.range(s);
-        enc.encode(lo, hi);
+        enc.encode(&cdf, s);
     }
     let bytes = enc.finish();
     let mut dec = Decoder::new(&bytes);
     for &s in &out {
-        let t = cdf.find(dec.target());
-        assert_eq!(t, s, "re-encoded symbols decode differently");
-        let (lo, hi) = cdf.range(t);
-        dec.consume(lo, hi);
+        assert_eq!(dec.decode(&cdf), s, "re-encoded symbols decode differently");
     }
 }
 
@@ -220,6 +219,11 @@ pub fn arbitrary_blob(data: &[u8]) -> Blob {
                 f32::from_bits(s.u32())
             },
             chunk_size: s.u32(),
+            precision: if s.u8() & 1 == 0 {
+                Precision::DEFAULT
+            } else {
+                Precision::MAX
+            },
         },
         extents,
         chunks,

@@ -5,18 +5,31 @@
 pub mod ensemble;
 pub mod logmix;
 
-use crate::codec::{fixed_sum, softmax_into, Cdf};
-use crate::format::Flags;
+use crate::codec::{fixed_sum, softmax_into, Cdf, Precision};
+use crate::format::{Flags, Header};
 use ensemble::{BiasHead, MatchModel, Mixer, NGram, Sparse, SKIP_BITS, SKIP_WARMUP};
 use logmix::{Inputs, LogMix, LogMixParams};
 
-/// What shapes the predictions; both values are stored in every blob.
+/// What shapes the predictions and their coding; every blob records all three.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PredictorConfig {
     /// Which parts run.
     pub flags: Flags,
     /// Softmax temperature.
     pub temperature: f32,
+    /// The total of the CDFs handed to the coder.
+    pub precision: Precision,
+}
+
+impl PredictorConfig {
+    /// The configuration a blob with `header` was coded with.
+    pub fn of(header: &Header) -> PredictorConfig {
+        PredictorConfig {
+            flags: header.flags,
+            temperature: header.temperature,
+            precision: header.precision,
+        }
+    }
 }
 
 impl Default for PredictorConfig {
@@ -24,6 +37,7 @@ impl Default for PredictorConfig {
         PredictorConfig {
             flags: Flags(Flags::DEFAULT),
             temperature: 1.0,
+            precision: Precision::DEFAULT,
         }
     }
 }
@@ -90,7 +104,7 @@ impl Predictor {
             } else {
                 Vec::new()
             },
-            cdf: Cdf::default(),
+            cdf: Cdf::with_precision(cfg.precision),
             history: Vec::new(),
             ngram: f.has(Flags::NGRAM).then(NGram::default),
             matcher: f.has(Flags::MATCH).then(MatchModel::default),
@@ -269,8 +283,8 @@ impl Predictor {
     }
 }
 
-/// Sets `cdf` from weights; a vocabulary the CDF cannot hold (none, or over 2^23
-/// symbols) gives a one-symbol CDF on both sides alike.
+/// Sets `cdf` from weights; a vocabulary the CDF cannot hold (none, or over half its
+/// total) gives a one-symbol CDF on both sides alike.
 fn set_cdf(cdf: &mut Cdf, w: &[f32], sum: f32) {
     if cdf.set_weights(w, sum).is_err() {
         let _ = cdf.set_weights(&[1.0], 1.0);
