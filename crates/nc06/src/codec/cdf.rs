@@ -8,7 +8,10 @@
 //!
 //! The float work is IEEE-754 f32 add/mul/convert only, in a fixed order: no platform
 //! `exp`, no fused multiply-add (Rust never contracts), no order-dependent reductions
-//! (sums go through eight fixed lanes). Encoder and decoder therefore agree to the bit.
+//! (sums go through eight fixed lanes). Encoder and decoder therefore agree to the bit,
+//! whichever instruction set [`crate::simd`] picks for the loops.
+
+use crate::simd;
 
 /// The bits of a CDF's total: its counts sum to 2^bits. Part of the format, since the
 /// coder's interval arithmetic depends on it: blobs record it (docs/FORMAT.md).
@@ -129,9 +132,17 @@ pub fn log2_pos(x: f32) -> f32 {
 /// Writes softmax(`logits` / `temperature`) (unnormalised: the maximum maps to 1.0) into
 /// `out`, and returns the sum of `out`.
 pub fn softmax_into(logits: &[f32], temperature: f32, out: &mut Vec<f32>) -> f32 {
+    simd::dispatch(
+        #[inline(always)]
+        || softmax_impl(logits, temperature, out),
+    )
+}
+
+#[inline(always)]
+fn softmax_impl(logits: &[f32], temperature: f32, out: &mut Vec<f32>) -> f32 {
     out.clear();
     out.resize(logits.len(), 0.0);
-    let max = lane_max(logits);
+    let max = lane_max_impl(logits);
     if !max.is_finite() {
         // Degenerate model output: fall back to uniform, identically on both sides.
         out.iter_mut().for_each(|p| *p = 1.0);
@@ -141,11 +152,19 @@ pub fn softmax_into(logits: &[f32], temperature: f32, out: &mut Vec<f32>) -> f32
     for (o, &l) in out.iter_mut().zip(logits) {
         *o = exp2_neg((l - max) * k);
     }
-    fixed_sum(out)
+    fixed_sum_impl(out)
 }
 
 /// The maximum of `v` (NaN ignored), through eight fixed lanes so it vectorises.
 pub fn lane_max(v: &[f32]) -> f32 {
+    simd::dispatch(
+        #[inline(always)]
+        || lane_max_impl(v),
+    )
+}
+
+#[inline(always)]
+pub(crate) fn lane_max_impl(v: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = v.chunks_exact(LANES);
     for c in &mut chunks {
@@ -163,6 +182,14 @@ pub fn lane_max(v: &[f32]) -> f32 {
 /// and f64 accumulation (an f32 sum of 49,152 similar terms is off by ~1e-3, which the
 /// CDF would dump on one symbol).
 pub fn fixed_sum(v: &[f32]) -> f32 {
+    simd::dispatch(
+        #[inline(always)]
+        || fixed_sum_impl(v),
+    )
+}
+
+#[inline(always)]
+fn fixed_sum_impl(v: &[f32]) -> f32 {
     let mut lanes = [0.0f64; LANES];
     let mut chunks = v.chunks_exact(LANES);
     for c in &mut chunks {
@@ -202,6 +229,14 @@ impl Cdf {
 
     /// Like [`Cdf::from_weights`] at this CDF's precision, reusing its allocation.
     pub fn set_weights(&mut self, w: &[f32], sum: f32) -> Result<(), CdfError> {
+        simd::dispatch(
+            #[inline(always)]
+            || self.set_weights_impl(w, sum),
+        )
+    }
+
+    #[inline(always)]
+    fn set_weights_impl(&mut self, w: &[f32], sum: f32) -> Result<(), CdfError> {
         let n = w.len();
         let total = self.precision.total();
         if n == 0 || n as u64 > (total / 2) as u64 {
@@ -219,23 +254,34 @@ impl Cdf {
         let cap = total as f32;
         self.cum.clear();
         self.cum.resize(n + 1, 0);
-        // Counts first (vectorises), then the running sum.
+        // Counts first, then the heaviest symbol (the first of equals; it absorbs the
+        // rounding slack below and holds at least spare / n counts), then the running
+        // sum: three loops that vectorise or are one add a symbol. Nothing here can
+        // overflow (counts are at most 2^28 + 1), so the adds wrap rather than check,
+        // which would stop the vectoriser in a build with overflow checks.
         for (c, &x) in self.cum[1..].iter_mut().zip(w) {
             // f32::min/max return the non-NaN operand, so NaN weights become the cap.
             let v = (x * scale + 0.5).min(cap).max(0.0);
             // SAFETY: v is finite and in [0, 2^28] after the clamps above.
-            *c = 1 + unsafe { v.to_int_unchecked::<i32>() } as u32;
+            *c = (unsafe { v.to_int_unchecked::<i32>() } as u32).wrapping_add(1);
         }
-        // Running sum, and the heaviest symbol (the first of equals), which absorbs the
-        // rounding slack below: it holds at least spare / n counts.
-        let mut acc = 0u64;
-        let (mut best, mut best_c) = (0usize, 0u32);
-        for (s, c) in self.cum[1..].iter_mut().enumerate() {
-            if *c > best_c {
-                best_c = *c;
-                best = s;
+        let counts = &self.cum[1..];
+        let mut lanes = [0u32; LANES];
+        let mut chunks = counts.chunks_exact(LANES);
+        for c in &mut chunks {
+            for j in 0..LANES {
+                lanes[j] = lanes[j].max(c[j]);
             }
-            acc += *c as u64;
+        }
+        let best_c = chunks
+            .remainder()
+            .iter()
+            .chain(&lanes)
+            .fold(0, |a, &b| a.max(b));
+        let best = counts.iter().position(|&c| c == best_c).unwrap_or(0);
+        let mut acc = 0u64;
+        for c in &mut self.cum[1..] {
+            acc = acc.wrapping_add(*c as u64);
             *c = acc as u32;
         }
         let diff = total as i64 - acc as i64;

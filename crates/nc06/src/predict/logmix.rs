@@ -17,6 +17,7 @@
 //! All in f32/f64 with a fixed order of operations and no platform `exp`/`log`.
 
 use crate::codec::{exp2_neg, lane_max, lane_total, log2_pos, LANES};
+use crate::simd;
 
 /// Weight sets: match length bucket (8) x highest N-gram order found (0..=4 -> 4
 /// buckets), and again for steps without the model (confidence skip).
@@ -166,9 +167,15 @@ impl LogMix {
         let w0 = match logits {
             Some(l) if max.is_finite() => {
                 let k = std::f32::consts::LOG2_E / temperature;
-                for (x, &y) in self.lp.iter_mut().zip(l) {
-                    *x = (y - max) * k;
-                }
+                let lp = &mut self.lp;
+                simd::dispatch(
+                    #[inline(always)]
+                    || {
+                        for (x, &y) in lp.iter_mut().zip(l) {
+                            *x = (y - max) * k;
+                        }
+                    },
+                );
                 w0
             }
             _ => {
@@ -252,9 +259,15 @@ impl LogMix {
         if let Some(b) = &mut self.bias {
             // b -= lr * (q - onehot(actual)), kept in [-BIAS_MAX, BIAS_MAX].
             let k = self.p.lr_bias * inv;
-            for (x, &wt) in b.iter_mut().zip(&self.w) {
-                *x = (*x - k * wt).max(-BIAS_MAX);
-            }
+            let w = &self.w;
+            simd::dispatch(
+                #[inline(always)]
+                || {
+                    for (x, &wt) in b.iter_mut().zip(w) {
+                        *x = (*x - k * wt).max(-BIAS_MAX);
+                    }
+                },
+            );
             b[a] = (b[a] + self.p.lr_bias).min(BIAS_MAX);
         }
     }
@@ -272,6 +285,21 @@ fn dense(
     s_w: &mut [f64; LANES],
     s_wlp: &mut [f64; LANES],
 ) {
+    simd::dispatch(
+        #[inline(always)]
+        || dense_impl(lp, bias, w0, out, s_w, s_wlp),
+    )
+}
+
+#[inline(always)]
+fn dense_impl(
+    lp: &[f32],
+    bias: Option<&[f32]>,
+    w0: f32,
+    out: &mut [f32],
+    s_w: &mut [f64; LANES],
+    s_wlp: &mut [f64; LANES],
+) {
     const BLOCK: usize = 256;
     let zeros = [0.0f32; BLOCK];
     let n = lp.len().min(out.len());
@@ -281,17 +309,23 @@ fn dense(
         let end = (start + BLOCK).min(n);
         let (mut a, mut b) = ([0.0f32; LANES], [0.0f32; LANES]);
         let bs = bias.map_or(&zeros[..end - start], |bs| &bs[start..end]);
-        let chunks = out[start..end]
-            .chunks_mut(LANES)
-            .zip(lp[start..end].chunks(LANES))
-            .zip(bs.chunks(LANES));
-        for ((oc, lc), bc) in chunks {
-            for j in 0..oc.len() {
-                let x = exp2_neg(w0 * lc[j] + bc[j] - BIAS_MAX);
-                oc[j] = x;
-                a[j] += x;
-                b[j] += x * lc[j];
+        let (o, l) = (&mut out[start..end], &lp[start..end]);
+        for ((o, &l), &bb) in o.iter_mut().zip(l).zip(bs) {
+            *o = exp2_neg(w0 * l + bb - BIAS_MAX);
+        }
+        // Element j of every run of LANES goes to lane j: whole runs in fixed-size
+        // arrays (which become vector registers), then the block's last partial run
+        // (only the last block has one). A separate pass, so both loops vectorise.
+        let (mut oc, mut lc) = (o.chunks_exact(LANES), l.chunks_exact(LANES));
+        for (oc, lc) in (&mut oc).zip(&mut lc) {
+            for j in 0..LANES {
+                a[j] += oc[j];
+                b[j] += oc[j] * lc[j];
             }
+        }
+        for (j, (&x, &l)) in oc.remainder().iter().zip(lc.remainder()).enumerate() {
+            a[j] += x;
+            b[j] += x * l;
         }
         for j in 0..LANES {
             s_w[j] += a[j] as f64;

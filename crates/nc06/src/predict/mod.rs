@@ -290,3 +290,81 @@ fn set_cdf(cdf: &mut Cdf, w: &[f32], sum: f32) {
         let _ = cdf.set_weights(&[1.0], 1.0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simd::{has_avx2, with_isa, Isa};
+    use proptest::prelude::*;
+
+    /// Every step's whole CDF, for a stream of `tokens` under pseudo-random logits.
+    fn cdfs(
+        isa: Isa,
+        v: usize,
+        flags: u16,
+        precision: Precision,
+        seed: u64,
+        tokens: &[u32],
+    ) -> Vec<Vec<(u32, u32)>> {
+        with_isa(isa, || {
+            let cfg = PredictorConfig {
+                flags: Flags(flags),
+                temperature: 0.9,
+                precision,
+            };
+            let mut p = Predictor::new(v, cfg);
+            let mut state = seed | 1;
+            let mut logits = vec![0.0f32; v];
+            let mut out = Vec::new();
+            for &t in tokens {
+                let want = p.prepare();
+                for l in &mut logits {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    *l = (state >> 40) as f32 / (1u64 << 24) as f32 * 24.0 - 12.0;
+                }
+                let cdf = p.predict(want.then_some(&logits[..]));
+                out.push((0..cdf.len()).map(|s| cdf.range(s)).collect());
+                p.update(t % v as u32);
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn the_avx2_loops_give_the_baseline_bits_at_gemma_size() {
+        has_avx2();
+        let tokens: Vec<u32> = (0..24).map(|i| [17, 5, 17, 99, 5][i % 5]).collect();
+        let v = 262_144;
+        let p = Precision::for_vocab(v);
+        let a = cdfs(Isa::Scalar, v, Flags::DEFAULT, p, 3, &tokens);
+        let b = cdfs(Isa::Avx2, v, Flags::DEFAULT, p, 3, &tokens);
+        assert!(
+            a == b,
+            "the CDFs differ between the baseline and AVX2 loops"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn the_avx2_loops_give_the_baseline_bits(
+            v in 2usize..3000,
+            flags in prop::sample::select(vec![
+                Flags::LLM,
+                Flags::DEFAULT,
+                Flags::DEFAULT | Flags::MATCH | Flags::BIAS | Flags::SKIP,
+                Flags::LLM | Flags::NGRAM | Flags::MATCH | Flags::BIAS,
+            ]),
+            bits in 16u8..=28,
+            seed in any::<u64>(),
+            tokens in proptest::collection::vec(0u32..4000, 1..40),
+        ) {
+            let p = Precision::new(bits).unwrap();
+            let a = cdfs(Isa::Scalar, v, flags, p, seed, &tokens);
+            let b = cdfs(Isa::Avx2, v, flags, p, seed, &tokens);
+            prop_assert!(a == b);
+        }
+    }
+}
