@@ -88,9 +88,11 @@ pub(crate) fn has_avx2() -> bool {
     false
 }
 
-/// Runs `f` compiled for `isa`, which must be [`Isa::Scalar`] or one the CPU has.
+/// Runs `f` compiled for `isa`; an `isa` the CPU lacks runs the baseline. As with
+/// `dispatch`, `f` must be an `#[inline(always)]` closure. For callers that choose
+/// the instruction set themselves (the portable engine, its tests).
 #[inline(always)]
-pub(crate) fn run_on<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+pub fn run_on<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if std::arch::is_x86_feature_detected!("avx2") => {

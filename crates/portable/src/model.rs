@@ -1,0 +1,212 @@
+//! The weights of a llama-architecture GGUF model (SmolLM2), as the forward pass uses
+//! them.
+
+use crate::gguf::{Gguf, GgufError, TensorType};
+use crate::quant::{Matrix, BLOCK};
+use std::path::Path;
+
+/// What can go wrong loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file cannot be read.
+    #[error("cannot read model {}", .path.display())]
+    Read {
+        /// The model file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a GGUF model this engine can run.
+    #[error("model {}: {source}", .path.display())]
+    Gguf {
+        /// The model file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        #[source]
+        source: GgufError,
+    },
+}
+
+/// The shape of the model, from its GGUF metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Width of the residual stream.
+    pub dim: usize,
+    /// Width of the feed-forward layer.
+    pub ff: usize,
+    /// Attention heads (queries).
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention).
+    pub kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+    /// Tokens in the vocabulary.
+    pub vocab: usize,
+    /// RMSNorm's epsilon.
+    pub eps: f32,
+    /// RoPE's base frequency.
+    pub rope_base: f64,
+    /// The token every sequence starts from.
+    pub bos: u32,
+}
+
+/// One transformer block.
+pub(crate) struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Matrix,
+    pub wk: Matrix,
+    pub wv: Matrix,
+    pub wo: Matrix,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Matrix,
+    pub up: Matrix,
+    pub down: Matrix,
+}
+
+/// A loaded model.
+pub struct Model {
+    pub(crate) cfg: Config,
+    pub(crate) embd: Matrix,
+    /// The output layer; `None` when it is the embedding matrix (tied, as in SmolLM2).
+    pub(crate) output: Option<Matrix>,
+    pub(crate) out_norm: Vec<f32>,
+    pub(crate) layers: Vec<Layer>,
+}
+
+fn vector(g: &Gguf, name: &str, n: usize) -> Result<Vec<f32>, GgufError> {
+    let b = g.tensor_bytes(name, TensorType::F32, &[n as u64])?;
+    Ok(b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+fn usize_key(g: &Gguf, key: &str) -> Result<usize, GgufError> {
+    let v = g.int(key)?;
+    usize::try_from(v)
+        .ok()
+        .filter(|&v| v > 0 && v < 1 << 24)
+        .ok_or_else(|| GgufError::Key(key.into()))
+}
+
+impl Config {
+    /// The shape of a llama-architecture model.
+    pub fn of(g: &Gguf) -> Result<Config, GgufError> {
+        let arch = g.str("general.architecture")?;
+        if arch != "llama" {
+            return Err(GgufError::Tensor {
+                name: "general.architecture".into(),
+                why: format!("architecture {arch} is not supported yet (llama is)"),
+            });
+        }
+        let k = |s: &str| format!("llama.{s}");
+        let heads = usize_key(g, &k("attention.head_count"))?;
+        let dim = usize_key(g, &k("embedding_length"))?;
+        let kv_heads = usize_key(g, &k("attention.head_count_kv"))?;
+        let head_dim = dim / heads;
+        let bad = |why: String| GgufError::Tensor {
+            name: "llama.*".into(),
+            why,
+        };
+        if head_dim * heads != dim || heads % kv_heads != 0 || head_dim % 2 != 0 {
+            return Err(bad(format!(
+                "{heads} heads, {kv_heads} kv heads, width {dim}"
+            )));
+        }
+        if let Ok(r) = g.int(&k("rope.dimension_count")) {
+            if r != head_dim as i128 {
+                return Err(bad(format!("partial RoPE ({r} of {head_dim})")));
+            }
+        }
+        let embd = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| GgufError::NoTensor("token_embd.weight".into()))?;
+        let vocab = embd.dims.get(1).copied().unwrap_or(0) as usize;
+        let cfg = Config {
+            layers: usize_key(g, &k("block_count"))?,
+            dim,
+            ff: usize_key(g, &k("feed_forward_length"))?,
+            heads,
+            kv_heads,
+            head_dim,
+            vocab,
+            eps: g.float(&k("attention.layer_norm_rms_epsilon"))? as f32,
+            rope_base: g.float(&k("rope.freq_base")).unwrap_or(10_000.0),
+            bos: usize_key(g, "tokenizer.ggml.bos_token_id").unwrap_or(1) as u32,
+        };
+        if cfg.dim % BLOCK != 0 || cfg.ff % BLOCK != 0 || !(2..1 << 22).contains(&cfg.vocab) {
+            return Err(bad(format!(
+                "width {} and feed-forward {} must be whole blocks; vocabulary {}",
+                cfg.dim, cfg.ff, cfg.vocab
+            )));
+        }
+        Ok(cfg)
+    }
+
+    /// Width of the keys and values of one position (all kv heads).
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+impl Model {
+    /// Loads the GGUF model at `path`.
+    pub fn load(path: &Path) -> Result<Model, LoadError> {
+        let data = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Model::from_gguf(&Gguf::parse(data).map_err(|source| LoadError::Gguf {
+            path: path.into(),
+            source,
+        })?)
+        .map_err(|source| LoadError::Gguf {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// The model in a parsed GGUF file.
+    pub fn from_gguf(g: &Gguf) -> Result<Model, GgufError> {
+        let c = Config::of(g)?;
+        let (d, kv, ff) = (c.dim, c.kv_dim(), c.ff);
+        let mut layers = Vec::with_capacity(c.layers);
+        for i in 0..c.layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: vector(g, &n("attn_norm"), d)?,
+                wq: Matrix::load(g, &n("attn_q"), d, d)?,
+                wk: Matrix::load(g, &n("attn_k"), kv, d)?,
+                wv: Matrix::load(g, &n("attn_v"), kv, d)?,
+                wo: Matrix::load(g, &n("attn_output"), d, d)?,
+                ffn_norm: vector(g, &n("ffn_norm"), d)?,
+                gate: Matrix::load(g, &n("ffn_gate"), ff, d)?,
+                up: Matrix::load(g, &n("ffn_up"), ff, d)?,
+                down: Matrix::load(g, &n("ffn_down"), d, ff)?,
+            });
+        }
+        let output = match g.tensor("output.weight") {
+            Some(_) => Some(Matrix::load(g, "output.weight", c.vocab, d)?),
+            None => None,
+        };
+        Ok(Model {
+            embd: Matrix::load(g, "token_embd.weight", c.vocab, d)?,
+            output,
+            out_norm: vector(g, "output_norm.weight", d)?,
+            layers,
+            cfg: c,
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The output layer.
+    pub(crate) fn output(&self) -> &Matrix {
+        self.output.as_ref().unwrap_or(&self.embd)
+    }
+}

@@ -1,0 +1,415 @@
+//! Decoding sessions: up to `n_seq` independent sequences, each with its own f16 key
+//! and value cache of `window.ctx` positions, stepped together one token each per
+//! [`Session::decode`] call.
+//!
+//! Every output of a step is computed from its own sequence's data alone, in an order
+//! that does not depend on the other sequences, the thread count or the instruction
+//! set, so a sequence gives the same logits alone or in any batch (docs/ENGINE.md).
+
+use crate::model::Model;
+use crate::num::{exp_neg, f16_to_f32, f32_to_f16, round_f16, sin_cos_f64};
+use crate::quant::QuantAct;
+use nc06::codec::fixed_sum;
+use nc06::simd::{run_on, Isa};
+use nc06::Window;
+use rayon::prelude::*;
+
+/// One token to feed: sequence `seq` at position `pos`. Made only by
+/// [`Session::feed`], so every loop advances and slides positions alike.
+#[derive(Clone, Copy, Debug)]
+pub struct Feed {
+    seq: u32,
+    token: u32,
+    pos: u32,
+    logits: bool,
+}
+
+impl Feed {
+    /// The sequence this token goes to.
+    pub fn seq(&self) -> u32 {
+        self.seq
+    }
+
+    /// Its position in the sequence.
+    pub fn pos(&self) -> u32 {
+        self.pos
+    }
+}
+
+/// What a step was asked that it cannot do.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A feed for a sequence the session does not have.
+    #[error("sequence {seq} of a session with {n_seq}")]
+    NoSequence {
+        /// The sequence asked for.
+        seq: u32,
+        /// Sequences in the session.
+        n_seq: u32,
+    },
+    /// A token outside the vocabulary.
+    #[error("token {token} of a vocabulary of {vocab}")]
+    Token {
+        /// The token.
+        token: u32,
+        /// The vocabulary's size.
+        vocab: usize,
+    },
+    /// Two feeds for one sequence in one call.
+    #[error("sequence {0} fed twice in one step")]
+    Twice(u32),
+}
+
+/// One sequence's cache: keys as `[layer][kv head][dim][position]` (positions
+/// contiguous, so a score loop runs over positions) and values as `[layer][kv head]
+/// [position][dim]`, both f16.
+struct Cache {
+    k: Vec<u16>,
+    v: Vec<u16>,
+}
+
+/// A decoding session over a [`Model`].
+pub struct Session<'m> {
+    model: &'m Model,
+    window: Window,
+    n_seq: u32,
+    isa: Isa,
+    next_pos: Vec<u32>,
+    caches: Vec<Cache>,
+    /// RoPE's inverse frequencies, one per pair of a head's dims.
+    inv_freq: Vec<f64>,
+    /// The last step's logits, a row per feed that asked for them.
+    logits: Vec<f32>,
+    /// For each feed of the last step, its row in `logits`.
+    rows: Vec<Option<usize>>,
+}
+
+impl Model {
+    /// A session of `n_seq` sequences of `window.ctx` positions, its loops compiled for
+    /// `isa` (which changes the speed, never the bits).
+    pub fn session(&self, n_seq: u32, window: Window, isa: Isa) -> Session<'_> {
+        let c = &self.cfg;
+        let n_seq = n_seq.max(1);
+        let per = c.layers * c.kv_dim() * window.ctx as usize;
+        let caches = (0..n_seq)
+            .map(|_| Cache {
+                k: vec![0; per],
+                v: vec![0; per],
+            })
+            .collect();
+        // base^(-2i/d) = e^(-(2i/d) ln base), in our own f64 exp and ln.
+        let ln_base = crate::num::ln_f64(c.rope_base);
+        let inv_freq = (0..c.head_dim / 2)
+            .map(|i| crate::num::exp_f64(-((2 * i) as f64 / c.head_dim as f64) * ln_base))
+            .collect();
+        Session {
+            model: self,
+            window,
+            n_seq,
+            isa,
+            next_pos: vec![0; n_seq as usize],
+            caches,
+            inv_freq,
+            logits: Vec::new(),
+            rows: Vec::new(),
+        }
+    }
+}
+
+/// RMSNorm: y = (x * 1/sqrt(mean(x^2) + eps)) * w, the squares summed in f64 in order.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mut ss = 0.0f64;
+    for &v in x {
+        ss += (v * v) as f64;
+    }
+    let mean = (ss / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(w) {
+        *o = (v * scale) * w;
+    }
+}
+
+/// (cos, sin) of `pos * inv_freq[i]` for each pair i, rounded to f32.
+fn rope_cs(inv_freq: &[f64], pos: f64, out: &mut Vec<(f32, f32)>) {
+    out.clear();
+    out.extend(inv_freq.iter().map(|&f| {
+        let (s, c) = sin_cos_f64(pos * f);
+        (c as f32, s as f32)
+    }));
+}
+
+/// Rotates each head of `x` (width `hd`) pair by pair: (x0 c - x1 s, x0 s + x1 c).
+fn rope(x: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
+    for head in x.chunks_exact_mut(hd) {
+        for (p, &(c, s)) in head.chunks_exact_mut(2).zip(cs) {
+            let (x0, x1) = (p[0], p[1]);
+            p[0] = x0 * c - x1 * s;
+            p[1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+impl Session<'_> {
+    /// Sequences the session holds.
+    pub fn n_seq(&self) -> u32 {
+        self.n_seq
+    }
+
+    /// The window of every sequence.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
+    /// The feed that gives `token` to sequence `seq` at its next position, sliding the
+    /// sequence's window first when it is full (see [`Session::clear`] and the slide in
+    /// docs/ENGINE.md).
+    pub fn feed(&mut self, seq: u32, token: u32, logits: bool) -> Result<Feed, StepError> {
+        let i = seq as usize;
+        let Some(&pos) = self.next_pos.get(i) else {
+            return Err(StepError::NoSequence {
+                seq,
+                n_seq: self.n_seq,
+            });
+        };
+        let pos = if pos >= self.window.ctx {
+            self.slide(i);
+            self.window.ctx - self.window.slide
+        } else {
+            pos
+        };
+        self.next_pos[i] = pos + 1;
+        Ok(Feed {
+            seq,
+            token,
+            pos,
+            logits,
+        })
+    }
+
+    /// Forgets sequence `seq`, so a new stream can start in it.
+    pub fn clear(&mut self, seq: u32) {
+        if let Some(p) = self.next_pos.get_mut(seq as usize) {
+            *p = 0;
+        }
+    }
+
+    /// Logits after the `i`-th feed of the last [`Session::decode`] (which must have
+    /// asked for them; empty otherwise).
+    pub fn logits(&self, i: usize) -> &[f32] {
+        let v = self.model.cfg.vocab;
+        match self.rows.get(i).copied().flatten() {
+            Some(r) => &self.logits[r * v..(r + 1) * v],
+            None => &[],
+        }
+    }
+
+    /// Drops positions `1..1 + slide` of sequence `i` (position 0, the BOS, stays as
+    /// the attention sink) and moves the rest down by `slide`, turning each moved key
+    /// back by `slide` positions and rounding it to f16 again.
+    fn slide(&mut self, i: usize) {
+        let c = &self.model.cfg;
+        let (ctx, s) = (self.window.ctx as usize, self.window.slide as usize);
+        let mut cs = Vec::new();
+        rope_cs(&self.inv_freq, -(s as f64), &mut cs);
+        let hd = c.head_dim;
+        let cache = &mut self.caches[i];
+        for block in cache.k.chunks_exact_mut(hd * ctx) {
+            for row in block.chunks_exact_mut(ctx) {
+                row.copy_within(1 + s..ctx, 1);
+            }
+            for (pair, &(co, si)) in block.chunks_exact_mut(2 * ctx).zip(&cs) {
+                let (r0, r1) = pair.split_at_mut(ctx);
+                for (a, b) in r0[1..ctx - s].iter_mut().zip(&mut r1[1..ctx - s]) {
+                    let (x0, x1) = (f16_to_f32(*a), f16_to_f32(*b));
+                    *a = f32_to_f16(x0 * co - x1 * si);
+                    *b = f32_to_f16(x0 * si + x1 * co);
+                }
+            }
+        }
+        for block in cache.v.chunks_exact_mut(hd * ctx) {
+            block.copy_within((1 + s) * hd..ctx * hd, hd);
+        }
+    }
+
+    /// Runs one step: one token for each listed sequence (each at most once).
+    /// Afterwards [`Session::logits`]`(i)` holds the prediction after `feeds[i]`.
+    pub fn decode(&mut self, feeds: &[Feed]) -> Result<(), StepError> {
+        let m = self.model;
+        let c = &m.cfg;
+        let n = feeds.len();
+        let mut seen = vec![false; self.n_seq as usize];
+        for f in feeds {
+            if f.token as usize >= c.vocab {
+                return Err(StepError::Token {
+                    token: f.token,
+                    vocab: c.vocab,
+                });
+            }
+            let s = seen.get_mut(f.seq as usize).ok_or(StepError::NoSequence {
+                seq: f.seq,
+                n_seq: self.n_seq,
+            })?;
+            if std::mem::replace(s, true) {
+                return Err(StepError::Twice(f.seq));
+            }
+        }
+        self.rows.clear();
+        if n == 0 {
+            return Ok(());
+        }
+        let (d, kvd, hd, ff) = (c.dim, c.kv_dim(), c.head_dim, c.ff);
+        let ctx = self.window.ctx as usize;
+        let isa = self.isa;
+
+        let mut x = vec![0.0f32; n * d];
+        for (xs, f) in x.chunks_exact_mut(d).zip(feeds) {
+            m.embd.dequant_row(f.token as usize, xs);
+        }
+        let mut h = vec![0.0f32; n * d];
+        let mut q = vec![0.0f32; n * d];
+        let mut k = vec![0.0f32; n * kvd];
+        let mut v = vec![0.0f32; n * kvd];
+        let mut att = vec![0.0f32; n * d];
+        let mut o = vec![0.0f32; n * d];
+        let mut g = vec![0.0f32; n * ff];
+        let mut u = vec![0.0f32; n * ff];
+        let mut act = QuantAct::new(n, d);
+        let mut act_ff = QuantAct::new(n, ff);
+        let mut cs = Vec::new();
+        let rope_of: Vec<Vec<(f32, f32)>> = feeds
+            .iter()
+            .map(|f| {
+                rope_cs(&self.inv_freq, f.pos as f64, &mut cs);
+                cs.clone()
+            })
+            .collect();
+        let group = c.heads / c.kv_heads;
+        let scale = 1.0f32 / (hd as f32).sqrt();
+
+        for (li, layer) in m.layers.iter().enumerate() {
+            for (xs, hs) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
+                rms_norm(xs, &layer.attn_norm, c.eps, hs);
+            }
+            act.set(&h, isa);
+            layer.wq.mul(&act, &mut q, isa);
+            layer.wk.mul(&act, &mut k, isa);
+            layer.wv.mul(&act, &mut v, isa);
+            for (i, f) in feeds.iter().enumerate() {
+                let cs = &rope_of[i];
+                rope(&mut q[i * d..(i + 1) * d], hd, cs);
+                rope(&mut k[i * kvd..(i + 1) * kvd], hd, cs);
+                let cache = &mut self.caches[f.seq as usize];
+                let p = f.pos as usize;
+                for gi in 0..c.kv_heads {
+                    let kb = (li * c.kv_heads + gi) * hd * ctx;
+                    for di in 0..hd {
+                        cache.k[kb + di * ctx + p] = f32_to_f16(k[i * kvd + gi * hd + di]);
+                    }
+                    let vb = kb + p * hd;
+                    for di in 0..hd {
+                        cache.v[vb + di] = f32_to_f16(v[i * kvd + gi * hd + di]);
+                    }
+                }
+            }
+            // Attention: one task per (feed, head), each reading its own sequence.
+            let caches = &self.caches;
+            let q = &q;
+            att.par_chunks_mut(hd).enumerate().for_each(|(t, out)| {
+                let (i, head) = (t / c.heads, t % c.heads);
+                let f = &feeds[i];
+                let cache = &caches[f.seq as usize];
+                let kb = (li * c.kv_heads + head / group) * hd * ctx;
+                let qh = &q[i * d + head * hd..i * d + (head + 1) * hd];
+                run_on(
+                    isa,
+                    #[inline(always)]
+                    || {
+                        attend(
+                            qh,
+                            &cache.k[kb..kb + hd * ctx],
+                            &cache.v[kb..kb + hd * ctx],
+                            ctx,
+                            f.pos as usize + 1,
+                            scale,
+                            out,
+                        )
+                    },
+                );
+            });
+            act.set(&att, isa);
+            layer.wo.mul(&act, &mut o, isa);
+            for (a, &b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+            for (xs, hs) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
+                rms_norm(xs, &layer.ffn_norm, c.eps, hs);
+            }
+            act.set(&h, isa);
+            layer.gate.mul(&act, &mut g, isa);
+            layer.up.mul(&act, &mut u, isa);
+            for (gv, &uv) in g.iter_mut().zip(&u) {
+                *gv = crate::num::silu(*gv) * uv;
+            }
+            act_ff.set(&g, isa);
+            layer.down.mul(&act_ff, &mut o, isa);
+            for (a, &b) in x.iter_mut().zip(&o) {
+                *a += b;
+            }
+        }
+
+        // The output layer, only for the feeds that want logits.
+        let want: Vec<usize> = (0..n).filter(|&i| feeds[i].logits).collect();
+        self.rows = vec![None; n];
+        if want.is_empty() {
+            return Ok(());
+        }
+        let mut hw = vec![0.0f32; want.len() * d];
+        for (r, &i) in want.iter().enumerate() {
+            rms_norm(
+                &x[i * d..(i + 1) * d],
+                &m.out_norm,
+                c.eps,
+                &mut hw[r * d..(r + 1) * d],
+            );
+            self.rows[i] = Some(r);
+        }
+        let mut act_out = QuantAct::new(want.len(), d);
+        act_out.set(&hw, isa);
+        self.logits.resize(want.len() * c.vocab, 0.0);
+        m.output().mul(&act_out, &mut self.logits, isa);
+        Ok(())
+    }
+}
+
+/// One head's attention over positions `0..len` of its cache: scores q·k (q rounded to
+/// f16, sums over dims in order from 0), scaled; softmax with our exp, its sum NC06's
+/// [`fixed_sum`] (eight lanes, f64); weights rounded to f16; the output Σ w v in position order.
+#[inline(always)]
+fn attend(q: &[f32], k: &[u16], v: &[u16], ctx: usize, len: usize, scale: f32, out: &mut [f32]) {
+    let hd = q.len();
+    let mut s = vec![0.0f32; len];
+    for (di, &qd) in q.iter().enumerate() {
+        let qd = round_f16(qd);
+        let row = &k[di * ctx..di * ctx + len];
+        for (sp, &kp) in s.iter_mut().zip(row) {
+            *sp += qd * f16_to_f32(kp);
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for sp in s.iter_mut() {
+        *sp *= scale;
+        max = max.max(*sp);
+    }
+    for sp in s.iter_mut() {
+        *sp = exp_neg(*sp - max);
+    }
+    let inv = 1.0 / fixed_sum(&s);
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (p, &e) in s.iter().enumerate() {
+        let w = round_f16(e * inv);
+        let vp = &v[p * hd..(p + 1) * hd];
+        for (o, &vv) in out.iter_mut().zip(vp) {
+            *o += w * f16_to_f32(vv);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The portable engine (issue 17) on the real SmolLM2 file: its logits next to
+//! llama.cpp's on the same tokens, and bit-identical across instruction sets, batches
+//! and window slides.
+
+mod common;
+
+use nacrithfs_portable::{Model, Session};
+use nc06::simd::Isa;
+use nc06::Window;
+use std::sync::OnceLock;
+
+fn portable() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| {
+        let path = nacrithfs_engine::model::default_model_path();
+        Model::load(&path).expect("the default model loads in the portable engine")
+    })
+}
+
+/// Every step's logits for `tokens` fed to sequence `seq` of `s`, beside `others`
+/// (other sequences' tokens, fed in the same steps while they last).
+fn run(s: &mut Session<'_>, seq: u32, tokens: &[u32], others: &[(u32, &[u32])]) -> Vec<Vec<f32>> {
+    let bos = portable().config().bos;
+    let mut out = Vec::new();
+    for step in 0..tokens.len() {
+        let mut feeds = Vec::new();
+        let tok = |t: &[u32]| if step == 0 { bos } else { t[step - 1] };
+        feeds.push(s.feed(seq, tok(tokens), true).unwrap());
+        for &(o, t) in others {
+            if step < t.len() {
+                feeds.push(s.feed(o, tok(t), step % 3 == 0).unwrap());
+            }
+        }
+        s.decode(&feeds).unwrap();
+        out.push(s.logits(0).to_vec());
+    }
+    out
+}
+
+fn tokens(text: &str, n: usize) -> Vec<u32> {
+    let t = common::model().tokenize(text.as_bytes());
+    t[..n.min(t.len())].to_vec()
+}
+
+/// log-softmax in f64.
+fn log_softmax(l: &[f32]) -> Vec<f64> {
+    let max = l.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let lse = l.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln() + max;
+    l.iter().map(|&x| x as f64 - lse).collect()
+}
+
+#[test]
+fn logits_are_close_to_llama_cpp() {
+    let text = common::ENGLISH;
+    let toks = tokens(text, 400);
+    let lm = common::model();
+    let window = Window::default();
+    let mut ls = lm.session(1, window).unwrap();
+    let mut ps = portable().session(1, window, Isa::detect());
+    let p_logits = run(&mut ps, 0, &toks, &[]);
+    let (mut kl, mut bits_l, mut bits_p, mut top1) = (0.0f64, 0.0f64, 0.0f64, 0usize);
+    for (step, pl) in p_logits.iter().enumerate() {
+        let prev = if step == 0 { lm.bos() } else { toks[step - 1] };
+        let f = ls.feed(0, prev, true).unwrap();
+        ls.decode(&[f]).unwrap();
+        let a = log_softmax(ls.logits(0));
+        let b = log_softmax(pl);
+        kl += a
+            .iter()
+            .zip(&b)
+            .map(|(&x, &y)| x.exp() * (x - y))
+            .sum::<f64>();
+        let t = toks[step] as usize;
+        bits_l -= a[t] / std::f64::consts::LN_2;
+        bits_p -= b[t] / std::f64::consts::LN_2;
+        let am = |v: &[f64]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
+        top1 += (am(&a) == am(&b)) as usize;
+    }
+    let n = p_logits.len() as f64;
+    let bytes = {
+        let mut b = Vec::new();
+        lm.detokenize_into(&toks, &mut b);
+        b.len() as f64
+    };
+    eprintln!(
+        "portable vs llama.cpp over {n} tokens ({bytes} bytes): mean KL {:.5} nats, \
+         top-1 agreement {:.1} %, bits/byte llama.cpp {:.4}, portable {:.4}",
+        kl / n,
+        100.0 * top1 as f64 / n,
+        bits_l / bytes,
+        bits_p / bytes
+    );
+    assert!(kl / n < 0.02, "mean KL {} nats", kl / n);
+    assert!(
+        (bits_p / bits_l - 1.0).abs() < 0.01,
+        "bits/byte {} against llama.cpp's {}",
+        bits_p / bytes,
+        bits_l / bytes
+    );
+}
+
+#[test]
+fn logits_are_the_same_bits_alone_in_a_batch_and_under_every_isa() {
+    let a = tokens(common::ENGLISH, 90);
+    let b = tokens(common::MULTILINGUAL, 70);
+    let c = tokens(&common::ENGLISH[500..], 50);
+    // A small window, so that the sequences slide (twice for `a`).
+    let window = Window { ctx: 40, slide: 12 };
+    let m = portable();
+    let alone = run(&mut m.session(1, window, Isa::Scalar), 0, &a, &[]);
+    let mut isas = vec![Isa::Scalar];
+    if Isa::detect() != Isa::Scalar {
+        isas.push(Isa::detect());
+    } else {
+        eprintln!("note: only the baseline instruction set on this CPU");
+    }
+    for isa in isas {
+        let mut s = m.session(3, window, isa);
+        let batched = run(&mut s, 1, &a, &[(0, &b), (2, &c)]);
+        assert!(
+            alone == batched,
+            "{isa:?}: a sequence's logits changed in a batch"
+        );
+        // The session's sequences start again after a clear.
+        s.clear(1);
+        let again = run(&mut s, 1, &a, &[]);
+        assert!(
+            alone == again,
+            "{isa:?}: a cleared sequence gives other logits"
+        );
+    }
+}
+
+/// The arithmetic is part of the format: these logits' SHA-256 may change only with
+/// `SPEC_VERSION` (docs/ENGINE.md), never silently.
+#[test]
+fn the_logits_of_a_fixed_stream_are_golden() {
+    use sha2::{Digest, Sha256};
+    let toks: Vec<u32> = (0..40u32).map(|i| (i * 7919 + 13) % 49152).collect();
+    let window = Window { ctx: 16, slide: 4 };
+    let mut h = Sha256::new();
+    for l in run(
+        &mut portable().session(1, window, Isa::detect()),
+        0,
+        &toks,
+        &[],
+    ) {
+        for x in l {
+            h.update(x.to_le_bytes());
+        }
+    }
+    let got: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        (nacrithfs_portable::SPEC_VERSION, got.as_str()),
+        (1, GOLDEN),
+        "the portable engine's logits changed: bump SPEC_VERSION and the golden"
+    );
+}
+
+const GOLDEN: &str = "d32b7fe47f85f398769e45cbea26e45597c27c1bc24733911750167dd75fa983";
