@@ -5,7 +5,7 @@
 use crate::error::CliError;
 use clap::Args;
 use nacrithfs_engine::model::{
-    cached_by_digest, resolve_model_path, Model, ModelError, ModelOptions, MODEL_ENV,
+    cached_by_digest, resolve_model_path, Backend, Model, ModelError, ModelOptions, MODEL_ENV,
 };
 use nacrithfs_engine::{Engine, EngineConfig};
 use nacrithfs_pack::Shard;
@@ -30,6 +30,15 @@ pub struct ModelArgs {
     /// context already uses every CPU core; use one per GPU.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Which engine computes the logits of new blobs: llama (llama.cpp: blobs decode only
+    /// on the same build) or portable (docs/ENGINE.md: the same bits on every machine).
+    /// A blob is always decoded by the backend that coded it.
+    #[arg(long, global = true, value_name = "llama|portable", default_value = "llama", value_parser = parse_backend)]
+    pub backend: Backend,
+}
+
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    Backend::parse(s).ok_or_else(|| format!("unknown backend {s}: llama or portable"))
 }
 
 impl ModelArgs {
@@ -40,20 +49,25 @@ impl ModelArgs {
 
     /// The engine to decode a blob whose text `fp` coded: the model that --model or
     /// $NACRITHFS_MODEL names, when one does; else the blob's own model when it is a
-    /// known one in the cache; else the default.
+    /// known one in the cache; else the default. Always with the blob's backend.
     pub fn decoder_for(&self, fp: Fingerprint) -> Result<Engine, ModelError> {
+        let args = ModelArgs {
+            backend: Backend::of(&fp),
+            ..self.clone()
+        };
         if self.model.is_none() && std::env::var_os(MODEL_ENV).is_none() {
             if let Some((_, path)) = cached_by_digest(&fp.model) {
-                return self.engine_at(&path);
+                return args.engine_at(&path);
             }
         }
-        self.engine()
+        args.engine()
     }
 
     /// How models load under these arguments.
     pub fn options(&self) -> ModelOptions {
         ModelOptions {
             threads: self.threads,
+            backend: self.backend,
             ..Default::default()
         }
     }

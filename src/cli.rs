@@ -706,10 +706,14 @@ fn print_info(path: &Path, version: u8, stored: u64, blob: &Blob, model: &ModelA
         }
     );
     println!(
-        "fingerprint:  {} ({})",
+        "fingerprint:  {} ({}; {} backend)",
         h.fingerprint,
         nacrithfs_engine::model::known_by_digest(&h.fingerprint.model)
-            .map_or("a model fetch-model.sh does not know", |m| m.name)
+            .map_or("a model fetch-model.sh does not know", |m| m.name),
+        match nacrithfs_engine::model::Backend::of(&h.fingerprint) {
+            nacrithfs_engine::model::Backend::Portable => "portable",
+            nacrithfs_engine::model::Backend::Llama => "llama.cpp",
+        }
     );
     println!("predictors:   {} (flags {:#06x})", h.flags, h.flags.0);
     println!(

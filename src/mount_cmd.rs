@@ -372,6 +372,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             "streams" => out.extend(flag("streams")?),
             "threads" => out.extend(flag("threads")?),
             "model" => out.extend(flag("model")?),
+            "backend" => out.extend(flag("backend")?),
             "log" => out.extend(flag("log")?),
             // What every mount takes, or what nacrithfs always does.
             "rw" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "nofail"
@@ -380,7 +381,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             k if k.starts_with("x-") || k.starts_with("comment=") => {}
             _ => {
                 return Err(CliError::Usage(format!(
-                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, max_file_mb=, chunk_size=, window_mb=, jobs=, workers=, streams=, threads=, model=, log=, suid, dev)"
+                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, max_file_mb=, chunk_size=, window_mb=, jobs=, workers=, streams=, threads=, model=, backend=, log=, suid, dev)"
                 )))
             }
         }
@@ -432,7 +433,7 @@ mod tests {
                 "/srv/b",
                 "/mnt/m",
                 "-o",
-                "model=/m.gguf,jobs=2",
+                "model=/m.gguf,jobs=2,backend=portable",
             ]),
             &subs,
         )
@@ -448,6 +449,8 @@ mod tests {
                 "/m.gguf",
                 "--jobs",
                 "2",
+                "--backend",
+                "portable",
                 "/srv/b",
                 "/mnt/m"
             ])

@@ -389,3 +389,57 @@ fn inputs_larger_than_the_window_stream() {
     assert_clean_failure(&out, &out_file, "damaged streamed blob");
     assert_eq!(out.status.code(), Some(65));
 }
+
+#[test]
+fn a_portable_blob_decodes_without_naming_its_backend_and_ignores_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.txt");
+    std::fs::write(&input, &ENGLISH.as_bytes()[..300]).unwrap();
+    let i = input.to_str().unwrap();
+    let mut blobs = Vec::new();
+    for (name, threads) in [("one.nc06", "1"), ("two.nc06", "2")] {
+        let o = dir.path().join(name);
+        let out = run(&[
+            "compress",
+            i,
+            "-o",
+            o.to_str().unwrap(),
+            "--backend",
+            "portable",
+            "--threads",
+            threads,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        blobs.push(std::fs::read(&o).unwrap());
+    }
+    assert!(blobs[0] == blobs[1], "the thread count changed the blob");
+    let blob = dir.path().join("one.nc06");
+    let info = run(&["info", blob.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("portable backend") && text.contains("can decode"),
+        "{text}"
+    );
+    let back = dir.path().join("back.txt");
+    let out = run(&[
+        "decompress",
+        blob.to_str().unwrap(),
+        "-o",
+        back.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read(&back).unwrap() == std::fs::read(&input).unwrap());
+    // An unknown backend is a usage error, like every other bad option (clap's 2).
+    let bad = run(&["compress", i, "-o", "/dev/null", "--backend", "cuda"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("llama or portable"), "{err}");
+}

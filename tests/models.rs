@@ -267,3 +267,66 @@ fn gemma_round_trips_english_multilingual_and_binary_with_text_at_2_28() {
         assert_eq!(&std::fs::read(&back).unwrap(), data, "{name}");
     }
 }
+
+/// A mount with `--backend portable` writes blobs that name the portable engine, and
+/// one backing directory holding blobs of both backends reads back cold under a
+/// default of either backend (issue 17).
+#[test]
+fn one_mount_reads_blobs_of_both_backends_whichever_is_its_default() {
+    use nacrithfs_engine::model::Backend;
+    let smol = smollm2();
+    let _g = serial();
+    let d = dirs();
+    let log = d.root.path().join("daemon.log");
+    let a = ENGLISH.as_bytes()[..300].to_vec();
+    let b = ENGLISH.as_bytes()[300..620].to_vec();
+    let write = |backend: &str, name: &str, data: &[u8]| {
+        let m = Mount::start_with(
+            &d.backing,
+            &d.mnt,
+            Opts {
+                model: Some(&smol),
+                log: Some(&log),
+                args: vec!["--backend", backend],
+                ..Default::default()
+            },
+        );
+        std::fs::write(d.mnt.join(name), data).unwrap();
+        m.wait();
+        m.stop();
+        let blob = Blob::parse(&std::fs::read(d.backing.join(name)).unwrap()).unwrap();
+        Backend::of(&blob.header.fingerprint)
+    };
+    assert_eq!(write("llama", "llama.txt", &a), Backend::Llama);
+    assert_eq!(write("portable", "portable.txt", &b), Backend::Portable);
+    for default in ["llama", "portable"] {
+        let m = Mount::start_with(
+            &d.backing,
+            &d.mnt,
+            Opts {
+                model: Some(&smol),
+                log: Some(&log),
+                args: vec!["--backend", default],
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            std::fs::read(d.mnt.join("llama.txt")).unwrap(),
+            a,
+            "{default}"
+        );
+        assert_eq!(
+            std::fs::read(d.mnt.join("portable.txt")).unwrap(),
+            b,
+            "{default}"
+        );
+        m.stop();
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    for other in ["llama backend", "portable backend"] {
+        assert!(
+            text.contains(&format!("loaded model smollm2-135m ({other}")),
+            "{text}"
+        );
+    }
+}

@@ -1,19 +1,23 @@
 //! The portable engine (issue 17) on the real SmolLM2 file: its logits next to
-//! llama.cpp's on the same tokens, and bit-identical across instruction sets, batches
-//! and window slides.
+//! llama.cpp's on the same tokens, bit-identical across instruction sets, batches and
+//! window slides, and as the `portable` backend that codes blobs.
 
 mod common;
 
-use nacrithfs_portable::{Model, Session};
+use nacrithfs_engine::model::{Backend, Model, ModelOptions};
+use nacrithfs_engine::{CompressOptions, Engine, EngineConfig, EngineSet};
+use nacrithfs_portable::Session;
+use nc06::format::Blob;
 use nc06::simd::Isa;
 use nc06::Window;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
-fn portable() -> &'static Model {
-    static M: OnceLock<Model> = OnceLock::new();
+fn portable() -> &'static nacrithfs_portable::Model {
+    static M: OnceLock<nacrithfs_portable::Model> = OnceLock::new();
     M.get_or_init(|| {
         let path = nacrithfs_engine::model::default_model_path();
-        Model::load(&path).expect("the default model loads in the portable engine")
+        nacrithfs_portable::Model::load(&path)
+            .expect("the default model loads in the portable engine")
     })
 }
 
@@ -158,3 +162,96 @@ fn the_logits_of_a_fixed_stream_are_golden() {
 }
 
 const GOLDEN: &str = "d32b7fe47f85f398769e45cbea26e45597c27c1bc24733911750167dd75fa983";
+
+fn engine(backend: Backend, streams: u32) -> Arc<Engine> {
+    let path = nacrithfs_engine::model::default_model_path();
+    let opts = ModelOptions {
+        backend,
+        ..Default::default()
+    };
+    let model = Arc::new(Model::load(&path, &opts).expect("model loads"));
+    Arc::new(Engine::new(
+        model,
+        EngineConfig {
+            streams,
+            workers: 1,
+        },
+    ))
+}
+
+/// Prose, several scripts and binary bytes in one file, in small chunks so that
+/// several streams run at once.
+fn mixed() -> Vec<u8> {
+    let mut data = common::ENGLISH.as_bytes()[..900].to_vec();
+    data.extend(common::noise(300, 7));
+    data.extend(common::MULTILINGUAL.as_bytes());
+    data
+}
+
+fn small_chunks() -> CompressOptions {
+    CompressOptions {
+        chunk_size: 400,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_portable_backend_codes_blobs_that_any_default_decodes() {
+    let data = mixed();
+    let portable = engine(Backend::Portable, 4);
+    let llama = engine(Backend::Llama, 4);
+    let c = portable.compress(&data, &small_chunks(), None).unwrap();
+    let blob = Blob::parse(&c.blob).unwrap();
+    assert!(blob.chunks.len() >= 3, "{} chunks", blob.chunks.len());
+    assert_eq!(Backend::of(&blob.header.fingerprint), Backend::Portable);
+    assert_ne!(blob.header.fingerprint, llama.model().fingerprint());
+    // The same bytes coded one stream at a time.
+    let alone = engine(Backend::Portable, 1)
+        .compress(&data, &small_chunks(), None)
+        .unwrap();
+    assert!(alone.blob == c.blob, "the blob depends on the batch");
+    // A set whose default is llama.cpp finds the portable engine for it, and the reverse.
+    let set = EngineSet::new(llama.clone(), ModelOptions::default());
+    let d = set.decoder(&blob);
+    assert_eq!(d.model().backend(), Backend::Portable);
+    assert!(d.decompress(&c.blob, None).unwrap() == data);
+    let l = llama.compress(&data, &small_chunks(), None).unwrap();
+    let set = EngineSet::new(portable.clone(), ModelOptions::default());
+    let d = set.decoder(&Blob::parse(&l.blob).unwrap());
+    assert_eq!(d.model().backend(), Backend::Llama);
+    assert!(d.decompress(&l.blob, None).unwrap() == data);
+    // llama.cpp itself refuses the portable blob, saying which backend made it.
+    let e = llama.decompress(&c.blob, None).unwrap_err();
+    assert!(e.to_string().contains("--backend portable"), "{e}");
+    eprintln!(
+        "mixed {} bytes: portable {} bytes, llama.cpp {} bytes",
+        data.len(),
+        c.blob.len(),
+        l.blob.len()
+    );
+}
+
+/// A blob is part of the format: the portable engine's blob of this text may change
+/// only with `SPEC_VERSION` or the NC06 format, never silently.
+#[test]
+fn the_blob_of_a_fixed_text_is_golden() {
+    use sha2::{Digest, Sha256};
+    let c = engine(Backend::Portable, 1)
+        .compress(
+            common::ENGLISH.as_bytes(),
+            &CompressOptions::default(),
+            None,
+        )
+        .unwrap();
+    let got: String = Sha256::digest(&c.blob)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        (nacrithfs_portable::SPEC_VERSION, got.as_str()),
+        (1, GOLDEN_BLOB),
+        "the portable engine's blob of tests/data/english.txt changed"
+    );
+}
+
+const GOLDEN_BLOB: &str = "3e4eb25b4491ddae5a55a993fa18297f9d2e666635b4db5cc62eae6d7e5d4ee7";

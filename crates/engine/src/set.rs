@@ -4,7 +4,7 @@
 //! needs it. So a mount whose default is Gemma still reads the SmolLM2 blobs it holds,
 //! and the reverse.
 
-use crate::model::{cached_by_digest, Model, ModelError, ModelOptions};
+use crate::model::{cached_by_digest, Backend, Model, ModelError, ModelOptions};
 use crate::Engine;
 use nc06::format::Blob;
 use nc06::Fingerprint;
@@ -15,10 +15,14 @@ use std::sync::{Arc, Mutex};
 pub struct EngineSet {
     default: Arc<Engine>,
     options: ModelOptions,
-    /// Every model loaded for a blob, whatever its fingerprint turned out to be: a
-    /// model whose build differs is not loaded again for the next blob.
-    others: Mutex<HashMap<[u8; 8], Arc<Engine>>>,
+    /// Every model loaded for a blob, by model digest and backend, whatever its
+    /// fingerprint turned out to be: a model whose build differs is not loaded again
+    /// for the next blob.
+    others: Mutex<HashMap<ModelKey, Arc<Engine>>>,
 }
+
+/// A model file (the first 8 bytes of its SHA-256) run by a backend.
+type ModelKey = ([u8; 8], Backend);
 
 impl EngineSet {
     /// A set whose default is `default`; other models load with `options` and the
@@ -37,26 +41,33 @@ impl EngineSet {
     }
 
     /// The engine whose model and build give `fp`: the default, or a known model found
-    /// in the cache (loaded now if it was not). `None` when no model at hand gives it.
+    /// in the cache (loaded now if it was not) with the backend that coded the blob
+    /// (llama.cpp or the portable engine). `None` when no model at hand gives it.
     pub fn find(&self, fp: Fingerprint) -> Result<Option<Arc<Engine>>, ModelError> {
         if self.default.model().fingerprint() == fp {
             return Ok(Some(self.default.clone()));
         }
+        let key = (fp.model, Backend::of(&fp));
         let mut others = self.others.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = others.get(&fp.model) {
+        if let Some(e) = others.get(&key) {
             return Ok((e.model().fingerprint() == fp).then(|| e.clone()));
         }
         let Some((known, path)) = cached_by_digest(&fp.model) else {
             return Ok(None);
         };
-        let model = Model::load(&path, &self.options)?;
+        let options = ModelOptions {
+            backend: key.1,
+            ..self.options.clone()
+        };
+        let model = Model::load(&path, &options)?;
         log::info!(
-            "loaded model {} ({}) for blobs it coded",
+            "loaded model {} ({} backend, {}) for blobs it coded",
             known.name,
+            key.1.name(),
             model.fingerprint()
         );
         let engine = Arc::new(Engine::new(Arc::new(model), self.default.config().clone()));
-        others.insert(fp.model, engine.clone());
+        others.insert(key, engine.clone());
         Ok((engine.model().fingerprint() == fp).then_some(engine))
     }
 

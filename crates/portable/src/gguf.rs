@@ -45,6 +45,9 @@ pub enum GgufError {
     /// A tensor the model needs is missing.
     #[error("GGUF tensor {0} is missing")]
     NoTensor(String),
+    /// A model the portable engine cannot run yet (its architecture or tokenizer).
+    #[error("{0} is not supported yet")]
+    Unsupported(String),
     /// A tensor of a type or shape the model cannot use.
     #[error("GGUF tensor {name}: {why}")]
     Tensor {

@@ -3,6 +3,7 @@
 
 use crate::gguf::{Gguf, GgufError, TensorType};
 use crate::quant::{Matrix, BLOCK};
+use crate::vocab::Vocab;
 use std::path::Path;
 
 /// What can go wrong loading a model.
@@ -74,6 +75,7 @@ pub struct Model {
     pub(crate) output: Option<Matrix>,
     pub(crate) out_norm: Vec<f32>,
     pub(crate) layers: Vec<Layer>,
+    vocab: Vocab,
 }
 
 fn vector(g: &Gguf, name: &str, n: usize) -> Result<Vec<f32>, GgufError> {
@@ -96,10 +98,9 @@ impl Config {
     pub fn of(g: &Gguf) -> Result<Config, GgufError> {
         let arch = g.str("general.architecture")?;
         if arch != "llama" {
-            return Err(GgufError::Tensor {
-                name: "general.architecture".into(),
-                why: format!("architecture {arch} is not supported yet (llama is)"),
-            });
+            return Err(GgufError::Unsupported(format!(
+                "architecture {arch} (the portable engine runs llama, as SmolLM2)"
+            )));
         }
         let k = |s: &str| format!("llama.{s}");
         let heads = usize_key(g, &k("attention.head_count"))?;
@@ -196,6 +197,7 @@ impl Model {
             output,
             out_norm: vector(g, "output_norm.weight", d)?,
             layers,
+            vocab: Vocab::from_gguf(g)?,
             cfg: c,
         })
     }
@@ -203,6 +205,11 @@ impl Model {
     /// The model's shape.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Each token's bytes.
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
     }
 
     /// The output layer.

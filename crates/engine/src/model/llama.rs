@@ -1,11 +1,17 @@
-//! llama.cpp backend: loading, tokenizer, and multi-sequence decoding sessions.
+//! The model: loading, tokenizer, and multi-sequence decoding sessions, through one of
+//! two backends ([`Backend`]).
 //!
-//! Determinism rules (measured with llama-cpp-2 0.1.160 on CPU): flash attention off,
-//! a non-unified KV cache (each sequence has its own cells), and exactly one token per
-//! sequence per decode call. Under these rules a sequence's logits do not depend on
-//! which other sequences share the call, so a chunk encoded in a batch of 32 decodes
-//! alone to the same bytes.
+//! llama.cpp: determinism rules (measured with llama-cpp-2 0.1.160 on CPU): flash
+//! attention off, a non-unified KV cache (each sequence has its own cells), and exactly
+//! one token per sequence per decode call. Under these rules a sequence's logits do not
+//! depend on which other sequences share the call, so a chunk encoded in a batch of 32
+//! decodes alone to the same bytes; but they depend on the build.
+//!
+//! The portable engine (`nacrithfs-portable`, docs/ENGINE.md) computes the same bits on
+//! every machine. llama.cpp then only tokenizes (its vocabulary alone is loaded); the
+//! bytes of decoded tokens come from the portable engine's own vocabulary.
 
+use super::Backend;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -23,6 +29,15 @@ use std::sync::{Arc, OnceLock};
 /// Version of everything after the logits (softmax, CDF, coder). Part of the backend
 /// descriptor, so changing that code changes the fingerprint.
 const PREDICTOR_VERSION: u32 = 2;
+
+/// What the backend digest of a portable-engine fingerprint hashes: the spec of its
+/// arithmetic and the predictor version, nothing of the build or the machine.
+pub(crate) fn portable_descriptor() -> String {
+    format!(
+        "nacrithfs-portable spec {}; predictor {PREDICTOR_VERSION}",
+        nacrithfs_portable::SPEC_VERSION
+    )
+}
 
 /// What can go wrong with the model or llama.cpp. llama.cpp's own errors are kept as
 /// sources.
@@ -60,6 +75,31 @@ pub enum ModelError {
     /// llama.cpp's backend did not start.
     #[error("llama.cpp backend failed to start")]
     Backend(#[source] Arc<llama_cpp_2::LlamaCppError>),
+    /// The portable engine cannot run the model file.
+    #[error("portable engine: {source}")]
+    Portable {
+        /// The model file.
+        path: PathBuf,
+        /// Why (boxed: it is large, and rare).
+        #[source]
+        source: Box<nacrithfs_portable::LoadError>,
+    },
+    /// The portable engine and llama.cpp see vocabularies of different sizes.
+    #[error("model {}: the portable engine has {portable} tokens, llama.cpp's tokenizer {llama}", .path.display())]
+    VocabMismatch {
+        /// The model file.
+        path: PathBuf,
+        /// The portable engine's count.
+        portable: usize,
+        /// llama.cpp's count.
+        llama: usize,
+    },
+    /// The portable engine's threads could not be started.
+    #[error("cannot start the portable engine's threads")]
+    Threads(#[source] rayon::ThreadPoolBuildError),
+    /// A step of the portable engine was refused.
+    #[error("portable engine step")]
+    Step(#[source] nacrithfs_portable::StepError),
     /// No context of this size could be made (usually: not enough memory).
     #[error("llama.cpp could not create a context for {n_seq} sequences of {n_ctx} tokens")]
     Context {
@@ -97,6 +137,8 @@ pub struct ModelOptions {
     pub gpu_layers: u32,
     /// Threads for llama.cpp; 0 means all available cores.
     pub threads: usize,
+    /// Which engine computes the logits (recorded in every blob's fingerprint).
+    pub backend: Backend,
 }
 
 impl Default for ModelOptions {
@@ -104,6 +146,7 @@ impl Default for ModelOptions {
         ModelOptions {
             gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 },
             threads: 0,
+            backend: Backend::default(),
         }
     }
 }
@@ -125,7 +168,11 @@ fn backend() -> Result<&'static LlamaBackend, ModelError> {
 
 /// A loaded GGUF model, shared by every session and worker.
 pub struct Model {
+    /// llama.cpp's model: the weights, or with the portable backend the vocabulary
+    /// alone (for the tokenizer).
     inner: LlamaModel,
+    /// The portable engine's model, when it is the backend.
+    portable: Option<nacrithfs_portable::Model>,
     path: PathBuf,
     fingerprint: Fingerprint,
     descriptor: String,
@@ -142,7 +189,19 @@ impl Model {
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Model, ModelError> {
         let digest = sha256_file(path)?;
         let backend = backend()?;
-        let params = LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers);
+        let portable = match opts.backend {
+            Backend::Portable => Some(nacrithfs_portable::Model::load(path).map_err(|source| {
+                ModelError::Portable {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                }
+            })?),
+            Backend::Llama => None,
+        };
+        let params = match portable {
+            Some(_) => LlamaModelParams::default().with_vocab_only(true),
+            None => LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers),
+        };
         let inner = LlamaModel::load_from_file(backend, path, &params).map_err(|source| {
             ModelError::Load {
                 path: path.to_path_buf(),
@@ -152,7 +211,19 @@ impl Model {
         let vocab = inner.vocab();
         let n_vocab = vocab.n_tokens().max(0) as usize;
         let bos = vocab.bos().0.max(0) as u32;
-        let (descriptor, offloaded) = build_descriptor(backend, opts);
+        if let Some(p) = &portable {
+            if p.config().vocab != n_vocab || p.vocab().len() != n_vocab {
+                return Err(ModelError::VocabMismatch {
+                    path: path.to_path_buf(),
+                    portable: p.config().vocab,
+                    llama: n_vocab,
+                });
+            }
+        }
+        let (descriptor, offloaded) = match portable {
+            Some(_) => (portable_descriptor(), false),
+            None => build_descriptor(backend, opts),
+        };
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -163,6 +234,7 @@ impl Model {
         Ok(Model {
             fingerprint: Fingerprint::new(&digest, &descriptor),
             inner,
+            portable,
             path: path.to_path_buf(),
             descriptor,
             bos,
@@ -193,6 +265,15 @@ impl Model {
         self.n_vocab
     }
 
+    /// Which engine computes the logits.
+    pub fn backend(&self) -> Backend {
+        if self.portable.is_some() {
+            Backend::Portable
+        } else {
+            Backend::Llama
+        }
+    }
+
     /// Whether the model runs on a GPU.
     pub fn offloaded(&self) -> bool {
         self.offloaded
@@ -215,6 +296,9 @@ impl Model {
 
     /// Appends the bytes of `tokens` to `out`.
     pub fn detokenize_into(&self, tokens: &[u32], out: &mut Vec<u8>) {
+        if let Some(p) = &self.portable {
+            return p.vocab().detokenize_into(tokens, out);
+        }
         let vocab = self.inner.vocab();
         for &t in tokens {
             if (t as usize) < self.n_vocab {
@@ -258,6 +342,22 @@ impl Model {
     ) -> Result<Session<'_>, ModelError> {
         let threads = threads.clamp(1, 256) as i32;
         let n_seq = n_seq.max(1);
+        if let Some(p) = &self.portable {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads as usize)
+                .thread_name(|i| format!("portable-{i}"))
+                .build()
+                .map_err(ModelError::Threads)?;
+            return Ok(Session {
+                inner: Inner::Portable {
+                    s: p.session(n_seq, window, nc06::simd::isa()),
+                    pool,
+                },
+                window,
+                n_seq,
+                threads: threads as usize,
+            });
+        }
         let n_ctx = n_seq.saturating_mul(window.ctx);
         let err = |source| ModelError::Context {
             n_seq,
@@ -281,12 +381,14 @@ impl Model {
             self.inner.new_context(backend()?, params).map_err(err)?
         };
         Ok(Session {
-            ctx,
-            batch: LlamaBatch::new(n_seq as usize, 1),
+            inner: Inner::Llama {
+                ctx,
+                batch: LlamaBatch::new(n_seq as usize, 1),
+                next_pos: vec![0; n_seq as usize],
+            },
             window,
             n_seq,
             threads: threads as usize,
-            next_pos: vec![0; n_seq as usize],
         })
     }
 }
@@ -329,7 +431,10 @@ fn build_descriptor(backend: &LlamaBackend, opts: &ModelOptions) -> (String, boo
 /// without loading the weights (`nacrithfs --version`, `info`).
 pub fn fingerprint_of(path: &Path, opts: &ModelOptions) -> Result<Fingerprint, ModelError> {
     let digest = sha256_file(path)?;
-    let (descriptor, _) = build_descriptor(backend()?, opts);
+    let descriptor = match opts.backend {
+        Backend::Portable => portable_descriptor(),
+        Backend::Llama => build_descriptor(backend()?, opts).0,
+    };
     Ok(Fingerprint::new(&digest, &descriptor))
 }
 
@@ -370,37 +475,60 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], ModelError> {
     Ok(h.finalize().into())
 }
 
-/// One llama.cpp context holding up to `n_seq` independent sequences.
+/// One decoding context holding up to `n_seq` independent sequences.
 pub struct Session<'m> {
-    ctx: LlamaContext<'m>,
-    batch: LlamaBatch<'static>,
+    inner: Inner<'m>,
     window: Window,
     n_seq: u32,
     threads: usize,
-    /// The position of each sequence's next token.
-    next_pos: Vec<u32>,
+}
+
+enum Inner<'m> {
+    Llama {
+        ctx: LlamaContext<'m>,
+        batch: LlamaBatch<'static>,
+        /// The position of each sequence's next token.
+        next_pos: Vec<u32>,
+    },
+    Portable {
+        s: nacrithfs_portable::Session<'m>,
+        /// The threads its matrix products and attention are split over.
+        pool: rayon::ThreadPool,
+    },
 }
 
 /// One token to feed: sequence `seq` at position `pos`. Made only by
 /// [`Session::feed`], so every lockstep loop advances and slides positions alike.
 #[derive(Clone, Copy, Debug)]
-pub struct Feed {
-    seq: u32,
-    token: u32,
-    pos: u32,
-    /// Whether this row's logits are wanted (rows without skip the output layer).
-    logits: bool,
+pub struct Feed(FeedOf);
+
+#[derive(Clone, Copy, Debug)]
+enum FeedOf {
+    Llama {
+        seq: u32,
+        token: u32,
+        pos: u32,
+        /// Whether this row's logits are wanted (rows without skip the output layer).
+        logits: bool,
+    },
+    Portable(nacrithfs_portable::Feed),
 }
 
 impl Feed {
     /// The sequence this token goes to.
     pub fn seq(&self) -> u32 {
-        self.seq
+        match self.0 {
+            FeedOf::Llama { seq, .. } => seq,
+            FeedOf::Portable(f) => f.seq(),
+        }
     }
 
     /// Its position in the sequence.
     pub fn pos(&self) -> u32 {
-        self.pos
+        match self.0 {
+            FeedOf::Llama { pos, .. } => pos,
+            FeedOf::Portable(f) => f.pos(),
+        }
     }
 }
 
@@ -415,82 +543,121 @@ impl<'m> Session<'m> {
         self.window
     }
 
-    /// llama.cpp threads of the context.
+    /// Threads of the context.
     pub fn threads(&self) -> usize {
         self.threads
     }
 
     /// The feed that gives `token` to sequence `seq` at its next position, sliding the
-    /// sequence's window first when it is full (see [`Session::slide`]). Every lockstep
+    /// sequence's window first when it is full (see `slide`). Every lockstep
     /// loop builds its steps from this, so all of them slide exactly alike; the feeds of
     /// one step go to one [`Session::decode`] call.
     pub fn feed(&mut self, seq: u32, token: u32, logits: bool) -> Result<Feed, ModelError> {
-        let i = seq as usize;
-        let Some(&pos) = self.next_pos.get(i) else {
-            return Err(ModelError::NoSequence {
-                seq,
-                n_seq: self.n_seq,
-            });
-        };
-        let pos = if pos == self.window.ctx {
-            self.slide(seq, pos)?
-        } else {
-            pos
-        };
-        self.next_pos[i] = pos + 1;
-        Ok(Feed {
-            seq,
-            token,
-            pos,
-            logits,
-        })
+        let n_seq = self.n_seq;
+        let no_seq = || ModelError::NoSequence { seq, n_seq };
+        let window = self.window;
+        match &mut self.inner {
+            Inner::Portable { s, .. } => s
+                .feed(seq, token, logits)
+                .map(|f| Feed(FeedOf::Portable(f)))
+                .map_err(|_| no_seq()),
+            Inner::Llama { ctx, next_pos, .. } => {
+                let i = seq as usize;
+                let Some(&pos) = next_pos.get(i) else {
+                    return Err(no_seq());
+                };
+                let pos = if pos == window.ctx {
+                    slide(ctx, window, seq, pos)?
+                } else {
+                    pos
+                };
+                next_pos[i] = pos + 1;
+                Ok(Feed(FeedOf::Llama {
+                    seq,
+                    token,
+                    pos,
+                    logits,
+                }))
+            }
+        }
     }
 
     /// Runs one decode call with one token for each listed sequence (each at most once).
     /// Afterwards `logits(i)` holds the prediction after `feeds[i]`.
     pub fn decode(&mut self, feeds: &[Feed]) -> Result<(), ModelError> {
-        self.batch.clear();
-        for f in feeds {
-            debug_assert!(f.seq < self.n_seq && f.pos < self.window.ctx);
-            self.batch
-                .add(
-                    LlamaToken(f.token as i32),
-                    f.pos as i32,
-                    &[f.seq as i32],
-                    f.logits,
-                )
-                .map_err(ModelError::Batch)?;
+        match &mut self.inner {
+            Inner::Portable { s, pool } => {
+                let fs: Vec<nacrithfs_portable::Feed> = feeds
+                    .iter()
+                    .filter_map(|f| match f.0 {
+                        FeedOf::Portable(f) => Some(f),
+                        FeedOf::Llama { .. } => None,
+                    })
+                    .collect();
+                pool.install(|| s.decode(&fs)).map_err(ModelError::Step)
+            }
+            Inner::Llama { ctx, batch, .. } => {
+                batch.clear();
+                for f in feeds {
+                    let FeedOf::Llama {
+                        seq,
+                        token,
+                        pos,
+                        logits,
+                    } = f.0
+                    else {
+                        continue;
+                    };
+                    debug_assert!(seq < self.n_seq && pos < self.window.ctx);
+                    batch
+                        .add(LlamaToken(token as i32), pos as i32, &[seq as i32], logits)
+                        .map_err(ModelError::Batch)?;
+                }
+                ctx.decode(batch).map_err(ModelError::Decode)
+            }
         }
-        self.ctx.decode(&mut self.batch).map_err(ModelError::Decode)
     }
 
     /// Logits after the `i`-th feed of the last [`Session::decode`] (which must have
     /// asked for them).
     pub fn logits(&self, i: usize) -> &[f32] {
-        self.ctx.get_logits_ith(i as i32)
+        match &self.inner {
+            Inner::Portable { s, .. } => s.logits(i),
+            Inner::Llama { ctx, .. } => ctx.get_logits_ith(i as i32),
+        }
     }
 
     /// Forgets everything of sequence `seq`, so a new stream can start in its cells.
     pub fn clear(&mut self, seq: u32) -> Result<(), ModelError> {
-        if let Some(p) = self.next_pos.get_mut(seq as usize) {
-            *p = 0;
+        match &mut self.inner {
+            Inner::Portable { s, .. } => {
+                s.clear(seq);
+                Ok(())
+            }
+            Inner::Llama { ctx, next_pos, .. } => {
+                if let Some(p) = next_pos.get_mut(seq as usize) {
+                    *p = 0;
+                }
+                ctx.clear_kv_cache_seq(Some(seq), None, None)
+                    .map(|_| ())
+                    .map_err(ModelError::Kv)
+            }
         }
-        self.ctx
-            .clear_kv_cache_seq(Some(seq), None, None)
-            .map(|_| ())
-            .map_err(ModelError::Kv)
     }
+}
 
-    /// Makes room in a full sequence: drops positions `1..1+slide` (keeping the sink at 0)
-    /// and shifts the rest down by `slide`. Returns the next free position.
-    fn slide(&mut self, seq: u32, next_pos: u32) -> Result<u32, ModelError> {
-        let s = self.window.slide;
-        self.ctx
-            .kv_cache_seq_rm(seq as i32, Some(1), Some(1 + s))
-            .map_err(ModelError::Kv)?;
-        self.ctx
-            .kv_cache_seq_add(seq as i32, Some(1 + s), Some(next_pos), -(s as i32))
-            .map_err(ModelError::Kv)?;
-        Ok(next_pos - s)
-    }
+/// Makes room in a full llama.cpp sequence: drops positions `1..1+slide` (keeping the
+/// sink at 0) and shifts the rest down by `slide`. Returns the next free position.
+fn slide(
+    ctx: &mut LlamaContext<'_>,
+    window: Window,
+    seq: u32,
+    next_pos: u32,
+) -> Result<u32, ModelError> {
+    let s = window.slide;
+    ctx.kv_cache_seq_rm(seq as i32, Some(1), Some(1 + s))
+        .map_err(ModelError::Kv)?;
+    ctx.kv_cache_seq_add(seq as i32, Some(1 + s), Some(next_pos), -(s as i32))
+        .map_err(ModelError::Kv)?;
+    Ok(next_pos - s)
 }

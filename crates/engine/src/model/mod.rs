@@ -1,11 +1,51 @@
 //! The language model: llama.cpp through `llama-cpp-2`, pinned to the settings under
-//! which its logits are bit-identical across runs, thread counts and batch compositions.
+//! which its logits are bit-identical across runs, thread counts and batch compositions,
+//! or the portable engine, whose logits are the same bits on every machine.
 
 mod llama;
 
 pub use llama::{fingerprint_of, release_threads, Feed, Model, ModelError, ModelOptions, Session};
 
 use std::path::PathBuf;
+
+/// Which engine computes a model's logits. Recorded in every blob (its fingerprint's
+/// backend digest), so a blob is always decoded by the engine that coded it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// llama.cpp: bit-identical only on the same build (version, SIMD features).
+    #[default]
+    Llama,
+    /// The portable engine (docs/ENGINE.md): bit-identical on every machine.
+    Portable,
+}
+
+impl Backend {
+    /// The name `--backend` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Llama => "llama",
+            Backend::Portable => "portable",
+        }
+    }
+
+    /// The backend called `name`.
+    pub fn parse(name: &str) -> Option<Backend> {
+        [Backend::Llama, Backend::Portable]
+            .into_iter()
+            .find(|b| b.name() == name)
+    }
+
+    /// The backend that gives fingerprints like `fp`: the portable engine when its
+    /// backend digest is this build's portable spec, else llama.cpp.
+    pub fn of(fp: &nc06::Fingerprint) -> Backend {
+        let portable = nc06::Fingerprint::new(&[0; 8], &llama::portable_descriptor());
+        if fp.backend == portable.backend {
+            Backend::Portable
+        } else {
+            Backend::Llama
+        }
+    }
+}
 
 /// Environment variable naming the GGUF model to use when `--model` is not given.
 pub const MODEL_ENV: &str = "NACRITHFS_MODEL";
@@ -81,6 +121,14 @@ pub fn model_hint(model: &[u8; 8]) -> String {
 /// its model (see [`model_hint`]), or, when the model is the same, the inference build
 /// that made it.
 pub fn mismatch_hint(blob: &nc06::Fingerprint, ours: &nc06::Fingerprint) -> String {
+    if blob.model == ours.model && Backend::of(blob) != Backend::of(ours) {
+        return format!(
+            "same model file, but the blob was coded by the {} backend: decode it with \
+             --backend {}",
+            Backend::of(blob).name(),
+            Backend::of(blob).name()
+        );
+    }
     if blob.model == ours.model {
         "same model file, but another inference build (llama.cpp version or CPU/GPU \
          features) made the blob: decode it with that build"
