@@ -44,21 +44,29 @@ fn digest_of(name: &str) -> [u8; 8] {
     d
 }
 
-fn mount_with(backing: &Path, mnt: &Path, model: &Path, log: &Path) -> Mount {
+fn mount_with(backing: &Path, mnt: &Path, model: &Path, log: &Path, args: &[&str]) -> Mount {
     Mount::start_with(
         backing,
         mnt,
         Opts {
             model: Some(model),
             log: Some(log),
+            args: args.to_vec(),
             ..Default::default()
         },
     )
 }
 
-/// Writes `files` through a mount of `model` and waits until they are blobs.
-fn write_blobs(backing: &Path, mnt: &Path, model: &Path, log: &Path, files: &[(&str, &[u8])]) {
-    let m = mount_with(backing, mnt, model, log);
+/// Writes `files` through a mount of `model` (with `args`) and waits until they are
+/// blobs.
+fn write_blobs(
+    backing: &Path,
+    mnt: &Path,
+    (model, args): (&Path, &[&str]),
+    log: &Path,
+    files: &[(&str, &[u8])],
+) {
+    let m = mount_with(backing, mnt, model, log, args);
     for (name, data) in files {
         std::fs::write(mnt.join(name), data).unwrap();
     }
@@ -79,7 +87,7 @@ fn a_blob_whose_model_is_not_fetched_is_eio_and_the_log_names_the_model() {
     let d = dirs();
     let log = d.root.path().join("daemon.log");
     let en = ENGLISH.as_bytes()[..300].to_vec();
-    write_blobs(&d.backing, &d.mnt, &real, &log, &[("en.txt", &en)]);
+    write_blobs(&d.backing, &d.mnt, (&real, &[]), &log, &[("en.txt", &en)]);
     // The same blob, now claiming Gemma's weights (every CRC still valid), in a cache
     // without Gemma.
     let path = d.backing.join("en.txt");
@@ -137,8 +145,14 @@ fn one_mount_reads_blobs_of_both_models_whichever_is_its_default() {
     let b = "Ein kurzer Satz auf Deutsch, und une phrase en français: ça marche.\n"
         .repeat(3)
         .into_bytes();
-    write_blobs(&d.backing, &d.mnt, &smol, &log, &[("smol.txt", &a)]);
-    write_blobs(&d.backing, &d.mnt, &gemma, &log, &[("gemma.txt", &b)]);
+    write_blobs(&d.backing, &d.mnt, (&smol, &[]), &log, &[("smol.txt", &a)]);
+    write_blobs(
+        &d.backing,
+        &d.mnt,
+        (&gemma, &[]),
+        &log,
+        &[("gemma.txt", &b)],
+    );
     let fp = |name: &str| {
         Blob::parse(&std::fs::read(d.backing.join(name)).unwrap())
             .unwrap()
@@ -150,7 +164,7 @@ fn one_mount_reads_blobs_of_both_models_whichever_is_its_default() {
     assert_eq!(fp("gemma.txt"), digest_of("gemma3-270m"));
     // Each daemon starts cold: nothing decoded is cached from before.
     for default in [&smol, &gemma] {
-        let m = mount_with(&d.backing, &d.mnt, default, &log);
+        let m = mount_with(&d.backing, &d.mnt, default, &log, &[]);
         assert_eq!(std::fs::read(d.mnt.join("smol.txt")).unwrap(), a);
         assert_eq!(std::fs::read(d.mnt.join("gemma.txt")).unwrap(), b);
         m.stop();
@@ -280,45 +294,39 @@ fn one_mount_reads_blobs_of_both_backends_whichever_is_its_default() {
     let log = d.root.path().join("daemon.log");
     let a = ENGLISH.as_bytes()[..300].to_vec();
     let b = ENGLISH.as_bytes()[300..620].to_vec();
-    let write = |backend: &str, name: &str, data: &[u8]| {
-        let m = Mount::start_with(
-            &d.backing,
-            &d.mnt,
-            Opts {
-                model: Some(&smol),
-                log: Some(&log),
-                args: vec!["--backend", backend],
-                ..Default::default()
-            },
-        );
-        std::fs::write(d.mnt.join(name), data).unwrap();
-        m.wait();
-        m.stop();
+    let backend = |name: &str| {
         let blob = Blob::parse(&std::fs::read(d.backing.join(name)).unwrap()).unwrap();
         Backend::of(&blob.header.fingerprint)
     };
-    assert_eq!(write("llama", "llama.txt", &a), Backend::Llama);
-    assert_eq!(write("portable", "portable.txt", &b), Backend::Portable);
-    for default in ["llama", "portable"] {
-        let m = Mount::start_with(
-            &d.backing,
-            &d.mnt,
-            Opts {
-                model: Some(&smol),
-                log: Some(&log),
-                args: vec!["--backend", default],
-                ..Default::default()
-            },
-        );
+    let llama: &[&str] = &["--backend", "llama"];
+    let portable: &[&str] = &["--backend", "portable"];
+    write_blobs(
+        &d.backing,
+        &d.mnt,
+        (&smol, llama),
+        &log,
+        &[("llama.txt", &a)],
+    );
+    write_blobs(
+        &d.backing,
+        &d.mnt,
+        (&smol, portable),
+        &log,
+        &[("portable.txt", &b)],
+    );
+    assert_eq!(backend("llama.txt"), Backend::Llama);
+    assert_eq!(backend("portable.txt"), Backend::Portable);
+    for default in [llama, portable] {
+        let m = mount_with(&d.backing, &d.mnt, &smol, &log, default);
         assert_eq!(
             std::fs::read(d.mnt.join("llama.txt")).unwrap(),
             a,
-            "{default}"
+            "{default:?}"
         );
         assert_eq!(
             std::fs::read(d.mnt.join("portable.txt")).unwrap(),
             b,
-            "{default}"
+            "{default:?}"
         );
         m.stop();
     }
