@@ -290,3 +290,15 @@ fn text_the_model_codes_worse_than_zstd_or_xz_is_stored_by_them() {
         b.payload.len()
     );
 }
+
+/// Issue 16: a passage repeated exactly costs little more than the passage once (the
+/// token N-gram of the default predictors makes the repeats nearly free).
+#[test]
+fn an_exact_repeat_is_nearly_free() {
+    let p = &ENGLISH.as_bytes()[..600];
+    let once = roundtrip(p, &CompressOptions::default(), 1, 1);
+    let four = roundtrip(&p.repeat(4), &CompressOptions::default(), 1, 1);
+    let (a, b) = (once.to_bytes().len(), four.to_bytes().len());
+    eprintln!("600 bytes: {a} B; the same four times: {b} B");
+    assert!(b <= a + 24, "three exact repeats cost {} bytes", b - a);
+}
