@@ -209,7 +209,8 @@ impl<'a> Cursor<'a> {
         let ety = self.u32()?;
         let n = self.count("array", 1)?;
         if ety == 8 {
-            let mut v = Vec::with_capacity(n as usize);
+            // Grown as strings are read, not sized by the file's count.
+            let mut v = Vec::with_capacity((n as usize).min(1 << 16));
             for _ in 0..n {
                 v.push(self.string()?);
             }
@@ -247,7 +248,7 @@ impl Gguf {
             let v = c.value(&key, ty)?;
             meta.insert(key, v);
         }
-        let mut raw = Vec::with_capacity(n_tensors as usize);
+        let mut raw = Vec::with_capacity((n_tensors as usize).min(1 << 12));
         for _ in 0..n_tensors {
             let name = c.string()?;
             let nd = c.u32()?;

@@ -173,7 +173,9 @@ impl Model {
     pub fn from_gguf(g: &Gguf) -> Result<Model, GgufError> {
         let c = Config::of(g)?;
         let (d, kv, ff) = (c.dim, c.kv_dim(), c.ff);
-        let mut layers = Vec::with_capacity(c.layers);
+        // Grown layer by layer: a count from the file sizes nothing before its tensors
+        // are found.
+        let mut layers = Vec::new();
         for i in 0..c.layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             layers.push(Layer {
@@ -215,5 +217,61 @@ impl Model {
     /// The output layer.
     pub(crate) fn output(&self) -> &Matrix {
         self.output.as_ref().unwrap_or(&self.embd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn string(v: &mut Vec<u8>, s: &str) {
+        v.extend((s.len() as u64).to_le_bytes());
+        v.extend(s.as_bytes());
+    }
+
+    /// A GGUF of a llama model whose metadata claims `layers` blocks and `dim` wide
+    /// rows, holding only a 2-token Q8_0 embedding of width 32.
+    fn claims(layers: u32, dim: u32) -> Vec<u8> {
+        let ints = [
+            ("llama.block_count", layers),
+            ("llama.embedding_length", dim),
+            ("llama.feed_forward_length", 32),
+            ("llama.attention.head_count", 1),
+            ("llama.attention.head_count_kv", 1),
+        ];
+        let mut v = b"GGUF".to_vec();
+        v.extend(3u32.to_le_bytes());
+        v.extend(1u64.to_le_bytes());
+        v.extend((ints.len() as u64 + 2).to_le_bytes());
+        string(&mut v, "general.architecture");
+        v.extend(8u32.to_le_bytes());
+        string(&mut v, "llama");
+        for (k, n) in ints {
+            string(&mut v, k);
+            v.extend(4u32.to_le_bytes());
+            v.extend(n.to_le_bytes());
+        }
+        string(&mut v, "llama.attention.layer_norm_rms_epsilon");
+        v.extend(6u32.to_le_bytes());
+        v.extend(1e-5f32.to_le_bytes());
+        string(&mut v, "token_embd.weight");
+        v.extend(2u32.to_le_bytes());
+        v.extend(32u64.to_le_bytes());
+        v.extend(2u64.to_le_bytes());
+        v.extend(8u32.to_le_bytes());
+        v.extend(0u64.to_le_bytes());
+        while v.len() % 32 != 0 {
+            v.push(0);
+        }
+        v.extend([0u8; 68]);
+        v
+    }
+
+    #[test]
+    fn sizes_a_file_claims_allocate_nothing_before_its_tensors_are_found() {
+        for (layers, dim) in [(1 << 23, 32), (1, 1 << 23), (1 << 23, 1 << 23)] {
+            let g = Gguf::parse(claims(layers, dim)).unwrap();
+            assert!(Model::from_gguf(&g).is_err(), "{layers} layers of {dim}");
+        }
     }
 }

@@ -55,18 +55,25 @@ impl Matrix {
                 why: format!("{cols} columns are not whole blocks of {BLOCK}"),
             });
         }
+        // Nothing is allocated before the file is known to hold the tensor's bytes: the
+        // sizes come from the file, and the bytes bound them.
+        let bytes = g.tensor_bytes(name, info.ty, &dims)?;
         let nb = rows * cols / BLOCK;
         let mut m = Matrix {
             kind: Kind::Q8_0,
             rows,
             cols,
-            q: Vec::with_capacity(rows * cols),
-            d: Vec::with_capacity(nb),
+            q: Vec::new(),
+            d: Vec::new(),
             m: Vec::new(),
         };
+        if matches!(info.ty, TensorType::Q4_1 | TensorType::Q8_0) {
+            m.q.reserve(rows * cols);
+            m.d.reserve(nb);
+        }
         match info.ty {
             TensorType::Q4_1 => {
-                let b = g.tensor_bytes(name, TensorType::Q4_1, &dims)?;
+                let b = bytes;
                 m.kind = Kind::Q4_1;
                 m.m.reserve(nb);
                 for blk in b.chunks_exact(20) {
@@ -78,7 +85,7 @@ impl Matrix {
                 }
             }
             TensorType::Q8_0 => {
-                let b = g.tensor_bytes(name, TensorType::Q8_0, &dims)?;
+                let b = bytes;
                 for blk in b.chunks_exact(34) {
                     m.d.push(half(blk, 0));
                     m.q.extend_from_slice(&blk[2..34]);
