@@ -366,10 +366,11 @@ impl Gguf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn header(n_tensors: u64, n_kv: u64) -> Vec<u8> {
+    /// The start of a version 3 file with these counts (other tests build files too).
+    pub(crate) fn header(n_tensors: u64, n_kv: u64) -> Vec<u8> {
         let mut v = b"GGUF".to_vec();
         v.extend(3u32.to_le_bytes());
         v.extend(n_tensors.to_le_bytes());
@@ -377,7 +378,8 @@ mod tests {
         v
     }
 
-    fn string(v: &mut Vec<u8>, s: &str) {
+    /// Appends a GGUF string.
+    pub(crate) fn string(v: &mut Vec<u8>, s: &str) {
         v.extend((s.len() as u64).to_le_bytes());
         v.extend(s.as_bytes());
     }

@@ -223,11 +223,7 @@ impl Model {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn string(v: &mut Vec<u8>, s: &str) {
-        v.extend((s.len() as u64).to_le_bytes());
-        v.extend(s.as_bytes());
-    }
+    use crate::gguf::tests::{header, string};
 
     /// A GGUF of a llama model whose metadata claims `layers` blocks and `dim` wide
     /// rows, holding only a 2-token Q8_0 embedding of width 32.
@@ -239,10 +235,7 @@ mod tests {
             ("llama.attention.head_count", 1),
             ("llama.attention.head_count_kv", 1),
         ];
-        let mut v = b"GGUF".to_vec();
-        v.extend(3u32.to_le_bytes());
-        v.extend(1u64.to_le_bytes());
-        v.extend((ints.len() as u64 + 2).to_le_bytes());
+        let mut v = header(1, ints.len() as u64 + 2);
         string(&mut v, "general.architecture");
         v.extend(8u32.to_le_bytes());
         string(&mut v, "llama");
