@@ -38,8 +38,11 @@ impl Backend {
     /// The backend that gives fingerprints like `fp`: the portable engine when its
     /// backend digest is this build's portable spec, else llama.cpp.
     pub fn of(fp: &nc06::Fingerprint) -> Backend {
-        let portable = nc06::Fingerprint::new(&[0; 8], &llama::portable_descriptor());
-        if fp.backend == portable.backend {
+        // The digest is the same for the whole run: hashed once, not per blob opened.
+        static PORTABLE: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
+        let portable = PORTABLE
+            .get_or_init(|| nc06::Fingerprint::new(&[0; 8], &llama::portable_descriptor()).backend);
+        if fp.backend == *portable {
             Backend::Portable
         } else {
             Backend::Llama
