@@ -16,5 +16,5 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-    [ -x "$HOME/.cargo/bin/cargo" ] || { echo "install-deps: Rust (cargo >= 1.83) is required; see https://rustup.rs" >&2; exit 1; }
+    [ -x "$HOME/.cargo/bin/cargo" ] || { echo "install-deps: Rust (cargo >= 1.89) is required; see https://rustup.rs" >&2; exit 1; }
 fi

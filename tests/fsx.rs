@@ -425,7 +425,7 @@ fn fsx_random_ops_across_compression_and_remounts() {
             }
         }
         // Compression points: everything closed, wait until compressed, check all.
-        if x.ops % 500 == 0 {
+        if x.ops.is_multiple_of(500) {
             x.note("close all, wait for compression".into());
             x.close_all();
             m.wait();
@@ -436,7 +436,7 @@ fn fsx_random_ops_across_compression_and_remounts() {
         }
         // Remounts: every 1000 ops, alternately with compression pending and done.
         if x.ops % 1000 == 250 {
-            let pending = x.remounts % 2 == 0;
+            let pending = x.remounts.is_multiple_of(2);
             x.note(format!(
                 "remount ({})",
                 if pending {

@@ -89,8 +89,8 @@ impl TensorType {
         match self {
             TensorType::F32 => n.checked_mul(4),
             TensorType::F16 => n.checked_mul(2),
-            TensorType::Q4_1 if n % 32 == 0 => Some(n / 32 * 20),
-            TensorType::Q8_0 if n % 32 == 0 => Some(n / 32 * 34),
+            TensorType::Q4_1 if n.is_multiple_of(32) => Some(n / 32 * 20),
+            TensorType::Q8_0 if n.is_multiple_of(32) => Some(n / 32 * 34),
             _ => None,
         }
     }
@@ -398,7 +398,7 @@ pub(crate) mod tests {
         v.extend(2u64.to_le_bytes());
         v.extend(0u32.to_le_bytes());
         v.extend(0u64.to_le_bytes());
-        while v.len() % 32 != 0 {
+        while !v.len().is_multiple_of(32) {
             v.push(0);
         }
         v.extend(1.5f32.to_le_bytes());

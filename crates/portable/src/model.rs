@@ -137,7 +137,10 @@ impl Config {
             rope_base: g.float(&k("rope.freq_base")).unwrap_or(10_000.0),
             bos: usize_key(g, "tokenizer.ggml.bos_token_id").unwrap_or(1) as u32,
         };
-        if cfg.dim % BLOCK != 0 || cfg.ff % BLOCK != 0 || !(2..1 << 22).contains(&cfg.vocab) {
+        if !cfg.dim.is_multiple_of(BLOCK)
+            || !cfg.ff.is_multiple_of(BLOCK)
+            || !(2..1 << 22).contains(&cfg.vocab)
+        {
             return Err(bad(format!(
                 "width {} and feed-forward {} must be whole blocks; vocabulary {}",
                 cfg.dim, cfg.ff, cfg.vocab
@@ -253,7 +256,7 @@ mod tests {
         v.extend(2u64.to_le_bytes());
         v.extend(8u32.to_le_bytes());
         v.extend(0u64.to_le_bytes());
-        while v.len() % 32 != 0 {
+        while !v.len().is_multiple_of(32) {
             v.push(0);
         }
         v.extend([0u8; 68]);
