@@ -294,7 +294,7 @@ fn set_cdf(cdf: &mut Cdf, w: &[f32], sum: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simd::{has_avx2, with_isa, Isa};
+    use crate::simd::{paths, with_isa, Isa};
     use proptest::prelude::*;
 
     /// Every step's whole CDF, for a stream of `tokens` under pseudo-random logits.
@@ -333,23 +333,21 @@ mod tests {
     }
 
     #[test]
-    fn the_avx2_loops_give_the_baseline_bits_at_gemma_size() {
-        has_avx2();
+    fn every_path_gives_the_baseline_bits_at_gemma_size() {
         let tokens: Vec<u32> = (0..24).map(|i| [17, 5, 17, 99, 5][i % 5]).collect();
         let v = 262_144;
         let p = Precision::for_vocab(v);
         let a = cdfs(Isa::Scalar, v, Flags::DEFAULT, p, 3, &tokens);
-        let b = cdfs(Isa::Avx2, v, Flags::DEFAULT, p, 3, &tokens);
-        assert!(
-            a == b,
-            "the CDFs differ between the baseline and AVX2 loops"
-        );
+        for isa in paths().into_iter().skip(1) {
+            let b = cdfs(isa, v, Flags::DEFAULT, p, 3, &tokens);
+            assert!(a == b, "the CDFs differ between the baseline and {isa:?}");
+        }
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
-        fn the_avx2_loops_give_the_baseline_bits(
+        fn every_path_gives_the_baseline_bits(
             v in 2usize..3000,
             flags in prop::sample::select(vec![
                 Flags::LLM,
@@ -363,8 +361,10 @@ mod tests {
         ) {
             let p = Precision::new(bits).unwrap();
             let a = cdfs(Isa::Scalar, v, flags, p, seed, &tokens);
-            let b = cdfs(Isa::Avx2, v, flags, p, seed, &tokens);
-            prop_assert!(a == b);
+            for isa in paths().into_iter().skip(1) {
+                let b = cdfs(isa, v, flags, p, seed, &tokens);
+                prop_assert!(a == b, "{:?}", isa);
+            }
         }
     }
 }
