@@ -82,6 +82,44 @@ pub struct Session<'m> {
     logits: Vec<f32>,
     /// For each feed of the last step, its row in `logits`.
     rows: Vec<Option<usize>>,
+    /// The step's activations, kept between steps: allocated afresh, buffers this size
+    /// come from mmap and their zeroed pages cost more than a step's arithmetic at 64
+    /// streams.
+    buf: Buffers,
+}
+
+/// Room for a step of up to `n_seq` feeds.
+struct Buffers {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    act: QuantAct,
+    act_ff: QuantAct,
+}
+
+impl Buffers {
+    fn new(c: &crate::Config, n: usize) -> Buffers {
+        let (d, kvd, ff) = (c.dim, c.kv_dim(), c.ff);
+        Buffers {
+            x: vec![0.0; n * d],
+            h: vec![0.0; n * d],
+            q: vec![0.0; n * d],
+            k: vec![0.0; n * kvd],
+            v: vec![0.0; n * kvd],
+            att: vec![0.0; n * d],
+            o: vec![0.0; n * d],
+            g: vec![0.0; n * ff],
+            u: vec![0.0; n * ff],
+            act: QuantAct::new(n, d),
+            act_ff: QuantAct::new(n, ff),
+        }
+    }
 }
 
 impl Model {
@@ -112,6 +150,7 @@ impl Model {
             inv_freq,
             logits: Vec::new(),
             rows: Vec::new(),
+            buf: Buffers::new(c, n_seq as usize),
         }
     }
 }
@@ -261,20 +300,15 @@ impl Session<'_> {
         let ctx = self.window.ctx as usize;
         let isa = self.isa;
 
-        let mut x = vec![0.0f32; n * d];
+        let b = &mut self.buf;
+        let (x, h, q) = (&mut b.x[..n * d], &mut b.h[..n * d], &mut b.q[..n * d]);
+        let (k, v) = (&mut b.k[..n * kvd], &mut b.v[..n * kvd]);
+        let (att, o) = (&mut b.att[..n * d], &mut b.o[..n * d]);
+        let (g, u) = (&mut b.g[..n * ff], &mut b.u[..n * ff]);
+        let (act, act_ff) = (&mut b.act, &mut b.act_ff);
         for (xs, f) in x.chunks_exact_mut(d).zip(feeds) {
             m.embd.dequant_row(f.token as usize, xs);
         }
-        let mut h = vec![0.0f32; n * d];
-        let mut q = vec![0.0f32; n * d];
-        let mut k = vec![0.0f32; n * kvd];
-        let mut v = vec![0.0f32; n * kvd];
-        let mut att = vec![0.0f32; n * d];
-        let mut o = vec![0.0f32; n * d];
-        let mut g = vec![0.0f32; n * ff];
-        let mut u = vec![0.0f32; n * ff];
-        let mut act = QuantAct::new(n, d);
-        let mut act_ff = QuantAct::new(n, ff);
         let mut cs = Vec::new();
         let rope_of: Vec<Vec<(f32, f32)>> = feeds
             .iter()
@@ -290,10 +324,10 @@ impl Session<'_> {
             for (xs, hs) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 rms_norm(xs, &layer.attn_norm, c.eps, hs);
             }
-            act.set(&h, isa);
-            layer.wq.mul(&act, &mut q, isa);
-            layer.wk.mul(&act, &mut k, isa);
-            layer.wv.mul(&act, &mut v, isa);
+            act.set(h, isa);
+            layer.wq.mul(act, q, isa);
+            layer.wk.mul(act, k, isa);
+            layer.wv.mul(act, v, isa);
             for (i, f) in feeds.iter().enumerate() {
                 let cs = &rope_of[i];
                 rope(&mut q[i * d..(i + 1) * d], hd, cs);
@@ -313,7 +347,7 @@ impl Session<'_> {
             }
             // Attention: one task per (feed, head), each reading its own sequence.
             let caches = &self.caches;
-            let q = &q;
+            let q = &*q;
             att.par_chunks_mut(hd).enumerate().for_each(|(t, out)| {
                 let (i, head) = (t / c.heads, t % c.heads);
                 let f = &feeds[i];
@@ -336,23 +370,23 @@ impl Session<'_> {
                     },
                 );
             });
-            act.set(&att, isa);
-            layer.wo.mul(&act, &mut o, isa);
-            for (a, &b) in x.iter_mut().zip(&o) {
+            act.set(att, isa);
+            layer.wo.mul(act, o, isa);
+            for (a, &b) in x.iter_mut().zip(o.iter()) {
                 *a += b;
             }
             for (xs, hs) in x.chunks_exact(d).zip(h.chunks_exact_mut(d)) {
                 rms_norm(xs, &layer.ffn_norm, c.eps, hs);
             }
-            act.set(&h, isa);
-            layer.gate.mul(&act, &mut g, isa);
-            layer.up.mul(&act, &mut u, isa);
-            for (gv, &uv) in g.iter_mut().zip(&u) {
+            act.set(h, isa);
+            layer.gate.mul(act, g, isa);
+            layer.up.mul(act, u, isa);
+            for (gv, &uv) in g.iter_mut().zip(u.iter()) {
                 *gv = crate::num::silu(*gv) * uv;
             }
-            act_ff.set(&g, isa);
-            layer.down.mul(&act_ff, &mut o, isa);
-            for (a, &b) in x.iter_mut().zip(&o) {
+            act_ff.set(g, isa);
+            layer.down.mul(act_ff, o, isa);
+            for (a, &b) in x.iter_mut().zip(o.iter()) {
                 *a += b;
             }
         }
