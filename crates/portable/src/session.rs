@@ -85,7 +85,7 @@ pub struct Session<'m> {
     /// The step's activations, kept between steps: allocated afresh, buffers this size
     /// come from mmap and their zeroed pages cost more than a step's arithmetic at 64
     /// streams.
-    buf: Buffers,
+    buf: Box<Buffers>,
 }
 
 /// Room for a step of up to `n_seq` feeds.
@@ -150,7 +150,7 @@ impl Model {
             inv_freq,
             logits: Vec::new(),
             rows: Vec::new(),
-            buf: Buffers::new(c, n_seq as usize),
+            buf: Box::new(Buffers::new(c, n_seq as usize)),
         }
     }
 }
