@@ -5,7 +5,8 @@
 use crate::error::CliError;
 use clap::Args;
 use nacrithfs_engine::model::{
-    cached_by_digest, resolve_model_path, Backend, Model, ModelError, ModelOptions, MODEL_ENV,
+    cached_by_digest, resolve_model_path, Backend, BackendChoice, Model, ModelError, ModelOptions,
+    MODEL_ENV,
 };
 use nacrithfs_engine::{Engine, EngineConfig};
 use nacrithfs_pack::Shard;
@@ -30,15 +31,16 @@ pub struct ModelArgs {
     /// context already uses every CPU core; use one per GPU.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Which engine computes the logits of new blobs: llama (llama.cpp: blobs decode only
-    /// on the same build) or portable (docs/ENGINE.md: the same bits on every machine).
+    /// Which engine computes the logits of new blobs: portable (docs/ENGINE.md: the same
+    /// bits on every machine), llama (llama.cpp: blobs decode only on the same build),
+    /// or auto: portable where it runs the model (SmolLM2), llama.cpp elsewhere (Gemma).
     /// A blob is always decoded by the backend that coded it.
-    #[arg(long, global = true, value_name = "llama|portable", default_value = "llama", value_parser = parse_backend)]
-    pub backend: Backend,
+    #[arg(long, global = true, value_name = "auto|llama|portable", default_value = "auto", value_parser = parse_backend)]
+    pub backend: BackendChoice,
 }
 
-fn parse_backend(s: &str) -> Result<Backend, String> {
-    Backend::parse(s).ok_or_else(|| format!("unknown backend {s}: llama or portable"))
+fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+    BackendChoice::parse(s).ok_or_else(|| format!("unknown backend {s}: auto, llama or portable"))
 }
 
 impl ModelArgs {
@@ -52,7 +54,7 @@ impl ModelArgs {
     /// known one in the cache; else the default. Always with the blob's backend.
     pub fn decoder_for(&self, fp: Fingerprint) -> Result<Engine, ModelError> {
         let args = ModelArgs {
-            backend: Backend::of(&fp),
+            backend: Backend::of(&fp).into(),
             ..self.clone()
         };
         if self.model.is_none() && std::env::var_os(MODEL_ENV).is_none() {

@@ -441,5 +441,5 @@ fn a_portable_blob_decodes_without_naming_its_backend_and_ignores_threads() {
     let bad = run(&["compress", i, "-o", "/dev/null", "--backend", "cuda"]);
     let err = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(2), "{err}");
-    assert!(err.contains("llama or portable"), "{err}");
+    assert!(err.contains("auto, llama or portable"), "{err}");
 }

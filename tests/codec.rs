@@ -88,8 +88,15 @@ fn empty_and_tiny_inputs() {
     }
 }
 
+/// Both backends: the default (the portable engine) and llama.cpp, whose older blobs
+/// must keep decoding.
 #[test]
 fn chunks_coded_in_a_batch_decode_alone_and_the_reverse() {
+    batch_and_alone(common::engine);
+    batch_and_alone(common::llama_engine);
+}
+
+fn batch_and_alone(engine: fn(u32) -> nacrithfs_engine::Engine) {
     // ~1.3 KB cut into 64-byte chunks: over 20 streams coded side by side.
     let data = ENGLISH.as_bytes();
     let opts = CompressOptions {
@@ -183,7 +190,8 @@ fn concurrent_requests_share_the_pool_and_code_the_same_bytes() {
 
 #[test]
 fn sliding_window_is_deterministic() {
-    // A 48-token window sliding by 16: many slides per chunk, in a batch and alone.
+    // A 48-token window sliding by 16: many slides per chunk, in a batch and alone,
+    // under both backends.
     let data = &ENGLISH.as_bytes()[..700];
     let opts = CompressOptions {
         chunk_size: 350,
@@ -192,6 +200,15 @@ fn sliding_window_is_deterministic() {
     };
     let b = roundtrip(data, &opts, 3, 1);
     assert_eq!(b.header.window, Window { ctx: 48, slide: 16 });
+    let c = common::llama_engine(3).compress(data, &opts, None).unwrap();
+    assert_eq!(
+        common::llama_engine(1).decompress(&c.blob, None).unwrap(),
+        data
+    );
+    use nacrithfs_engine::model::Backend;
+    assert_eq!(Backend::of(&b.header.fingerprint), Backend::Portable);
+    let c = Blob::parse(&c.blob).unwrap();
+    assert_eq!(Backend::of(&c.header.fingerprint), Backend::Llama);
 }
 
 #[test]

@@ -57,7 +57,7 @@ fn log_softmax(l: &[f32]) -> Vec<f64> {
 fn logits_are_close_to_llama_cpp() {
     let text = common::ENGLISH;
     let toks = tokens(text, 400);
-    let lm = common::model();
+    let lm = common::llama_model();
     let window = Window::default();
     let mut ls = lm.session(1, window).unwrap();
     let mut ps = portable().session(1, window, Isa::detect());
@@ -244,7 +244,7 @@ const GOLDEN: &str = "d32b7fe47f85f398769e45cbea26e45597c27c1bc24733911750167dd7
 fn engine(backend: Backend, streams: u32) -> Arc<Engine> {
     let path = nacrithfs_engine::model::default_model_path();
     let opts = ModelOptions {
-        backend,
+        backend: backend.into(),
         ..Default::default()
     };
     let model = Arc::new(Model::load(&path, &opts).expect("model loads"));

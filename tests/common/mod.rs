@@ -1,7 +1,7 @@
 //! Shared set-up for tests that run the real model.
 #![allow(dead_code)]
 
-use nacrithfs_engine::model::{resolve_model_path, Model, ModelOptions};
+use nacrithfs_engine::model::{resolve_model_path, Backend, Model, ModelOptions};
 use nacrithfs_engine::{Engine, EngineConfig};
 use std::sync::{Arc, OnceLock};
 
@@ -17,9 +17,33 @@ pub fn model() -> Arc<Model> {
         .clone()
 }
 
+/// The default model run by llama.cpp, which codes the blobs of `--backend llama` (the
+/// default backend, `auto`, runs the portable engine on it).
+pub fn llama_model() -> Arc<Model> {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = resolve_model_path(None).expect("model missing: run scripts/fetch-model.sh");
+            let opts = ModelOptions {
+                backend: Backend::Llama.into(),
+                ..Default::default()
+            };
+            Arc::new(Model::load(&path, &opts).expect("model loads in llama.cpp"))
+        })
+        .clone()
+}
+
 pub fn engine(streams: u32) -> Engine {
+    engine_of(model(), streams)
+}
+
+pub fn llama_engine(streams: u32) -> Engine {
+    engine_of(llama_model(), streams)
+}
+
+pub fn engine_of(model: Arc<Model>, streams: u32) -> Engine {
     Engine::new(
-        model(),
+        model,
         EngineConfig {
             streams,
             workers: 1,

@@ -56,7 +56,7 @@ impl EngineSet {
             return Ok(None);
         };
         let options = ModelOptions {
-            backend: key.1,
+            backend: key.1.into(),
             ..self.options.clone()
         };
         let model = Model::load(&path, &options)?;

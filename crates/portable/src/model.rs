@@ -29,6 +29,20 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// Whether the file is sound but of a kind this engine does not run (another
+    /// architecture, tokenizer or weight type), so that llama.cpp may run it instead.
+    pub fn unsupported(&self) -> bool {
+        matches!(
+            self,
+            LoadError::Gguf {
+                source: GgufError::Unsupported(_),
+                ..
+            }
+        )
+    }
+}
+
 /// The shape of the model, from its GGUF metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {

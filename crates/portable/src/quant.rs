@@ -94,10 +94,9 @@ impl Matrix {
             TensorType::Q4_1 => Kind::Q4_1,
             TensorType::Q8_0 => Kind::Q8_0,
             other => {
-                return Err(GgufError::Tensor {
-                    name: name.into(),
-                    why: format!("type {other:?} is not supported (Q4_1 and Q8_0 are)"),
-                })
+                return Err(GgufError::Unsupported(format!(
+                    "type {other:?} of tensor {name} (Q4_1 and Q8_0 are)"
+                )))
             }
         };
         // Nothing is allocated before the file is known to hold the tensor's bytes: the

@@ -11,7 +11,7 @@
 //! every machine. llama.cpp then only tokenizes (its vocabulary alone is loaded); the
 //! bytes of decoded tokens come from the portable engine's own vocabulary.
 
-use super::Backend;
+use super::{Backend, BackendChoice};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
@@ -138,7 +138,7 @@ pub struct ModelOptions {
     /// Threads for llama.cpp; 0 means all available cores.
     pub threads: usize,
     /// Which engine computes the logits (recorded in every blob's fingerprint).
-    pub backend: Backend,
+    pub backend: BackendChoice,
 }
 
 impl Default for ModelOptions {
@@ -146,7 +146,7 @@ impl Default for ModelOptions {
         ModelOptions {
             gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 },
             threads: 0,
-            backend: Backend::default(),
+            backend: BackendChoice::default(),
         }
     }
 }
@@ -189,15 +189,7 @@ impl Model {
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Model, ModelError> {
         let digest = sha256_file(path)?;
         let backend = backend()?;
-        let portable = match opts.backend {
-            Backend::Portable => Some(nacrithfs_portable::Model::load(path).map_err(|source| {
-                ModelError::Portable {
-                    path: path.to_path_buf(),
-                    source: Box::new(source),
-                }
-            })?),
-            Backend::Llama => None,
-        };
+        let portable = portable_for(path, opts.backend)?;
         let params = match portable {
             Some(_) => LlamaModelParams::default().with_vocab_only(true),
             None => LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers),
@@ -431,11 +423,39 @@ fn build_descriptor(backend: &LlamaBackend, opts: &ModelOptions) -> (String, boo
 /// without loading the weights (`nacrithfs --version`, `info`).
 pub fn fingerprint_of(path: &Path, opts: &ModelOptions) -> Result<Fingerprint, ModelError> {
     let digest = sha256_file(path)?;
-    let descriptor = match opts.backend {
-        Backend::Portable => portable_descriptor(),
-        Backend::Llama => build_descriptor(backend()?, opts).0,
+    let descriptor = match portable_for(path, opts.backend)? {
+        Some(_) => portable_descriptor(),
+        None => build_descriptor(backend()?, opts).0,
     };
     Ok(Fingerprint::new(&digest, &descriptor))
+}
+
+/// The portable engine's model of the file at `path` when `choice` has it compute the
+/// logits: always for `portable`, never for `llama`, and for `auto` when the engine
+/// runs the file's architecture, tokenizer and weight types (else llama.cpp does, and
+/// a log line says why). A damaged file is an error under every choice.
+fn portable_for(
+    path: &Path,
+    choice: BackendChoice,
+) -> Result<Option<nacrithfs_portable::Model>, ModelError> {
+    let err = |source| ModelError::Portable {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
+    match choice {
+        BackendChoice::Only(Backend::Llama) => Ok(None),
+        BackendChoice::Only(Backend::Portable) => {
+            nacrithfs_portable::Model::load(path).map(Some).map_err(err)
+        }
+        BackendChoice::Auto => match nacrithfs_portable::Model::load(path) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.unsupported() => {
+                log::info!("model {}: llama.cpp codes it ({e})", path.display());
+                Ok(None)
+            }
+            Err(e) => Err(err(e)),
+        },
+    }
 }
 
 fn system_info() -> String {

@@ -10,10 +10,9 @@ use std::path::PathBuf;
 
 /// Which engine computes a model's logits. Recorded in every blob (its fingerprint's
 /// backend digest), so a blob is always decoded by the engine that coded it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Backend {
     /// llama.cpp: bit-identical only on the same build (version, SIMD features).
-    #[default]
     Llama,
     /// The portable engine (docs/ENGINE.md): bit-identical on every machine.
     Portable,
@@ -47,6 +46,42 @@ impl Backend {
         } else {
             Backend::Llama
         }
+    }
+}
+
+/// Which backend codes new blobs (`--backend`, the mount's `backend=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendChoice {
+    /// The portable engine where it runs the model file (the llama architecture with
+    /// Q4_1/Q8_0 weights, as the default SmolLM2), so that blobs decode on any machine;
+    /// llama.cpp for the others (Gemma 3).
+    #[default]
+    Auto,
+    /// Always this backend; a model the portable engine cannot run is an error.
+    Only(Backend),
+}
+
+impl BackendChoice {
+    /// The name `--backend` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Only(b) => b.name(),
+        }
+    }
+
+    /// The choice called `name` (`auto`, `llama`, `portable`).
+    pub fn parse(name: &str) -> Option<BackendChoice> {
+        if name == "auto" {
+            return Some(BackendChoice::Auto);
+        }
+        Backend::parse(name).map(BackendChoice::Only)
+    }
+}
+
+impl From<Backend> for BackendChoice {
+    fn from(b: Backend) -> BackendChoice {
+        BackendChoice::Only(b)
     }
 }
 
