@@ -23,8 +23,16 @@ const TILE: usize = 16;
 /// four bytes one VNNI lane multiplies and adds).
 const GROUP: usize = 4;
 
-/// Weight bytes of one block of a tile.
+/// Weights of one block of a tile.
 const TILE_BLOCK: usize = TILE * BLOCK;
+
+/// Bytes of one block of a tile: Q4_1 keeps two weights a byte.
+const fn block_bytes(kind: Kind) -> usize {
+    match kind {
+        Kind::Q4_1 => TILE_BLOCK / 2,
+        Kind::Q8_0 => TILE_BLOCK,
+    }
+}
 
 /// How a matrix's blocks turn integer sums into values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,12 +47,13 @@ enum Kind {
 ///
 /// Rows are taken 16 at a time (a tile; the last is padded with zero rows). Within a
 /// tile, each block of 32 columns is stored as 8 groups of 4 columns, and each group
-/// holds its 4 bytes for each of the 16 rows in turn: `[tile][block][group][row][4]`.
-/// So one vector of 64 bytes is four columns of sixteen rows, and an integer
+/// holds its 4 weights for each of the 16 rows in turn: `[tile][block][group][row][4]`.
+/// So one vector of 64 weights is four columns of sixteen rows, and an integer
 /// multiply-add per group against the stream's four activation bytes gives all sixteen
 /// rows' block sums at once, with no horizontal sum (docs/ENGINE.md, "Matrix
 /// products"). The order of the additions inside a block does not matter: they are
-/// integers.
+/// integers. Q8_0 keeps a byte per weight; Q4_1 keeps groups 2k and 2k + 1 in the low
+/// and high nibbles of the same 64 bytes, half the memory a step streams through.
 pub struct Matrix {
     kind: Kind,
     rows: usize,
@@ -64,12 +73,16 @@ fn half(b: &[u8], at: usize) -> f32 {
     f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
-/// Where weight (row `r`, column `c`) lives in the interleaved bytes of a matrix with
-/// `nb` blocks per row.
-fn q_at(nb: usize, r: usize, c: usize) -> usize {
+/// Where weight (row `r`, column `c`) lives in the interleaved bytes of a matrix of
+/// `kind` with `nb` blocks per row: the byte, and the shift of its nibble (Q4_1).
+fn q_at(kind: Kind, nb: usize, r: usize, c: usize) -> (usize, u32) {
     let (t, row) = (r / TILE, r % TILE);
     let (b, g, j) = (c / BLOCK, c % BLOCK / GROUP, c % GROUP);
-    (t * nb + b) * TILE_BLOCK + (g * TILE + row) * GROUP + j
+    let base = (t * nb + b) * block_bytes(kind);
+    match kind {
+        Kind::Q8_0 => (base + (g * TILE + row) * GROUP + j, 0),
+        Kind::Q4_1 => (base + (g / 2 * TILE + row) * GROUP + j, 4 * (g % 2) as u32),
+    }
 }
 
 /// Where block `b` of row `r`'s scale lives.
@@ -114,7 +127,7 @@ impl Matrix {
             kind,
             rows,
             cols,
-            q: vec![0; padded * cols],
+            q: vec![0; padded * nb * block_bytes(kind) / TILE],
             d: vec![0.0; padded * nb],
             m: Vec::new(),
             qsum: Vec::new(),
@@ -127,8 +140,10 @@ impl Matrix {
                     m.d[s_at(nb, r, b)] = half(blk, 0);
                     m.m[s_at(nb, r, b)] = half(blk, 2);
                     for (j, &x) in blk[4..20].iter().enumerate() {
-                        m.q[q_at(nb, r, b * BLOCK + j)] = x & 15;
-                        m.q[q_at(nb, r, b * BLOCK + j + 16)] = x >> 4;
+                        for (c, v) in [(j, x & 15), (j + 16, x >> 4)] {
+                            let (at, shift) = q_at(kind, nb, r, b * BLOCK + c);
+                            m.q[at] |= v << shift;
+                        }
                     }
                 }
             }
@@ -138,7 +153,7 @@ impl Matrix {
                     let (r, b) = (i / nb, i % nb);
                     m.d[s_at(nb, r, b)] = half(blk, 0);
                     for (j, &x) in blk[2..34].iter().enumerate() {
-                        m.q[q_at(nb, r, b * BLOCK + j)] = x;
+                        m.q[q_at(kind, nb, r, b * BLOCK + j).0] = x;
                         m.qsum[s_at(nb, r, b)] += x as i8 as i32;
                     }
                 }
@@ -161,12 +176,13 @@ impl Matrix {
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
         let nb = self.cols / BLOCK;
         for (c, o) in out[..self.cols].iter_mut().enumerate() {
-            let q = self.q[q_at(nb, r, c)];
+            let (byte, shift) = q_at(self.kind, nb, r, c);
+            let q = self.q[byte];
             let at = s_at(nb, r, c / BLOCK);
             let d = self.d[at];
             *o = match self.kind {
                 Kind::Q8_0 => d * (q as i8 as f32),
-                Kind::Q4_1 => d * q as f32 + self.m[at],
+                Kind::Q4_1 => d * (q >> shift & 15) as f32 + self.m[at],
             };
         }
     }
@@ -212,7 +228,8 @@ impl Matrix {
     #[inline]
     fn tile(&self, x: &QuantAct, t: usize, s: usize, isum: &mut [i32], isa: Isa) -> [f32; TILE] {
         let nb = self.cols / BLOCK;
-        let w = &self.q[t * nb * TILE_BLOCK..(t + 1) * nb * TILE_BLOCK];
+        let bb = block_bytes(self.kind);
+        let w = &self.q[t * nb * bb..(t + 1) * nb * bb];
         let a = &x.q[s * self.cols..(s + 1) * self.cols];
         match (self.kind, isa) {
             #[cfg(target_arch = "x86_64")]
@@ -239,8 +256,8 @@ impl Matrix {
                 // SAFETY: as above.
                 unsafe { x86::sums_i8_avx2(w, a, isum) }
             }
-            (Kind::Q4_1, _) => sums(w, a, isum, |q| q as i32),
-            (Kind::Q8_0, _) => sums(w, a, isum, |q| q as i8 as i32),
+            (Kind::Q4_1, _) => sums_u4(w, a, isum),
+            (Kind::Q8_0, _) => sums_i8(w, a, isum),
         }
         let at = t * nb * TILE;
         let (ad, asum) = (&x.d[s * nb..(s + 1) * nb], &x.s[s * nb..(s + 1) * nb]);
@@ -286,8 +303,9 @@ unsafe impl Sync for Dst {}
 
 /// The block sums of one tile for one stream, `isum[block][row]`, portably: Σ over the
 /// block's columns of weight times activation, as integers (any order gives the same).
+/// Q8_0: a signed byte per weight.
 #[inline]
-fn sums(w: &[u8], a: &[i8], isum: &mut [i32], weight: impl Fn(u8) -> i32) {
+fn sums_i8(w: &[u8], a: &[i8], isum: &mut [i32]) {
     for ((wb, ab), out) in w
         .chunks_exact(TILE_BLOCK)
         .zip(a.chunks_exact(BLOCK))
@@ -297,7 +315,7 @@ fn sums(w: &[u8], a: &[i8], isum: &mut [i32], weight: impl Fn(u8) -> i32) {
         for (wg, ag) in wb.chunks_exact(TILE * GROUP).zip(ab.chunks_exact(GROUP)) {
             for (l, wl) in wg.chunks_exact(GROUP).enumerate() {
                 for j in 0..GROUP {
-                    acc[l] += weight(wl[j]) * ag[j] as i32;
+                    acc[l] += wl[j] as i8 as i32 * ag[j] as i32;
                 }
             }
         }
@@ -305,7 +323,32 @@ fn sums(w: &[u8], a: &[i8], isum: &mut [i32], weight: impl Fn(u8) -> i32) {
     }
 }
 
-/// The x86 kernels of `sums`: the same integers, a tile's 16 rows in one or two vectors.
+/// The same for Q4_1: the low nibbles of each 64 bytes are group 2k, the high ones
+/// group 2k + 1.
+#[inline]
+fn sums_u4(w: &[u8], a: &[i8], isum: &mut [i32]) {
+    for ((wb, ab), out) in w
+        .chunks_exact(TILE_BLOCK / 2)
+        .zip(a.chunks_exact(BLOCK))
+        .zip(isum.chunks_exact_mut(TILE))
+    {
+        let mut acc = [0i32; TILE];
+        for (wg, ag) in wb
+            .chunks_exact(TILE * GROUP)
+            .zip(ab.chunks_exact(2 * GROUP))
+        {
+            for (l, wl) in wg.chunks_exact(GROUP).enumerate() {
+                for j in 0..GROUP {
+                    acc[l] += (wl[j] & 15) as i32 * ag[j] as i32
+                        + (wl[j] >> 4) as i32 * ag[GROUP + j] as i32;
+                }
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+}
+
+/// The x86 kernels of `sums_u4` and `sums_i8`: the same integers, a tile's 16 rows in one or two vectors.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{BLOCK, GROUP, TILE, TILE_BLOCK};
@@ -325,24 +368,31 @@ mod x86 {
         i32::from_le_bytes([a[0], a[1], a[2], a[3]])
     }
 
-    fn check(w: &[u8], a: usize, isum: &[i32]) {
+    /// The bounds every kernel's unchecked loads rely on: `a` activations, whole
+    /// blocks, `per` weight bytes a block.
+    fn check(w: &[u8], a: usize, per: usize, isum: &[i32]) {
         let nb = a / BLOCK;
-        assert!(a.is_multiple_of(BLOCK) && w.len() == nb * TILE_BLOCK && isum.len() >= nb * TILE);
+        assert!(a.is_multiple_of(BLOCK) && w.len() == nb * per && isum.len() >= nb * TILE);
     }
 
-    /// Q4_1: VNNI multiplies the unsigned weights (0..=15) by the signed activations.
+    /// Q4_1: VNNI multiplies the unsigned weights (0..=15) by the signed activations;
+    /// each 64 bytes hold two groups, in their low and high nibbles.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn sums_u4_avx512(w: &[u8], a: &[i8], isum: &mut [i32]) {
-        check(w, a.len(), isum);
+        check(w, a.len(), TILE_BLOCK / 2, isum);
+        let low = _mm512_set1_epi8(15);
         for b in 0..a.len() / BLOCK {
             let mut acc = _mm512_setzero_si512();
-            for g in 0..BLOCK / GROUP {
-                // SAFETY: `check` bounds every block's 512 bytes inside `w`.
-                let wv = unsafe {
-                    _mm512_loadu_si512(w.as_ptr().add(b * TILE_BLOCK + g * 64) as *const _)
+            for k in 0..BLOCK / GROUP / 2 {
+                // SAFETY: `check` bounds every block's 256 bytes inside `w`.
+                let v = unsafe {
+                    _mm512_loadu_si512(w.as_ptr().add(b * TILE_BLOCK / 2 + k * 64) as *const _)
                 };
-                let av = _mm512_set1_epi32(group(&a[b * BLOCK..], g));
-                acc = _mm512_dpbusd_epi32(acc, wv, av);
+                let lo = _mm512_and_si512(v, low);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                let ab = &a[b * BLOCK..];
+                acc = _mm512_dpbusd_epi32(acc, lo, _mm512_set1_epi32(group(ab, 2 * k)));
+                acc = _mm512_dpbusd_epi32(acc, hi, _mm512_set1_epi32(group(ab, 2 * k + 1)));
             }
             // SAFETY: `check` bounds isum[b * 16..][..16].
             unsafe { _mm512_storeu_si512(isum.as_mut_ptr().add(b * TILE) as *mut _, acc) }
@@ -353,7 +403,7 @@ mod x86 {
     /// (`au`), and 128 Σw is taken off again.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn sums_i8_avx512(w: &[u8], au: &[u8], qsum: &[i32], isum: &mut [i32]) {
-        check(w, au.len(), isum);
+        check(w, au.len(), TILE_BLOCK, isum);
         assert!(qsum.len() == isum.len());
         for b in 0..au.len() / BLOCK {
             let mut acc = _mm512_setzero_si512();
@@ -379,25 +429,34 @@ mod x86 {
 
     /// Q4_1 on AVX2: maddubs gives 16-bit pair sums (at most 2 * 15 * 127); eight groups
     /// of them stay below 2^15 (16 * 15 * 127 = 30,480), so they are added as 16-bit
-    /// lanes and widened once per block.
+    /// lanes and widened once per block. Each 32 bytes are eight rows of two groups.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn sums_u4_avx2(w: &[u8], a: &[i8], isum: &mut [i32]) {
-        check(w, a.len(), isum);
+        check(w, a.len(), TILE_BLOCK / 2, isum);
         let ones = _mm256_set1_epi16(1);
+        let low = _mm256_set1_epi8(15);
         for b in 0..a.len() / BLOCK {
             let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-            for g in 0..BLOCK / GROUP {
-                let p = w.as_ptr().wrapping_add(b * TILE_BLOCK + g * 64);
-                // SAFETY: `check` bounds every block's 512 bytes inside `w`.
-                let (w0, w1) = unsafe {
+            for k in 0..BLOCK / GROUP / 2 {
+                let p = w.as_ptr().wrapping_add(b * TILE_BLOCK / 2 + k * 64);
+                // SAFETY: `check` bounds every block's 256 bytes inside `w`.
+                let (v0, v1) = unsafe {
                     (
                         _mm256_loadu_si256(p as *const _),
                         _mm256_loadu_si256(p.add(32) as *const _),
                     )
                 };
-                let av = _mm256_set1_epi32(group(&a[b * BLOCK..], g));
-                lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(w0, av));
-                hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(w1, av));
+                let ab = &a[b * BLOCK..];
+                let (a0, a1) = (
+                    _mm256_set1_epi32(group(ab, 2 * k)),
+                    _mm256_set1_epi32(group(ab, 2 * k + 1)),
+                );
+                for (acc, v) in [(&mut lo, v0), (&mut hi, v1)] {
+                    let wl = _mm256_and_si256(v, low);
+                    let wh = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                    *acc = _mm256_add_epi16(*acc, _mm256_maddubs_epi16(wl, a0));
+                    *acc = _mm256_add_epi16(*acc, _mm256_maddubs_epi16(wh, a1));
+                }
             }
             // SAFETY: `check` bounds isum[b * 16..][..16].
             unsafe {
@@ -413,7 +472,7 @@ mod x86 {
     /// every group.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn sums_i8_avx2(w: &[u8], a: &[i8], isum: &mut [i32]) {
-        check(w, a.len(), isum);
+        check(w, a.len(), TILE_BLOCK, isum);
         let ones = _mm256_set1_epi16(1);
         for b in 0..a.len() / BLOCK {
             let (mut lo, mut hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
