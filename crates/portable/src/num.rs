@@ -173,6 +173,31 @@ pub fn sin_cos_f64(x: f64) -> (f64, f64) {
 mod tests {
     use super::*;
 
+    /// Ours and the hardware's conversion agree on every f16 but the signalling NaNs
+    /// (which the hardware quiets; no step ever makes one: f32 arithmetic and
+    /// `f32_to_f16` give quiet NaNs only), so either may widen the caches.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn f16_widening_matches_the_hardware() {
+        if !std::arch::is_x86_feature_detected!("f16c") {
+            return;
+        }
+        #[target_feature(enable = "f16c")]
+        unsafe fn hw(h: u16) -> f32 {
+            use std::arch::x86_64::*;
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(h as i16)))
+        }
+        for h in 0..=u16::MAX {
+            let snan = h & 0x7c00 == 0x7c00 && h & 0x3ff != 0 && h & 0x200 == 0;
+            if !snan {
+                // SAFETY: the CPU has F16C (checked above).
+                let theirs = unsafe { hw(h) };
+                assert_eq!(f16_to_f32(h).to_bits(), theirs.to_bits(), "{h:#x}");
+            }
+        }
+        assert!(f32_to_f16(f32::NAN) & 0x200 != 0, "a quiet NaN stays quiet");
+    }
+
     #[test]
     fn f16_round_trips_every_value_and_rounds_to_even() {
         for h in 0..=u16::MAX {

@@ -366,6 +366,7 @@ impl Session<'_> {
                             f.pos as usize + 1,
                             scale,
                             out,
+                            isa,
                         )
                     },
                 );
@@ -419,14 +420,28 @@ impl Session<'_> {
 /// f16, sums over dims in order from 0), scaled; softmax with our exp, its sum NC06's
 /// [`fixed_sum`] (eight lanes, f64); weights rounded to f16; the output Σ w v in position order.
 #[inline(always)]
-fn attend(q: &[f32], k: &[u16], v: &[u16], ctx: usize, len: usize, scale: f32, out: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    k: &[u16],
+    v: &[u16],
+    ctx: usize,
+    len: usize,
+    scale: f32,
+    out: &mut [f32],
+    isa: Isa,
+) {
     let hd = q.len();
+    let hw = cfg!(target_arch = "x86_64") && isa.usable() == Isa::Avx512;
     let mut s = vec![0.0f32; len];
+    // One row of keys or values at a time as f32 (exact, whichever way it is widened).
+    let mut row = vec![0.0f32; len.max(hd)];
     for (di, &qd) in q.iter().enumerate() {
         let qd = round_f16(qd);
-        let row = &k[di * ctx..di * ctx + len];
-        for (sp, &kp) in s.iter_mut().zip(row) {
-            *sp += qd * f16_to_f32(kp);
+        let row = &mut row[..len];
+        widen(&k[di * ctx..di * ctx + len], row, hw);
+        for (sp, &kp) in s.iter_mut().zip(row.iter()) {
+            *sp += qd * kp;
         }
     }
     let mut max = f32::NEG_INFINITY;
@@ -438,12 +453,53 @@ fn attend(q: &[f32], k: &[u16], v: &[u16], ctx: usize, len: usize, scale: f32, o
         *sp = exp_neg(*sp - max);
     }
     let inv = 1.0 / fixed_sum(&s);
+    // The weights, all rounded first (a loop that vectorises), then used in order.
+    for sp in s.iter_mut() {
+        *sp = round_f16(*sp * inv);
+    }
     out.iter_mut().for_each(|o| *o = 0.0);
-    for (p, &e) in s.iter().enumerate() {
-        let w = round_f16(e * inv);
-        let vp = &v[p * hd..(p + 1) * hd];
-        for (o, &vv) in out.iter_mut().zip(vp) {
-            *o += w * f16_to_f32(vv);
+    let row = &mut row[..hd];
+    for (p, &w) in s.iter().enumerate() {
+        widen(&v[p * hd..(p + 1) * hd], row, hw);
+        for (o, &vv) in out.iter_mut().zip(row.iter()) {
+            *o += w * vv;
         }
+    }
+}
+
+/// f16s to f32s (exact): the hardware's conversion when `hw` (which `attend` sets only
+/// where `Isa::usable` gave AVX-512), else ours.
+#[inline(always)]
+fn widen(src: &[u16], dst: &mut [f32], hw: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if hw {
+        // SAFETY: `hw` is true only when `usable` returned Avx512, that is when the CPU
+        // has AVX-512 F, all `widen_avx512` is compiled to need; it bounds its accesses
+        // by both lengths.
+        unsafe { widen_avx512(src, dst) };
+        return;
+    }
+    let _ = hw;
+    for (d, &h) in dst.iter_mut().zip(src) {
+        *d = f16_to_f32(h);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn widen_avx512(src: &[u16], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n bounds the 16 values read and written.
+        unsafe {
+            let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const _);
+            _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
+        }
+        i += 16;
+    }
+    for j in i..n {
+        dst[j] = f16_to_f32(src[j]);
     }
 }
