@@ -419,8 +419,9 @@ fn build_descriptor(backend: &LlamaBackend, opts: &ModelOptions) -> (String, boo
     (descriptor, offloaded)
 }
 
-/// The fingerprint blobs coded with the model at `path` would record on this build,
-/// without loading the weights (`nacrithfs --version`, `info`).
+/// The fingerprint blobs coded with the model at `path` would record on this build
+/// (`nacrithfs --version`, `info`). llama.cpp's weights are not loaded; under `auto`
+/// the portable engine loads the file, since only that tells whether it runs it.
 pub fn fingerprint_of(path: &Path, opts: &ModelOptions) -> Result<Fingerprint, ModelError> {
     let digest = sha256_file(path)?;
     let descriptor = match portable_for(path, opts.backend)? {
