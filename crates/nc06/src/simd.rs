@@ -53,8 +53,15 @@ impl Isa {
         }
     }
 
-    /// Whether this CPU can run the path.
+    /// Whether this CPU can run the path: detected once, since `run_on` asks at every
+    /// call (a tile of a matrix product is one).
     pub fn supported(self) -> bool {
+        static SUPPORTED: OnceLock<[bool; 3]> = OnceLock::new();
+        SUPPORTED.get_or_init(|| ALL.map(Isa::cpu_has))[self as usize]
+    }
+
+    /// What the CPU reports for the path's features.
+    fn cpu_has(self) -> bool {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
