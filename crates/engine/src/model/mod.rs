@@ -62,14 +62,6 @@ pub enum BackendChoice {
 }
 
 impl BackendChoice {
-    /// The name `--backend` takes.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendChoice::Auto => "auto",
-            BackendChoice::Only(b) => b.name(),
-        }
-    }
-
     /// The choice called `name` (`auto`, `llama`, `portable`).
     pub fn parse(name: &str) -> Option<BackendChoice> {
         if name == "auto" {
