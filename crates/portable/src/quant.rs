@@ -337,10 +337,18 @@ fn sums_u4(w: &[u8], a: &[i8], isum: &mut [i32]) {
             .chunks_exact(TILE * GROUP)
             .zip(ab.chunks_exact(2 * GROUP))
         {
-            for (l, wl) in wg.chunks_exact(GROUP).enumerate() {
+            // Both nibbles unpacked first: the loops below then vectorise as Q8_0's do.
+            let (mut lo, mut hi) = ([0u8; TILE * GROUP], [0u8; TILE * GROUP]);
+            for ((l, h), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(wg) {
+                (*l, *h) = (x & 15, x >> 4);
+            }
+            for (l, (wl, wh)) in lo
+                .chunks_exact(GROUP)
+                .zip(hi.chunks_exact(GROUP))
+                .enumerate()
+            {
                 for j in 0..GROUP {
-                    acc[l] += (wl[j] & 15) as i32 * ag[j] as i32
-                        + (wl[j] >> 4) as i32 * ag[GROUP + j] as i32;
+                    acc[l] += wl[j] as i32 * ag[j] as i32 + wh[j] as i32 * ag[GROUP + j] as i32;
                 }
             }
         }
