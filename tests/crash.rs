@@ -385,30 +385,46 @@ fn kill_9_loop_loses_nothing() {
 
     // 7-9. Mid-compression of a multi-frame binary file, at 10, 40 and 70 % of the time
     // one takes (measured first), each checked to be still compressing at the kill.
-    // Timed from when the job is seen compressing, as the kills below are: the write
-    // and the wait for the job to start are not compression time.
+    // Timed from when the job is seen compressing: the write and the wait for the job
+    // to start are not compression time. This VM's speed varies by a third from run to
+    // run, so a file that was done before its kill point is left compressed (it is
+    // checked like every other file) and the round is tried again with a new file and
+    // the time shortened by that factor.
     let data = binary(&mut w.rng, 1_200_000);
     w.put("big/timing.bin", &data);
     assert!(w.wait_compressing(&m, Duration::from_secs(20)));
     let t = Instant::now();
     m.wait();
-    let full = t.elapsed();
+    let mut full = t.elapsed();
     eprintln!(
         "crash:   a 1.2 MB binary file compresses in {:.2} s",
         full.as_secs_f64()
     );
     for (round, frac) in [0.1, 0.4, 0.7].into_iter().enumerate() {
-        let data = binary(&mut w.rng, 1_200_000);
-        w.put(&format!("big/b{round}.bin"), &data);
-        assert!(
-            w.wait_compressing(&m, Duration::from_secs(20)),
-            "compression did not start"
-        );
-        std::thread::sleep(full.mul_f64(frac));
-        assert!(
-            m.status().contains("\"compressing\":1"),
-            "not compressing any more at {frac} of its measured time"
-        );
+        let mut tries = 0;
+        loop {
+            let data = binary(&mut w.rng, 1_200_000);
+            w.put(&format!("big/b{round}-{tries}.bin"), &data);
+            assert!(
+                w.wait_compressing(&m, Duration::from_secs(20)),
+                "compression did not start"
+            );
+            std::thread::sleep(full.mul_f64(frac));
+            if m.status().contains("\"compressing\":1") {
+                break;
+            }
+            tries += 1;
+            assert!(
+                tries < 5,
+                "never still compressing at {frac} of its measured time"
+            );
+            eprintln!(
+                "crash:   done before {frac} of {:.2} s; trying again",
+                full.as_secs_f64()
+            );
+            full = full.mul_f64(0.67);
+            m.wait();
+        }
         w.kill(
             m,
             &format!(
