@@ -23,7 +23,8 @@
 # default 64M), RUNTIME (seconds, cap per fio job, default 30), TEXT (English text,
 # default ../shared/corpus/sample_50k.txt), TEXT_BYTES (bytes of it to use, default
 # 16384), WORKDIR (where the backing dirs and mountpoints go, default /var/tmp),
-# OUT (default bench-out), SKIP_TEXT (set: the binary steps only),
+# OUT (default bench-out), SKIP_TEXT (set: the binary steps only), SKIP_BINARY (set:
+# the text steps only, e.g. to time several text sizes),
 # NACRITHFS_MOUNT_ARGS (extra `nacrithfs mount` flags),
 # BINDFS_ARGS (default "-o big_writes": without it libfuse 2 splits every write into
 # 4 KiB requests and the passthrough writes ~5x slower, a straw man),
@@ -167,8 +168,14 @@ read_timed() {
 }
 
 suite() { # nc|pt
-    local m mnt back t0 r
+    local m mnt back
     m=$1 mnt=$(mnt_of "$1") back=$(back_of "$1")
+    if [ -z "${SKIP_BINARY:-}" ]; then binary_steps "$m" "$mnt" "$back"; fi
+    if [ -z "${SKIP_TEXT:-}" ]; then text_steps "$m" "$mnt" "$back"; fi
+}
+
+binary_steps() { # MOUNT MNT BACK
+    local m=$1 mnt=$2 back=$3 t0
     echo "bench-fs: $m: writes" >&2
     put_cmd "$m" w1m fio_write "$mnt/seq1m" write 1M
     t0=$EPOCHREALTIME; settle "$m"; put "$m" settle_w1m "$(secs_since "$t0")"
@@ -193,8 +200,10 @@ suite() { # nc|pt
     put_cmd "$m" rr4k_cold fio_mibs "$mnt/seq1m" randread 4k
     put_cmd "$m" rr4k_warm fio_mibs "$mnt/seq1m" randread 4k
     rm -f "$mnt/seq1m"
+}
 
-    if [ -n "${SKIP_TEXT:-}" ]; then return 0; fi
+text_steps() { # MOUNT MNT BACK
+    local m=$1 mnt=$2 back=$3 t0 r
     echo "bench-fs: $m: text" >&2
     head -c "$text_bytes" "$text" >"$work/text.txt"
     t0=$EPOCHREALTIME
@@ -252,6 +261,7 @@ row_nc() { # LABEL KEY UNIT: a step the passthrough does not have
     echo
     echo "| test | unit | nacrithfs | passthrough (bindfs) | nacrithfs / passthrough |"
     echo "|---|---|---:|---:|---:|"
+    if [ -z "${SKIP_BINARY:-}" ]; then
     row "sequential write, 1 MiB blocks (into staging)" w1m "MiB/s"
     row "sequential write, 4 KiB blocks (into staging)" w4k "MiB/s"
     row "random write, 4 KiB" rw4k "MiB/s"
@@ -263,6 +273,7 @@ row_nc() { # LABEL KEY UNIT: a step the passthrough does not have
     row_nc "daemon peak RSS: new mount, the three sequential reads" rss_read "MiB"
     row "random read 4 KiB, cold" rr4k_cold "MiB/s"
     row "random read 4 KiB, warm" rr4k_warm "MiB/s"
+    fi
     if [ -z "${SKIP_TEXT:-}" ]; then
     row "text: copy in until compressed (cp + nacrithfs wait)" text_store "s"
     row "text: time to first byte, cold" text_ttfb "s"
@@ -276,7 +287,9 @@ row_nc() { # LABEL KEY UNIT: a step the passthrough does not have
     echo
     echo "| space | file size in the mount | bytes in nacrithfs backing | stored / size |"
     echo "|---|---:|---:|---:|"
-    kinds="bin"; [ -n "${SKIP_TEXT:-}" ] || kinds="bin text"
+    kinds=""
+    [ -n "${SKIP_BINARY:-}" ] || kinds="bin"
+    [ -n "${SKIP_TEXT:-}" ] || kinds="$kinds text"
     for k in $kinds; do
         a=${result[nc.apparent_$k]} s=${result[nc.stored_$k]}
         label=$([ $k = bin ] && echo "fio data (random)" || echo "English text")
