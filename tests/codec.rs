@@ -6,6 +6,7 @@ mod common;
 use common::{engine, noise, ENGLISH, MULTILINGUAL};
 use nacrithfs_engine::CompressOptions;
 use nacrithfs_engine::Error;
+use nacrithfs_engine::Priority;
 use nc06::format::{Blob, ExtentKind};
 use nc06::Window;
 
@@ -318,4 +319,64 @@ fn an_exact_repeat_is_nearly_free() {
     let (a, b) = (once.to_bytes().len(), four.to_bytes().len());
     eprintln!("600 bytes: {a} B; the same four times: {b} B");
     assert!(b <= a + 24, "three exact repeats cost {} bytes", b - a);
+}
+
+#[test]
+fn foreground_decodes_take_sequences_from_background_ones_which_start_over() {
+    // A background request keeps every sequence of a 4-stream context busy; a
+    // foreground request that comes meanwhile takes sequences from it, and the streams
+    // taken out start over later. Both decode their bytes exactly (each chunk's CRC is
+    // checked too). Tried a few times, since the foreground request may find free
+    // sequences (between two of the background's batches) and need none.
+    let data = ENGLISH.as_bytes();
+    let opts = CompressOptions {
+        chunk_size: 64,
+        verify: false,
+        ..Default::default()
+    };
+    let engine = common::engine(4);
+    let c = engine.compress(data, &opts, None).unwrap();
+    let blob = Blob::parse(&c.blob).unwrap();
+    let idx = blob.index();
+    let n = blob.header.original_len;
+    let split = idx.extents[idx.extents.len() * 3 / 4].orig_offset;
+    for _ in 0..5 {
+        let started = std::sync::atomic::AtomicBool::new(false);
+        let on_progress = |_: u64| started.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::scope(|s| {
+            let bg = s.spawn(|| {
+                engine
+                    .decode_range_at(
+                        &blob,
+                        &idx,
+                        &blob.payload,
+                        0..split,
+                        Some(&on_progress),
+                        Priority::Background,
+                    )
+                    .unwrap()
+            });
+            // The background's first streams have finished: the rest are running.
+            while !started.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let (at, fg) = engine
+                .decode_range_at(
+                    &blob,
+                    &idx,
+                    &blob.payload,
+                    split..n,
+                    None,
+                    Priority::Foreground,
+                )
+                .unwrap();
+            assert_eq!((at, &fg[..]), (split, &data[split as usize..]));
+            let (at, b) = bg.join().unwrap();
+            assert_eq!((at, &b[..]), (0, &data[..split as usize]));
+        });
+        if engine.streams_restarted() > 0 {
+            return;
+        }
+    }
+    panic!("the foreground request never took a sequence from the background");
 }

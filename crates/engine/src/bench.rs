@@ -200,7 +200,7 @@ pub fn run(
             .map(|c| Work::Decode(DecodeJob::new(c.bytes.clone(), c.tokens)))
             .collect();
         let t = Instant::now();
-        let (back, st) = engine.run(jobs, window, predictor, None)?;
+        let (back, st) = engine.run(jobs, window, predictor, None, crate::Priority::Foreground)?;
         let secs = t.elapsed().as_secs_f64();
         for (i, (w, want)) in back.into_iter().zip(&work).enumerate() {
             let ok = matches!(&w, Work::Decode(j) if j.tokens() == &want.0[..]);

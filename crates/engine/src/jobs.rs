@@ -53,6 +53,17 @@ impl EncodeJob {
         }
     }
 
+    /// Back to before the first token.
+    fn restart(&mut self) {
+        self.next = 0;
+        self.enc = Some(Encoder::new());
+        self.ideal_bits = 0.0;
+        self.out = None;
+        if self.tokens.is_empty() {
+            self.finish();
+        }
+    }
+
     pub fn into_stream(mut self) -> CodedStream {
         self.finish();
         self.out.take().unwrap_or_default()
@@ -108,6 +119,13 @@ impl DecodeJob {
         }
     }
 
+    /// Back to before the first token: the stream is read again from its first bit.
+    fn restart(&mut self) {
+        let dec = std::mem::replace(&mut self.dec, Decoder::new(Vec::new()));
+        self.dec = Decoder::new(dec.into_inner());
+        self.out.clear();
+    }
+
     pub fn tokens(&self) -> &[u32] {
         &self.out
     }
@@ -138,6 +156,18 @@ impl Job for DecodeJob {
 pub(crate) enum Work {
     Encode(EncodeJob),
     Decode(DecodeJob),
+}
+
+impl Work {
+    /// Back to before the first token, for a stream taken out of its sequence before
+    /// it ended (coded again from the start, it gives the same bits: a stream's
+    /// predictions depend on its own tokens only).
+    pub fn restart(&mut self) {
+        match self {
+            Work::Encode(j) => j.restart(),
+            Work::Decode(j) => j.restart(),
+        }
+    }
 }
 
 impl Job for Work {

@@ -70,6 +70,19 @@ pub struct RunStats {
     pub cpu_secs: f64,
 }
 
+/// How urgently a request's chunks are coded. Never changes what is coded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// Someone is waiting for it (a read, a compression): coded before background
+    /// work, and contexts are sized for it.
+    #[default]
+    Foreground,
+    /// Work done ahead of need (the rest of a file that is being read in order): coded
+    /// in the sequences foreground work leaves free, and taken out of its sequence (to
+    /// be coded again from its start later) when foreground work needs the room.
+    Background,
+}
+
 /// Engine settings that do not change what is coded.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -154,6 +167,15 @@ impl Engine {
         self.busy.load(std::sync::atomic::Ordering::Relaxed) == 0
     }
 
+    /// Background streams taken out of their sequence to make room for foreground
+    /// work since the engine started (each started over later).
+    pub fn streams_restarted(&self) -> u64 {
+        match self.pool.get() {
+            Some(Ok(p)) => p.restarted(),
+            _ => 0,
+        }
+    }
+
     fn pool(&self) -> Result<&Pool, Error> {
         self.pool
             .get_or_init(|| {
@@ -172,6 +194,7 @@ impl Engine {
         window: Window,
         predictor: PredictorConfig,
         progress: Option<Progress<'_>>,
+        priority: Priority,
     ) -> Result<(Vec<Work>, RunStats), Error> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancel = Arc::new(AtomicBool::new(false));
@@ -187,6 +210,7 @@ impl Engine {
                     work,
                     window,
                     predictor,
+                    priority,
                     reply: tx.clone(),
                     cancel: cancel.clone(),
                 });
@@ -204,6 +228,11 @@ impl Engine {
         // Ends when every task has reported and dropped its reply sender.
         for reply in rx {
             match reply {
+                Reply::Restarted(n) => {
+                    // Taken out of its sequence and queued again: its tokens so far
+                    // will be coded again.
+                    stats.tokens = stats.tokens.saturating_sub(n);
+                }
                 Reply::Progress(n) => {
                     stats.tokens += n;
                     if let Some(p) = progress {

@@ -2,7 +2,7 @@
 //! model streams, verification by decoding, and the NC06 container around it all.
 
 use super::jobs::{DecodeJob, EncodeJob, Work};
-use super::{CodedStream, Engine, Progress, TokenStream};
+use super::{CodedStream, Engine, Priority, Progress, TokenStream};
 use crate::{Error, Result};
 use nc06::codec::Precision;
 use nc06::format::{
@@ -224,8 +224,13 @@ impl Engine {
         if opts.verify {
             let streams: Vec<(&[u8], u32)> =
                 coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back =
-                self.decode_streams(&streams, opts.window, self.predictor(opts), progress)?;
+            let back = self.decode_streams(
+                &streams,
+                opts.window,
+                self.predictor(opts),
+                progress,
+                Priority::Foreground,
+            )?;
             for (f, span) in spans.iter().enumerate() {
                 failed[f] = span
                     .clone()
@@ -524,7 +529,7 @@ impl Engine {
             .iter()
             .map(|t| Work::Encode(EncodeJob::new(t.0.clone())))
             .collect();
-        let (done, stats) = self.run(works, window, predictor, progress)?;
+        let (done, stats) = self.run(works, window, predictor, progress, Priority::Foreground)?;
         let coded = done
             .into_iter()
             .map(|w| match w {
@@ -542,12 +547,13 @@ impl Engine {
         window: Window,
         predictor: PredictorConfig,
         progress: Option<Progress<'_>>,
+        priority: Priority,
     ) -> Result<Vec<TokenStream>> {
         let works = streams
             .iter()
             .map(|(b, n)| Work::Decode(DecodeJob::new(b.to_vec(), *n)))
             .collect();
-        let (done, _) = self.run(works, window, predictor, progress)?;
+        let (done, _) = self.run(works, window, predictor, progress, priority)?;
         done.into_iter()
             .map(|w| match w {
                 Work::Decode(j) => Ok(j.into_tokens()),
@@ -606,6 +612,28 @@ impl Engine {
         end: u64,
         progress: Option<Progress<'_>>,
     ) -> Result<(u64, Vec<u8>)> {
+        self.decode_range_at(
+            blob,
+            index,
+            payload,
+            start..end,
+            progress,
+            Priority::Foreground,
+        )
+    }
+
+    /// [`Engine::decode_range`] at `priority`: a reader's decode ahead of its reads
+    /// runs at [`Priority::Background`].
+    pub fn decode_range_at(
+        &self,
+        blob: &Blob,
+        index: &Index,
+        payload: &dyn Payload,
+        range: Range<u64>,
+        progress: Option<Progress<'_>>,
+        priority: Priority,
+    ) -> Result<(u64, Vec<u8>)> {
+        let (start, end) = (range.start, range.end);
         let ext = index.overlapping(start, end);
         let (Some(first), Some(last)) = (
             index.extents.get(ext.start),
@@ -643,7 +671,8 @@ impl Engine {
             .map(|(&c, s)| (&s[..], blob.chunks[c].tokens))
             .collect();
         let predictor = PredictorConfig::of(&blob.header);
-        let decoded = self.decode_streams(&streams, blob.header.window, predictor, progress)?;
+        let decoded =
+            self.decode_streams(&streams, blob.header.window, predictor, progress, priority)?;
         let mut text_bytes: HashMap<usize, Vec<u8>> = HashMap::new();
         for (&c, toks) in texts.iter().zip(decoded) {
             let mut bytes = Vec::new();

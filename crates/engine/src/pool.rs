@@ -5,6 +5,11 @@
 //! coded side by side; a finished stream's sequence is cleared and the next waiting
 //! task takes it over at once (continuous batching).
 //!
+//! Foreground tasks go before background ones (see [`Priority`]): a context is sized
+//! for the foreground tasks waiting when it starts, background tasks fill the
+//! sequences left free, and a foreground task that finds no free sequence takes one
+//! from a background stream, which is queued again to start over.
+//!
 //! The CPU side of a step (softmax, CDF, coding, ensemble) runs on all streams in
 //! parallel (rayon), so it does not become the bottleneck when the model is fast.
 
@@ -12,13 +17,13 @@ use super::jobs::Work;
 use super::Job;
 use crate::cpu_share::{share_of, CpuShare};
 use crate::model::{Model, Session};
-use crate::Error;
+use crate::{Error, Priority};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nc06::predict::{Predictor, PredictorConfig};
 use nc06::Window;
 use rayon::prelude::*;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,6 +34,7 @@ pub(crate) struct Task {
     pub work: Work,
     pub window: Window,
     pub predictor: PredictorConfig,
+    pub priority: Priority,
     pub reply: Sender<Reply>,
     /// Set by the caller once any task of its request failed: the rest are dropped.
     pub cancel: Arc<AtomicBool>,
@@ -38,6 +44,9 @@ pub(crate) struct Task {
 pub(crate) enum Reply {
     /// Tokens coded since the last report.
     Progress(u64),
+    /// The task was taken out of its sequence after reporting this many tokens, and
+    /// starts over.
+    Restarted(u64),
     Done {
         id: usize,
         result: Result<Work, Error>,
@@ -77,14 +86,17 @@ fn parallel_cpu(model: &Model) -> bool {
 pub(crate) struct Pool {
     tx: Option<Sender<Vec<Task>>>,
     workers: Vec<JoinHandle<()>>,
+    /// Background streams taken out of their sequence for foreground work.
+    restarted: Arc<AtomicU64>,
 }
 
 impl Pool {
     pub fn start(model: Arc<Model>, workers: usize, streams: u32) -> Result<Pool, Error> {
         let (tx, rx) = crossbeam_channel::unbounded::<Vec<Task>>();
+        let restarted = Arc::new(AtomicU64::new(0));
         let mut handles = Vec::new();
         for i in 0..workers.max(1) {
-            let (model, rx) = (model.clone(), rx.clone());
+            let (model, rx, restarted) = (model.clone(), rx.clone(), restarted.clone());
             let h = std::thread::Builder::new()
                 .name(format!("model-{i}"))
                 .spawn(move || {
@@ -92,6 +104,7 @@ impl Pool {
                         model: &model,
                         rx,
                         streams: streams.max(1),
+                        restarted,
                     }
                     .run()
                 })
@@ -101,7 +114,13 @@ impl Pool {
         Ok(Pool {
             tx: Some(tx),
             workers: handles,
+            restarted,
         })
+    }
+
+    /// Background streams taken out of their sequence for foreground work so far.
+    pub fn restarted(&self) -> u64 {
+        self.restarted.load(Ordering::Relaxed)
     }
 
     /// Hands tasks to the workers: split into one group per worker, so a large request
@@ -139,6 +158,19 @@ struct Slot {
     unreported: u64,
 }
 
+/// Puts foreground tasks before background ones, each kind in its order of arrival.
+fn order(waiting: &mut VecDeque<Task>) {
+    let mut seen_background = false;
+    let unordered = waiting.iter().any(|t| {
+        seen_background |= t.priority == Priority::Background;
+        seen_background && t.priority == Priority::Foreground
+    });
+    if unordered {
+        // Stable: each kind keeps its order.
+        waiting.make_contiguous().sort_by_key(|t| t.priority);
+    }
+}
+
 /// A context and the streams in it.
 struct Batch<'m> {
     session: Session<'m>,
@@ -155,6 +187,7 @@ struct Worker<'m> {
     model: &'m Model,
     rx: Receiver<Vec<Task>>,
     streams: u32,
+    restarted: Arc<AtomicU64>,
 }
 
 fn fail(task: Task, e: Error, cost: Cost) {
@@ -251,14 +284,17 @@ impl<'m> Worker<'m> {
                 }
             }
             drop_cancelled(&mut waiting);
+            order(&mut waiting);
             if active == 0 {
                 let Some(head) = waiting.front() else {
                     continue;
                 };
-                let window = head.window;
+                // Sized for the head's kind: background work never makes foreground
+                // work run in a larger (slower) batch.
+                let (window, priority) = (head.window, head.priority);
                 let want = waiting
                     .iter()
-                    .filter(|t| t.window == window)
+                    .filter(|t| t.window == window && t.priority == priority)
                     .count()
                     .min(self.streams as usize) as u32;
                 let threads = self.claim_threads(&mut share);
@@ -294,8 +330,11 @@ impl<'m> Worker<'m> {
                 }
             }
             let Some(b) = batch.as_mut() else { continue };
-            self.admit(b, &mut waiting);
-            if let Err(e) = self.step(b) {
+            let admitted = preempt(b, &mut waiting, &self.restarted).and_then(|()| {
+                self.admit(b, &mut waiting);
+                self.step(b)
+            });
+            if let Err(e) = admitted {
                 // The context is in an unknown state: fail its streams and start afresh.
                 let e = Arc::new(e);
                 for s in b.slots.iter_mut().filter_map(Option::take) {
@@ -402,6 +441,50 @@ impl<'m> Worker<'m> {
         }
         Ok(())
     }
+}
+
+/// Frees a sequence for each foreground task waiting for this context's window that
+/// finds none free, by taking background streams out (the last first) and queueing
+/// them again behind the foreground tasks, to start over.
+fn preempt(
+    b: &mut Batch<'_>,
+    waiting: &mut VecDeque<Task>,
+    restarted: &AtomicU64,
+) -> Result<(), Error> {
+    let window = b.session.window();
+    let foreground = waiting
+        .iter()
+        .take_while(|t| t.priority == Priority::Foreground && t.window == window)
+        .count();
+    let free = b.slots.iter().filter(|s| s.is_none()).count();
+    let mut need = foreground.saturating_sub(free);
+    for seq in (0..b.slots.len()).rev() {
+        if need == 0 {
+            break;
+        }
+        let background = b.slots[seq]
+            .as_ref()
+            .is_some_and(|s| s.task.priority == Priority::Background);
+        if !background {
+            continue;
+        }
+        let Some(s) = b.slots[seq].take() else {
+            continue;
+        };
+        b.session.clear(seq as u32)?;
+        let reported = u64::from(s.task.work.done()) - s.unreported;
+        let mut task = s.task;
+        let _ = task.reply.send(Reply::Restarted(reported));
+        task.work.restart();
+        let at = waiting
+            .iter()
+            .take_while(|t| t.priority == Priority::Foreground)
+            .count();
+        waiting.insert(at, task);
+        restarted.fetch_add(1, Ordering::Relaxed);
+        need -= 1;
+    }
+    Ok(())
 }
 
 /// Fails waiting tasks whose request was cancelled, so their callers stop waiting.

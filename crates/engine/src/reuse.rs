@@ -85,8 +85,13 @@ impl Engine {
         if opts.verify {
             let streams: Vec<(&[u8], u32)> =
                 coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back =
-                self.decode_streams(&streams, opts.window, self.predictor(opts), progress)?;
+            let back = self.decode_streams(
+                &streams,
+                opts.window,
+                self.predictor(opts),
+                progress,
+                crate::Priority::Foreground,
+            )?;
             if let Some(chunk) = (0..tokens.len()).find(|&i| back[i] != tokens[i]) {
                 return Err(Error::VerifyFailed { chunk });
             }

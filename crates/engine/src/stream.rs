@@ -153,8 +153,13 @@ impl StreamEncoder<'_> {
             let t1 = Instant::now();
             let streams: Vec<(&[u8], u32)> =
                 coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back =
-                engine.decode_streams(&streams, opts.window, engine.predictor(opts), progress)?;
+            let back = engine.decode_streams(
+                &streams,
+                opts.window,
+                engine.predictor(opts),
+                progress,
+                crate::Priority::Foreground,
+            )?;
             if let Some(i) = (0..tokens.len()).find(|&i| back[i] != tokens[i]) {
                 return Err(Error::VerifyFailed {
                     chunk: self.chunks.len() + i,

@@ -157,6 +157,11 @@ impl<B: AsRef<[u8]>> Decoder<B> {
         d
     }
 
+    /// The coded stream, given back (to start decoding it again from its first bit).
+    pub fn into_inner(self) -> B {
+        self.data
+    }
+
     #[inline]
     fn next_bit(&mut self) -> u64 {
         let byte = (self.bit_pos >> 3) as usize;
