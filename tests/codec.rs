@@ -352,7 +352,7 @@ fn foreground_decodes_take_sequences_from_background_ones_which_start_over() {
                         &blob.payload,
                         0..split,
                         Some(&on_progress),
-                        Priority::Background,
+                        Priority::background(),
                     )
                     .unwrap()
             });

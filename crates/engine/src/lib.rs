@@ -71,7 +71,7 @@ pub struct RunStats {
 }
 
 /// How urgently a request's chunks are coded. Never changes what is coded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default)]
 pub enum Priority {
     /// Someone is waiting for it (a read, a compression): coded before background
     /// work, and contexts are sized for it.
@@ -79,8 +79,25 @@ pub enum Priority {
     Foreground,
     /// Work done ahead of need (the rest of a file that is being read in order): coded
     /// in the sequences foreground work leaves free, and taken out of its sequence (to
-    /// be coded again from its start later) when foreground work needs the room.
-    Background,
+    /// be coded again from its start later) when foreground work needs the room. Once
+    /// the flag is set (someone started waiting for it), it is foreground work from
+    /// then on: a reader waiting on a read-ahead never waits behind other work.
+    Background(Arc<AtomicBool>),
+}
+
+impl Priority {
+    /// Background work that is not waited for yet.
+    pub fn background() -> Priority {
+        Priority::Background(Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Whether it is background work now.
+    pub fn is_background(&self) -> bool {
+        match self {
+            Priority::Foreground => false,
+            Priority::Background(wanted) => !wanted.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 /// Engine settings that do not change what is coded.
@@ -210,7 +227,7 @@ impl Engine {
                     work,
                     window,
                     predictor,
-                    priority,
+                    priority: priority.clone(),
                     reply: tx.clone(),
                     cancel: cancel.clone(),
                 });

@@ -5,7 +5,7 @@
 //! coded side by side; a finished stream's sequence is cleared and the next waiting
 //! task takes it over at once (continuous batching).
 //!
-//! Foreground tasks go before background ones (see [`Priority`]): a context is sized
+//! Foreground tasks go before background ones (see [`crate::Priority`]): a context is sized
 //! for the foreground tasks waiting when it starts, background tasks fill the
 //! sequences left free, and a foreground task that finds no free sequence takes one
 //! from a background stream, which is queued again to start over.
@@ -17,7 +17,7 @@ use super::jobs::Work;
 use super::Job;
 use crate::cpu_share::{share_of, CpuShare};
 use crate::model::{Model, Session};
-use crate::{Error, Priority};
+use crate::Error;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use nc06::predict::{Predictor, PredictorConfig};
 use nc06::Window;
@@ -34,7 +34,7 @@ pub(crate) struct Task {
     pub work: Work,
     pub window: Window,
     pub predictor: PredictorConfig,
-    pub priority: Priority,
+    pub priority: crate::Priority,
     pub reply: Sender<Reply>,
     /// Set by the caller once any task of its request failed: the rest are dropped.
     pub cancel: Arc<AtomicBool>,
@@ -158,16 +158,22 @@ struct Slot {
     unreported: u64,
 }
 
-/// Puts foreground tasks before background ones, each kind in its order of arrival.
+/// Puts foreground tasks before background ones, each kind in its order of arrival
+/// (a background task may have become foreground work since it was queued).
 fn order(waiting: &mut VecDeque<Task>) {
     let mut seen_background = false;
     let unordered = waiting.iter().any(|t| {
-        seen_background |= t.priority == Priority::Background;
-        seen_background && t.priority == Priority::Foreground
+        let background = t.priority.is_background();
+        seen_background |= background;
+        seen_background && !background
     });
     if unordered {
-        // Stable: each kind keeps its order.
-        waiting.make_contiguous().sort_by_key(|t| t.priority);
+        // Each priority read once, so the split is consistent.
+        let (fore, back): (VecDeque<Task>, VecDeque<Task>) = std::mem::take(waiting)
+            .into_iter()
+            .partition(|t| !t.priority.is_background());
+        *waiting = fore;
+        waiting.extend(back);
     }
 }
 
@@ -291,10 +297,10 @@ impl<'m> Worker<'m> {
                 };
                 // Sized for the head's kind: background work never makes foreground
                 // work run in a larger (slower) batch.
-                let (window, priority) = (head.window, head.priority);
+                let (window, background) = (head.window, head.priority.is_background());
                 let want = waiting
                     .iter()
-                    .filter(|t| t.window == window && t.priority == priority)
+                    .filter(|t| t.window == window && t.priority.is_background() == background)
                     .count()
                     .min(self.streams as usize) as u32;
                 let threads = self.claim_threads(&mut share);
@@ -454,7 +460,7 @@ fn preempt(
     let window = b.session.window();
     let foreground = waiting
         .iter()
-        .take_while(|t| t.priority == Priority::Foreground && t.window == window)
+        .take_while(|t| !t.priority.is_background() && t.window == window)
         .count();
     let free = b.slots.iter().filter(|s| s.is_none()).count();
     let mut need = foreground.saturating_sub(free);
@@ -464,7 +470,7 @@ fn preempt(
         }
         let background = b.slots[seq]
             .as_ref()
-            .is_some_and(|s| s.task.priority == Priority::Background);
+            .is_some_and(|s| s.task.priority.is_background());
         if !background {
             continue;
         }
@@ -478,7 +484,7 @@ fn preempt(
         task.work.restart();
         let at = waiting
             .iter()
-            .take_while(|t| t.priority == Priority::Foreground)
+            .take_while(|t| !t.priority.is_background())
             .count();
         waiting.insert(at, task);
         restarted.fetch_add(1, Ordering::Relaxed);
@@ -497,5 +503,49 @@ fn drop_cancelled(waiting: &mut VecDeque<Task>) {
         for t in gone {
             fail(t, Error::Cancelled, Cost::default());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::DecodeJob;
+    use crate::Priority;
+
+    fn task(id: usize, priority: Priority) -> Task {
+        let (reply, _) = crossbeam_channel::unbounded();
+        Task {
+            id,
+            work: Work::Decode(DecodeJob::new(Vec::new(), 0)),
+            window: Window::default(),
+            predictor: PredictorConfig::default(),
+            priority,
+            reply,
+            cancel: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn ids(w: &VecDeque<Task>) -> Vec<usize> {
+        w.iter().map(|t| t.id).collect()
+    }
+
+    #[test]
+    fn foreground_goes_first_and_a_wanted_background_task_becomes_foreground() {
+        let wanted = Arc::new(AtomicBool::new(false));
+        let mut w: VecDeque<Task> = [
+            task(0, Priority::Background(wanted.clone())),
+            task(1, Priority::background()),
+            task(2, Priority::Foreground),
+            task(3, Priority::Background(wanted.clone())),
+            task(4, Priority::Foreground),
+        ]
+        .into_iter()
+        .collect();
+        order(&mut w);
+        assert_eq!(ids(&w), [2, 4, 0, 1, 3]);
+        // A reader now waits for 0 and 3: they join the foreground, in their order.
+        wanted.store(true, Ordering::Relaxed);
+        order(&mut w);
+        assert_eq!(ids(&w), [2, 4, 0, 3, 1]);
     }
 }
