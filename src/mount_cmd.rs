@@ -31,6 +31,11 @@ pub struct MountArgs {
     /// Memory for decoded extents of compressed files, in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: usize,
+    /// Text chunks decoded ahead of a reader that reads a file in order, in the
+    /// background, behind the reads that wait; 0 turns it off. The default is the
+    /// streams of one lockstep batch.
+    #[arg(long, default_value_t = nacrithfs_fs::core::DEFAULT_READ_AHEAD)]
+    pub read_ahead: usize,
     /// Files larger than this many MiB are kept as plaintext; 0, the default, for no
     /// limit (the compressor holds an 8 MiB window of a file, whatever its size).
     #[arg(long, default_value_t = 0)]
@@ -113,6 +118,7 @@ fn serve(args: &MountArgs, ready: Option<std::fs::File>) -> Result<(), CliError>
     let opts = ServeOptions {
         jobs: args.jobs,
         cache_mb: args.cache_mb,
+        read_ahead: args.read_ahead,
         max_file_mb: args.max_file_mb,
         allow_other: args.allow_other,
         suid: args.suid,
@@ -364,6 +370,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             "suid" => out.push("--suid".into()),
             "dev" => out.push("--dev".into()),
             "cache_mb" => out.extend(flag("cache-mb")?),
+            "read_ahead" => out.extend(flag("read-ahead")?),
             "max_file_mb" => out.extend(flag("max-file-mb")?),
             "chunk_size" => out.extend(flag("chunk-size")?),
             "window_mb" => out.extend(flag("window-mb")?),
@@ -381,7 +388,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             k if k.starts_with("x-") || k.starts_with("comment=") => {}
             _ => {
                 return Err(CliError::Usage(format!(
-                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, max_file_mb=, chunk_size=, window_mb=, jobs=, workers=, streams=, threads=, model=, backend=, log=, suid, dev)"
+                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, read_ahead=, max_file_mb=, chunk_size=, window_mb=, jobs=, workers=, streams=, threads=, model=, backend=, log=, suid, dev)"
                 )))
             }
         }

@@ -13,7 +13,7 @@ const MULTILINGUAL: &str = include_str!("data/multilingual.txt");
 #[path = "common/mount.rs"]
 mod mount;
 
-use mount::{bin, force_unmount, is_mountpoint, Mount, SERIAL};
+use mount::{bin, force_unmount, is_mountpoint, Mount, Opts, SERIAL};
 
 fn model_present() {
     nacrithfs_engine::model::resolve_model_path(None)
@@ -224,6 +224,62 @@ fn copy_compress_remount_and_modify() {
 
     let m = Mount::start(&d.backing, &d.mnt);
     diff(&tree, &mtree);
+    m.stop();
+}
+
+/// A reader that reads a compressed file in order has the text chunks after its read
+/// decoded ahead, in the background, before it asks for them. Here the first page read
+/// (of a 64 KiB hole) starts the decode of every text chunk after it, and the reads of
+/// the text find them decoded or wait for that decode: each chunk is decoded once.
+#[test]
+fn a_reader_in_order_finds_the_next_chunks_decoded_ahead() {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    model_present();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let d = dirs();
+    let mut want = vec![0u8; nc06::format::MIN_ZERO_RUN];
+    want.extend_from_slice(ENGLISH.as_bytes());
+    let opts = || Opts {
+        args: vec!["--chunk-size", "128"],
+        ..Default::default()
+    };
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    std::fs::write(d.mnt.join("gap.txt"), &want).unwrap();
+    m.wait();
+    m.stop();
+    let blob = nc06::format::Blob::parse(&std::fs::read(d.backing.join("gap.txt")).unwrap())
+        .expect("gap.txt is a blob");
+    let texts = blob.chunks.len() as u64;
+    assert!(texts >= 5, "{texts} text chunks");
+
+    // A fresh mount, with the kernel's own read-ahead off for the file: each pread of
+    // a page is one read of the filesystem, in order.
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    let f = std::fs::File::open(d.mnt.join("gap.txt")).unwrap();
+    // SAFETY: posix_fadvise only reads its arguments; the descriptor is open.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    assert_eq!(r, 0);
+    let mut got = Vec::new();
+    let mut page = vec![0u8; 4096];
+    loop {
+        let n = f.read_at(&mut page, got.len() as u64).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&page[..n]);
+    }
+    drop(f);
+    assert!(got == want, "read back differs");
+    let st = nacrithfs_fs::Status::from_json(&m.status()).expect("status");
+    assert_eq!(
+        st.model_decodes, texts,
+        "a text chunk was decoded more than once"
+    );
+    assert_eq!(
+        st.read_ahead, texts,
+        "not every text chunk was decoded ahead"
+    );
     m.stop();
 }
 

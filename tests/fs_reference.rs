@@ -77,6 +77,8 @@ impl Harness {
             Arc::new(StandInCodec { extent: 7 }),
             CoreConfig {
                 cache_bytes: 256,
+                // Reads in order also decode pieces ahead, in threads of their own.
+                read_ahead: 4,
                 max_compress_bytes: MAX_COMPRESS,
             },
         )

@@ -2,7 +2,7 @@
 //! payload read from its file a piece at a time.
 
 use crate::fs_error;
-use nacrithfs_engine::Engine;
+use nacrithfs_engine::{Engine, Priority};
 use nacrithfs_fs::store::codec::byte_span;
 use nacrithfs_fs::store::OpenBlob;
 use nacrithfs_fs::FsResult;
@@ -11,7 +11,7 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// A blob's payload in its backing file, read piece by piece with `pread`.
@@ -64,8 +64,8 @@ pub(crate) struct Nc06Blob {
     pub(crate) index: Index,
     pub(crate) payload: FilePayload,
     extents: Vec<(u64, u64)>,
-    /// For each of `extents`, whether it is a zero extent.
-    holes: Vec<bool>,
+    /// For each of `extents`, its kind.
+    kinds: Vec<ExtentKind>,
     /// For each of `extents`, where it lies when it is in a raw frame.
     plain: Vec<Option<PlainPiece>>,
     /// One bit per frame: its checksum was checked since the blob was opened.
@@ -87,7 +87,7 @@ impl Nc06Blob {
     ) -> Self {
         let index = blob.index();
         let extents = index.pieces();
-        let holes = index.holes();
+        let kinds = index.kinds();
         let plain = plain_pieces(&blob, &index);
         let checked = (0..blob.frames.len().div_ceil(64))
             .map(|_| AtomicU64::new(0))
@@ -102,7 +102,7 @@ impl Nc06Blob {
                 base: header_len as u64,
             },
             extents,
-            holes,
+            kinds,
             plain,
             checked,
             model_decodes,
@@ -128,7 +128,11 @@ impl OpenBlob for Nc06Blob {
     }
 
     fn is_hole(&self, i: usize) -> bool {
-        self.holes.get(i).copied().unwrap_or(false)
+        self.kinds.get(i) == Some(&ExtentKind::Zero)
+    }
+
+    fn needs_model(&self, i: usize) -> bool {
+        self.kinds.get(i) == Some(&ExtentKind::Text)
     }
 
     fn is_plain(&self, i: usize) -> bool {
@@ -177,6 +181,17 @@ impl OpenBlob for Nc06Blob {
     }
 
     fn decode(&self, range: Range<usize>) -> FsResult<Vec<u8>> {
+        self.decode_at(range, Priority::Foreground)
+    }
+
+    fn decode_ahead(&self, range: Range<usize>, wanted: Arc<AtomicBool>) -> FsResult<Vec<u8>> {
+        self.decode_at(range, Priority::Background(wanted))
+    }
+}
+
+impl Nc06Blob {
+    /// Decodes pieces `range` with the engine, at `priority`.
+    fn decode_at(&self, range: Range<usize>, priority: Priority) -> FsResult<Vec<u8>> {
         let Some((start, end)) = byte_span(&self.extents, range) else {
             return Ok(Vec::new());
         };
@@ -188,7 +203,14 @@ impl OpenBlob for Nc06Blob {
             .fetch_add(texts as u64, Ordering::Relaxed);
         let (base, bytes) = self
             .engine
-            .decode_range(&self.blob, &self.index, &self.payload, start, end, None)
+            .decode_range_at(
+                &self.blob,
+                &self.index,
+                &self.payload,
+                start..end,
+                None,
+                priority,
+            )
             .map_err(|e| fs_error(&format!("decoding bytes {start}..{end}"), e))?;
         if base != start || bytes.len() as u64 != end - start {
             return Err(nacrithfs_fs::store::codec::damaged(format!(

@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub jobs: usize,
     /// Memory for decoded extents, in MiB.
     pub cache_mb: usize,
+    /// Text chunks decoded ahead of a reader that reads a file in order; 0 for none.
+    pub read_ahead: usize,
     /// Larger files are kept as plaintext, in MiB; 0 for no limit.
     pub max_file_mb: u64,
     /// Let other users access the mount.
@@ -189,6 +191,7 @@ impl Mounting {
             codec,
             CoreConfig {
                 cache_bytes: opts.cache_mb.max(1) << 20,
+                read_ahead: opts.read_ahead,
                 max_compress_bytes: match opts.max_file_mb {
                     0 => u64::MAX,
                     mb => mb.saturating_mul(1 << 20),

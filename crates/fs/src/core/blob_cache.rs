@@ -1,7 +1,12 @@
 //! What the core keeps of compressed files: their original lengths (read from blob
-//! headers), their decoded extents in an LRU bounded in bytes, and one decode gate per
-//! blob, so concurrent readers of the same chunks wait for one decode instead of each
-//! running the model.
+//! headers) and their decoded pieces, in an LRU bounded in bytes. A piece being
+//! decoded is claimed, so a second reader of it waits for that decode instead of
+//! running the model again, while readers of other pieces go on.
+//!
+//! A reader that reads a blob in order gets the pieces after its read decoded ahead,
+//! in the background ([`BlobCache::read`]): a sequential `cat` of a file of many text
+//! chunks has them decoded in full lockstep batches, and each read finds its chunks
+//! decoded or being decoded instead of starting a decode of its own.
 
 use super::lock;
 use super::overlay::Overlay;
@@ -16,7 +21,8 @@ use lru::LruCache;
 use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 /// Identifies an immutable blob file: (dev, ino, ctime). A replaced or rewritten file
 /// gets a new key, so cached headers and extents never go stale.
@@ -28,14 +34,17 @@ pub(super) fn blob_key(st: &Stat) -> BlobKey {
     (st.dev(), st.ino(), s, ns)
 }
 
-/// Decoded extents of blobs, bounded in bytes.
-struct ExtentCache {
+/// Decoded pieces, bounded in bytes, and the pieces being decoded.
+struct State {
     lru: LruCache<(BlobKey, usize), Arc<Vec<u8>>>,
     bytes: usize,
     cap: usize,
+    /// Pieces a decode has claimed (see [`Claim`]), with the flag a reader sets when it
+    /// waits for a read-ahead's pieces (none for a read's own decode).
+    claimed: HashMap<(BlobKey, usize), Option<Arc<AtomicBool>>>,
 }
 
-impl ExtentCache {
+impl State {
     fn insert(&mut self, k: (BlobKey, usize), v: Arc<Vec<u8>>) {
         self.bytes += v.len();
         if let Some(old) = self.lru.put(k, v) {
@@ -50,25 +59,74 @@ impl ExtentCache {
     }
 }
 
-/// Headers, decoded extents and decode gates of the blobs the core reads.
-pub(super) struct BlobCache {
-    extents: Mutex<ExtentCache>,
-    headers: Mutex<HashMap<BlobKey, u64>>,
-    gates: Mutex<HashMap<BlobKey, Arc<Mutex<()>>>>,
+/// What a read-ahead thread shares with the reads.
+struct Shared {
+    state: Mutex<State>,
+    /// Woken whenever a claim ends.
+    landed: Condvar,
+    /// Pieces decoded ahead of the reads.
+    read_ahead: AtomicU64,
 }
 
+/// Pieces of one blob that one decode has taken on: a reader of them waits for it.
+/// Dropped, decoded or not, it gives them up and wakes the waiters (who decode a
+/// piece again themselves if it did not land).
+struct Claim {
+    shared: Arc<Shared>,
+    key: BlobKey,
+    pieces: Vec<usize>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut st = lock(&self.shared.state);
+        for &i in &self.pieces {
+            st.claimed.remove(&(self.key, i));
+        }
+        drop(st);
+        self.shared.landed.notify_all();
+    }
+}
+
+/// Headers and decoded pieces of the blobs the core reads.
+pub(super) struct BlobCache {
+    shared: Arc<Shared>,
+    headers: Mutex<HashMap<BlobKey, u64>>,
+    /// Where the last read of each blob ended: a read that starts there (or at 0)
+    /// reads in order.
+    next: Mutex<HashMap<BlobKey, u64>>,
+    /// Pieces that need the model decoded ahead of a reader that reads in order.
+    ahead: usize,
+}
+
+/// Read positions remembered at most (one per blob being read); past this the map
+/// starts afresh, which costs no more than a read-ahead.
+const MAX_READERS: usize = 4096;
+
 impl BlobCache {
-    /// A cache holding at most `cap` bytes of decoded extents.
-    pub fn new(cap: usize) -> BlobCache {
+    /// A cache holding at most `cap` bytes of decoded pieces, decoding up to `ahead`
+    /// pieces that need the model ahead of a reader that reads in order (0: none).
+    pub fn new(cap: usize, ahead: usize) -> BlobCache {
         BlobCache {
-            extents: Mutex::new(ExtentCache {
-                lru: LruCache::unbounded(),
-                bytes: 0,
-                cap,
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    lru: LruCache::unbounded(),
+                    bytes: 0,
+                    cap,
+                    claimed: HashMap::new(),
+                }),
+                landed: Condvar::new(),
+                read_ahead: AtomicU64::new(0),
             }),
             headers: Mutex::new(HashMap::new()),
-            gates: Mutex::new(HashMap::new()),
+            next: Mutex::new(HashMap::new()),
+            ahead,
         }
+    }
+
+    /// Pieces decoded ahead of the reads so far, for `status`.
+    pub fn read_ahead_count(&self) -> u64 {
+        self.shared.read_ahead.load(Ordering::Relaxed)
     }
 
     /// Records the original length of a blob just written.
@@ -120,30 +178,32 @@ impl BlobCache {
         }
     }
 
-    /// Reads `[offset, offset+size)` of a blob, decoding only the extents not cached.
-    /// Pieces stored plain are read straight from the blob's file, outside the gate
-    /// and the LRU.
+    /// Reads `[offset, offset+size)` of a blob, decoding only the pieces not cached.
+    /// Pieces stored plain are read straight from the blob's file, outside the LRU.
+    /// With `reader` (a user's read, not the compressor's), a read that starts where
+    /// the last read of this blob ended then starts a decode of the pieces after it,
+    /// in the background (see [`BlobCache::new`]).
     pub fn read(
         &self,
-        blob: &dyn OpenBlob,
+        blob: &Arc<dyn OpenBlob>,
         key: BlobKey,
         offset: u64,
         size: u64,
+        reader: bool,
     ) -> FsResult<Vec<u8>> {
         let len = blob.len();
         if offset >= len || size == 0 {
             return Ok(Vec::new());
         }
         let end = (offset + size).min(len);
+        let in_order = reader && self.ahead > 0 && self.in_order(key, offset, end);
         let ext = blob.extents();
         let first = ext.partition_point(|e| e.0 + e.1 <= offset);
         let last = ext.partition_point(|e| e.0 < end);
-        let decoded = (first..last).any(|i| !blob.is_hole(i) && !blob.is_plain(i));
-        let parts = if decoded {
-            self.decoded(blob, key, first..last)?
-        } else {
-            vec![None; last - first]
-        };
+        let parts = self.shared.pieces(&**blob, key, first..last)?;
+        if in_order {
+            self.read_ahead(blob, key, last);
+        }
         let mut out = Vec::with_capacity((end - offset) as usize);
         for (i, p) in (first..last).zip(parts) {
             let (s, l) = ext[i];
@@ -161,78 +221,381 @@ impl BlobCache {
         Ok(out)
     }
 
+    /// Whether a read of `offset..end` of blob `key` continues the last one (or starts
+    /// the file); remembers where it ends.
+    fn in_order(&self, key: BlobKey, offset: u64, end: u64) -> bool {
+        let mut next = lock(&self.next);
+        let was = next.get(&key).copied();
+        if was.is_none() && next.len() >= MAX_READERS {
+            next.clear();
+        }
+        next.insert(key, end);
+        offset == 0 || was == Some(offset)
+    }
+
+    /// Claims the pieces that need the model among the `ahead` from piece `from` that
+    /// are neither cached nor claimed (at most a quarter of the cache's bytes of
+    /// them), and decodes them in a thread of its own at background priority. They
+    /// are claimed before the read returns, so the next read waits for them.
+    fn read_ahead(&self, blob: &Arc<dyn OpenBlob>, key: BlobKey, from: usize) {
+        let ext = blob.extents();
+        let wanted = Arc::new(AtomicBool::new(false));
+        let to = from.saturating_add(self.ahead).min(ext.len());
+        let claim = {
+            let mut st = lock(&self.shared.state);
+            let budget = (st.cap / 4) as u64;
+            let mut bytes = 0u64;
+            let todo: Vec<usize> = (from..to)
+                .filter(|&i| {
+                    blob.needs_model(i)
+                        && !st.lru.contains(&(key, i))
+                        && !st.claimed.contains_key(&(key, i))
+                })
+                .take_while(|&i| {
+                    bytes += ext[i].1;
+                    bytes <= budget
+                })
+                .collect();
+            if todo.is_empty() {
+                return;
+            }
+            self.shared.claim(&mut st, key, todo, Some(wanted.clone()))
+        };
+        let (shared, blob) = (self.shared.clone(), blob.clone());
+        let spawned = std::thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || {
+                for (lo, hi) in runs(&claim.pieces) {
+                    let r = blob
+                        .decode_ahead(lo..hi + 1, wanted.clone())
+                        .and_then(|bytes| shared.store(&*blob, key, lo, hi, bytes));
+                    if let Err(e) = r {
+                        // A read of the piece decodes it again, and reports.
+                        log::debug!("read-ahead of blob {key:?}: {}", e.report());
+                        return;
+                    }
+                    shared
+                        .read_ahead
+                        .fetch_add((hi + 1 - lo) as u64, Ordering::Relaxed);
+                }
+                drop(claim);
+            });
+        if let Err(e) = spawned {
+            log::warn!("read-ahead not started: {e}");
+        }
+    }
+}
+
+/// Runs of consecutive numbers in `pieces` (sorted), as (first, last).
+fn runs(pieces: &[usize]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &i in pieces {
+        match out.last_mut() {
+            Some(r) if r.1 + 1 == i => r.1 = i,
+            _ => out.push((i, i)),
+        }
+    }
+    out
+}
+
+/// Where a piece a read needs is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Have {
+    /// A hole or a plain piece: never decoded.
+    Skip,
+    /// Decoded (cached, or by this read).
+    Cached,
+    /// Claimed by another decode.
+    Claimed,
+    /// To be decoded by this read.
+    Missing,
+}
+
+impl Shared {
+    /// Claims `pieces` of blob `key` in `st`; `wanted` for a read-ahead's.
+    fn claim(
+        self: &Arc<Self>,
+        st: &mut State,
+        key: BlobKey,
+        pieces: Vec<usize>,
+        wanted: Option<Arc<AtomicBool>>,
+    ) -> Claim {
+        for &i in &pieces {
+            st.claimed.insert((key, i), wanted.clone());
+        }
+        Claim {
+            shared: self.clone(),
+            key,
+            pieces,
+        }
+    }
+
     /// The decoded bytes of each piece in `range` that is neither a hole nor plain
-    /// (`None` for those), from the LRU or decoded under the blob's gate.
-    fn decoded(
-        &self,
+    /// (`None` for those): from the LRU, from another decode of them (waited for), or
+    /// decoded here.
+    fn pieces(
+        self: &Arc<Self>,
         blob: &dyn OpenBlob,
         key: BlobKey,
         range: Range<usize>,
     ) -> FsResult<Vec<Option<Arc<Vec<u8>>>>> {
         let (first, last) = (range.start, range.end);
-        let ext = blob.extents();
-        let skip = |i: usize| blob.is_hole(i) || blob.is_plain(i);
-        let gate = lock(&self.gates).entry(key).or_default().clone();
-        let one = lock(&gate);
-        let mut parts: Vec<Option<Arc<Vec<u8>>>> = {
-            let mut c = lock(&self.extents);
-            (first..last)
+        let mut parts: Vec<Option<Arc<Vec<u8>>>> = vec![None; last - first];
+        let mut st = lock(&self.state);
+        loop {
+            let have: Vec<Have> = (first..last)
                 .map(|i| {
-                    if skip(i) {
-                        None
+                    if blob.is_hole(i) || blob.is_plain(i) {
+                        Have::Skip
+                    } else if parts[i - first].is_some() {
+                        Have::Cached
+                    } else if let Some(v) = st.lru.get(&(key, i)) {
+                        parts[i - first] = Some(v.clone());
+                        Have::Cached
+                    } else if let Some(wanted) = st.claimed.get(&(key, i)) {
+                        // A read-ahead's pieces are waited for now: they are no
+                        // longer background work.
+                        if let Some(w) = wanted {
+                            w.store(true, Ordering::Relaxed);
+                        }
+                        Have::Claimed
                     } else {
-                        c.lru.get(&(key, i)).cloned()
+                        Have::Missing
                     }
                 })
-                .collect()
-        };
-        // Runs of missing pieces, each decoded in one call (its text chunks share a
-        // lockstep batch); holes and plain pieces are never decoded.
-        let mut runs: Vec<(usize, usize)> = Vec::new();
-        // Whether the last run may grow: no hole or plain piece since it ended.
-        let mut open = false;
-        for i in first..last {
-            if skip(i) {
-                open = false;
-            } else if parts[i - first].is_none() {
-                match runs.last_mut() {
-                    Some(r) if open => r.1 = i,
-                    _ => runs.push((i, i)),
+                .collect();
+            // Runs of missing pieces, each decoded in one call (its text chunks share
+            // a lockstep batch; a cached piece inside a run is decoded with it rather
+            // than splitting the batch); holes, plain and claimed pieces end a run.
+            let mut decode: Vec<(usize, usize)> = Vec::new();
+            let mut open = false;
+            for (i, h) in (first..last).zip(&have) {
+                match h {
+                    Have::Skip | Have::Claimed => open = false,
+                    Have::Cached => {}
+                    Have::Missing => {
+                        match decode.last_mut() {
+                            Some(r) if open => r.1 = i,
+                            _ => decode.push((i, i)),
+                        }
+                        open = true;
+                    }
                 }
-                open = true;
             }
-        }
-        for (lo, hi) in runs {
-            log::debug!("decoding extents {lo}..={hi} of blob {key:?}");
-            let bytes = blob.decode(lo..hi + 1)?;
-            let pieces: Vec<Arc<Vec<u8>>> = if lo == hi && bytes.len() as u64 == ext[lo].1 {
-                // One piece (a random read's case): cached as decoded, not copied.
-                vec![Arc::new(bytes)]
+            if !decode.is_empty() {
+                let mine = (first..last)
+                    .zip(&have)
+                    .filter(|(_, h)| **h == Have::Missing)
+                    .map(|(i, _)| i)
+                    .collect();
+                let claim = self.claim(&mut st, key, mine, None);
+                drop(st);
+                for (lo, hi) in decode {
+                    log::debug!("decoding extents {lo}..={hi} of blob {key:?}");
+                    let bytes = blob.decode(lo..hi + 1)?;
+                    for (i, v) in (lo..=hi).zip(self.store(blob, key, lo, hi, bytes)?) {
+                        parts[i - first] = Some(v);
+                    }
+                }
+                drop(claim);
+                st = lock(&self.state);
+            } else if have.contains(&Have::Claimed) {
+                st = self.landed.wait(st).unwrap_or_else(PoisonError::into_inner);
             } else {
-                let mut at = 0usize;
-                (lo..=hi)
-                    .map(|i| {
-                        let l = ext[i].1 as usize;
-                        let piece = bytes
-                            .get(at..at + l)
-                            .ok_or_else(|| damaged(format!("extent {i} decoded too short")))?;
-                        at += l;
-                        Ok(Arc::new(piece.to_vec()))
-                    })
-                    .collect::<FsResult<_>>()?
-            };
-            let mut c = lock(&self.extents);
-            for (i, v) in (lo..=hi).zip(pieces) {
-                parts[i - first] = Some(v.clone());
-                c.insert((key, i), v);
+                return Ok(parts);
             }
         }
-        drop(one);
-        drop(gate);
-        let mut g = lock(&self.gates);
-        if g.get(&key).is_some_and(|g| Arc::strong_count(g) == 1) {
-            g.remove(&key);
+    }
+
+    /// Cuts the decoded bytes of pieces `lo..=hi` into pieces, caches them and returns
+    /// them.
+    fn store(
+        &self,
+        blob: &dyn OpenBlob,
+        key: BlobKey,
+        lo: usize,
+        hi: usize,
+        bytes: Vec<u8>,
+    ) -> FsResult<Vec<Arc<Vec<u8>>>> {
+        let ext = blob.extents();
+        let pieces: Vec<Arc<Vec<u8>>> = if lo == hi && bytes.len() as u64 == ext[lo].1 {
+            // One piece (a random read's case): cached as decoded, not copied.
+            vec![Arc::new(bytes)]
+        } else {
+            let mut at = 0usize;
+            (lo..=hi)
+                .map(|i| {
+                    let l = ext[i].1 as usize;
+                    let piece = bytes
+                        .get(at..at + l)
+                        .ok_or_else(|| damaged(format!("extent {i} decoded too short")))?;
+                    at += l;
+                    Ok(Arc::new(piece.to_vec()))
+                })
+                .collect::<FsResult<_>>()?
+        };
+        let mut st = lock(&self.state);
+        for (i, v) in (lo..=hi).zip(&pieces) {
+            st.insert((key, i), v.clone());
         }
-        Ok(parts)
+        Ok(pieces)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::codec::StandInCodec;
+    use std::io::Write;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    /// A stand-in blob that counts the pieces it decodes, in the foreground and ahead
+    /// of the reads, and can be made slow or failing ahead.
+    struct Counting {
+        inner: Arc<dyn OpenBlob>,
+        now: AtomicU64,
+        ahead: AtomicU64,
+        /// Read-aheads a reader was waiting for by the time they decoded.
+        wanted: AtomicU64,
+        slow: Duration,
+        fail_ahead: AtomicBool,
+    }
+
+    impl OpenBlob for Counting {
+        fn len(&self) -> u64 {
+            self.inner.len()
+        }
+        fn stored_len(&self) -> u64 {
+            self.inner.stored_len()
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn extents(&self) -> &[(u64, u64)] {
+            self.inner.extents()
+        }
+        fn decode(&self, range: Range<usize>) -> FsResult<Vec<u8>> {
+            std::thread::sleep(self.slow);
+            self.now.fetch_add(range.len() as u64, Ordering::SeqCst);
+            self.inner.decode(range)
+        }
+        fn decode_ahead(&self, range: Range<usize>, wanted: Arc<AtomicBool>) -> FsResult<Vec<u8>> {
+            std::thread::sleep(self.slow);
+            if wanted.load(Ordering::SeqCst) {
+                self.wanted.fetch_add(1, Ordering::SeqCst);
+            }
+            if self.fail_ahead.load(Ordering::SeqCst) {
+                return Err(damaged("refused ahead"));
+            }
+            self.ahead.fetch_add(range.len() as u64, Ordering::SeqCst);
+            self.inner.decode(range)
+        }
+        fn needs_model(&self, _i: usize) -> bool {
+            true
+        }
+    }
+
+    /// 100 bytes in pieces of 10.
+    fn blob(slow: Duration) -> (Vec<u8>, Arc<Counting>) {
+        let data: Vec<u8> = (0..100u8).collect();
+        let codec = StandInCodec { extent: 10 };
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&codec.blob_of(&data).unwrap()).unwrap();
+        let inner = crate::store::Codec::open(&codec, Arc::new(f)).unwrap();
+        let c = Counting {
+            inner,
+            now: AtomicU64::new(0),
+            ahead: AtomicU64::new(0),
+            wanted: AtomicU64::new(0),
+            slow,
+            fail_ahead: AtomicBool::new(false),
+        };
+        (data, Arc::new(c))
+    }
+
+    const KEY: BlobKey = (1, 2, 3, 4);
+
+    fn read_all(cache: &BlobCache, b: &Arc<Counting>, step: u64, reader: bool) -> Vec<u8> {
+        let dynb: Arc<dyn OpenBlob> = b.clone();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < dynb.len() {
+            out.extend(cache.read(&dynb, KEY, at, step, reader).unwrap());
+            at += step;
+        }
+        out
+    }
+
+    #[test]
+    fn a_reader_in_order_decodes_every_piece_once_most_of_them_ahead() {
+        let (data, b) = blob(Duration::from_millis(20));
+        let cache = BlobCache::new(1 << 20, 3);
+        assert_eq!(read_all(&cache, &b, 10, true), data);
+        // The first read decodes its piece; every later one finds its piece claimed
+        // by a read-ahead (claimed before the read before it returned) and waits.
+        assert_eq!(b.now.load(Ordering::SeqCst), 1);
+        assert_eq!(b.ahead.load(Ordering::SeqCst), 9);
+        assert_eq!(cache.read_ahead_count(), 9);
+        // A reader waited for most of them (each read comes right after the last, and
+        // the decodes take 20 ms): those were made foreground work.
+        assert!(b.wanted.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[test]
+    fn reads_out_of_order_and_the_compressors_read_nothing_ahead() {
+        let (data, b) = blob(Duration::ZERO);
+        let cache = BlobCache::new(1 << 20, 3);
+        let dynb: Arc<dyn OpenBlob> = b.clone();
+        for at in [50, 30, 70, 10] {
+            let got = cache.read(&dynb, KEY, at, 10, true).unwrap();
+            assert_eq!(got, &data[at as usize..at as usize + 10]);
+        }
+        assert_eq!(read_all(&cache, &b, 10, false), data);
+        assert_eq!(b.ahead.load(Ordering::SeqCst), 0);
+        assert_eq!(b.now.load(Ordering::SeqCst), 10);
+    }
+
+    #[test]
+    fn a_failed_read_ahead_leaves_the_reads_to_decode_their_pieces() {
+        let (data, b) = blob(Duration::from_millis(5));
+        b.fail_ahead.store(true, Ordering::SeqCst);
+        let cache = BlobCache::new(1 << 20, 3);
+        assert_eq!(read_all(&cache, &b, 10, true), data);
+        assert_eq!(b.now.load(Ordering::SeqCst), 10);
+        assert_eq!(cache.read_ahead_count(), 0);
+    }
+
+    #[test]
+    fn concurrent_readers_of_a_piece_decode_it_once() {
+        let (data, b) = blob(Duration::from_millis(50));
+        let cache = BlobCache::new(1 << 20, 0);
+        let dynb: Arc<dyn OpenBlob> = b.clone();
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| cache.read(&dynb, KEY, 40, 15, true).unwrap()))
+                .collect();
+            for h in hs {
+                assert_eq!(h.join().unwrap(), &data[40..55]);
+            }
+        });
+        assert_eq!(b.now.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_read_ahead_stops_at_a_quarter_of_the_cache() {
+        let (data, b) = blob(Duration::ZERO);
+        // 80 bytes of cache: a read-ahead takes at most 20 bytes (2 pieces).
+        let cache = BlobCache::new(80, 16);
+        let dynb: Arc<dyn OpenBlob> = b.clone();
+        assert_eq!(cache.read(&dynb, KEY, 0, 10, true).unwrap(), &data[..10]);
+        // The read-ahead runs in its thread: wait for it.
+        for _ in 0..200 {
+            if cache.read_ahead_count() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(cache.read_ahead_count(), 2);
     }
 }

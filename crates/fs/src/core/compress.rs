@@ -119,6 +119,7 @@ impl Core {
             bytes_after: c.bytes_after.load(Ordering::Relaxed),
             model_decodes: self.codec.model_decodes(),
             frames_reused: self.codec.frames_reused(),
+            read_ahead: self.blobs.read_ahead_count(),
         }
     }
 
@@ -430,7 +431,7 @@ impl Core {
             if !self.unchanged(ino, gen, id) {
                 return Err(changed(shown));
             }
-            self.read_planned(&*blob, key, &file, &plan.plan(off, len))
+            self.read_planned(&blob, key, &file, &plan.plan(off, len), false)
         };
         let mut tmp = self.backing.temp_file()?;
         let new_len = match self.run_codec(&tmp, |out| {

@@ -137,19 +137,21 @@ impl Core {
                 overlay,
             } => {
                 let plan = lock(overlay).overlay.plan(offset, size);
-                self.read_planned(&**blob, *key, file, &plan)
+                self.read_planned(blob, *key, file, &plan, true)
             }
         }
     }
 
     /// The bytes of a read [`Overlay::plan`] made. Outside the overlay's lock: logged
     /// bytes are never rewritten, and a blob decode may take the model a while.
+    /// `reader`: a user's read (see [`BlobCache::read`]).
     pub(super) fn read_planned(
         &self,
-        blob: &dyn OpenBlob,
+        blob: &Arc<dyn OpenBlob>,
         key: BlobKey,
         file: &File,
         plan: &[Seg],
+        reader: bool,
     ) -> FsResult<Vec<u8>> {
         let mut out = Vec::new();
         for seg in plan {
@@ -164,7 +166,7 @@ impl Core {
                     }
                 }
                 Seg::Blob { off, len } => {
-                    let bytes = self.blobs.read(blob, key, off, len)?;
+                    let bytes = self.blobs.read(blob, key, off, len, reader)?;
                     if bytes.len() as u64 != len {
                         return Err(crate::store::codec::damaged(
                             "blob shorter than its header says",
@@ -256,7 +258,7 @@ impl Core {
             let tmp = self
                 .backing
                 .prepare_with(&like, false, |f| {
-                    self.decode_into(blob.as_ref(), key, &like, &snapshot, f)
+                    self.decode_into(&blob, key, &like, &snapshot, f)
                 })
                 .map_err(|e| e.in_file(self.describe(ino)))?;
             let mut t = self.table();
@@ -281,7 +283,7 @@ impl Core {
     /// blob), are left as a hole: `truncate -s 1T` costs no disk.
     fn decode_into(
         &self,
-        blob: &dyn OpenBlob,
+        blob: &Arc<dyn OpenBlob>,
         key: BlobKey,
         file: &File,
         overlay: &Overlay,
@@ -296,7 +298,8 @@ impl Core {
                     pos += len;
                     continue;
                 }
-                let bytes = self.read_planned(blob, key, file, std::slice::from_ref(&seg))?;
+                let bytes =
+                    self.read_planned(blob, key, file, std::slice::from_ref(&seg), false)?;
                 // Zeros (the blob's holes among them) stay a hole.
                 if bytes.iter().any(|&b| b != 0) {
                     f.file().write_all_at(&bytes, pos).ctx(f.name())?;

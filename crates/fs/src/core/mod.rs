@@ -54,10 +54,17 @@ use std::time::SystemTime;
 pub struct CoreConfig {
     /// Bound of the decoded-extent cache, in bytes.
     pub cache_bytes: usize,
+    /// Pieces that need the model (text chunks) decoded ahead of a reader that reads
+    /// a file in order, in the background; 0 for none.
+    pub read_ahead: usize,
     /// Larger files are kept as plaintext (a choice of the user: the compressor
     /// holds a window of a file, never all of it, whatever its size).
     pub max_compress_bytes: u64,
 }
+
+/// Default of [`CoreConfig::read_ahead`]: as many chunks as one lockstep batch of the
+/// engine's default holds (`DEFAULT_STREAMS`).
+pub const DEFAULT_READ_AHEAD: usize = 16;
 
 /// Default of [`CoreConfig::max_compress_bytes`]: no limit.
 pub const DEFAULT_MAX_COMPRESS_BYTES: u64 = u64::MAX;
@@ -66,6 +73,7 @@ impl Default for CoreConfig {
     fn default() -> Self {
         CoreConfig {
             cache_bytes: 64 << 20,
+            read_ahead: DEFAULT_READ_AHEAD,
             max_compress_bytes: DEFAULT_MAX_COMPRESS_BYTES,
         }
     }
@@ -135,7 +143,7 @@ impl Core {
             table: Mutex::new(Table::new(root.id())),
             handles: Handles::default(),
             queue: WorkQueue::default(),
-            blobs: BlobCache::new(config.cache_bytes),
+            blobs: BlobCache::new(config.cache_bytes, config.read_ahead),
             counters: Counters::default(),
             active: Mutex::new(Default::default()),
             started: SystemTime::now(),

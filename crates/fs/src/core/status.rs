@@ -33,6 +33,9 @@ pub struct Status {
     /// Binary frames of old blobs copied into new ones as they were since the mount
     /// (a changed file compressed again: its unchanged frames are not compressed).
     pub frames_reused: u64,
+    /// Text chunks decoded ahead of a reader that reads a file in order since the
+    /// mount (counted in `model_decodes` too).
+    pub read_ahead: u64,
     /// The compressions in progress.
     pub jobs: Vec<JobStatus>,
     /// Seconds until the queue is done, estimated from the files compressed so far
@@ -177,7 +180,7 @@ mod tests {
         let j = s.to_json();
         assert_eq!(
             j,
-            "{\"pid\":0,\"queued\":1,\"compressing\":2,\"writing\":3,\"retrying\":9,\"compressed\":4,\"kept_plain\":8,\"failed\":5,\"bytes_before\":6,\"bytes_after\":7,\"model_decodes\":0,\"frames_reused\":0,\"jobs\":[],\"eta_secs\":null}\n"
+            "{\"pid\":0,\"queued\":1,\"compressing\":2,\"writing\":3,\"retrying\":9,\"compressed\":4,\"kept_plain\":8,\"failed\":5,\"bytes_before\":6,\"bytes_after\":7,\"model_decodes\":0,\"frames_reused\":0,\"read_ahead\":0,\"jobs\":[],\"eta_secs\":null}\n"
         );
         assert_eq!(Status::from_json(&j), Some(s));
         assert_eq!(

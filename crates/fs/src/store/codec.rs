@@ -13,7 +13,7 @@ use log::Level;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// How far a compression is: units of work (for NC06: tokens coded, counting the
@@ -133,6 +133,20 @@ pub trait OpenBlob: Send + Sync {
     /// Decodes pieces `range`, returning their bytes concatenated. Never asked for a
     /// hole.
     fn decode(&self, range: Range<usize>) -> FsResult<Vec<u8>>;
+    /// [`OpenBlob::decode`] for pieces nobody is waiting for yet (the ones after a
+    /// reader that reads in order): a codec may run them behind the decodes that are
+    /// waited for, until `wanted` is set (a reader now waits for them).
+    fn decode_ahead(&self, range: Range<usize>, wanted: Arc<AtomicBool>) -> FsResult<Vec<u8>> {
+        let _ = wanted;
+        self.decode(range)
+    }
+    /// Whether decoding piece `i` runs the model (NC06: a text chunk): only such
+    /// pieces are decoded ahead of the reads, since a frame of the binary codec
+    /// decodes in milliseconds when it is read.
+    fn needs_model(&self, i: usize) -> bool {
+        let _ = i;
+        false
+    }
     /// Whether piece `i` is a hole: zeros, stored as nothing, served without
     /// decoding (and as a hole to `SEEK_HOLE`).
     fn is_hole(&self, i: usize) -> bool {
@@ -283,5 +297,10 @@ impl OpenBlob for StandInBlob {
             return Ok(Vec::new());
         };
         Ok(self.data[start as usize..end as usize].to_vec())
+    }
+
+    /// The stand-in plays a model codec: every piece is slow to decode.
+    fn needs_model(&self, _i: usize) -> bool {
+        true
     }
 }

@@ -562,10 +562,10 @@ impl Index {
         out
     }
 
-    /// For each of [`Index::pieces`], whether it is a zero extent.
-    pub fn holes(&self) -> Vec<bool> {
+    /// For each of [`Index::pieces`], its kind.
+    pub fn kinds(&self) -> Vec<ExtentKind> {
         let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
-        self.each_piece(|_, _, kind, _| out.push(kind == ExtentKind::Zero));
+        self.each_piece(|_, _, kind, _| out.push(kind));
         out
     }
 
@@ -773,7 +773,13 @@ mod tests {
             idx.pieces(),
             vec![(0, 100), (100, 1 << 40), (100 + (1 << 40), 10)]
         );
-        assert_eq!(idx.holes(), vec![false, true, false]);
+        assert_eq!(
+            idx.kinds()
+                .iter()
+                .map(|&k| k == ExtentKind::Zero)
+                .collect::<Vec<_>>(),
+            vec![false, true, false]
+        );
         assert_eq!(
             idx.extents[2].binary_offset, 0,
             "zeros take no binary bytes"
