@@ -222,15 +222,7 @@ impl Engine {
         // Per file: the first chunk that did not decode back, if any.
         let mut failed: Vec<Option<usize>> = vec![None; files.len()];
         if opts.verify {
-            let streams: Vec<(&[u8], u32)> =
-                coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back = self.decode_streams(
-                &streams,
-                opts.window,
-                self.predictor(opts),
-                progress,
-                Priority::Foreground,
-            )?;
+            let back = self.decode_back(&coded, opts, progress)?;
             for (f, span) in spans.iter().enumerate() {
                 failed[f] = span
                     .clone()
@@ -538,6 +530,23 @@ impl Engine {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((coded, stats))
+    }
+
+    /// The verifying pass: decodes freshly coded streams back, in lockstep.
+    pub(crate) fn decode_back(
+        &self,
+        coded: &[CodedStream],
+        opts: &CompressOptions,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Vec<TokenStream>> {
+        let streams: Vec<(&[u8], u32)> = coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
+        self.decode_streams(
+            &streams,
+            opts.window,
+            self.predictor(opts),
+            progress,
+            Priority::Foreground,
+        )
     }
 
     /// Decodes `(stream, token count)` pairs, all in lockstep.

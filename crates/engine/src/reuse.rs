@@ -83,15 +83,7 @@ impl Engine {
         let frames = frames.map_err(|_| Error::Panicked("binary frame compressor"))??;
         let (coded, _) = coded?;
         if opts.verify {
-            let streams: Vec<(&[u8], u32)> =
-                coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back = self.decode_streams(
-                &streams,
-                opts.window,
-                self.predictor(opts),
-                progress,
-                crate::Priority::Foreground,
-            )?;
+            let back = self.decode_back(&coded, opts, progress)?;
             if let Some(chunk) = (0..tokens.len()).find(|&i| back[i] != tokens[i]) {
                 return Err(Error::VerifyFailed { chunk });
             }

@@ -151,15 +151,7 @@ impl StreamEncoder<'_> {
         self.stats.skipped += run.skipped;
         if opts.verify {
             let t1 = Instant::now();
-            let streams: Vec<(&[u8], u32)> =
-                coded.iter().map(|c| (&c.bytes[..], c.tokens)).collect();
-            let back = engine.decode_streams(
-                &streams,
-                opts.window,
-                engine.predictor(opts),
-                progress,
-                crate::Priority::Foreground,
-            )?;
+            let back = engine.decode_back(&coded, opts, progress)?;
             if let Some(i) = (0..tokens.len()).find(|&i| back[i] != tokens[i]) {
                 return Err(Error::VerifyFailed {
                     chunk: self.chunks.len() + i,
