@@ -474,10 +474,12 @@ fn preempt(
         if !background {
             continue;
         }
+        // Cleared first: if that fails, the stream is still in its slot, and the
+        // caller fails every stream of the context.
+        b.session.clear(seq as u32)?;
         let Some(s) = b.slots[seq].take() else {
             continue;
         };
-        b.session.clear(seq as u32)?;
         let reported = u64::from(s.task.work.done()) - s.unreported;
         let mut task = s.task;
         let _ = task.reply.send(Reply::Restarted(reported));
