@@ -5,7 +5,7 @@
 //!
 //! One concept a file, in the manner of mountpoint-s3's superblock, inode and handle
 //! modules: [`inode`] (the table and its transitions), [`handles`], [`content`] (what
-//! open handles share), [`blob_cache`] (headers, decoded extents, decode gates), the
+//! open handles share), [`blob_cache`] (headers, decoded extents, claims, read-ahead), the
 //! operations ([`namespace`], [`file`], [`attr`], [`xattr`]) and [`compress`] (the
 //! compressor loop that the daemon and the tests both run).
 //!
