@@ -200,7 +200,14 @@ impl BlobCache {
         let ext = blob.extents();
         let first = ext.partition_point(|e| e.0 + e.1 <= offset);
         let last = ext.partition_point(|e| e.0 < end);
-        let parts = self.shared.pieces(&**blob, key, first..last)?;
+        // A read of holes and raw frames only (a random read of incompressible data)
+        // takes no lock: none of its pieces is ever decoded.
+        let decoded = (first..last).any(|i| !blob.is_hole(i) && !blob.is_plain(i));
+        let parts = if decoded {
+            self.shared.pieces(&**blob, key, first..last)?
+        } else {
+            vec![None; last - first]
+        };
         if in_order {
             self.read_ahead(blob, key, last);
         }
@@ -239,18 +246,20 @@ impl BlobCache {
     /// are claimed before the read returns, so the next read waits for them.
     fn read_ahead(&self, blob: &Arc<dyn OpenBlob>, key: BlobKey, from: usize) {
         let ext = blob.extents();
-        let wanted = Arc::new(AtomicBool::new(false));
         let to = from.saturating_add(self.ahead).min(ext.len());
+        // Found outside the lock: a binary file's reads in order take it never.
+        let slow: Vec<usize> = (from..to).filter(|&i| blob.needs_model(i)).collect();
+        if slow.is_empty() {
+            return;
+        }
+        let wanted = Arc::new(AtomicBool::new(false));
         let claim = {
             let mut st = lock(&self.shared.state);
             let budget = (st.cap / 4) as u64;
             let mut bytes = 0u64;
-            let todo: Vec<usize> = (from..to)
-                .filter(|&i| {
-                    blob.needs_model(i)
-                        && !st.lru.contains(&(key, i))
-                        && !st.claimed.contains_key(&(key, i))
-                })
+            let todo: Vec<usize> = slow
+                .into_iter()
+                .filter(|&i| !st.lru.contains(&(key, i)) && !st.claimed.contains_key(&(key, i)))
                 .take_while(|&i| {
                     bytes += ext[i].1;
                     bytes <= budget
