@@ -4,8 +4,12 @@
 //! byte for byte, so only what changed goes to the model. Survives kill -9 and a
 //! remount. Needs root and /dev/fuse (as CI has).
 
+#[path = "common/blobs.rs"]
+mod blobs;
 #[path = "common/mount.rs"]
 mod mount;
+
+use blobs::copied_chunks;
 
 use mount::{dirs, serial, Mount, Opts};
 use nacrithfs_fs::Status;
@@ -24,18 +28,6 @@ fn status(m: &Mount) -> Status {
 
 fn state(p: &Path) -> Option<Vec<u8>> {
     nacrithfs_fs::store::xattr::lget_xattr(p, OsStr::new("user.nacrithfs.state")).unwrap()
-}
-
-/// Every chunk of `old` (table entry and coded stream) that appears in `new`.
-fn copied_chunks(old: &Blob, new: &Blob) -> usize {
-    let (oi, ni) = (old.index(), new.index());
-    let streams = |b: &Blob, i: &nc06::format::Index| -> Vec<(nc06::format::ChunkEntry, Vec<u8>)> {
-        (0..b.chunks.len())
-            .map(|k| (b.chunks[k], b.chunk_stream(i, k).to_vec()))
-            .collect()
-    };
-    let n = streams(new, &ni);
-    streams(old, &oi).iter().filter(|c| n.contains(c)).count()
 }
 
 #[test]

@@ -3,9 +3,12 @@
 //! on both sides of a window's end and a hole. It is compressed a window at a time;
 //! its blob holds the text as chunks and the hole as a zero extent (NC06 version 2);
 //! it reads back cold byte for byte; `SEEK_HOLE`/`SEEK_DATA` find the hole; and after
-//! an append it is compressed again, in windows, to the same bytes plus the append.
+//! an append it is compressed again, in windows, to the same bytes plus the append,
+//! its untouched text chunks copied as they were.
 //! Needs root and /dev/fuse (as CI has).
 
+#[path = "common/blobs.rs"]
+mod blobs;
 #[path = "common/mount.rs"]
 mod mount;
 
@@ -96,7 +99,8 @@ fn a_file_larger_than_the_window_is_compressed_window_by_window() {
     );
     drop(f);
 
-    // An append, then a compression again: more new bytes than a window, so in windows.
+    // An append, then a compression again: the texts are copied as they are, and the
+    // bytes between them read and framed again a window at a time.
     let tail = b"\nappended after the first compression\n";
     std::fs::OpenOptions::new()
         .append(true)
@@ -109,6 +113,17 @@ fn a_file_larger_than_the_window_is_compressed_window_by_window() {
     m.stop();
     let again = Blob::parse(&std::fs::read(&backed).unwrap()).expect("compressed again");
     assert_eq!(again.header.original_len, want.len() as u64);
+    // Both texts are copied, stream for stream, in windows: nothing is held whole.
+    assert_eq!(
+        blobs::copied_chunks(&blob, &again),
+        2,
+        "the untouched text chunks are copied as they were"
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        log_text.contains("compressed again: 2 of 2 text chunks"),
+        "{log_text}"
+    );
     let m = Mount::start_with(&d.backing, &d.mnt, opts());
     assert!(
         std::fs::read(&file).unwrap() == want,

@@ -7,14 +7,15 @@ mod blob;
 mod streamed;
 
 pub use streamed::{decompress_streamed, read_header, Streamed};
+use streamed::{Base, Stretch};
 
 use blob::Nc06Blob;
 use log::Level;
-use nacrithfs_engine::{BlobFrames, CompressOptions, EngineSet, FrameSource, Part, ProgressSink};
+use nacrithfs_engine::{BlobFrames, CompressOptions, EngineSet, FrameSource, ProgressSink};
 use nacrithfs_fs::store::codec::{BlobLens, BlobOut, Meter, Source};
 use nacrithfs_fs::store::{Codec, OpenBlob};
 use nacrithfs_fs::{FsError, FsResult};
-use nc06::format::{Blob, ExtentKind, FormatError};
+use nc06::format::{Blob, ExtentKind, FormatError, Index};
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -167,6 +168,37 @@ fn write_blob(out: &BlobOut<'_>, blob: &[u8], len: u64) -> FsResult<u64> {
     Ok(blob.len() as u64)
 }
 
+/// The stretches of a file of `len` bytes whose old blob's tables are `index` and
+/// whose bytes in `clean` (sorted, disjoint) are still the old blob's: every text
+/// chunk that lies whole in `clean` is kept, and the bytes between are new.
+fn stretches(index: &Index, clean: &[Range<u64>], len: u64) -> Vec<Stretch> {
+    let inside = |s: u64, e: u64| {
+        e <= len && {
+            let i = clean.partition_point(|r| r.end < e);
+            clean.get(i).is_some_and(|r| r.start <= s && e <= r.end)
+        }
+    };
+    let mut out = Vec::new();
+    let mut gap = 0u64;
+    for e in index.extents.iter() {
+        let (s, end) = (e.orig_offset, e.orig_offset + e.len);
+        if e.kind == ExtentKind::Text && inside(s, end) {
+            if s > gap {
+                out.push(Stretch::New(gap..s));
+            }
+            out.push(Stretch::Kept {
+                chunk: e.chunk,
+                len: e.len,
+            });
+            gap = end;
+        }
+    }
+    if gap < len {
+        out.push(Stretch::New(gap..len));
+    }
+    out
+}
+
 impl Codec for Nc06Codec {
     fn compress(&self, src: &Source<'_>, out: &BlobOut<'_>, meter: &Meter) -> FsResult<u64> {
         if src.len <= self.stream_window as u64 {
@@ -201,7 +233,8 @@ impl Codec for Nc06Codec {
 
     /// Copies every text chunk of `base` that lies whole in `clean` (and in the new
     /// length) when the default engine codes as `base` was coded; reads and codes the
-    /// stretches between them.
+    /// stretches between them a window at a time (taking `base`'s frames where their
+    /// bytes match). What it holds is a few windows, whatever the file's size.
     fn recompress(
         &self,
         base: &dyn OpenBlob,
@@ -210,7 +243,6 @@ impl Codec for Nc06Codec {
         out: &BlobOut<'_>,
         meter: &Meter,
     ) -> FsResult<u64> {
-        let (len, read) = (src.len, src.read);
         let engine = self.engines.default_engine();
         let opts = self.fs_options();
         let Some(base) = base.as_any().downcast_ref::<Nc06Blob>() else {
@@ -220,67 +252,40 @@ impl Codec for Nc06Codec {
             // Another model's or build's chunks cannot be copied; frames can.
             return self.compress_over(base, src, out, meter);
         }
-        let inside = |s: u64, e: u64| {
-            e <= len && {
-                let i = clean.partition_point(|r| r.end < e);
-                clean.get(i).is_some_and(|r| r.start <= s && e <= r.end)
-            }
-        };
-        // (kept chunk, or a stretch of new bytes) in file order.
-        let mut plan: Vec<Result<usize, Range<u64>>> = Vec::new();
-        let mut gap = 0u64;
-        for e in base.index.extents.iter() {
-            let (s, end) = (e.orig_offset, e.orig_offset + e.len);
-            if e.kind == ExtentKind::Text && inside(s, end) {
-                if s > gap {
-                    plan.push(Err(gap..s));
-                }
-                plan.push(Ok(e.chunk));
-                gap = end;
-            }
-        }
-        if gap < len {
-            plan.push(Err(gap..len));
-        }
-        // Nothing to copy, or more new bytes than one window holds: afresh (in
-        // windows, for a large file).
-        let new_bytes: u64 = plan
-            .iter()
-            .filter_map(|p| p.as_ref().err())
-            .map(|r| r.end - r.start)
-            .sum();
-        if !plan.iter().any(|p| p.is_ok()) || new_bytes > self.stream_window as u64 {
+        let stretches = stretches(&base.index, clean, src.len);
+        if !stretches.iter().any(|s| matches!(s, Stretch::Kept { .. })) {
             return self.compress_over(base, src, out, meter);
         }
-        let bytes: Vec<Vec<u8>> = plan
-            .iter()
-            .filter_map(|p| p.as_ref().err())
-            .map(|r| read(r.start, r.end - r.start))
-            .collect::<FsResult<_>>()?;
-        let mut new = bytes.iter();
-        let parts: Vec<Part> = plan
-            .iter()
-            .map(|p| match p {
-                Ok(k) => Part::Kept(*k),
-                Err(_) => Part::New(new.next().map(|b| &b[..]).unwrap_or_default()),
-            })
-            .collect();
-        let kept = parts.iter().filter(|p| matches!(p, Part::Kept(_))).count();
-        let out_blob = engine
-            .recompress(
-                &base.blob,
-                &base.index,
-                &base.payload,
-                &parts,
-                &opts,
-                Some(&MeterSink(meter)),
-            )
-            .map_err(|e| fs_error("compressing", e))?;
+        let frames = BlobFrames::new(&base.blob, &base.index, &base.payload);
+        let stats = Streamed {
+            engine,
+            opts: &opts,
+            window: self.stream_window,
+            keep_larger: false,
+            frames: Some(&frames),
+        }
+        .compress_stretches(
+            src,
+            &stretches,
+            Some(&Base {
+                blob: &base.blob,
+                index: &base.index,
+                payload: &base.payload,
+            }),
+            out,
+            meter,
+            None,
+        )?;
+        self.frames_reused
+            .fetch_add(frames.reused(), Ordering::Relaxed);
         log::debug!(
-            "compressed again: {kept} of {} text chunks copied from the old blob",
-            out_blob.stats.chunks
+            "compressed again: {} of {} text chunks and {} of {} binary frames copied from the old blob",
+            stats.kept_chunks,
+            stats.chunks,
+            frames.reused(),
+            stats.frames
         );
-        write_blob(out, &out_blob.blob, len)
+        Ok(stats.compressed)
     }
 
     fn model_decodes(&self) -> u64 {

@@ -5,12 +5,13 @@
 
 use crate::blob::FilePayload;
 use crate::fs_error;
-use nacrithfs_engine::{CompressOptions, Engine, FrameSource, Stats};
+use nacrithfs_engine::{Coded, CompressOptions, Engine, FrameSource, Stats};
 use nacrithfs_fs::store::codec::{BlobOut, Meter, Source};
 use nacrithfs_fs::{FsError, FsResult};
-use nc06::format::{Blob, FormatError};
+use nc06::format::{Blob, FormatError, Index, Payload};
 use std::fs::File;
 use std::io::Write;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -33,6 +34,23 @@ pub struct Streamed<'a> {
     pub frames: Option<&'a dyn FrameSource>,
 }
 
+/// A stretch of a file compressed again, in file order: the stretches tile the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Stretch {
+    /// Text chunk `chunk` of the old blob, `len` bytes that the change left alone:
+    /// its stream is copied as it is.
+    Kept { chunk: usize, len: u64 },
+    /// Bytes of the file, read and coded a window at a time.
+    New(Range<u64>),
+}
+
+/// The old blob whose chunks a compression copies.
+pub(crate) struct Base<'a> {
+    pub(crate) blob: &'a Blob,
+    pub(crate) index: &'a Index,
+    pub(crate) payload: &'a dyn Payload,
+}
+
 impl Streamed<'_> {
     /// Compresses `src` into the blob file of `out`: the streams and frames go to two
     /// scratch files while they are coded, and into the blob after its header, which is
@@ -42,6 +60,24 @@ impl Streamed<'_> {
     pub fn compress(
         &self,
         src: &Source<'_>,
+        out: &BlobOut<'_>,
+        meter: &Meter,
+        progress: Option<nacrithfs_engine::Progress<'_>>,
+    ) -> FsResult<Stats> {
+        let all = [Stretch::New(0..src.len)];
+        self.compress_stretches(src, &all, None, out, meter, progress)
+    }
+
+    /// [`Streamed::compress`] of a file made of `stretches`: the kept chunks' streams
+    /// are copied from `base` (which the caller checked the engine
+    /// [`can_reuse`](Engine::can_reuse)), the new stretches read from `src` and coded a
+    /// window at a time, each as if the file ended at its end. What it holds is a few
+    /// windows, whatever the size of the file or of the old blob.
+    pub(crate) fn compress_stretches(
+        &self,
+        src: &Source<'_>,
+        stretches: &[Stretch],
+        base: Option<&Base<'_>>,
         out: &BlobOut<'_>,
         meter: &Meter,
         progress: Option<nacrithfs_engine::Progress<'_>>,
@@ -60,22 +96,54 @@ impl Streamed<'_> {
         let mut streams = Spool::new((out.scratch)()?);
         let mut frames = Spool::new((out.scratch)()?);
         meter.set_total(src.len);
-        let mut off = 0;
-        while off < src.len {
-            let want = (src.len - off).min(window.max(1) as u64);
-            let data = (src.read)(off, want)?;
-            let eof = off + want == src.len;
+        for (i, stretch) in stretches.iter().enumerate() {
+            let last = i + 1 == stretches.len();
+            match stretch {
+                Stretch::Kept { chunk, len } => {
+                    let base = base.ok_or_else(|| internal("a kept chunk without its blob"))?;
+                    let stream = enc
+                        .keep_chunk(base.blob, base.index, base.payload, *chunk, *len)
+                        .map_err(|e| fs_error("copying a chunk", e))?;
+                    streams.append(&stream)?;
+                    if last {
+                        // The file ends with it: what binary is held goes in a frame.
+                        let coded = enc
+                            .push(&[], true, progress)
+                            .map_err(|e| fs_error("compressing", e))?;
+                        spool(&coded, &mut streams, &mut frames)?;
+                    }
+                    meter.add(*len);
+                }
+                Stretch::New(range) => {
+                    let mut off = range.start;
+                    while off < range.end {
+                        let want = (range.end - off).min(window.max(1) as u64);
+                        let data = (src.read)(off, want)?;
+                        let end = off + want == range.end;
+                        let coded = if end && !last {
+                            enc.push_stretch_end(&data, progress)
+                        } else {
+                            enc.push(&data, end, progress)
+                        }
+                        .map_err(|e| fs_error("compressing", e))?;
+                        spool(&coded, &mut streams, &mut frames)?;
+                        off += coded.consumed as u64;
+                        meter.add(coded.consumed as u64);
+                    }
+                    if range.is_empty() && last {
+                        let coded = enc
+                            .push(&[], true, progress)
+                            .map_err(|e| fs_error("compressing", e))?;
+                        spool(&coded, &mut streams, &mut frames)?;
+                    }
+                }
+            }
+        }
+        if stretches.is_empty() {
             let coded = enc
-                .push(&data, eof, progress)
+                .push(&[], true, progress)
                 .map_err(|e| fs_error("compressing", e))?;
-            for s in &coded.streams {
-                streams.append(s)?;
-            }
-            for f in &coded.frames {
-                frames.append(f)?;
-            }
-            off += coded.consumed as u64;
-            meter.add(coded.consumed as u64);
+            spool(&coded, &mut streams, &mut frames)?;
         }
         let done = enc.finish().map_err(|e| fs_error("compressing", e))?;
         let stats = done.stats;
@@ -106,14 +174,31 @@ impl Streamed<'_> {
             ));
         }
         log::debug!(
-            "compressed {} bytes in windows of {window}: {} chunks, {} frames, {} bytes",
+            "compressed {} bytes in windows of {window}: {} chunks ({} copied), {} frames, {} bytes",
             src.len,
             stats.chunks,
+            stats.kept_chunks,
             stats.frames,
             stats.compressed
         );
         Ok(stats)
     }
+}
+
+/// Appends a window's streams and frames to their spools.
+fn spool(coded: &Coded, streams: &mut Spool, frames: &mut Spool) -> FsResult<()> {
+    for s in &coded.streams {
+        streams.append(s)?;
+    }
+    for f in &coded.frames {
+        frames.append(f)?;
+    }
+    Ok(())
+}
+
+/// An error that is the program's, not the input's.
+fn internal(what: &'static str) -> FsError {
+    fs_error("compressing", nacrithfs_engine::Error::Internal(what))
 }
 
 /// A scratch file written in order, with the length and CRC-32C of what went in.

@@ -28,7 +28,7 @@ pub use error::{Error, Result};
 pub use jobs::{CodedStream, TokenStream};
 pub use nc06::format::DEFAULT_CHUNK_SIZE;
 pub use pipeline::{CompressOptions, Compressed, FrameSource, Stats};
-pub use reuse::{BlobFrames, Part};
+pub use reuse::BlobFrames;
 pub use set::EngineSet;
 pub use stream::{Coded, StreamEncoder, Streamed};
 

@@ -72,6 +72,9 @@ pub struct Stats {
     pub skipped: u64,
     /// Seconds inside llama.cpp decode calls while encoding.
     pub model_secs: f64,
+    /// Text chunks copied from an old blob as they were, not coded (counted in
+    /// `chunks`, `tokens` and `stream_bytes` too).
+    pub kept_chunks: usize,
 }
 
 /// A compressed file.

@@ -16,7 +16,7 @@ use super::pipeline::{
 };
 use super::{CodedStream, Engine, Progress, TokenStream};
 use crate::{Error, Result};
-use nc06::format::{Blob, ChunkEntry, Extent, ExtentKind, FrameEntry, FRAME_SIZE};
+use nc06::format::{Blob, ChunkEntry, Extent, ExtentKind, FrameEntry, Index, Payload, FRAME_SIZE};
 use std::time::Instant;
 
 /// The binary bytes held back at a window's end, so that a short text run cut there is
@@ -103,6 +103,73 @@ impl StreamEncoder<'_> {
         eof: bool,
         progress: Option<Progress<'_>>,
     ) -> Result<Coded> {
+        self.push_cut(data, eof, eof, progress)
+    }
+
+    /// [`StreamEncoder::push`] of the last bytes before a kept chunk
+    /// ([`StreamEncoder::keep_chunk`]): all of `data` is taken, and segmented as if
+    /// the file ended there; binary bytes short of a whole frame wait for the next
+    /// push, as between windows.
+    pub fn push_stretch_end(
+        &mut self,
+        data: &[u8],
+        progress: Option<Progress<'_>>,
+    ) -> Result<Coded> {
+        self.push_cut(data, true, false, progress)
+    }
+
+    /// Records text chunk `k` of `base` (whose payload is `payload`), `len` bytes of
+    /// plaintext, as the file's next bytes, and returns its stream, for the caller to
+    /// put after the streams handed out so far: the chunk of an old blob that a change
+    /// left alone, copied as it is. A chunk is coded on its own from BOS, so its stream
+    /// decodes the same in any position of any blob coded as its own was; the caller
+    /// checks [`Engine::can_reuse`]. It was verified when it was made, and its CRC
+    /// still checks every read of it.
+    pub fn keep_chunk(
+        &mut self,
+        base: &Blob,
+        index: &Index,
+        payload: &dyn Payload,
+        k: usize,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        if self.ended {
+            return Err(Error::Internal(
+                "a chunk kept past the end of a streamed file",
+            ));
+        }
+        let (Some(&entry), Some(&at)) = (base.chunks.get(k), index.chunk_offsets.get(k)) else {
+            return Err(Error::Internal("a kept chunk out of range"));
+        };
+        let l = usize::try_from(len).map_err(|_| Error::Internal("a kept chunk's length"))?;
+        let stream = payload
+            .read(at, entry.stream_len as usize)
+            .map_err(Error::Payload)?
+            .into_owned();
+        self.extents.push(Extent {
+            kind: ExtentKind::Text,
+            len,
+        });
+        self.chunks.push(entry);
+        self.crc = crc32c::crc32c_combine(self.crc, entry.crc, l);
+        self.len += len;
+        let s = &mut self.stats;
+        s.text_bytes += len;
+        s.stream_bytes += stream.len() as u64;
+        s.tokens += entry.tokens as u64;
+        s.kept_chunks += 1;
+        Ok(stream)
+    }
+
+    /// Codes `data`; all of it when `take_all`, and as the file's last bytes when
+    /// `eof` (which implies `take_all`).
+    fn push_cut(
+        &mut self,
+        data: &[u8],
+        take_all: bool,
+        eof: bool,
+        progress: Option<Progress<'_>>,
+    ) -> Result<Coded> {
         if self.ended {
             return Err(Error::Internal("pushed past the end of a streamed file"));
         }
@@ -110,7 +177,7 @@ impl StreamEncoder<'_> {
         let opts = &self.opts;
         let mut p = engine.prepare(data, opts);
         let mut take = data.len();
-        if !eof && p.pieces.len() > 1 {
+        if !take_all && p.pieces.len() > 1 {
             match p.pieces.last().map(|x| x.kind) {
                 // Text, or zeros that may go on: whole, into the next window.
                 Some(ExtentKind::Text | ExtentKind::Zero) => {
