@@ -127,6 +127,35 @@ fn appends_and_overwrites_of_a_compressed_text_decode_only_what_they_touch() {
     // Everything reads back, cold, from the new blob.
     let m = Mount::start_with(&d.backing, &d.mnt, opts());
     assert_eq!(std::fs::read(&file).unwrap(), want);
+    let read = status(&m).model_decodes;
+    assert!(read >= third.chunks.len() as u64, "{read} chunks decoded");
+    // What was decoded stays decoded through a compression again: an append, then an
+    // edit whose compression needs the rest of its chunk, decode nothing more.
+    let line = b"Another line.\n";
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .write_all(line)
+        .unwrap();
+    want.extend_from_slice(line);
+    m.wait();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .write_all_at(b"TIDE", at)
+        .unwrap();
+    want[at as usize..at as usize + 4].copy_from_slice(b"TIDE");
+    m.wait();
+    assert_eq!(
+        status(&m).model_decodes,
+        read,
+        "a chunk decoded before the append was decoded again"
+    );
+    m.stop();
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    assert_eq!(std::fs::read(&file).unwrap(), want);
     m.stop();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains("panicked"), "{text}");

@@ -3,7 +3,7 @@
 
 use crate::fs_error;
 use nacrithfs_engine::{Engine, Priority};
-use nacrithfs_fs::store::codec::byte_span;
+use nacrithfs_fs::store::codec::{byte_span, hash64};
 use nacrithfs_fs::store::OpenBlob;
 use nacrithfs_fs::FsResult;
 use nc06::format::{Blob, ExtentKind, Index, Payload};
@@ -72,16 +72,18 @@ pub(crate) struct Nc06Blob {
     checked: Vec<AtomicU64>,
     stored_len: u64,
     model_decodes: Arc<AtomicU64>,
+    /// A hash of the header and tables ([`OpenBlob::identity`]).
+    identity: u64,
 }
 
 impl Nc06Blob {
-    /// The blob `blob` (its header and tables, read from the start of `file`, its
-    /// payload after `header_len` bytes), decoded by `engine`; text chunks it decodes
+    /// The blob `blob` (its header and tables, the bytes `header` at the start of
+    /// `file`; its payload after them), decoded by `engine`; text chunks it decodes
     /// are counted in `model_decodes`.
     pub(crate) fn new(
         engine: Arc<Engine>,
         blob: Blob,
-        header_len: usize,
+        header: &[u8],
         file: Arc<File>,
         model_decodes: Arc<AtomicU64>,
     ) -> Self {
@@ -92,7 +94,9 @@ impl Nc06Blob {
         let checked = (0..blob.frames.len().div_ceil(64))
             .map(|_| AtomicU64::new(0))
             .collect();
+        let header_len = header.len();
         Nc06Blob {
+            identity: hash64(header),
             engine,
             stored_len: header_len as u64 + blob.payload_len(),
             blob,
@@ -121,6 +125,10 @@ impl OpenBlob for Nc06Blob {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+
+    fn identity(&self) -> u64 {
+        self.identity
     }
 
     fn extents(&self) -> &[(u64, u64)] {

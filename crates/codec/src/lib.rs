@@ -7,7 +7,7 @@ mod blob;
 mod streamed;
 
 pub use streamed::{decompress_streamed, read_header, Streamed};
-use streamed::{Base, Stretch};
+use streamed::{read_header_bytes, Base, Stretch};
 
 use blob::Nc06Blob;
 use log::Level;
@@ -220,12 +220,12 @@ impl Codec for Nc06Codec {
     }
 
     fn open(&self, file: Arc<File>) -> FsResult<Arc<dyn OpenBlob>> {
-        let (blob, header_len) = read_header(&file)?;
+        let (blob, header) = read_header_bytes(&file)?;
         let engine = self.engines.decoder(&blob);
         Ok(Arc::new(Nc06Blob::new(
             engine,
             blob,
-            header_len,
+            &header,
             file,
             self.model_decodes.clone(),
         )))

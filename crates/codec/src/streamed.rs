@@ -277,6 +277,12 @@ const HEADER_READ: usize = 64 << 10;
 /// they go on) and checks that the file holds the payload they describe. Returns the blob without
 /// its payload and where the payload starts.
 pub fn read_header(file: &File) -> FsResult<(Blob, usize)> {
+    read_header_bytes(file).map(|(blob, bytes)| (blob, bytes.len()))
+}
+
+/// [`read_header`], giving the header's bytes (their length is where the payload
+/// starts).
+pub(crate) fn read_header_bytes(file: &File) -> FsResult<(Blob, Vec<u8>)> {
     let len = file.metadata().map_err(|e| FsError::io("blob", e))?.len();
     let mut want = HEADER_READ;
     loop {
@@ -290,7 +296,8 @@ pub fn read_header(file: &File) -> FsResult<(Blob, usize)> {
                 if len - (header_len as u64) < blob.payload_len() {
                     return Err(fs_error("blob", FormatError::Truncated("payload").into()));
                 }
-                return Ok((blob, header_len));
+                buf.truncate(header_len);
+                return Ok((blob, buf));
             }
             Err(FormatError::Truncated(_)) if (n as u64) < len => want = want.saturating_mul(4),
             Err(e) => return Err(fs_error("blob", e.into())),

@@ -34,18 +34,29 @@ pub(super) fn blob_key(st: &Stat) -> BlobKey {
     (st.dev(), st.ino(), s, ns)
 }
 
+/// Identifies a blob's decoded pieces: (dev, ino) of its file and the blob's
+/// [`OpenBlob::identity`]. Unlike a [`BlobKey`] it stays when records are logged after
+/// the blob (its pieces stay what they were), and a blob written at a reused inode
+/// gets another.
+pub(super) type BlobId = (u64, u64, u64);
+
+/// The [`BlobId`] of `blob`, opened from the file `st` describes.
+pub(super) fn blob_id(st: &Stat, blob: &dyn OpenBlob) -> BlobId {
+    (st.dev(), st.ino(), blob.identity())
+}
+
 /// Decoded pieces, bounded in bytes, and the pieces being decoded.
 struct State {
-    lru: LruCache<(BlobKey, usize), Arc<Vec<u8>>>,
+    lru: LruCache<(BlobId, usize), Arc<Vec<u8>>>,
     bytes: usize,
     cap: usize,
     /// Pieces a decode has claimed (see [`Claim`]), with the flag a reader sets when it
     /// waits for a read-ahead's pieces (none for a read's own decode).
-    claimed: HashMap<(BlobKey, usize), Option<Arc<AtomicBool>>>,
+    claimed: HashMap<(BlobId, usize), Option<Arc<AtomicBool>>>,
 }
 
 impl State {
-    fn insert(&mut self, k: (BlobKey, usize), v: Arc<Vec<u8>>) {
+    fn insert(&mut self, k: (BlobId, usize), v: Arc<Vec<u8>>) {
         self.bytes += v.len();
         if let Some(old) = self.lru.put(k, v) {
             self.bytes -= old.len();
@@ -73,7 +84,7 @@ struct Shared {
 /// piece again themselves if it did not land).
 struct Claim {
     shared: Arc<Shared>,
-    key: BlobKey,
+    key: BlobId,
     pieces: Vec<usize>,
 }
 
@@ -94,7 +105,7 @@ pub(super) struct BlobCache {
     headers: Mutex<HashMap<BlobKey, u64>>,
     /// Where the last read of each blob ended: a read that starts there (or at 0)
     /// reads in order.
-    next: Mutex<HashMap<BlobKey, u64>>,
+    next: Mutex<HashMap<BlobId, u64>>,
     /// Pieces that need the model decoded ahead of a reader that reads in order.
     ahead: usize,
 }
@@ -186,7 +197,7 @@ impl BlobCache {
     pub fn read(
         &self,
         blob: &Arc<dyn OpenBlob>,
-        key: BlobKey,
+        key: BlobId,
         offset: u64,
         size: u64,
         reader: bool,
@@ -228,9 +239,68 @@ impl BlobCache {
         Ok(out)
     }
 
+    /// Moves the decoded pieces of blob `old` that the blob `new`, made from `old` and
+    /// a change to it, holds unchanged: every piece of `new` that lies within `clean`
+    /// (the bytes the change left as `old`'s, which `new` holds at the same offsets)
+    /// and within one cached piece of `old` is cached for `new`. So a read or change
+    /// after a compression again does not decode what was decoded before it (the
+    /// bytes are the same; only the blob's key changed).
+    pub fn carry_over(
+        &self,
+        old: (&dyn OpenBlob, BlobId),
+        new: (&dyn OpenBlob, BlobId),
+        clean: &[Range<u64>],
+    ) {
+        let ((old, old_key), (new, new_key)) = (old, new);
+        let (oext, next) = (old.extents(), new.extents());
+        let inside = |s: u64, e: u64| {
+            let i = clean.partition_point(|r| r.end < e);
+            clean.get(i).is_some_and(|r| r.start <= s && e <= r.end)
+        };
+        // (new piece, old piece, where in the old piece), found outside the lock.
+        let moves: Vec<(usize, usize, u64)> = (0..next.len())
+            .filter(|&j| !new.is_hole(j) && !new.is_plain(j))
+            .filter_map(|j| {
+                let (s, l) = next[j];
+                let i = oext.partition_point(|e| e.0 + e.1 <= s);
+                let (os, ol) = *oext.get(i)?;
+                (l > 0 && os <= s && s + l <= os + ol && inside(s, s + l)).then_some((j, i, s - os))
+            })
+            .collect();
+        if moves.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.shared.state);
+        let mut moved = 0usize;
+        for (j, i, at) in moves {
+            let Some(v) = st.lru.peek(&(old_key, i)).cloned() else {
+                continue;
+            };
+            let l = next[j].1 as usize;
+            let piece = if at == 0 && v.len() == l {
+                v
+            } else {
+                match v.get(at as usize..at as usize + l) {
+                    Some(b) => Arc::new(b.to_vec()),
+                    None => continue,
+                }
+            };
+            st.insert((new_key, j), piece);
+            moved += 1;
+        }
+        // The old blob is gone: its pieces would only take room.
+        for i in 0..oext.len() {
+            if let Some(v) = st.lru.pop(&(old_key, i)) {
+                st.bytes -= v.len();
+            }
+        }
+        drop(st);
+        log::debug!("{moved} decoded pieces kept for blob {new_key:?} from {old_key:?}");
+    }
+
     /// Whether a read of `offset..end` of blob `key` continues the last one (or starts
     /// the file); remembers where it ends.
-    fn in_order(&self, key: BlobKey, offset: u64, end: u64) -> bool {
+    fn in_order(&self, key: BlobId, offset: u64, end: u64) -> bool {
         let mut next = lock(&self.next);
         let was = next.get(&key).copied();
         if was.is_none() && next.len() >= MAX_READERS {
@@ -244,7 +314,7 @@ impl BlobCache {
     /// are neither cached nor claimed (at most a quarter of the cache's bytes of
     /// them), and decodes them in a thread of its own at background priority. They
     /// are claimed before the read returns, so the next read waits for them.
-    fn read_ahead(&self, blob: &Arc<dyn OpenBlob>, key: BlobKey, from: usize) {
+    fn read_ahead(&self, blob: &Arc<dyn OpenBlob>, key: BlobId, from: usize) {
         let ext = blob.extents();
         let to = from.saturating_add(self.ahead).min(ext.len());
         // Found outside the lock: a binary file's reads in order take it never.
@@ -325,7 +395,7 @@ impl Shared {
     fn claim(
         self: &Arc<Self>,
         st: &mut State,
-        key: BlobKey,
+        key: BlobId,
         pieces: Vec<usize>,
         wanted: Option<Arc<AtomicBool>>,
     ) -> Claim {
@@ -345,7 +415,7 @@ impl Shared {
     fn pieces(
         self: &Arc<Self>,
         blob: &dyn OpenBlob,
-        key: BlobKey,
+        key: BlobId,
         range: Range<usize>,
     ) -> FsResult<Vec<Option<Arc<Vec<u8>>>>> {
         let (first, last) = (range.start, range.end);
@@ -421,7 +491,7 @@ impl Shared {
     fn store(
         &self,
         blob: &dyn OpenBlob,
-        key: BlobKey,
+        key: BlobId,
         lo: usize,
         hi: usize,
         bytes: Vec<u8>,
@@ -481,6 +551,9 @@ mod tests {
         fn as_any(&self) -> &dyn std::any::Any {
             self
         }
+        fn identity(&self) -> u64 {
+            self.inner.identity()
+        }
         fn extents(&self) -> &[(u64, u64)] {
             self.inner.extents()
         }
@@ -507,8 +580,12 @@ mod tests {
 
     /// 100 bytes in pieces of 10.
     fn blob(slow: Duration) -> (Vec<u8>, Arc<Counting>) {
-        let data: Vec<u8> = (0..100u8).collect();
-        let codec = StandInCodec { extent: 10 };
+        blob_of((0..100u8).collect(), 10, slow)
+    }
+
+    /// `data` in pieces of `extent`.
+    fn blob_of(data: Vec<u8>, extent: u64, slow: Duration) -> (Vec<u8>, Arc<Counting>) {
+        let codec = StandInCodec { extent };
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&codec.blob_of(&data).unwrap()).unwrap();
         let inner = crate::store::Codec::open(&codec, Arc::new(f)).unwrap();
@@ -523,7 +600,7 @@ mod tests {
         (data, Arc::new(c))
     }
 
-    const KEY: BlobKey = (1, 2, 3, 4);
+    const KEY: BlobId = (1, 2, 3);
 
     fn read_all(cache: &BlobCache, b: &Arc<Counting>, step: u64, reader: bool) -> Vec<u8> {
         let dynb: Arc<dyn OpenBlob> = b.clone();
@@ -589,6 +666,45 @@ mod tests {
             }
         });
         assert_eq!(b.now.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_blob_made_from_another_keeps_the_pieces_decoded_where_it_holds_the_same_bytes() {
+        let (old_data, old) = blob(Duration::ZERO);
+        let cache = BlobCache::new(1 << 20, 0);
+        assert_eq!(read_all(&cache, &old, 10, false), old_data);
+        // A change: bytes 42..45 written, 15 appended. The new blob is cut in pieces
+        // of 5, so pieces of the old one are split.
+        let mut data = old_data.clone();
+        data[42..45].copy_from_slice(b"new");
+        data.extend(100..115u8);
+        let (data, new) = blob_of(data, 5, Duration::ZERO);
+        let new_key: BlobId = (1, 2, 4);
+        let clean = [0..42, 45..100];
+        cache.carry_over((&*old, KEY), (&*new, new_key), &clean);
+        let dynb: Arc<dyn OpenBlob> = new.clone();
+        let got: Vec<u8> = (0..23)
+            .flat_map(|i| cache.read(&dynb, new_key, i * 5, 5, false).unwrap())
+            .collect();
+        assert_eq!(got, data);
+        // Decoded again: 40..45 (the change) and 100..115 (the append), 4 pieces.
+        assert_eq!(new.now.load(Ordering::SeqCst), 4);
+        // The old blob's pieces are dropped: they would only take room.
+        assert_eq!(lock(&cache.shared.state).lru.len(), 23);
+    }
+
+    #[test]
+    fn another_blob_at_the_same_inode_never_gets_the_first_ones_pieces() {
+        let (a_data, a) = blob(Duration::ZERO);
+        let (b_data, b) = blob_of((100..200u8).collect(), 10, Duration::ZERO);
+        assert_ne!(a.identity(), b.identity());
+        let st = Stat::of(&tempfile::tempfile().unwrap()).unwrap();
+        let (ka, kb) = (blob_id(&st, &*a), blob_id(&st, &*b));
+        assert_ne!(ka, kb, "same inode, another blob, another id");
+        let cache = BlobCache::new(1 << 20, 0);
+        let (da, db): (Arc<dyn OpenBlob>, Arc<dyn OpenBlob>) = (a.clone(), b.clone());
+        assert_eq!(cache.read(&da, ka, 0, 100, false).unwrap(), a_data);
+        assert_eq!(cache.read(&db, kb, 0, 100, false).unwrap(), b_data);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! the file's name and tried again later, with backoff ([`RETRY_DELAYS`]); the file
 //! stays plaintext meanwhile, and a change to it starts afresh.
 
-use super::blob_cache::blob_key;
+use super::blob_cache::{blob_id, blob_key};
 use super::content::Content;
 use super::status::JobStatus;
 use super::types::{Ino, Kind};
@@ -354,6 +354,7 @@ impl Core {
         }
         self.backing.seal(&mut tmp, &f, true)?;
         self.commit_blob(ino, id, gen, tmp, size, blob_len, &job)
+            .map(drop)
     }
 
     /// Runs the codec with `tmp` as the blob's file, and scratch files beside it.
@@ -445,19 +446,33 @@ impl Core {
             Err(_) if !self.unchanged(ino, gen, id) => return self.changed_meanwhile(ino),
             Err(e) => return Err(e.in_file(shown)),
         };
-        drop(blob);
         if new_len >= size {
             log::debug!("{shown}: no longer smaller compressed; to plaintext");
-            drop((file, tmp));
+            drop((blob, file, tmp));
             self.make_plain(ino)?;
             return self.changed_meanwhile(ino);
         }
         self.backing.seal(&mut tmp, &file, true)?;
-        self.commit_blob(ino, id, gen, tmp, size, new_len, &job)
+        drop(file);
+        if let Some(new_file) = self.commit_blob(ino, id, gen, tmp, size, new_len, &job)? {
+            // What was decoded of the old blob and is in the new one stays decoded.
+            let opened = Stat::of(&new_file)
+                .ctx(shown)
+                .and_then(|md| Ok((md, self.codec.open(new_file)?)));
+            match opened {
+                Ok((md, new)) => {
+                    let id = blob_id(&md, &*new);
+                    self.blobs.carry_over((&*blob, key), (&*new, id), &clean)
+                }
+                Err(e) => log::debug!("{shown}: decoded pieces not kept: {}", e.report()),
+            }
+        }
+        Ok(())
     }
 
     /// Installs the sealed blob `tmp` (of `blob_len` bytes, of an original of `size`
-    /// bytes) over node `ino`'s file, unless it changed meanwhile.
+    /// bytes) over node `ino`'s file, unless it changed meanwhile (then it is queued
+    /// again). Returns the new blob's file when it was installed.
     #[allow(clippy::too_many_arguments)]
     fn commit_blob(
         &self,
@@ -468,7 +483,7 @@ impl Core {
         size: u64,
         blob_len: u64,
         job: &Job<'_>,
-    ) -> FsResult<()> {
+    ) -> FsResult<Option<Arc<std::fs::File>>> {
         let mut t = self.table();
         let now = if t.unchanged(ino, gen, id) {
             self.entry(&t, ino).ok()
@@ -482,12 +497,12 @@ impl Core {
         let (Some(target), true) = (now, still) else {
             drop(t);
             drop(tmp);
-            return self.changed_meanwhile(ino);
+            return self.changed_meanwhile(ino).map(|()| None);
         };
         let tf = Arc::new(self.backing.commit(tmp, &target.dir, &target.name)?);
         let nmd = Stat::of(&tf).ctx(target.show())?;
         let opened = if t.get(ino).is_some_and(|n| n.content.is_some()) {
-            Some(self.blob_content(tf, &target.show()))
+            Some(self.blob_content(tf.clone(), &target.show()))
         } else {
             None
         };
@@ -519,7 +534,7 @@ impl Core {
             blob_len,
             secs.as_secs_f64()
         );
-        Ok(())
+        Ok(Some(tf))
     }
 }
 

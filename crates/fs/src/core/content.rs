@@ -10,7 +10,7 @@
 //! leaves the blob or the plaintext, never a part. That is why a blob keeps one link
 //! (`link` decodes it first).
 
-use super::blob_cache::{blob_key, BlobKey};
+use super::blob_cache::{blob_id, BlobId};
 use super::inode::Table;
 use super::overlay::{Overlay, Seg};
 use super::types::Ino;
@@ -34,7 +34,7 @@ pub(super) enum Content {
     /// changes logged after it.
     Blob {
         blob: Arc<dyn OpenBlob>,
-        key: BlobKey,
+        key: BlobId,
         file: Arc<File>,
         overlay: Arc<Mutex<Live>>,
     },
@@ -109,8 +109,8 @@ impl Core {
         let overlay = Overlay::load(&file, blob.stored_len(), blob.len(), logged)
             .map_err(|err| err.in_file(shown))?;
         Ok(Content::Blob {
+            key: blob_id(&md, &*blob),
             blob,
-            key: blob_key(&md),
             file,
             overlay: Arc::new(Mutex::new(Live {
                 overlay,
@@ -148,7 +148,7 @@ impl Core {
     pub(super) fn read_planned(
         &self,
         blob: &Arc<dyn OpenBlob>,
-        key: BlobKey,
+        key: BlobId,
         file: &File,
         plan: &[Seg],
         reader: bool,
@@ -284,7 +284,7 @@ impl Core {
     fn decode_into(
         &self,
         blob: &Arc<dyn OpenBlob>,
-        key: BlobKey,
+        key: BlobId,
         file: &File,
         overlay: &Overlay,
         f: &mut AtomicFile,

@@ -123,6 +123,11 @@ pub trait OpenBlob: Send + Sync {
     fn stored_len(&self) -> u64;
     /// For a codec to find its own blob type behind the trait object.
     fn as_any(&self) -> &dyn std::any::Any;
+    /// What tells this blob from another blob written later at the same inode, so
+    /// that decoded pieces cached for one are never served for the other: a hash of
+    /// all that describes it (NC06: its header and tables, which hold the CRC-32C of
+    /// the file and of every chunk and frame).
+    fn identity(&self) -> u64;
     /// Whether the original file is empty.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -253,6 +258,7 @@ impl Codec for StandInCodec {
             .map(|o| (o, step.min(len - o)))
             .collect();
         Ok(Arc::new(StandInBlob {
+            identity: hash64(&blob),
             data,
             extents,
             stored: lens.stored,
@@ -269,7 +275,17 @@ fn read_whole(file: &File) -> FsResult<Vec<u8>> {
     Ok(out)
 }
 
+/// A 64-bit hash of `bytes`, the same within a process (for [`OpenBlob::identity`]).
+pub fn hash64(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
 struct StandInBlob {
+    /// A hash of the whole blob.
+    identity: u64,
     data: Vec<u8>,
     extents: Vec<(u64, u64)>,
     stored: u64,
@@ -286,6 +302,10 @@ impl OpenBlob for StandInBlob {
 
     fn as_any(&self) -> &dyn std::any::Any {
         self
+    }
+
+    fn identity(&self) -> u64 {
+        self.identity
     }
 
     fn extents(&self) -> &[(u64, u64)] {
