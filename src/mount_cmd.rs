@@ -36,6 +36,11 @@ pub struct MountArgs {
     /// streams of one lockstep batch.
     #[arg(long, default_value_t = nacrithfs_fs::core::DEFAULT_READ_AHEAD)]
     pub read_ahead: usize,
+    /// Milliseconds a changed file is left alone before it is compressed; a change
+    /// meanwhile starts the wait again, so a file written again and again (a log) is
+    /// compressed once it is quiet, not given up at each change. 0 compresses at once.
+    #[arg(long, default_value_t = nacrithfs_fs::core::DEFAULT_SETTLE.as_millis() as u64)]
+    pub settle_ms: u64,
     /// Files larger than this many MiB are kept as plaintext; 0, the default, for no
     /// limit (the compressor holds an 8 MiB window of a file, whatever its size).
     #[arg(long, default_value_t = 0)]
@@ -120,6 +125,7 @@ fn serve(args: &MountArgs, ready: Option<std::fs::File>) -> Result<(), CliError>
         cache_mb: args.cache_mb,
         read_ahead: args.read_ahead,
         max_file_mb: args.max_file_mb,
+        settle_ms: args.settle_ms,
         allow_other: args.allow_other,
         suid: args.suid,
         dev: args.dev,
@@ -371,6 +377,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             "dev" => out.push("--dev".into()),
             "cache_mb" => out.extend(flag("cache-mb")?),
             "read_ahead" => out.extend(flag("read-ahead")?),
+            "settle_ms" => out.extend(flag("settle-ms")?),
             "max_file_mb" => out.extend(flag("max-file-mb")?),
             "chunk_size" => out.extend(flag("chunk-size")?),
             "window_mb" => out.extend(flag("window-mb")?),
@@ -388,7 +395,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             k if k.starts_with("x-") || k.starts_with("comment=") => {}
             _ => {
                 return Err(CliError::Usage(format!(
-                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, read_ahead=, max_file_mb=, chunk_size=, window_mb=, jobs=, workers=, streams=, threads=, model=, backend=, log=, suid, dev)"
+                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, read_ahead=, settle_ms=, max_file_mb=, chunk_size=, window_mb=, jobs=, workers=, streams=, threads=, model=, backend=, log=, suid, dev)"
                 )))
             }
         }

@@ -284,6 +284,48 @@ fn a_reader_in_order_finds_the_next_chunks_decoded_ahead() {
 }
 
 #[test]
+fn a_file_written_again_and_again_is_compressed_once_it_is_left_alone() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let d = dirs();
+    let m = Mount::start_with(
+        &d.backing,
+        &d.mnt,
+        Opts {
+            args: vec!["--settle-ms", "1500"],
+            ..Default::default()
+        },
+    );
+    // A log of binary records (the fast codec), one open-append-close every 200 ms:
+    // each close used to start a compression that the next change made stale.
+    let log = d.mnt.join("app.log");
+    let mut want = Vec::new();
+    for i in 0..6u8 {
+        // Bytes 0x80..=0xbf only: never UTF-8, so never text for the model.
+        let record: Vec<u8> = (0..64 << 10)
+            .map(|j: u32| 0x80 | ((j % 61) as u8 ^ i))
+            .collect();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &record).unwrap();
+        drop(f);
+        want.extend(record);
+        std::thread::sleep(Duration::from_millis(200));
+        let st = nacrithfs_fs::Status::from_json(&m.status()).expect("status");
+        assert_eq!(st.compressed, 0, "compressed before the writes stopped");
+        assert_eq!(st.queued, 1, "the log waits to settle, counted as queued");
+    }
+    m.wait();
+    let st = nacrithfs_fs::Status::from_json(&m.status()).expect("status");
+    assert_eq!(st.compressed, 1, "one compression for the whole burst");
+    assert_eq!(head4(&d.backing.join("app.log")), b"NC06");
+    assert!(std::fs::read(&log).unwrap() == want, "read back differs");
+    m.stop();
+}
+
+#[test]
 fn kill_9_while_compressing_then_recover() {
     model_present();
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());

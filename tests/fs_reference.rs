@@ -80,6 +80,7 @@ impl Harness {
                 // Reads in order also decode pieces ahead, in threads of their own.
                 read_ahead: 4,
                 max_compress_bytes: MAX_COMPRESS,
+                settle: std::time::Duration::ZERO,
             },
         )
         .unwrap();

@@ -80,6 +80,10 @@ impl Mount {
             cmd.arg("--allow-other");
         }
         cmd.args(&o.args);
+        // Tests wait for compressions they start: at once, unless a test times settling.
+        if !o.args.contains(&"--settle-ms") {
+            cmd.args(["--settle-ms", "0"]);
+        }
         cmd.env("RUST_LOG", "info").stdout(Stdio::null());
         for (k, v) in &o.env {
             cmd.env(k, v);

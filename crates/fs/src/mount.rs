@@ -42,6 +42,8 @@ pub struct ServeOptions {
     pub read_ahead: usize,
     /// Larger files are kept as plaintext, in MiB; 0 for no limit.
     pub max_file_mb: u64,
+    /// How long a changed file is left alone before it is compressed, in ms.
+    pub settle_ms: u64,
     /// Let other users access the mount.
     pub allow_other: bool,
     /// Honour set-uid and set-gid bits of files in the mount (default: nosuid).
@@ -196,6 +198,7 @@ impl Mounting {
                     0 => u64::MAX,
                     mb => mb.saturating_mul(1 << 20),
                 },
+                settle: std::time::Duration::from_millis(opts.settle_ms),
             },
         )?;
         let core = Arc::new(core);

@@ -201,7 +201,7 @@ impl Core {
         let queue = a.size.is_some() && t.get(ino).is_some_and(|n| n.wants_compression());
         drop(t);
         if queue {
-            self.queue.push(ino);
+            self.queue.push_settled(ino, self.settle);
         }
         self.attr_of(ino, &target)
     }

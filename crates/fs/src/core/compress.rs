@@ -235,7 +235,7 @@ impl Core {
     }
 
     /// A file that changed (or went) while it was compressed: nothing is committed; it
-    /// is queued again if it can be.
+    /// is queued again if it can be, once it settles.
     fn changed_meanwhile(&self, ino: Ino) -> FsResult<()> {
         log::debug!("inode {ino}: changed while compressing; queued again");
         let requeue = {
@@ -244,7 +244,7 @@ impl Core {
             t.get(ino).is_some_and(|n| n.wants_compression())
         };
         if requeue {
-            self.queue.push(ino);
+            self.queue.push_settled(ino, self.settle);
         }
         Ok(())
     }

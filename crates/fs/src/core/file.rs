@@ -351,8 +351,8 @@ impl Core {
         t.maybe_remove(ino);
         drop(t);
         if queue {
-            log::debug!("inode {ino}: queued for compression");
-            self.queue.push(ino);
+            log::debug!("inode {ino}: queued for compression once it settles");
+            self.queue.push_settled(ino, self.settle);
         }
     }
 }

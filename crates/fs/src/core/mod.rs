@@ -48,7 +48,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Settings of the core.
 pub struct CoreConfig {
@@ -60,7 +60,16 @@ pub struct CoreConfig {
     /// Larger files are kept as plaintext (a choice of the user: the compressor
     /// holds a window of a file, never all of it, whatever its size).
     pub max_compress_bytes: u64,
+    /// How long a changed file is left alone before it is compressed: another change
+    /// meanwhile moves the time on (see [`WorkQueue::push_settled`]).
+    ///
+    /// [`WorkQueue::push_settled`]: crate::store::WorkQueue::push_settled
+    pub settle: Duration,
 }
+
+/// Default of [`CoreConfig::settle`]: long enough for the next line of a log, or the
+/// next write of a program that closes and opens its file again, to come first.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 
 /// Default of [`CoreConfig::read_ahead`]: as many chunks as one lockstep batch of the
 /// engine's default holds (`DEFAULT_STREAMS`).
@@ -75,6 +84,7 @@ impl Default for CoreConfig {
             cache_bytes: 64 << 20,
             read_ahead: DEFAULT_READ_AHEAD,
             max_compress_bytes: DEFAULT_MAX_COMPRESS_BYTES,
+            settle: DEFAULT_SETTLE,
         }
     }
 }
@@ -92,6 +102,7 @@ pub struct Core {
     active: Mutex<std::collections::HashMap<Ino, compress::ActiveJob>>,
     started: SystemTime,
     max_compress_bytes: u64,
+    settle: Duration,
 }
 
 /// Locks `m`, also after a panic elsewhere (the state it guards stays consistent:
@@ -148,6 +159,7 @@ impl Core {
             active: Mutex::new(Default::default()),
             started: SystemTime::now(),
             max_compress_bytes: config.max_compress_bytes,
+            settle: config.settle,
         })
     }
 

@@ -1,7 +1,8 @@
 //! The compression queue: inode numbers waiting for a worker, deduplicated, plus the
 //! count of jobs in progress (taken from the queue under the same lock, so a waiter
 //! never sees a file that is neither queued nor compressing between the two states),
-//! and files waiting to be retried after a failure.
+//! files that changed a moment ago, waiting to settle, and files waiting to be retried
+//! after a failure.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -13,31 +14,45 @@ struct Inner {
     set: HashSet<u64>,
     /// Failed files and when to try them again.
     later: Vec<(Instant, u64)>,
+    /// Files that changed, and when they will have been left alone long enough to be
+    /// compressed; another change moves the time on.
+    settling: Vec<(Instant, u64)>,
     active: usize,
     shutdown: bool,
 }
 
 impl Inner {
-    /// Moves the retries that are due into the queue.
+    /// Moves the retries and settled files that are due into the queue.
     fn promote(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.later.len() {
-            if self.later[i].0 <= now {
-                let (_, ino) = self.later.swap_remove(i);
-                if self.set.insert(ino) {
-                    self.order.push_back(ino);
+        for waiting in [&mut self.later, &mut self.settling] {
+            let mut i = 0;
+            while i < waiting.len() {
+                if waiting[i].0 <= now {
+                    let (_, ino) = waiting.swap_remove(i);
+                    if self.set.insert(ino) {
+                        self.order.push_back(ino);
+                    }
+                } else {
+                    i += 1;
                 }
-            } else {
-                i += 1;
             }
         }
+    }
+
+    /// When the next retry or settled file is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.later
+            .iter()
+            .chain(&self.settling)
+            .map(|&(t, _)| t)
+            .min()
     }
 }
 
 /// What the queue holds, for `status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueCounts {
-    /// Files waiting for a worker.
+    /// Files waiting for a worker, or to settle first.
     pub queued: usize,
     /// Files being compressed.
     pub active: usize,
@@ -61,16 +76,40 @@ impl WorkQueue {
     pub fn push(&self, ino: u64) {
         let mut q = self.lock();
         q.later.retain(|&(_, i)| i != ino);
+        q.settling.retain(|&(_, i)| i != ino);
         if q.set.insert(ino) {
             q.order.push_back(ino);
             self.cv.notify_one();
         }
     }
 
+    /// Queues `ino`, which just changed, once it has been left alone for `settle`
+    /// (at once if that is zero): a file written again and again (a log, an editor's
+    /// saves) is compressed once it is quiet, not once a change, each compression
+    /// given up when the next change comes. A change moves the time on, and takes the
+    /// file out of the queue if it is waiting there.
+    pub fn push_settled(&self, ino: u64, settle: Duration) {
+        if settle.is_zero() {
+            return self.push(ino);
+        }
+        let mut q = self.lock();
+        q.later.retain(|&(_, i)| i != ino);
+        if q.set.remove(&ino) {
+            q.order.retain(|&i| i != ino);
+        }
+        let due = Instant::now() + settle;
+        match q.settling.iter_mut().find(|(_, i)| *i == ino) {
+            Some(s) => s.0 = due,
+            None => q.settling.push((due, ino)),
+        }
+        self.cv.notify_all();
+    }
+
     /// Queues `ino` again after `delay` (a retry after a failure), unless it is queued.
     pub fn push_after(&self, ino: u64, delay: Duration) {
         let mut q = self.lock();
-        if q.set.contains(&ino) || q.later.iter().any(|&(_, i)| i == ino) {
+        let waiting = |w: &[(Instant, u64)]| w.iter().any(|&(_, i)| i == ino);
+        if q.set.contains(&ino) || waiting(&q.later) || waiting(&q.settling) {
             return;
         }
         q.later.push((Instant::now() + delay, ino));
@@ -91,8 +130,7 @@ impl WorkQueue {
                 q.active += 1;
                 return Some(ino);
             }
-            let next = q.later.iter().map(|&(t, _)| t).min();
-            q = match next {
+            q = match q.next_due() {
                 Some(t) => {
                     self.cv
                         .wait_timeout(q, t.saturating_duration_since(now))
@@ -114,7 +152,7 @@ impl WorkQueue {
     pub fn counts(&self) -> QueueCounts {
         let q = self.lock();
         QueueCounts {
-            queued: q.order.len(),
+            queued: q.order.len() + q.settling.len(),
             active: q.active,
             retrying: q.later.len(),
         }
@@ -151,5 +189,32 @@ mod tests {
         q.push(8);
         assert_eq!(q.counts().retrying, 0);
         assert_eq!(q.pop(), Some(8));
+    }
+
+    #[test]
+    fn a_file_that_changes_again_waits_until_it_is_left_alone() {
+        let q = WorkQueue::default();
+        let t = Instant::now();
+        q.push(3);
+        q.push_settled(5, Duration::from_millis(60));
+        // A queued file that changes goes back to settling.
+        q.push_settled(3, Duration::from_millis(60));
+        assert_eq!(q.counts().queued, 2, "settling files count as queued");
+        std::thread::sleep(Duration::from_millis(30));
+        q.push_settled(5, Duration::from_millis(60));
+        let first = q.pop();
+        assert_eq!(first, Some(3));
+        assert!(t.elapsed() >= Duration::from_millis(55));
+        q.done();
+        assert_eq!(q.pop(), Some(5));
+        assert!(
+            t.elapsed() >= Duration::from_millis(85),
+            "the second change moved it on"
+        );
+        q.done();
+        // With no settling time, at once.
+        q.push_settled(9, Duration::ZERO);
+        assert_eq!(q.counts().queued, 1);
+        assert_eq!(q.pop(), Some(9));
     }
 }
