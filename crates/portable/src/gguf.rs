@@ -5,8 +5,12 @@
 //! damaged or hostile file gives a [`GgufError`], never a panic or an allocation
 //! sized by the file.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fs::File;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 /// What is wrong with a GGUF file.
 #[derive(Debug, thiserror::Error)]
@@ -122,16 +126,29 @@ pub struct TensorInfo {
     pub range: Range<usize>,
 }
 
-/// A parsed GGUF file: metadata and tensor places; the bytes stay in [`Gguf::data`].
+/// A parsed GGUF file: metadata and tensor places; the tensors' bytes are read from
+/// where they lie when they are asked for.
 pub struct Gguf {
-    data: Vec<u8>,
+    data: Data,
     meta: HashMap<String, Value>,
     tensors: HashMap<String, TensorInfo>,
+}
+
+/// Where a GGUF's bytes are.
+enum Data {
+    /// All of them, in memory.
+    Memory(Vec<u8>),
+    /// In a file, read a tensor at a time: loading a model then holds the model it
+    /// builds and one tensor of the file, not the whole file beside it.
+    File(File),
 }
 
 struct Cursor<'a> {
     b: &'a [u8],
     pos: usize,
+    /// The length of the whole file, of which `b` may be the start only: counts are
+    /// checked against the file, and reading past `b` is [`GgufError::Truncated`].
+    len: u64,
 }
 
 impl<'a> Cursor<'a> {
@@ -163,7 +180,7 @@ impl<'a> Cursor<'a> {
     /// A count of items each at least `min` bytes long, checked against what is left.
     fn count(&mut self, what: &'static str, min: u64) -> Result<u64, GgufError> {
         let n = self.u64()?;
-        let left = (self.b.len() - self.pos) as u64;
+        let left = self.len.saturating_sub(self.pos as u64);
         if n.saturating_mul(min.max(1)) > left {
             return Err(GgufError::TooLarge { what, n });
         }
@@ -228,10 +245,55 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The first bytes read of a GGUF file: its metadata and tensor table (SmolLM2's
+/// vocabulary and merges take about 3 MB), read again four times larger while they go
+/// on.
+const HEAD_READ: usize = 4 << 20;
+
+type Tables = (HashMap<String, Value>, HashMap<String, TensorInfo>);
+
 impl Gguf {
     /// Parses `data`, the whole file.
     pub fn parse(data: Vec<u8>) -> Result<Gguf, GgufError> {
-        let mut c = Cursor { b: &data, pos: 0 };
+        let (meta, tensors) = Self::tables(&data, data.len() as u64)?;
+        Ok(Gguf {
+            data: Data::Memory(data),
+            meta,
+            tensors,
+        })
+    }
+
+    /// Opens the GGUF file at `path`: reads its metadata and tensor table, and leaves
+    /// the tensors in the file until they are asked for.
+    pub fn open(path: &Path) -> std::io::Result<Result<Gguf, GgufError>> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        let mut want = HEAD_READ;
+        loop {
+            let n = usize::try_from(len).map_or(want, |l| want.min(l));
+            let mut head = vec![0; n];
+            file.read_exact_at(&mut head, 0)?;
+            match Self::tables(&head, len) {
+                Err(GgufError::Truncated(_)) if (n as u64) < len => want = want.saturating_mul(4),
+                Err(e) => return Ok(Err(e)),
+                Ok((meta, tensors)) => {
+                    return Ok(Ok(Gguf {
+                        data: Data::File(file),
+                        meta,
+                        tensors,
+                    }))
+                }
+            }
+        }
+    }
+
+    /// The metadata and tensor table of a file of `len` bytes that starts with `head`.
+    fn tables(head: &[u8], len: u64) -> Result<Tables, GgufError> {
+        let mut c = Cursor {
+            b: head,
+            pos: 0,
+            len,
+        };
         if c.take(4).map_err(|_| GgufError::Magic)? != b"GGUF" {
             return Err(GgufError::Magic);
         }
@@ -273,12 +335,12 @@ impl Gguf {
         let mut tensors = HashMap::new();
         for (name, dims, ty, off) in raw {
             let n = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-            let len = n.and_then(|n| ty.bytes(n));
-            let range = len
-                .and_then(|len| {
+            let n_bytes = n.and_then(|n| ty.bytes(n));
+            let range = n_bytes
+                .and_then(|n_bytes| {
                     let s = (start as u64).checked_add(off)?;
-                    let e = s.checked_add(len)?;
-                    (e <= data.len() as u64).then_some(s as usize..e as usize)
+                    let e = s.checked_add(n_bytes)?;
+                    (e <= len).then_some(usize::try_from(s).ok()?..usize::try_from(e).ok()?)
                 })
                 // Tensors of unknown types get an empty range: usable by no one.
                 .unwrap_or(0..0);
@@ -295,16 +357,7 @@ impl Gguf {
             }
             tensors.insert(name, TensorInfo { ty, dims, range });
         }
-        Ok(Gguf {
-            data,
-            meta,
-            tensors,
-        })
-    }
-
-    /// Reads and parses the file at `path`.
-    pub fn read(path: &std::path::Path) -> std::io::Result<Result<Gguf, GgufError>> {
-        Ok(Gguf::parse(std::fs::read(path)?))
+        Ok((meta, tensors))
     }
 
     /// A metadata value.
@@ -341,13 +394,14 @@ impl Gguf {
         self.tensors.get(name)
     }
 
-    /// A tensor's bytes, checked to be of type `ty` and dimensions `dims`.
+    /// A tensor's bytes, checked to be of type `ty` and dimensions `dims` (read from
+    /// the file, for a file opened with [`Gguf::open`]).
     pub fn tensor_bytes(
         &self,
         name: &str,
         ty: TensorType,
         dims: &[u64],
-    ) -> Result<&[u8], GgufError> {
+    ) -> Result<Cow<'_, [u8]>, GgufError> {
         let t = self
             .tensors
             .get(name)
@@ -361,7 +415,15 @@ impl Gguf {
                 ),
             });
         }
-        Ok(&self.data[t.range.clone()])
+        match &self.data {
+            Data::Memory(d) => Ok(Cow::Borrowed(&d[t.range.clone()])),
+            Data::File(f) => {
+                let mut b = vec![0; t.range.len()];
+                f.read_exact_at(&mut b, t.range.start as u64)
+                    .map_err(|_| GgufError::Truncated(t.range.end as u64))?;
+                Ok(Cow::Owned(b))
+            }
+        }
     }
 }
 
@@ -403,13 +465,19 @@ pub(crate) mod tests {
         }
         v.extend(1.5f32.to_le_bytes());
         v.extend(2.5f32.to_le_bytes());
-        let g = Gguf::parse(v).unwrap();
-        assert_eq!(g.int("a.n").unwrap(), 7);
-        assert_eq!(g.str("a.s").unwrap(), "hi");
-        let b = g.tensor_bytes("w", TensorType::F32, &[2]).unwrap();
-        assert_eq!(b.len(), 8);
-        assert!(g.tensor_bytes("w", TensorType::F16, &[2]).is_err());
-        assert!(g.tensor_bytes("x", TensorType::F32, &[2]).is_err());
+        // The same in memory and opened from a file (read a tensor at a time).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small.gguf");
+        std::fs::write(&path, &v).unwrap();
+        let want = v[v.len() - 8..].to_vec();
+        for g in [Gguf::parse(v).unwrap(), Gguf::open(&path).unwrap().unwrap()] {
+            assert_eq!(g.int("a.n").unwrap(), 7);
+            assert_eq!(g.str("a.s").unwrap(), "hi");
+            let b = g.tensor_bytes("w", TensorType::F32, &[2]).unwrap();
+            assert_eq!(&b[..], &want[..]);
+            assert!(g.tensor_bytes("w", TensorType::F16, &[2]).is_err());
+            assert!(g.tensor_bytes("x", TensorType::F32, &[2]).is_err());
+        }
     }
 
     #[test]

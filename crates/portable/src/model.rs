@@ -172,11 +172,11 @@ impl Config {
 impl Model {
     /// Loads the GGUF model at `path`.
     pub fn load(path: &Path) -> Result<Model, LoadError> {
-        let data = std::fs::read(path).map_err(|source| LoadError::Read {
+        let g = Gguf::open(path).map_err(|source| LoadError::Read {
             path: path.into(),
             source,
         })?;
-        Model::from_gguf(&Gguf::parse(data).map_err(|source| LoadError::Gguf {
+        Model::from_gguf(&g.map_err(|source| LoadError::Gguf {
             path: path.into(),
             source,
         })?)

@@ -115,7 +115,7 @@ impl Matrix {
         // Nothing is allocated before the file is known to hold the tensor's bytes: the
         // sizes come from the file, and the bytes bound them.
         let bytes = g.tensor_bytes(name, info.ty, &dims)?;
-        Ok(Matrix::from_blocks(kind, rows, cols, bytes))
+        Ok(Matrix::from_blocks(kind, rows, cols, &bytes))
     }
 
     /// The matrix of `rows` x `cols` whose GGUF blocks are `bytes` (which must hold
