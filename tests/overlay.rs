@@ -30,6 +30,17 @@ fn state(p: &Path) -> Option<Vec<u8>> {
     nacrithfs_fs::store::xattr::lget_xattr(p, OsStr::new("user.nacrithfs.state")).unwrap()
 }
 
+/// Writes `bytes` at `at` of `file` through the mount, and into `want`.
+fn write_at(file: &Path, want: &mut [u8], at: u64, bytes: &[u8]) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .write_all_at(bytes, at)
+        .unwrap();
+    want[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+}
+
 #[test]
 fn appends_and_overwrites_of_a_compressed_text_decode_only_what_they_touch() {
     let _g = serial();
@@ -103,13 +114,7 @@ fn appends_and_overwrites_of_a_compressed_text_decode_only_what_they_touch() {
         .find(|e| e.kind == nc06::format::ExtentKind::Text && e.chunk == 1)
         .unwrap();
     let at = middle.orig_offset + 5;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .write_all_at(b"EDIT", at)
-        .unwrap();
-    want[at as usize..at as usize + 4].copy_from_slice(b"EDIT");
+    write_at(&file, &mut want, at, b"EDIT");
     assert_eq!(state(&backed).as_deref(), Some(&b"nc06+log"[..]));
     m.wait();
     assert_eq!(
@@ -140,13 +145,7 @@ fn appends_and_overwrites_of_a_compressed_text_decode_only_what_they_touch() {
         .unwrap();
     want.extend_from_slice(line);
     m.wait();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .write_all_at(b"TIDE", at)
-        .unwrap();
-    want[at as usize..at as usize + 4].copy_from_slice(b"TIDE");
+    write_at(&file, &mut want, at, b"TIDE");
     m.wait();
     assert_eq!(
         status(&m).model_decodes,
