@@ -570,3 +570,47 @@ fn a_compressed_file_extended_to_a_terabyte_costs_no_disk() {
     assert_eq!(c.read(fh, 0, text.len() as u32).unwrap(), text);
     c.release(fh);
 }
+
+/// `getattr` while the file's backing inode keeps changing between blob and plaintext
+/// (a `link` folds the blob into plaintext, renamed over its name; a compression
+/// renames a blob over the plaintext): the size is always the file's, never the raw
+/// length of the blob's backing file read beside the marker of the plaintext that
+/// replaced it.
+#[test]
+fn getattr_sees_one_file_while_the_name_changes_hands() {
+    let h = Harness::new();
+    // Under MAX_COMPRESS, and compressible: a blob after every compression.
+    let data: Vec<u8> = b"a line that compresses. ".repeat(10);
+    let ino = h.create_with("f", &data).ino;
+    h.core.drain();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let core = h.core.clone();
+        let stop = &stop;
+        let want = data.len() as u64;
+        let watcher = s.spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A missing entry is fine (the link's name comes and goes); a wrong
+                // size is not.
+                if let Ok(a) = core.getattr(ino) {
+                    assert_eq!(a.size, want, "getattr after {n} calls");
+                }
+                n += 1;
+            }
+            n
+        });
+        for _ in 0..300 {
+            h.core.link(ino, ROOT_INO, OsStr::new("g")).unwrap();
+            h.core.unlink(ROOT_INO, OsStr::new("g")).unwrap();
+            // The last writer's close queues it; the compression makes it a blob again.
+            let (fh, _) = h.core.open(ino, libc::O_WRONLY).unwrap();
+            h.core.release(fh);
+            h.core.drain();
+        }
+        assert!(h.core.status().compressed >= 300, "{:?}", h.core.status());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(watcher.join().unwrap() > 0);
+    });
+    assert_eq!(h.read_all(ino), data);
+}

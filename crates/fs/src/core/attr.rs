@@ -7,7 +7,7 @@ use super::lock;
 use super::types::{timespec, to_time, Attr, Ino, Kind, SetAttr, Statfs, ROOT_INO, STATUS_INO};
 use super::{Core, Entry};
 use crate::error::{FsError, FsResult, IoContext};
-use crate::store::backing::{self, is_blob_at};
+use crate::store::backing;
 use crate::store::xattr::cvt;
 use crate::store::Stat;
 use std::ffi::CString;
@@ -69,9 +69,16 @@ impl Core {
     }
 
     fn attr_of(&self, ino: Ino, target: &Target) -> FsResult<Attr> {
-        let (md, file) = match target {
-            Target::Entry(e) => (e.stat()?, None),
-            Target::Orphan(f) => (Stat::of(f.as_ref()).ctx("fstat")?, Some(f.clone())),
+        // The status and the blob marker are read from one inode: a compression, a
+        // fold or a truncate can rename another file over the name at any moment, and
+        // a stat and a marker looked up by name apart could describe two files (the
+        // raw length of a blob reported as a plaintext's size).
+        let (md, at) = match target {
+            Target::Entry(e) => {
+                let fd = e.dir.open_path(&e.name)?;
+                (Stat::of(&fd).ctx(e.show())?, Some((e, fd)))
+            }
+            Target::Orphan(f) => (Stat::of(f.as_ref()).ctx("fstat")?, None),
         };
         let mut size = md.len();
         // An open blob's size is its overlay's (replaying the log from the file at
@@ -86,29 +93,29 @@ impl Core {
                 return Ok(Self::attr_from(ino, &md, live.overlay.size()));
             }
         }
-        if md.is_file() {
-            let f = match (file, target) {
-                (Some(f), _) => f,
-                (None, Target::Entry(e)) => {
-                    if !is_blob_at(&e.dir, &e.name)? {
-                        return Ok(Self::attr_from(ino, &md, size));
-                    }
-                    Arc::new(e.dir.open_regular(&e.name, false)?)
+        if !md.is_file() {
+            return Ok(Self::attr_from(ino, &md, size));
+        }
+        let (f, name) = match (target, at) {
+            (_, Some((e, fd))) => {
+                if !backing::is_blob_fd(&fd, &md).ctx(e.show())? {
+                    return Ok(Self::attr_from(ino, &md, size));
                 }
-                (None, Target::Orphan(f)) => f.clone(),
-            };
-            if backing::is_blob_file(&f).ctx("fgetxattr")? {
-                let name = match target {
-                    Target::Entry(e) => e.show(),
-                    Target::Orphan(_) => "(unlinked file)".to_string(),
-                };
-                // A blob whose header is unreadable keeps its stored size, so it can
-                // still be looked up, renamed, replaced and removed; reads of it fail.
-                match self.blobs.size(&*self.codec, &f, &md, &name) {
-                    Ok(len) => size = len,
-                    Err(e) => log::warn!("{}", e.report()),
-                }
+                (Arc::new(e.dir.reopen(&e.name, &fd, &md, false)?), e.show())
             }
+            (Target::Orphan(f), None) => {
+                if !backing::is_blob_file(f).ctx("fgetxattr")? {
+                    return Ok(Self::attr_from(ino, &md, size));
+                }
+                (f.clone(), "(unlinked file)".to_string())
+            }
+            (Target::Entry(_), None) => return Ok(Self::attr_from(ino, &md, size)),
+        };
+        // A blob whose header is unreadable keeps its stored size, so it can still be
+        // looked up, renamed, replaced and removed; reads of it fail.
+        match self.blobs.size(&*self.codec, &f, &md, &name) {
+            Ok(len) => size = len,
+            Err(e) => log::warn!("{}", e.report()),
         }
         Ok(Self::attr_from(ino, &md, size))
     }

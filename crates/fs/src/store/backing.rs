@@ -28,7 +28,7 @@ use log::Level;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -450,13 +450,16 @@ pub fn is_kept_plain(f: &File) -> FsResult<bool> {
 pub fn is_blob_at(dir: &Dir, name: &OsStr) -> FsResult<bool> {
     let fd = dir.open_path(name)?;
     let st = Stat::of(&fd).ctx(dir.show(name))?;
+    is_blob_fd(&fd, &st).ctx(dir.show(name))
+}
+
+/// Whether the inode `fd` (an `O_PATH` handle; its status `st`) is a blob.
+pub fn is_blob_fd(fd: &OwnedFd, st: &Stat) -> std::io::Result<bool> {
     if !st.is_file() {
         return Ok(false);
     }
     Ok(blob_state(
-        super::xattr::get_at(fd.as_raw_fd(), OsStr::new(STATE_XATTR))
-            .ctx(dir.show(name))?
-            .as_deref(),
+        super::xattr::get_at(fd.as_raw_fd(), OsStr::new(STATE_XATTR))?.as_deref(),
     ))
 }
 

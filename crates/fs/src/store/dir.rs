@@ -253,6 +253,13 @@ impl Dir {
     pub fn open_regular(&self, name: &OsStr, write: bool) -> FsResult<File> {
         let fd = self.open_path(name)?;
         let st = Stat::of(&fd).map_err(|e| self.io(name, e))?;
+        self.reopen(name, &fd, &st, write)
+    }
+
+    /// Opens the file that `fd`, an `O_PATH` handle on entry `name` whose status is
+    /// `st`, is a handle on: that inode, whatever is at the name by now. Refused
+    /// unless it is a regular file.
+    pub fn reopen(&self, name: &OsStr, fd: &OwnedFd, st: &Stat, write: bool) -> FsResult<File> {
         if !st.is_file() {
             let errno = if st.is_dir() {
                 libc::EISDIR
