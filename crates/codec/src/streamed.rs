@@ -96,8 +96,7 @@ impl Streamed<'_> {
         let mut streams = Spool::new((out.scratch)()?);
         let mut frames = Spool::new((out.scratch)()?);
         meter.set_total(src.len);
-        for (i, stretch) in stretches.iter().enumerate() {
-            let last = i + 1 == stretches.len();
+        for stretch in stretches {
             match stretch {
                 Stretch::Kept { chunk, len } => {
                     let base = base.ok_or_else(|| internal("a kept chunk without its blob"))?;
@@ -105,13 +104,6 @@ impl Streamed<'_> {
                         .keep_chunk(base.blob, base.index, base.payload, *chunk, *len)
                         .map_err(|e| fs_error("copying a chunk", e))?;
                     streams.append(&stream)?;
-                    if last {
-                        // The file ends with it: what binary is held goes in a frame.
-                        let coded = enc
-                            .push(&[], true, progress)
-                            .map_err(|e| fs_error("compressing", e))?;
-                        spool(&coded, &mut streams, &mut frames)?;
-                    }
                     meter.add(*len);
                 }
                 Stretch::New(range) => {
@@ -119,32 +111,26 @@ impl Streamed<'_> {
                     while off < range.end {
                         let want = (range.end - off).min(window.max(1) as u64);
                         let data = (src.read)(off, want)?;
-                        let end = off + want == range.end;
-                        let coded = if end && !last {
+                        // A stretch's last window is taken whole: a kept chunk, or the
+                        // file's end, follows it.
+                        let coded = if off + want == range.end {
                             enc.push_stretch_end(&data, progress)
                         } else {
-                            enc.push(&data, end, progress)
+                            enc.push(&data, false, progress)
                         }
                         .map_err(|e| fs_error("compressing", e))?;
                         spool(&coded, &mut streams, &mut frames)?;
                         off += coded.consumed as u64;
                         meter.add(coded.consumed as u64);
                     }
-                    if range.is_empty() && last {
-                        let coded = enc
-                            .push(&[], true, progress)
-                            .map_err(|e| fs_error("compressing", e))?;
-                        spool(&coded, &mut streams, &mut frames)?;
-                    }
                 }
             }
         }
-        if stretches.is_empty() {
-            let coded = enc
-                .push(&[], true, progress)
-                .map_err(|e| fs_error("compressing", e))?;
-            spool(&coded, &mut streams, &mut frames)?;
-        }
+        // The end of the file: the binary bytes held short of a frame go in the last.
+        let coded = enc
+            .push(&[], true, progress)
+            .map_err(|e| fs_error("compressing", e))?;
+        spool(&coded, &mut streams, &mut frames)?;
         let done = enc.finish().map_err(|e| fs_error("compressing", e))?;
         let stats = done.stats;
         if stats.compressed >= src.len && !keep_larger {

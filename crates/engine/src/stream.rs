@@ -107,9 +107,10 @@ impl StreamEncoder<'_> {
     }
 
     /// [`StreamEncoder::push`] of the last bytes before a kept chunk
-    /// ([`StreamEncoder::keep_chunk`]): all of `data` is taken, and segmented as if
-    /// the file ended there; binary bytes short of a whole frame wait for the next
-    /// push, as between windows.
+    /// ([`StreamEncoder::keep_chunk`]) or before the file's end: all of `data` is
+    /// taken, and segmented as if the file ended there; binary bytes short of a whole
+    /// frame wait for the next push, as between windows (at the end, an empty push
+    /// with `eof` frames them: the blob is the same as with `data` pushed with `eof`).
     pub fn push_stretch_end(
         &mut self,
         data: &[u8],
