@@ -12,7 +12,7 @@ use streamed::{read_header_bytes, Base, Stretch};
 use blob::Nc06Blob;
 use log::Level;
 use nacrithfs_engine::{BlobFrames, CompressOptions, EngineSet, FrameSource, ProgressSink};
-use nacrithfs_fs::store::codec::{BlobLens, BlobOut, Meter, Source};
+use nacrithfs_fs::store::codec::{within, BlobLens, BlobOut, Meter, Source};
 use nacrithfs_fs::store::{Codec, OpenBlob};
 use nacrithfs_fs::{FsError, FsResult};
 use nc06::format::{Blob, ExtentKind, FormatError, Index};
@@ -172,17 +172,11 @@ fn write_blob(out: &BlobOut<'_>, blob: &[u8], len: u64) -> FsResult<u64> {
 /// whose bytes in `clean` (sorted, disjoint) are still the old blob's: every text
 /// chunk that lies whole in `clean` is kept, and the bytes between are new.
 fn stretches(index: &Index, clean: &[Range<u64>], len: u64) -> Vec<Stretch> {
-    let inside = |s: u64, e: u64| {
-        e <= len && {
-            let i = clean.partition_point(|r| r.end < e);
-            clean.get(i).is_some_and(|r| r.start <= s && e <= r.end)
-        }
-    };
     let mut out = Vec::new();
     let mut gap = 0u64;
     for e in index.extents.iter() {
         let (s, end) = (e.orig_offset, e.orig_offset + e.len);
-        if e.kind == ExtentKind::Text && inside(s, end) {
+        if e.kind == ExtentKind::Text && end <= len && within(clean, s, end) {
             if s > gap {
                 out.push(Stretch::New(gap..s));
             }

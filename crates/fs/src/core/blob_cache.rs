@@ -13,8 +13,8 @@ use super::overlay::Overlay;
 use super::read_full_at;
 use crate::error::{FsResult, IoContext};
 use crate::store::backing;
-use crate::store::codec::damaged;
 use crate::store::codec::BlobLens;
+use crate::store::codec::{damaged, within};
 use crate::store::Stat;
 use crate::store::{Codec, OpenBlob};
 use lru::LruCache;
@@ -253,10 +253,6 @@ impl BlobCache {
     ) {
         let ((old, old_key), (new, new_key)) = (old, new);
         let (oext, next) = (old.extents(), new.extents());
-        let inside = |s: u64, e: u64| {
-            let i = clean.partition_point(|r| r.end < e);
-            clean.get(i).is_some_and(|r| r.start <= s && e <= r.end)
-        };
         // (new piece, old piece, where in the old piece), found outside the lock.
         let moves: Vec<(usize, usize, u64)> = (0..next.len())
             .filter(|&j| !new.is_hole(j) && !new.is_plain(j))
@@ -264,7 +260,11 @@ impl BlobCache {
                 let (s, l) = next[j];
                 let i = oext.partition_point(|e| e.0 + e.1 <= s);
                 let (os, ol) = *oext.get(i)?;
-                (l > 0 && os <= s && s + l <= os + ol && inside(s, s + l)).then_some((j, i, s - os))
+                (l > 0 && os <= s && s + l <= os + ol && within(clean, s, s + l)).then_some((
+                    j,
+                    i,
+                    s - os,
+                ))
             })
             .collect();
         if moves.is_empty() {

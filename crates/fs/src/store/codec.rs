@@ -183,6 +183,15 @@ pub fn byte_span(extents: &[(u64, u64)], range: Range<usize>) -> Option<(u64, u6
     (range.start < range.end).then_some((first.0, last.0 + last.1))
 }
 
+/// Whether `start..end` lies within one of `ranges` (sorted and disjoint, as the
+/// `clean` ranges of [`Codec::recompress`] are).
+pub fn within(ranges: &[Range<u64>], start: u64, end: u64) -> bool {
+    let i = ranges.partition_point(|r| r.end < end);
+    ranges
+        .get(i)
+        .is_some_and(|r| r.start <= start && end <= r.end)
+}
+
 /// A blob that does not read as one: EIO, logged as a warning (its reads fail; the
 /// rest of the filesystem is fine).
 pub fn damaged(message: impl Into<String>) -> FsError {
