@@ -21,6 +21,14 @@ pub(super) enum Target {
     Orphan(Arc<File>),
 }
 
+/// The one inode whose status and blob marker `getattr` reads.
+enum Inode<'a> {
+    /// At a name: an `O_PATH` handle on what was there.
+    Named(&'a Entry, std::os::fd::OwnedFd),
+    /// Open, unlinked.
+    Open(&'a Arc<File>),
+}
+
 impl Core {
     /// For a node the kernel still knows but whose file is gone (unlinked, or replaced by
     /// a rename, while nothing held it open): ESTALE makes the kernel look the path up
@@ -73,12 +81,12 @@ impl Core {
         // fold or a truncate can rename another file over the name at any moment, and
         // a stat and a marker looked up by name apart could describe two files (the
         // raw length of a blob reported as a plaintext's size).
-        let (md, at) = match target {
+        let (md, inode) = match target {
             Target::Entry(e) => {
                 let fd = e.dir.open_path(&e.name)?;
-                (Stat::of(&fd).ctx(e.show())?, Some((e, fd)))
+                (Stat::of(&fd).ctx(e.show())?, Inode::Named(e, fd))
             }
-            Target::Orphan(f) => (Stat::of(f.as_ref()).ctx("fstat")?, None),
+            Target::Orphan(f) => (Stat::of(f.as_ref()).ctx("fstat")?, Inode::Open(f)),
         };
         let mut size = md.len();
         // An open blob's size is its overlay's (replaying the log from the file at
@@ -96,20 +104,19 @@ impl Core {
         if !md.is_file() {
             return Ok(Self::attr_from(ino, &md, size));
         }
-        let (f, name) = match (target, at) {
-            (_, Some((e, fd))) => {
+        let (f, name) = match inode {
+            Inode::Named(e, fd) => {
                 if !backing::is_blob_fd(&fd, &md).ctx(e.show())? {
                     return Ok(Self::attr_from(ino, &md, size));
                 }
                 (Arc::new(e.dir.reopen(&e.name, &fd, &md, false)?), e.show())
             }
-            (Target::Orphan(f), None) => {
+            Inode::Open(f) => {
                 if !backing::is_blob_file(f).ctx("fgetxattr")? {
                     return Ok(Self::attr_from(ino, &md, size));
                 }
                 (f.clone(), "(unlinked file)".to_string())
             }
-            (Target::Entry(_), None) => return Ok(Self::attr_from(ino, &md, size)),
         };
         // A blob whose header is unreadable keeps its stored size, so it can still be
         // looked up, renamed, replaced and removed; reads of it fail.
