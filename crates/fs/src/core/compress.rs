@@ -454,15 +454,20 @@ impl Core {
         }
         self.backing.seal(&mut tmp, &file, true)?;
         drop(file);
-        if let Some(new_file) = self.commit_blob(ino, id, gen, tmp, size, new_len, &job)? {
-            // What was decoded of the old blob and is in the new one stays decoded.
-            let opened = Stat::of(&new_file)
-                .ctx(shown)
-                .and_then(|md| Ok((md, self.codec.open(new_file)?)));
-            match opened {
-                Ok((md, new)) => {
-                    let id = blob_id(&md, &*new);
-                    self.blobs.carry_over((&*blob, key), (&*new, id), &clean)
+        if let Some(done) = self.commit_blob(ino, id, gen, tmp, size, new_len, &job)? {
+            // What was decoded of the old blob and is in the new one stays decoded. The
+            // new blob is opened already if the file is open.
+            let new = match done.content {
+                Some(Content::Blob { blob, key, .. }) => Ok((blob, key)),
+                _ => self
+                    .codec
+                    .open(done.file)
+                    .map(|b| (b.clone(), blob_id(&done.stat, &*b))),
+            };
+            match new {
+                Ok((new, new_key)) => {
+                    self.blobs
+                        .carry_over((&*blob, key), (&*new, new_key), &clean)
                 }
                 Err(e) => log::debug!("{shown}: decoded pieces not kept: {}", e.report()),
             }
@@ -472,7 +477,7 @@ impl Core {
 
     /// Installs the sealed blob `tmp` (of `blob_len` bytes, of an original of `size`
     /// bytes) over node `ino`'s file, unless it changed meanwhile (then it is queued
-    /// again). Returns the new blob's file when it was installed.
+    /// again). Returns what was installed.
     #[allow(clippy::too_many_arguments)]
     fn commit_blob(
         &self,
@@ -483,7 +488,7 @@ impl Core {
         size: u64,
         blob_len: u64,
         job: &Job<'_>,
-    ) -> FsResult<Option<Arc<std::fs::File>>> {
+    ) -> FsResult<Option<Committed>> {
         let mut t = self.table();
         let now = if t.unchanged(ino, gen, id) {
             self.entry(&t, ino).ok()
@@ -501,8 +506,8 @@ impl Core {
         };
         let tf = Arc::new(self.backing.commit(tmp, &target.dir, &target.name)?);
         let nmd = Stat::of(&tf).ctx(target.show())?;
-        let opened = if t.get(ino).is_some_and(|n| n.content.is_some()) {
-            Some(self.blob_content(tf.clone(), &target.show()))
+        let content = if t.get(ino).is_some_and(|n| n.content.is_some()) {
+            self.blob_content(tf.clone(), &target.show()).ok()
         } else {
             None
         };
@@ -511,10 +516,7 @@ impl Core {
             if let Some(Content::Blob { overlay, .. }) = &n.content {
                 lock(overlay).retired = true;
             }
-            n.content = match opened {
-                Some(Ok(c)) => Some(c),
-                _ => None,
-            };
+            n.content = content.clone();
         }
         t.mark_clean(ino);
         t.rebind(ino, nmd.id());
@@ -534,8 +536,21 @@ impl Core {
             blob_len,
             secs.as_secs_f64()
         );
-        Ok(Some(tf))
+        Ok(Some(Committed {
+            file: tf,
+            stat: nmd,
+            content,
+        }))
     }
+}
+
+/// A blob installed over a file.
+struct Committed {
+    file: Arc<std::fs::File>,
+    /// The blob file's status.
+    stat: Stat,
+    /// The node's content, opened from the blob, when the file is open.
+    content: Option<Content>,
 }
 
 /// `entry`'s file opened again, if it is still the backing inode `id`.
