@@ -18,10 +18,10 @@ use rayon::prelude::*;
 /// [`Session::feed`], so every loop advances and slides positions alike.
 #[derive(Clone, Copy, Debug)]
 pub struct Feed {
-    seq: u32,
-    token: u32,
-    pos: u32,
-    logits: bool,
+    pub(crate) seq: u32,
+    pub(crate) token: u32,
+    pub(crate) pos: u32,
+    pub(crate) logits: bool,
 }
 
 impl Feed {
@@ -74,7 +74,7 @@ pub struct Session<'m> {
     window: Window,
     n_seq: u32,
     isa: Isa,
-    next_pos: Vec<u32>,
+    positions: Positions,
     caches: Vec<Cache>,
     /// RoPE's inverse frequencies, one per pair of a head's dims.
     inv_freq: Vec<f64>,
@@ -135,17 +135,13 @@ impl Model {
                 v: vec![0; per],
             })
             .collect();
-        // base^(-2i/d) = e^(-(2i/d) ln base), in our own f64 exp and ln.
-        let ln_base = crate::num::ln_f64(c.rope_base);
-        let inv_freq = (0..c.head_dim / 2)
-            .map(|i| crate::num::exp_f64(-((2 * i) as f64 / c.head_dim as f64) * ln_base))
-            .collect();
+        let inv_freq = inv_freq(c);
         Session {
             model: self,
             window,
             n_seq,
             isa,
-            next_pos: vec![0; n_seq as usize],
+            positions: Positions::new(n_seq, window),
             caches,
             inv_freq,
             logits: Vec::new(),
@@ -153,6 +149,83 @@ impl Model {
             buf: Box::new(Buffers::new(c, n_seq as usize)),
         }
     }
+}
+
+/// RoPE's inverse frequencies, one per pair of a head's dims: base^(-2i/d) =
+/// e^(-(2i/d) ln base), in our own f64 exp and ln.
+pub(crate) fn inv_freq(c: &crate::Config) -> Vec<f64> {
+    let ln_base = crate::num::ln_f64(c.rope_base);
+    (0..c.head_dim / 2)
+        .map(|i| crate::num::exp_f64(-((2 * i) as f64 / c.head_dim as f64) * ln_base))
+        .collect()
+}
+
+/// Each sequence's next position, and where a full window slides: the bookkeeping
+/// that every implementation of a session shares, so they feed and slide alike.
+pub(crate) struct Positions {
+    window: Window,
+    next: Vec<u32>,
+}
+
+impl Positions {
+    pub(crate) fn new(n_seq: u32, window: Window) -> Positions {
+        Positions {
+            window,
+            next: vec![0; n_seq as usize],
+        }
+    }
+
+    /// The feed of `token` to `seq` at its next position, and whether its window must
+    /// slide first (the caller slides it).
+    pub(crate) fn feed(
+        &mut self,
+        seq: u32,
+        token: u32,
+        logits: bool,
+    ) -> Result<(Feed, bool), StepError> {
+        let n_seq = self.next.len() as u32;
+        let next = self
+            .next
+            .get_mut(seq as usize)
+            .ok_or(StepError::NoSequence { seq, n_seq })?;
+        let w = self.window;
+        let slid = *next >= w.ctx;
+        let pos = if slid { w.ctx - w.slide } else { *next };
+        *next = pos + 1;
+        let feed = Feed {
+            seq,
+            token,
+            pos,
+            logits,
+        };
+        Ok((feed, slid))
+    }
+
+    pub(crate) fn clear(&mut self, seq: u32) {
+        if let Some(p) = self.next.get_mut(seq as usize) {
+            *p = 0;
+        }
+    }
+}
+
+/// Checks a step's feeds: known sequences, each at most once, tokens in the vocabulary.
+pub(crate) fn check(feeds: &[Feed], n_seq: u32, vocab: usize) -> Result<(), StepError> {
+    let mut seen = vec![false; n_seq as usize];
+    for f in feeds {
+        if f.token as usize >= vocab {
+            return Err(StepError::Token {
+                token: f.token,
+                vocab,
+            });
+        }
+        let s = seen
+            .get_mut(f.seq as usize)
+            .ok_or(StepError::NoSequence { seq: f.seq, n_seq })?;
+        if std::mem::replace(s, true) {
+            return Err(StepError::Twice(f.seq));
+        }
+    }
+    Ok(())
 }
 
 /// RMSNorm: y = (x * 1/sqrt(mean(x^2) + eps)) * w, the squares summed in f64 in order.
@@ -169,7 +242,7 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// (cos, sin) of `pos * inv_freq[i]` for each pair i, rounded to f32.
-fn rope_cs(inv_freq: &[f64], pos: f64, out: &mut Vec<(f32, f32)>) {
+pub(crate) fn rope_cs(inv_freq: &[f64], pos: f64, out: &mut Vec<(f32, f32)>) {
     out.clear();
     out.extend(inv_freq.iter().map(|&f| {
         let (s, c) = sin_cos_f64(pos * f);
@@ -203,33 +276,16 @@ impl Session<'_> {
     /// sequence's window first when it is full (see [`Session::clear`] and the slide in
     /// docs/ENGINE.md).
     pub fn feed(&mut self, seq: u32, token: u32, logits: bool) -> Result<Feed, StepError> {
-        let i = seq as usize;
-        let Some(&pos) = self.next_pos.get(i) else {
-            return Err(StepError::NoSequence {
-                seq,
-                n_seq: self.n_seq,
-            });
-        };
-        let pos = if pos >= self.window.ctx {
-            self.slide(i);
-            self.window.ctx - self.window.slide
-        } else {
-            pos
-        };
-        self.next_pos[i] = pos + 1;
-        Ok(Feed {
-            seq,
-            token,
-            pos,
-            logits,
-        })
+        let (feed, slid) = self.positions.feed(seq, token, logits)?;
+        if slid {
+            self.slide(seq as usize);
+        }
+        Ok(feed)
     }
 
     /// Forgets sequence `seq`, so a new stream can start in it.
     pub fn clear(&mut self, seq: u32) {
-        if let Some(p) = self.next_pos.get_mut(seq as usize) {
-            *p = 0;
-        }
+        self.positions.clear(seq);
     }
 
     /// Logits after the `i`-th feed of the last [`Session::decode`] (which must have
@@ -276,22 +332,7 @@ impl Session<'_> {
         let m = self.model;
         let c = &m.cfg;
         let n = feeds.len();
-        let mut seen = vec![false; self.n_seq as usize];
-        for f in feeds {
-            if f.token as usize >= c.vocab {
-                return Err(StepError::Token {
-                    token: f.token,
-                    vocab: c.vocab,
-                });
-            }
-            let s = seen.get_mut(f.seq as usize).ok_or(StepError::NoSequence {
-                seq: f.seq,
-                n_seq: self.n_seq,
-            })?;
-            if std::mem::replace(s, true) {
-                return Err(StepError::Twice(f.seq));
-            }
-        }
+        check(feeds, self.n_seq, c.vocab)?;
         self.rows.clear();
         if n == 0 {
             return Ok(());
