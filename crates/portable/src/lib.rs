@@ -10,8 +10,12 @@
 //! - [`Model`] and [`Session`]: the llama architecture (SmolLM2), stepped over many
 //!   sequences at once, each with its own f16 key/value cache and sliding window.
 //!
+//! - [`device`]: the same step as kernels for a CUDA GPU, or the host as their
+//!   emulator.
+//!
 //! It needs no llama.cpp: only `nc06` (whose exp2 and fixed sums it shares).
 
+pub mod device;
 pub mod gguf;
 mod model;
 pub mod num;

@@ -187,6 +187,28 @@ impl Matrix {
         }
     }
 
+    /// The matrix as a device takes it (`device/kernels.cu`): one byte per weight in
+    /// row-major order (Q4_1's 0..=15, or Q8_0's i8 as u8), and per `[row][block]` the
+    /// scale d and (Q4_1) the minimum m; with whether it is Q8_0.
+    pub(crate) fn plain(&self) -> (bool, Vec<u8>, Vec<f32>, Vec<f32>) {
+        let nb = self.cols / BLOCK;
+        let mut q = Vec::with_capacity(self.rows * self.cols);
+        let (mut d, mut m) = (Vec::with_capacity(self.rows * nb), Vec::new());
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let (byte, shift) = q_at(self.kind, nb, r, c);
+                q.push(self.q[byte] >> shift & if self.kind == Kind::Q4_1 { 15 } else { 255 });
+            }
+            for b in 0..nb {
+                d.push(self.d[s_at(nb, r, b)]);
+                if self.kind == Kind::Q4_1 {
+                    m.push(self.m[s_at(nb, r, b)]);
+                }
+            }
+        }
+        (self.kind == Kind::Q8_0, q, d, m)
+    }
+
     /// `out[s * rows + r]` = row r · stream s's activations. Tiles of rows are split
     /// over rayon's threads; each output is computed alone, so the split changes
     /// nothing.

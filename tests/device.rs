@@ -1,0 +1,163 @@
+//! The portable engine's device kernels (crates/portable/src/device, issue 17) on the
+//! real SmolLM2 file: the host's emulation of them gives the CPU engine's logits bit
+//! for bit, alone, in a batch, across slides and after a clear; a CUDA GPU, where
+//! there is one, gives the same bits; and NVRTC, where it is at hand, compiles them
+//! with no fused multiply-add.
+//!
+//! `NACRITHFS_REQUIRE_GPU=1` (scripts/device-check.sh) makes a missing GPU a failure
+//! instead of a skip.
+
+mod common;
+
+use nacrithfs_portable::device::{Device, DeviceSession};
+use nacrithfs_portable::{Feed, Session};
+use nc06::simd::Isa;
+use nc06::Window;
+use std::sync::OnceLock;
+
+fn portable() -> &'static nacrithfs_portable::Model {
+    static M: OnceLock<nacrithfs_portable::Model> = OnceLock::new();
+    M.get_or_init(|| {
+        let path = nacrithfs_engine::model::default_model_path();
+        nacrithfs_portable::Model::load(&path)
+            .expect("the default model loads in the portable engine")
+    })
+}
+
+/// A session of either kind, as the tests drive it.
+trait Steps {
+    fn feed(&mut self, seq: u32, token: u32, logits: bool) -> Feed;
+    fn decode(&mut self, feeds: &[Feed]);
+    fn logits(&self, i: usize) -> Vec<f32>;
+}
+
+impl Steps for Session<'_> {
+    fn feed(&mut self, seq: u32, token: u32, logits: bool) -> Feed {
+        Session::feed(self, seq, token, logits).unwrap()
+    }
+    fn decode(&mut self, feeds: &[Feed]) {
+        Session::decode(self, feeds).unwrap()
+    }
+    fn logits(&self, i: usize) -> Vec<f32> {
+        Session::logits(self, i).to_vec()
+    }
+}
+
+impl Steps for DeviceSession {
+    fn feed(&mut self, seq: u32, token: u32, logits: bool) -> Feed {
+        DeviceSession::feed(self, seq, token, logits).unwrap()
+    }
+    fn decode(&mut self, feeds: &[Feed]) {
+        DeviceSession::decode(self, feeds).unwrap()
+    }
+    fn logits(&self, i: usize) -> Vec<f32> {
+        DeviceSession::logits(self, i).to_vec()
+    }
+}
+
+/// Every step's logits for `tokens` fed to sequence `seq` of `s`, beside `others`
+/// (other sequences' tokens, fed in the same steps while they last).
+fn run(s: &mut dyn Steps, seq: u32, tokens: &[u32], others: &[(u32, &[u32])]) -> Vec<Vec<f32>> {
+    let bos = portable().config().bos;
+    let mut out = Vec::new();
+    for step in 0..tokens.len() {
+        let tok = |t: &[u32]| if step == 0 { bos } else { t[step - 1] };
+        let mut feeds = vec![s.feed(seq, tok(tokens), true)];
+        for &(o, t) in others {
+            if step < t.len() {
+                feeds.push(s.feed(o, tok(t), step % 3 == 0));
+            }
+        }
+        s.decode(&feeds);
+        out.push(s.logits(0));
+    }
+    out
+}
+
+fn tokens(text: &str, n: usize) -> Vec<u32> {
+    let t = common::model().tokenize(text.as_bytes());
+    t[..n.min(t.len())].to_vec()
+}
+
+/// The first step at which two runs' logits differ, if any.
+fn first_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> Option<usize> {
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    (0..a.len().max(b.len())).find(|&i| a.get(i).map(|v| bits(v)) != b.get(i).map(|v| bits(v)))
+}
+
+/// The comparison every device must pass: a sequence alone on the CPU engine, against
+/// the same sequence on `dev` inside a batch of three that slides (twice for the
+/// first), and again after a clear.
+fn same_bits_as_the_cpu(dev: impl Fn() -> Device, steps: usize) {
+    let a = tokens(common::ENGLISH, steps);
+    let b = tokens(common::MULTILINGUAL, steps * 3 / 4);
+    let c = tokens(&common::ENGLISH[500..], steps / 2);
+    let window = Window { ctx: 40, slide: 12 };
+    let m = portable();
+    let alone = run(&mut m.session(1, window, Isa::detect()), 0, &a, &[]);
+    let mut s = DeviceSession::new(m, dev(), 3, window).expect("the session fits the device");
+    eprintln!("device: {}", s.device());
+    let batched = run(&mut s, 1, &a, &[(0, &b), (2, &c)]);
+    assert_eq!(
+        first_difference(&alone, &batched),
+        None,
+        "a sequence on the device, in a batch, differs from the CPU engine's alone"
+    );
+    s.clear(1);
+    let again = run(&mut s, 1, &a, &[]);
+    assert_eq!(
+        first_difference(&alone, &again),
+        None,
+        "a cleared sequence on the device differs"
+    );
+}
+
+#[test]
+fn the_kernels_emulated_on_the_host_give_the_cpu_engines_bits() {
+    same_bits_as_the_cpu(Device::host, 60);
+}
+
+/// A CUDA GPU, or None (with a note) where there is none, unless the run requires one.
+fn gpu() -> Option<Device> {
+    match Device::cuda() {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var("NACRITHFS_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("a GPU is required: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no CUDA GPU ({e})");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_cuda_gpu_gives_the_cpu_engines_bits() {
+    if gpu().is_none() {
+        return;
+    }
+    same_bits_as_the_cpu(|| Device::cuda().expect("the GPU opens again"), 90);
+}
+
+#[test]
+fn nvrtc_compiles_the_kernels_with_no_fused_multiply_add() {
+    let ptx = match nacrithfs_portable::device::ptx(90) {
+        Ok(p) => p,
+        Err(e) if std::env::var("NACRITHFS_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("NVRTC is required: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no NVRTC ({e})");
+            return;
+        }
+    };
+    for k in nacrithfs_portable::device::Kernel::ALL {
+        let k = k.name();
+        assert!(
+            ptx.contains(&format!(".entry {k}(")),
+            "kernel {k} in the PTX"
+        );
+    }
+    assert!(!ptx.contains("fma."), "a fused multiply-add in the PTX");
+    assert!(ptx.contains("mul.rn.f32") && ptx.contains("add.rn.f32"));
+}
