@@ -161,3 +161,79 @@ fn nvrtc_compiles_the_kernels_with_no_fused_multiply_add() {
     assert!(!ptx.contains("fma."), "a fused multiply-add in the PTX");
     assert!(ptx.contains("mul.rn.f32") && ptx.contains("add.rn.f32"));
 }
+
+/// `nacrithfs` with `NACRITHFS_DEVICE` set to `device`.
+fn nacrithfs(device: &str, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nacrithfs"))
+        .env("NACRITHFS_DEVICE", device)
+        .args(args)
+        .output()
+        .expect("spawn nacrithfs");
+    assert!(
+        out.status.success(),
+        "nacrithfs {args:?} on {device}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The whole engine on the device kernels (emulated here; scripts/device-check.sh
+/// runs the same on a GPU with `NACRITHFS_DEVICE=cuda`): `compress` gives the CPU
+/// engine's blob byte for byte, at 1 and 4 streams, and each decodes the other's.
+fn the_engine_on(device: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("t.txt");
+    std::fs::write(&text, common::ENGLISH).unwrap();
+    let t = text.to_str().unwrap();
+    let blob = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (cpu, dev) = (blob("cpu.nc"), blob("dev.nc"));
+    for streams in ["1", "4"] {
+        let args = |out: &str| {
+            vec![
+                "compress",
+                t,
+                "-o",
+                out,
+                "--backend",
+                "portable",
+                "--streams",
+                streams,
+                "--chunk-size",
+                "400",
+                "--force",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+        };
+        let run = |device: &str, out: &str| {
+            let a = args(out);
+            nacrithfs(device, &a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+        };
+        run("cpu", &cpu);
+        run(device, &dev);
+        assert!(
+            std::fs::read(&cpu).unwrap() == std::fs::read(&dev).unwrap(),
+            "{device} at {streams} streams: the blob differs from the CPU engine's"
+        );
+    }
+    for (who, b) in [("cpu", &dev), (device, &cpu)] {
+        let back = blob("back.txt");
+        nacrithfs(who, &["decompress", b, "-o", &back, "--force"]);
+        assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&text).unwrap());
+        std::fs::remove_file(&back).unwrap();
+    }
+}
+
+#[test]
+fn the_engine_on_the_emulated_kernels_makes_the_cpu_engines_blobs() {
+    the_engine_on("host");
+}
+
+#[test]
+fn the_engine_on_a_cuda_gpu_makes_the_cpu_engines_blobs() {
+    if gpu().is_none() {
+        return;
+    }
+    the_engine_on("cuda");
+}

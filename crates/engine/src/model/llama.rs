@@ -100,6 +100,12 @@ pub enum ModelError {
     /// A step of the portable engine was refused.
     #[error("portable engine step")]
     Step(#[source] nacrithfs_portable::StepError),
+    /// The portable engine's GPU failed (or `NACRITHFS_DEVICE=cuda` found none).
+    #[error("portable engine on the GPU")]
+    Device(#[source] nacrithfs_portable::device::DeviceError),
+    /// A step of the portable engine on the GPU failed.
+    #[error("portable engine step on the GPU")]
+    DeviceStep(#[source] nacrithfs_portable::device::DeviceStepError),
     /// No context of this size could be made (usually: not enough memory).
     #[error("llama.cpp could not create a context for {n_seq} sequences of {n_ctx} tokens")]
     Context {
@@ -182,6 +188,51 @@ pub struct Model {
     auto_threads: bool,
     /// Layers run on a GPU (so a decode call is fast and the CPU side matters).
     offloaded: bool,
+    /// Where the portable engine's sessions run when not on the CPU engine, and what
+    /// that device is.
+    device: Option<(Place, String)>,
+}
+
+/// Environment variable choosing where the portable engine runs: `cpu`, `cuda` (an
+/// error without a GPU), `host` (its device kernels emulated on the CPU: slow, for
+/// tests) or `auto` (the default: the first CUDA GPU when the driver and NVRTC load,
+/// else the CPU). Every choice gives the same bits.
+pub const DEVICE_ENV: &str = "NACRITHFS_DEVICE";
+
+/// Where the portable engine's device sessions run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Cuda,
+    Host,
+}
+
+impl Place {
+    fn open(self) -> Result<nacrithfs_portable::device::Device, ModelError> {
+        match self {
+            Place::Cuda => nacrithfs_portable::device::Device::cuda().map_err(ModelError::Device),
+            Place::Host => Ok(nacrithfs_portable::device::Device::host()),
+        }
+    }
+}
+
+/// The device that `$NACRITHFS_DEVICE` puts the portable engine on, if any: a GPU is
+/// opened once here to check that it works (its kernels compile), then each session
+/// opens its own.
+fn portable_device() -> Result<Option<(Place, String)>, ModelError> {
+    let choice = std::env::var(DEVICE_ENV).unwrap_or_default();
+    let opened = |place: Place| place.open().map(|d| Some((place, d.describe())));
+    match choice.as_str() {
+        "cpu" => Ok(None),
+        "cuda" => opened(Place::Cuda),
+        "host" => opened(Place::Host),
+        _ => match opened(Place::Cuda) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                log::debug!("portable engine on the CPU: {e}");
+                Ok(None)
+            }
+        },
+    }
 }
 
 impl Model {
@@ -212,9 +263,16 @@ impl Model {
                 });
             }
         }
-        let (descriptor, offloaded) = match portable {
-            Some(_) => (portable_descriptor(), false),
-            None => build_descriptor(backend, opts),
+        let (descriptor, offloaded, device) = match portable {
+            Some(_) => {
+                let device = portable_device()?;
+                let gpu = matches!(device, Some((Place::Cuda, _)));
+                (portable_descriptor(), gpu, device)
+            }
+            None => {
+                let (d, o) = build_descriptor(backend, opts);
+                (d, o, None)
+            }
         };
         let threads = if opts.threads == 0 {
             std::thread::available_parallelism()
@@ -234,6 +292,7 @@ impl Model {
             threads: threads.min(256) as i32,
             auto_threads: opts.threads == 0,
             offloaded,
+            device,
         })
     }
 
@@ -269,6 +328,12 @@ impl Model {
     /// Whether the model runs on a GPU.
     pub fn offloaded(&self) -> bool {
         self.offloaded
+    }
+
+    /// The device the portable engine runs on, when it is not the CPU engine (a GPU,
+    /// or the host emulating one).
+    pub fn device(&self) -> Option<&str> {
+        self.device.as_ref().map(|(_, d)| d.as_str())
     }
 
     /// The token every sequence starts from; the first real token is predicted after it.
@@ -334,6 +399,17 @@ impl Model {
     ) -> Result<Session<'_>, ModelError> {
         let threads = threads.clamp(1, 256) as i32;
         let n_seq = n_seq.max(1);
+        if let (Some(p), Some((place, _))) = (&self.portable, &self.device) {
+            let dev = place.open()?;
+            let s = nacrithfs_portable::device::DeviceSession::new(p, dev, n_seq, window)
+                .map_err(ModelError::Device)?;
+            return Ok(Session {
+                inner: Inner::Device { s: Box::new(s) },
+                window,
+                n_seq,
+                threads: threads as usize,
+            });
+        }
         if let Some(p) = &self.portable {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads as usize)
@@ -516,6 +592,11 @@ enum Inner<'m> {
         /// The threads its matrix products and attention are split over.
         pool: rayon::ThreadPool,
     },
+    /// The portable engine on a GPU: the same feeds and bits.
+    Device {
+        /// Boxed: the session holds the addresses of every weight on the device.
+        s: Box<nacrithfs_portable::device::DeviceSession>,
+    },
 }
 
 /// One token to feed: sequence `seq` at position `pos`. Made only by
@@ -582,6 +663,13 @@ impl<'m> Session<'m> {
                 .feed(seq, token, logits)
                 .map(|f| Feed(FeedOf::Portable(f)))
                 .map_err(|_| no_seq()),
+            Inner::Device { s } => s
+                .feed(seq, token, logits)
+                .map(|f| Feed(FeedOf::Portable(f)))
+                .map_err(|e| match e {
+                    nacrithfs_portable::device::DeviceStepError::Step(_) => no_seq(),
+                    e => ModelError::DeviceStep(e),
+                }),
             Inner::Llama { ctx, next_pos, .. } => {
                 let i = seq as usize;
                 let Some(&pos) = next_pos.get(i) else {
@@ -606,17 +694,21 @@ impl<'m> Session<'m> {
     /// Runs one decode call with one token for each listed sequence (each at most once).
     /// Afterwards `logits(i)` holds the prediction after `feeds[i]`.
     pub fn decode(&mut self, feeds: &[Feed]) -> Result<(), ModelError> {
+        let portable = || -> Vec<nacrithfs_portable::Feed> {
+            feeds
+                .iter()
+                .filter_map(|f| match f.0 {
+                    FeedOf::Portable(f) => Some(f),
+                    FeedOf::Llama { .. } => None,
+                })
+                .collect()
+        };
         match &mut self.inner {
             Inner::Portable { s, pool } => {
-                let fs: Vec<nacrithfs_portable::Feed> = feeds
-                    .iter()
-                    .filter_map(|f| match f.0 {
-                        FeedOf::Portable(f) => Some(f),
-                        FeedOf::Llama { .. } => None,
-                    })
-                    .collect();
+                let fs = portable();
                 pool.install(|| s.decode(&fs)).map_err(ModelError::Step)
             }
+            Inner::Device { s } => s.decode(&portable()).map_err(ModelError::DeviceStep),
             Inner::Llama { ctx, batch, .. } => {
                 batch.clear();
                 for f in feeds {
@@ -644,6 +736,7 @@ impl<'m> Session<'m> {
     pub fn logits(&self, i: usize) -> &[f32] {
         match &self.inner {
             Inner::Portable { s, .. } => s.logits(i),
+            Inner::Device { s } => s.logits(i),
             Inner::Llama { ctx, .. } => ctx.get_logits_ith(i as i32),
         }
     }
@@ -652,6 +745,10 @@ impl<'m> Session<'m> {
     pub fn clear(&mut self, seq: u32) -> Result<(), ModelError> {
         match &mut self.inner {
             Inner::Portable { s, .. } => {
+                s.clear(seq);
+                Ok(())
+            }
+            Inner::Device { s } => {
                 s.clear(seq);
                 Ok(())
             }

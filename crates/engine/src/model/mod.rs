@@ -4,7 +4,9 @@
 
 mod llama;
 
-pub use llama::{fingerprint_of, release_threads, Feed, Model, ModelError, ModelOptions, Session};
+pub use llama::{
+    fingerprint_of, release_threads, Feed, Model, ModelError, ModelOptions, Session, DEVICE_ENV,
+};
 
 use std::path::PathBuf;
 
