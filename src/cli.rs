@@ -541,6 +541,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 temperature: 1.0,
                 precision: engine.precision(),
             };
+            let m = engine.model();
+            println!(
+                "{} backend, on {}",
+                m.backend().name(),
+                m.device()
+                    .unwrap_or(if m.offloaded() { "the GPU" } else { "the CPU" })
+            );
+            println!();
             println!("| streams | mode | tokens | seconds | tokens/s | KB/s | % of raw | model s | predictor+coder s | bits/byte | RSS MiB |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|");
             let mut raw_rate = 0.0;

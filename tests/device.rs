@@ -139,6 +139,37 @@ fn a_cuda_gpu_gives_the_cpu_engines_bits() {
     same_bits_as_the_cpu(|| Device::cuda().expect("the GPU opens again"), 90);
 }
 
+/// On a GPU, a stream alone and the same stream inside batches of 64 and 512 (the
+/// others cut from other text), over a window that slides: the same logits.
+#[test]
+fn a_cuda_gpu_is_batch_invariant_at_64_and_512_streams() {
+    let Some(dev) = gpu() else {
+        return;
+    };
+    let text = tokens(include_str!("../docs/ARCHITECTURE.md"), 4000);
+    let a = &text[..60];
+    let window = Window { ctx: 48, slide: 16 };
+    let m = portable();
+    let mut s = DeviceSession::new(m, dev, 1, window).unwrap();
+    let alone = run(&mut s, 0, a, &[]);
+    drop(s);
+    for n in [64u32, 512] {
+        let mut s = DeviceSession::new(m, Device::cuda().unwrap(), n, window).unwrap();
+        let others: Vec<(u32, &[u32])> = (1..n)
+            .map(|k| {
+                let at = (k as usize * 7) % (text.len() - 60);
+                (k, &text[at..at + 60])
+            })
+            .collect();
+        let batched = run(&mut s, 0, a, &others);
+        assert_eq!(
+            first_difference(&alone, &batched),
+            None,
+            "a stream inside a batch of {n} on the GPU differs from itself alone"
+        );
+    }
+}
+
 #[test]
 fn nvrtc_compiles_the_kernels_with_no_fused_multiply_add() {
     let ptx = match nacrithfs_portable::device::ptx(90) {
@@ -164,7 +195,10 @@ fn nvrtc_compiles_the_kernels_with_no_fused_multiply_add() {
 
 /// `nacrithfs` with `NACRITHFS_DEVICE` set to `device`.
 fn nacrithfs(device: &str, args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nacrithfs"))
+    // NACRITHFS_TEST_BIN: the binary elsewhere (scripts/device-check.sh carries both).
+    let bin = std::env::var_os("NACRITHFS_TEST_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_nacrithfs").into());
+    let out = std::process::Command::new(bin)
         .env("NACRITHFS_DEVICE", device)
         .args(args)
         .output()
