@@ -5,8 +5,8 @@
 use crate::error::CliError;
 use clap::Args;
 use nacrithfs_engine::model::{
-    cached_by_digest, resolve_model_path, Backend, BackendChoice, Model, ModelError, ModelOptions,
-    MODEL_ENV,
+    cached_by_digest, resolve_model_path, Backend, BackendChoice, DeviceChoice, Model, ModelError,
+    ModelOptions, MODEL_ENV,
 };
 use nacrithfs_engine::{Engine, EngineConfig};
 use nacrithfs_pack::Shard;
@@ -37,6 +37,15 @@ pub struct ModelArgs {
     /// A blob is always decoded by the backend that coded it.
     #[arg(long, global = true, value_name = "auto|llama|portable", default_value = "auto", value_parser = parse_backend)]
     pub backend: BackendChoice,
+    /// Where the portable engine runs: auto (a CUDA GPU when there is one and it passes
+    /// a bit-for-bit probe against the CPU engine, else the CPU), cpu or cuda. Never
+    /// changes a blob. Default: $NACRITHFS_DEVICE, else auto.
+    #[arg(long, global = true, value_name = "auto|cpu|cuda", value_parser = parse_device)]
+    pub device: Option<DeviceChoice>,
+}
+
+fn parse_device(s: &str) -> Result<DeviceChoice, String> {
+    DeviceChoice::parse(s).ok_or_else(|| format!("unknown device {s}: auto, cpu or cuda"))
 }
 
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
@@ -70,6 +79,7 @@ impl ModelArgs {
         ModelOptions {
             threads: self.threads,
             backend: self.backend,
+            device: self.device.unwrap_or_else(DeviceChoice::from_env),
             ..Default::default()
         }
     }

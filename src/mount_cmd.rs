@@ -387,6 +387,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             "threads" => out.extend(flag("threads")?),
             "model" => out.extend(flag("model")?),
             "backend" => out.extend(flag("backend")?),
+            "device" => out.extend(flag("device")?),
             "log" => out.extend(flag("log")?),
             // What every mount takes, or what nacrithfs always does.
             "rw" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "nofail"
@@ -395,7 +396,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             k if k.starts_with("x-") || k.starts_with("comment=") => {}
             _ => {
                 return Err(CliError::Usage(format!(
-                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, read_ahead=, settle_ms=, max_file_mb=, chunk_size=, window_mb=, jobs=, workers=, streams=, threads=, model=, backend=, log=, suid, dev)"
+                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, read_ahead=, settle_ms=, max_file_mb=, chunk_size=, window_mb=, jobs=, workers=, streams=, threads=, model=, backend=, device=, log=, suid, dev)"
                 )))
             }
         }
@@ -447,7 +448,7 @@ mod tests {
                 "/srv/b",
                 "/mnt/m",
                 "-o",
-                "model=/m.gguf,jobs=2,backend=portable",
+                "model=/m.gguf,jobs=2,backend=portable,device=cpu",
             ]),
             &subs,
         )
@@ -465,6 +466,8 @@ mod tests {
                 "2",
                 "--backend",
                 "portable",
+                "--device",
+                "cpu",
                 "/srv/b",
                 "/mnt/m"
             ])

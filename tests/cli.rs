@@ -442,4 +442,9 @@ fn a_portable_blob_decodes_without_naming_its_backend_and_ignores_threads() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(2), "{err}");
     assert!(err.contains("auto, llama or portable"), "{err}");
+    // So is an unknown device; a known one codes the same blob as any other.
+    let bad = run(&["compress", i, "-o", "/dev/null", "--device", "gpu"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{err}");
+    assert!(err.contains("auto, cpu or cuda"), "{err}");
 }

@@ -271,3 +271,9 @@ fn the_engine_on_a_cuda_gpu_makes_the_cpu_engines_blobs() {
     }
     the_engine_on("cuda");
 }
+
+#[test]
+fn the_probe_the_engine_runs_before_using_a_device_passes_on_the_emulator() {
+    let ok = nacrithfs_portable::device::agrees_with_cpu(portable(), Device::host());
+    assert!(ok.expect("the probe runs"), "the emulated kernels disagree");
+}

@@ -106,6 +106,10 @@ pub enum ModelError {
     /// A step of the portable engine on the GPU failed.
     #[error("portable engine step on the GPU")]
     DeviceStep(#[source] nacrithfs_portable::device::DeviceStepError),
+    /// The GPU's logits are not the CPU engine's bits (a driver or compiler that breaks
+    /// the spec): what it coded would not decode elsewhere, so it is not used.
+    #[error("the GPU ({0}) does not compute the portable engine's logits bit for bit; its blobs would not decode on other machines: run with NACRITHFS_DEVICE=cpu")]
+    DeviceDisagrees(String),
     /// No context of this size could be made (usually: not enough memory).
     #[error("llama.cpp could not create a context for {n_seq} sequences of {n_ctx} tokens")]
     Context {
@@ -145,6 +149,8 @@ pub struct ModelOptions {
     pub threads: usize,
     /// Which engine computes the logits (recorded in every blob's fingerprint).
     pub backend: BackendChoice,
+    /// Where the portable engine runs (never changes a bit).
+    pub device: DeviceChoice,
 }
 
 impl Default for ModelOptions {
@@ -153,6 +159,47 @@ impl Default for ModelOptions {
             gpu_layers: if cfg!(feature = "cuda") { 999 } else { 0 },
             threads: 0,
             backend: BackendChoice::default(),
+            device: DeviceChoice::from_env(),
+        }
+    }
+}
+
+/// Where the portable engine runs (`--device`, the mount's `device=`; default
+/// `$NACRITHFS_DEVICE`, else auto). Every choice gives the same bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The first CUDA GPU whose driver and NVRTC load and whose logits pass the probe
+    /// against the CPU engine; else the CPU.
+    #[default]
+    Auto,
+    /// The CPU engine.
+    Cpu,
+    /// A CUDA GPU, or an error.
+    Cuda,
+    /// The device kernels emulated on the host: slow, for tests.
+    Host,
+}
+
+impl DeviceChoice {
+    /// The choice called `name` (`auto`, `cpu`, `cuda`, `host`).
+    pub fn parse(name: &str) -> Option<DeviceChoice> {
+        Some(match name {
+            "auto" => DeviceChoice::Auto,
+            "cpu" => DeviceChoice::Cpu,
+            "cuda" => DeviceChoice::Cuda,
+            "host" => DeviceChoice::Host,
+            _ => return None,
+        })
+    }
+
+    /// `$NACRITHFS_DEVICE`, else auto (an unknown value is auto too, with a warning).
+    pub fn from_env() -> DeviceChoice {
+        match std::env::var(DEVICE_ENV) {
+            Ok(v) => DeviceChoice::parse(&v).unwrap_or_else(|| {
+                log::warn!("{DEVICE_ENV}={v:?} is not auto, cpu, cuda or host: taking auto");
+                DeviceChoice::Auto
+            }),
+            Err(_) => DeviceChoice::Auto,
         }
     }
 }
@@ -193,10 +240,7 @@ pub struct Model {
     device: Option<(Place, String)>,
 }
 
-/// Environment variable choosing where the portable engine runs: `cpu`, `cuda` (an
-/// error without a GPU), `host` (its device kernels emulated on the CPU: slow, for
-/// tests) or `auto` (the default: the first CUDA GPU when the driver and NVRTC load,
-/// else the CPU). Every choice gives the same bits.
+/// Environment variable giving [`DeviceChoice`]'s default.
 pub const DEVICE_ENV: &str = "NACRITHFS_DEVICE";
 
 /// Where the portable engine's device sessions run.
@@ -215,18 +259,35 @@ impl Place {
     }
 }
 
-/// The device that `$NACRITHFS_DEVICE` puts the portable engine on, if any: a GPU is
-/// opened once here to check that it works (its kernels compile), then each session
-/// opens its own.
-fn portable_device() -> Result<Option<(Place, String)>, ModelError> {
-    let choice = std::env::var(DEVICE_ENV).unwrap_or_default();
-    let opened = |place: Place| place.open().map(|d| Some((place, d.describe())));
-    match choice.as_str() {
-        "cpu" => Ok(None),
-        "cuda" => opened(Place::Cuda),
-        "host" => opened(Place::Host),
-        _ => match opened(Place::Cuda) {
+/// The device that `choice` puts the portable engine on, if any. A GPU is opened here
+/// once and must give the CPU engine's logits bit for bit on a short probe
+/// (`agrees_with_cpu`) before anything is coded on it; then each session opens its own.
+fn portable_device(
+    p: &nacrithfs_portable::Model,
+    choice: DeviceChoice,
+) -> Result<Option<(Place, String)>, ModelError> {
+    let gpu = || -> Result<Option<(Place, String)>, ModelError> {
+        let dev = Place::Cuda.open()?;
+        let name = dev.describe();
+        match nacrithfs_portable::device::agrees_with_cpu(p, dev) {
+            Ok(true) => Ok(Some((Place::Cuda, name))),
+            Ok(false) => Err(ModelError::DeviceDisagrees(name)),
+            Err(e) => Err(ModelError::DeviceStep(e)),
+        }
+    };
+    match choice {
+        DeviceChoice::Cpu => Ok(None),
+        DeviceChoice::Cuda => gpu(),
+        DeviceChoice::Host => {
+            let dev = Place::Host.open()?;
+            Ok(Some((Place::Host, dev.describe())))
+        }
+        DeviceChoice::Auto => match gpu() {
             Ok(d) => Ok(d),
+            Err(e @ ModelError::DeviceDisagrees(_)) => {
+                log::warn!("portable engine on the CPU: {e}");
+                Ok(None)
+            }
             Err(e) => {
                 log::debug!("portable engine on the CPU: {e}");
                 Ok(None)
@@ -263,9 +324,9 @@ impl Model {
                 });
             }
         }
-        let (descriptor, offloaded, device) = match portable {
-            Some(_) => {
-                let device = portable_device()?;
+        let (descriptor, offloaded, device) = match &portable {
+            Some(p) => {
+                let device = portable_device(p, opts.device)?;
                 let gpu = matches!(device, Some((Place::Cuda, _)));
                 (portable_descriptor(), gpu, device)
             }

@@ -5,7 +5,8 @@
 mod llama;
 
 pub use llama::{
-    fingerprint_of, release_threads, Feed, Model, ModelError, ModelOptions, Session, DEVICE_ENV,
+    fingerprint_of, release_threads, DeviceChoice, Feed, Model, ModelError, ModelOptions, Session,
+    DEVICE_ENV,
 };
 
 use std::path::PathBuf;

@@ -18,7 +18,7 @@ mod host;
 mod session;
 
 pub use cuda::ptx;
-pub use session::{DeviceSession, DeviceStepError};
+pub use session::{agrees_with_cpu, DeviceSession, DeviceStepError};
 
 /// The kernels' source: compiled by NVRTC for a GPU, and by the build script for the
 /// host.

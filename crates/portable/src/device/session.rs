@@ -462,3 +462,40 @@ impl DeviceSession {
         Ok(())
     }
 }
+
+/// Whether `dev` computes the CPU engine's logits for `model`: two streams of fixed
+/// tokens, 24 steps in a window of 16 that slides by 4, compared bit for bit. The
+/// engine runs this on a GPU before it codes anything there, so a device, driver or
+/// compiler that breaks the spec is never used: its blobs would not decode elsewhere.
+pub fn agrees_with_cpu(model: &Model, dev: Device) -> Result<bool, DeviceStepError> {
+    let window = Window { ctx: 16, slide: 4 };
+    let mut cpu = model.session(2, window, nc06::simd::isa());
+    let mut gpu = DeviceSession::new(model, dev, 2, window)?;
+    let vocab = model.cfg.vocab as u32;
+    for i in 0..24u32 {
+        let token = |s: u32| match i {
+            0 => model.cfg.bos,
+            _ => (i * 7919 + s * 104_729 + 13) % vocab,
+        };
+        let a: Vec<Feed> = (0..2)
+            .map(|s| cpu.feed(s, token(s), true))
+            .collect::<Result<_, _>>()?;
+        let b: Vec<Feed> = (0..2)
+            .map(|s| gpu.feed(s, token(s), true))
+            .collect::<Result<_, _>>()?;
+        cpu.decode(&a)?;
+        gpu.decode(&b)?;
+        for s in 0..2 {
+            let same = cpu.logits(s).len() == gpu.logits(s).len()
+                && cpu
+                    .logits(s)
+                    .iter()
+                    .zip(gpu.logits(s))
+                    .all(|(x, y)| x.to_bits() == y.to_bits());
+            if !same {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
