@@ -277,3 +277,19 @@ fn the_probe_the_engine_runs_before_using_a_device_passes_on_the_emulator() {
     let ok = nacrithfs_portable::device::agrees_with_cpu(portable(), Device::host());
     assert!(ok.expect("the probe runs"), "the emulated kernels disagree");
 }
+
+/// The probe is what keeps a device that breaks the spec from coding blobs: the same
+/// kernels built with fused multiply-adds (one rounding where the spec has two) give
+/// other logits, and it says so.
+#[test]
+fn the_probe_refuses_kernels_built_with_fused_multiply_adds() {
+    let Some(dev) = Device::host_fused() else {
+        eprintln!("skipped: this CPU has no fused multiply-add");
+        return;
+    };
+    let ok = nacrithfs_portable::device::agrees_with_cpu(portable(), dev);
+    assert!(
+        !ok.expect("the probe runs"),
+        "fused multiply-adds went unnoticed"
+    );
+}

@@ -8,45 +8,58 @@ use std::ffi::c_void;
 
 type HostKernel = unsafe extern "C" fn(start: u32, end: u32, params: *const c_void);
 
-extern "C" {
-    fn nc_host_embed(start: u32, end: u32, params: *const c_void);
-    fn nc_host_rms_norm(start: u32, end: u32, params: *const c_void);
-    fn nc_host_quant(start: u32, end: u32, params: *const c_void);
-    fn nc_host_matmul(start: u32, end: u32, params: *const c_void);
-    fn nc_host_rope(start: u32, end: u32, params: *const c_void);
-    fn nc_host_store(start: u32, end: u32, params: *const c_void);
-    fn nc_host_scores(start: u32, end: u32, params: *const c_void);
-    fn nc_host_softmax(start: u32, end: u32, params: *const c_void);
-    fn nc_host_mix(start: u32, end: u32, params: *const c_void);
-    fn nc_host_add(start: u32, end: u32, params: *const c_void);
-    fn nc_host_silu_mul(start: u32, end: u32, params: *const c_void);
-    fn nc_host_slide_out(start: u32, end: u32, params: *const c_void);
-    fn nc_host_slide_in(start: u32, end: u32, params: *const c_void);
+/// Declares each build's entry points and the table from [`Kernel`] to them.
+macro_rules! entries {
+    ($table:ident, $($kernel:ident => $f:ident),* $(,)?) => {
+        extern "C" {
+            $(fn $f(start: u32, end: u32, params: *const c_void);)*
+        }
+        fn $table(k: Kernel) -> HostKernel {
+            match k {
+                $(Kernel::$kernel => $f,)*
+            }
+        }
+    };
 }
 
-fn entry(k: Kernel) -> HostKernel {
-    match k {
-        Kernel::Embed => nc_host_embed,
-        Kernel::RmsNorm => nc_host_rms_norm,
-        Kernel::Quant => nc_host_quant,
-        Kernel::MatMul => nc_host_matmul,
-        Kernel::Rope => nc_host_rope,
-        Kernel::Store => nc_host_store,
-        Kernel::Scores => nc_host_scores,
-        Kernel::Softmax => nc_host_softmax,
-        Kernel::Mix => nc_host_mix,
-        Kernel::Add => nc_host_add,
-        Kernel::SiluMul => nc_host_silu_mul,
-        Kernel::SlideOut => nc_host_slide_out,
-        Kernel::SlideIn => nc_host_slide_in,
-    }
-}
+entries!(spec,
+    Embed => nc_host_embed, RmsNorm => nc_host_rms_norm, Quant => nc_host_quant,
+    MatMul => nc_host_matmul, Rope => nc_host_rope, Store => nc_host_store,
+    Scores => nc_host_scores, Softmax => nc_host_softmax, Mix => nc_host_mix,
+    Add => nc_host_add, SiluMul => nc_host_silu_mul, SlideOut => nc_host_slide_out,
+    SlideIn => nc_host_slide_in,
+);
+
+entries!(fused,
+    Embed => nc_fused_embed, RmsNorm => nc_fused_rms_norm, Quant => nc_fused_quant,
+    MatMul => nc_fused_matmul, Rope => nc_fused_rope, Store => nc_fused_store,
+    Scores => nc_fused_scores, Softmax => nc_fused_softmax, Mix => nc_fused_mix,
+    Add => nc_fused_add, SiluMul => nc_fused_silu_mul, SlideOut => nc_fused_slide_out,
+    SlideIn => nc_fused_slide_in,
+);
 
 /// The host as a device.
 #[derive(Default)]
 pub(crate) struct Host {
     /// Every allocation, 16-byte aligned, kept until the device is dropped.
     mem: Vec<Vec<u128>>,
+    /// Whether it runs the copy built with fused multiply-adds.
+    fused: bool,
+}
+
+impl Host {
+    /// The emulator of the copy built with fused multiply-adds, or None where the CPU
+    /// has none (its code would not run).
+    pub(crate) fn fused() -> Option<Host> {
+        #[cfg(target_arch = "x86_64")]
+        if !std::arch::is_x86_feature_detected!("fma") {
+            return None;
+        }
+        Some(Host {
+            mem: Vec::new(),
+            fused: true,
+        })
+    }
 }
 
 /// An address made by `alloc`, passed across threads.
@@ -88,7 +101,11 @@ impl Backend for Host {
     }
 
     fn launch(&mut self, kernel: Kernel, n: u32, params: &[u8]) -> Result<(), DeviceError> {
-        let f = entry(kernel);
+        let f = if self.fused {
+            fused(kernel)
+        } else {
+            spec(kernel)
+        };
         let p = Params(params.as_ptr() as *const c_void);
         // Each index writes only its own outputs, so ranges run in any order.
         let per = 1024u32;
@@ -104,6 +121,9 @@ impl Backend for Host {
     }
 
     fn describe(&self) -> String {
-        "host (the kernels as loops)".into()
+        match self.fused {
+            false => "host (the kernels as loops)".into(),
+            true => "host (the kernels as loops, multiply-adds fused)".into(),
+        }
     }
 }

@@ -34,11 +34,18 @@ DEV unsigned f2u(float x) { unsigned u; __builtin_memcpy(&u, &x, 4); return u; }
 DEV float u2f(unsigned u) { float x; __builtin_memcpy(&x, &u, 4); return x; }
 DEV float sqrt_rn(float x) { return __builtin_sqrtf(x); }
 DEV float div_rn(float a, float b) { return a / b; }
-// A kernel `name` over indices start..end: a loop, exported as nc_host_<name>
-// (the emulator splits a launch's indices over threads).
+// A kernel `name` over indices start..end: a loop, exported as nc_host_<name> (the
+// emulator splits a launch's indices over threads). The build script also compiles a
+// copy that fuses multiply-adds, which the spec forbids, as nc_fused_<name>: the
+// tests show that the engine's probe refuses such a device.
+#ifndef NC_PREFIX
+#define NC_PREFIX nc_host_
+#endif
+#define NC_CAT2(a, b) a##b
+#define NC_CAT(a, b) NC_CAT2(a, b)
 #define KERNEL(name, P)                                                             \
     DEV void name##_at(unsigned i, const P &p);                                     \
-    extern "C" void nc_host_##name(unsigned start, unsigned end, const P *p) {      \
+    extern "C" void NC_CAT(NC_PREFIX, name)(unsigned start, unsigned end, const P *p) { \
         for (unsigned i = start; i < end; i++) name##_at(i, *p);                    \
     }                                                                               \
     DEV void name##_at(unsigned i, const P &p)

@@ -140,6 +140,14 @@ impl Device {
         Device(Box::new(host::Host::default()))
     }
 
+    /// The host emulator built with fused multiply-adds, which the spec forbids: a
+    /// device that breaks it, for testing that the engine's probe refuses such a one.
+    /// None where the CPU has no fused multiply-add.
+    #[doc(hidden)]
+    pub fn host_fused() -> Option<Device> {
+        host::Host::fused().map(|h| Device(Box::new(h)))
+    }
+
     /// The first CUDA GPU, through the driver library (`libcuda.so.1`) and NVRTC
     /// (`$NACRITHFS_NVRTC`, else `libnvrtc.so`), both loaded now: an error, not a
     /// link failure, where there are none.
