@@ -9,20 +9,11 @@
 
 mod common;
 
+use common::portable_model as portable;
 use nacrithfs_portable::device::{Device, DeviceSession};
 use nacrithfs_portable::{Feed, Session};
 use nc06::simd::Isa;
 use nc06::Window;
-use std::sync::OnceLock;
-
-fn portable() -> &'static nacrithfs_portable::Model {
-    static M: OnceLock<nacrithfs_portable::Model> = OnceLock::new();
-    M.get_or_init(|| {
-        let path = nacrithfs_engine::model::default_model_path();
-        nacrithfs_portable::Model::load(&path)
-            .expect("the default model loads in the portable engine")
-    })
-}
 
 /// A session of either kind, as the tests drive it.
 trait Steps {

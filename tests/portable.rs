@@ -4,22 +4,14 @@
 
 mod common;
 
+use common::portable_model as portable;
 use nacrithfs_engine::model::{Backend, Model, ModelOptions};
 use nacrithfs_engine::{CompressOptions, Engine, EngineConfig, EngineSet};
 use nacrithfs_portable::Session;
 use nc06::format::Blob;
 use nc06::simd::Isa;
 use nc06::Window;
-use std::sync::{Arc, OnceLock};
-
-fn portable() -> &'static nacrithfs_portable::Model {
-    static M: OnceLock<nacrithfs_portable::Model> = OnceLock::new();
-    M.get_or_init(|| {
-        let path = nacrithfs_engine::model::default_model_path();
-        nacrithfs_portable::Model::load(&path)
-            .expect("the default model loads in the portable engine")
-    })
-}
+use std::sync::Arc;
 
 /// Every step's logits for `tokens` fed to sequence `seq` of `s`, beside `others`
 /// (other sequences' tokens, fed in the same steps while they last).

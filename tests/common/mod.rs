@@ -17,6 +17,17 @@ pub fn model() -> Arc<Model> {
         .clone()
 }
 
+/// The default model in the portable engine itself (no llama.cpp), loaded once per test
+/// binary.
+pub fn portable_model() -> &'static nacrithfs_portable::Model {
+    static M: OnceLock<nacrithfs_portable::Model> = OnceLock::new();
+    M.get_or_init(|| {
+        let path = nacrithfs_engine::model::default_model_path();
+        nacrithfs_portable::Model::load(&path)
+            .expect("the default model loads in the portable engine")
+    })
+}
+
 /// The default model run by llama.cpp, which codes the blobs of `--backend llama` (the
 /// default backend, `auto`, runs the portable engine on it).
 pub fn llama_model() -> Arc<Model> {
