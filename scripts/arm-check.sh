@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v rustup >/dev/null; then
+    echo "arm-check: SKIP: no rustup to add the aarch64 target with"
+    exit 0
+fi
 if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-g++ >/dev/null; then
     apt-get update -qq
     apt-get install -y --no-install-recommends qemu-user gcc-aarch64-linux-gnu \

@@ -284,12 +284,23 @@ fn portable_device(
         }
         DeviceChoice::Auto => match gpu() {
             Ok(d) => Ok(d),
-            Err(e @ ModelError::DeviceDisagrees(_)) => {
-                log::warn!("portable engine on the CPU: {e}");
+            // No CUDA driver: no GPU, the usual case. Anything else (no NVRTC, a GPU
+            // that fails to start or fails the probe) is worth a warning: there is a
+            // GPU and it is not used.
+            Err(ModelError::Device(nacrithfs_portable::device::DeviceError::Load {
+                lib, ..
+            })) if lib.contains("libcuda") => {
+                log::debug!("portable engine on the CPU: no CUDA driver");
                 Ok(None)
             }
             Err(e) => {
-                log::debug!("portable engine on the CPU: {e}");
+                let mut why = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    why = format!("{why}: {s}");
+                    source = s.source();
+                }
+                log::warn!("portable engine on the CPU, not the GPU: {why}");
                 Ok(None)
             }
         },
