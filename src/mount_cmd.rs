@@ -110,8 +110,13 @@ fn serve(args: &MountArgs, ready: Option<std::fs::File>) -> Result<(), CliError>
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mnt = args.mountpoint.display().to_string();
+    // Where the model runs: the portable engine's device, when it is not the CPU.
+    let on = model
+        .device()
+        .map(|d| format!(", on {d}"))
+        .unwrap_or_default();
     let line = format!(
-        "nacrithfs: serving {} on {mnt} (model {name}, {}; {} worker{} x {} streams, {} compressors, cache {} MiB); stop with `nacrithfs umount {mnt}`",
+        "nacrithfs: serving {} on {mnt} (model {name}, {}{on}; {} worker{} x {} streams, {} compressors, cache {} MiB); stop with `nacrithfs umount {mnt}`",
         args.backing.display(),
         model.fingerprint(),
         engine.config().workers,
