@@ -284,3 +284,14 @@ fn the_probe_refuses_kernels_built_with_fused_multiply_adds() {
         "fused multiply-adds went unnoticed"
     );
 }
+
+/// A session larger than memory is an error, never an abort.
+#[test]
+fn a_session_too_large_for_the_device_is_an_error() {
+    let huge = Window {
+        ctx: 1 << 20,
+        slide: 1 << 10,
+    };
+    let s = DeviceSession::new(portable(), Device::host(), 1 << 16, huge);
+    assert!(s.is_err(), "a cache of petabytes was allocated");
+}

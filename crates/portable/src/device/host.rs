@@ -4,6 +4,7 @@
 
 use super::{Addr, Backend, DeviceError, Kernel};
 use rayon::prelude::*;
+use std::alloc::Layout;
 use std::ffi::c_void;
 
 type HostKernel = unsafe extern "C" fn(start: u32, end: u32, params: *const c_void);
@@ -38,11 +39,27 @@ entries!(fused,
     SlideIn => nc_fused_slide_in,
 );
 
+/// An allocation of the host as a device, freed when the device is dropped.
+struct Buf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from `alloc_zeroed` with this layout and is freed once.
+        unsafe { std::alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+// SAFETY: a Buf owns its memory alone; the pointer is not shared with another owner.
+unsafe impl Send for Buf {}
+
 /// The host as a device.
 #[derive(Default)]
 pub(crate) struct Host {
     /// Every allocation, 16-byte aligned, kept until the device is dropped.
-    mem: Vec<Vec<u128>>,
+    mem: Vec<Buf>,
     /// Whether it runs the copy built with fused multiply-adds.
     fused: bool,
 }
@@ -80,10 +97,21 @@ impl Params {
 
 impl Backend for Host {
     fn alloc(&mut self, bytes: usize) -> Result<Addr, DeviceError> {
-        let v = vec![0u128; bytes.div_ceil(16).max(1)];
-        let a = v.as_ptr() as Addr;
-        self.mem.push(v);
-        Ok(a)
+        // Sized by the session (streams x window): too large is an error, not an
+        // abort. Zeroed lazily, as a device's memory is: pages no step reaches are
+        // never touched.
+        let fail = || DeviceError::Call {
+            call: "alloc",
+            why: format!("{bytes} bytes of host memory"),
+        };
+        let layout = Layout::from_size_align(bytes.max(16), 16).map_err(|_| fail())?;
+        // SAFETY: the layout's size is at least 16, not zero.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(fail());
+        }
+        self.mem.push(Buf { ptr, layout });
+        Ok(ptr as Addr)
     }
 
     fn upload(&mut self, dst: Addr, src: &[u8]) -> Result<(), DeviceError> {
