@@ -98,17 +98,17 @@ pub enum ModelError {
     #[error("cannot start the portable engine's threads")]
     Threads(#[source] rayon::ThreadPoolBuildError),
     /// A step of the portable engine was refused.
-    #[error("portable engine step")]
+    #[error("portable engine step: {0}")]
     Step(#[source] nacrithfs_portable::StepError),
-    /// The portable engine's GPU failed (or `NACRITHFS_DEVICE=cuda` found none).
-    #[error("portable engine on the GPU")]
+    /// The portable engine's GPU failed (or `--device cuda` found none).
+    #[error("portable engine on the GPU: {0}")]
     Device(#[source] nacrithfs_portable::device::DeviceError),
     /// A step of the portable engine on the GPU failed.
-    #[error("portable engine step on the GPU")]
+    #[error("portable engine step on the GPU: {0}")]
     DeviceStep(#[source] nacrithfs_portable::device::DeviceStepError),
     /// The GPU's logits are not the CPU engine's bits (a driver or compiler that breaks
     /// the spec): what it coded would not decode elsewhere, so it is not used.
-    #[error("the GPU ({0}) does not compute the portable engine's logits bit for bit; its blobs would not decode on other machines: run with NACRITHFS_DEVICE=cpu")]
+    #[error("the GPU ({0}) does not compute the portable engine's logits bit for bit; its blobs would not decode on other machines: run with --device cpu")]
     DeviceDisagrees(String),
     /// No context of this size could be made (usually: not enough memory).
     #[error("llama.cpp could not create a context for {n_seq} sequences of {n_ctx} tokens")]
@@ -294,13 +294,7 @@ fn portable_device(
                 Ok(None)
             }
             Err(e) => {
-                let mut why = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    why = format!("{why}: {s}");
-                    source = s.source();
-                }
-                log::warn!("portable engine on the CPU, not the GPU: {why}");
+                log::warn!("portable engine on the CPU, not the GPU: {e}");
                 Ok(None)
             }
         },
