@@ -287,9 +287,7 @@ fn portable_device(
             // No CUDA driver: no GPU, the usual case. Anything else (no NVRTC, a GPU
             // that fails to start or fails the probe) is worth a warning: there is a
             // GPU and it is not used.
-            Err(ModelError::Device(nacrithfs_portable::device::DeviceError::Load {
-                lib, ..
-            })) if lib.contains("libcuda") => {
+            Err(ModelError::Device(nacrithfs_portable::device::DeviceError::NoDriver(_))) => {
                 log::debug!("portable engine on the CPU: no CUDA driver");
                 Ok(None)
             }

@@ -112,7 +112,10 @@ fn sym<T: Copy>(lib: &Library, name: &str) -> Result<T, DeviceError> {
 
 impl Driver {
     fn open() -> Result<Driver, DeviceError> {
-        let lib = open_lib(&["libcuda.so.1".into(), "libcuda.so".into()])?;
+        let lib = open_lib(&["libcuda.so.1".into(), "libcuda.so".into()]).map_err(|e| match e {
+            DeviceError::Load { why, .. } => DeviceError::NoDriver(why),
+            e => e,
+        })?;
         Ok(Driver {
             init: sym(&lib, "cuInit")?,
             device_get: sym(&lib, "cuDeviceGet")?,

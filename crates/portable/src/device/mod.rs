@@ -27,6 +27,9 @@ pub(crate) const SOURCE: &str = include_str!("kernels.cu");
 /// What went wrong on a device.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// There is no CUDA driver library: no GPU to use, the usual case on a CPU machine.
+    #[error("no CUDA driver: {0}")]
+    NoDriver(String),
     /// A library of the device's runtime could not be loaded.
     #[error("cannot load {lib}: {why}")]
     Load {
