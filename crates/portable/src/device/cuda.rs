@@ -378,8 +378,8 @@ impl Backend for Cuda {
         self.current()?;
         const BLOCK: u32 = 256;
         let mut count = n;
-        let mut block = params.to_vec();
-        let mut args: [Ptr; 2] = [&mut count as *mut u32 as Ptr, block.as_mut_ptr() as Ptr];
+        // The driver only reads the parameters (its API takes them as mutable).
+        let mut args: [Ptr; 2] = [&mut count as *mut u32 as Ptr, params.as_ptr() as Ptr];
         // SAFETY: `args` points at the kernel's two parameters (its index count and
         // its parameter block, the layout of its C struct), which the driver copies
         // before cuLaunchKernel returns.

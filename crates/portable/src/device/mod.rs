@@ -110,8 +110,9 @@ impl Kernel {
         }
     }
 
+    /// Its place in [`Kernel::ALL`] (the declaration order).
     pub(crate) fn index(self) -> usize {
-        Kernel::ALL.iter().position(|&k| k == self).unwrap_or(0)
+        self as usize
     }
 }
 

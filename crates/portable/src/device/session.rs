@@ -102,6 +102,20 @@ fn u32_bytes(v: &[u32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// RoPE's (cos, sin) pairs at `pos`, flat, as the kernels read them.
+fn rope_flat(inv_freq: &[f64], pos: f64, out: &mut Vec<f32>) {
+    let mut cs = Vec::new();
+    rope_cs(inv_freq, pos, &mut cs);
+    out.extend(cs.iter().flat_map(|&(c, s)| [c, s]));
+}
+
+/// `v`'s bytes, to download f32s into.
+fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: any bytes are a valid f32, u8's alignment divides f32's, and the slice
+    // covers exactly `v`'s memory, borrowed mutably for its own lifetime.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v)) }
+}
+
 impl Device {
     fn put(&mut self, bytes: &[u8]) -> Result<Addr, DeviceError> {
         let a = self.0.alloc(bytes.len())?;
@@ -249,9 +263,8 @@ impl DeviceSession {
     fn slide(&mut self, seq: u32) -> Result<(), DeviceError> {
         let c = &self.cfg;
         let (ctx, s) = (self.window.ctx, self.window.slide);
-        let mut cs = Vec::new();
-        rope_cs(&self.inv_freq, -(s as f64), &mut cs);
-        let flat: Vec<f32> = cs.iter().flat_map(|&(c, s)| [c, s]).collect();
+        let mut flat = Vec::new();
+        rope_flat(&self.inv_freq, -(s as f64), &mut flat);
         self.dev.0.upload(self.b.slide_cs, &f32_bytes(&flat))?;
         let p = Slide {
             kc: self.b.kc,
@@ -317,7 +330,8 @@ impl DeviceSession {
         self.dev.run(Kernel::RmsNorm, n, &p)
     }
 
-    fn add(&mut self, k: Kernel, a: Addr, b: Addr, n: usize) -> Result<(), DeviceError> {
+    /// An elementwise kernel (`Add`, `SiluMul`) over `n` values of `a` and `b`.
+    fn elementwise(&mut self, k: Kernel, a: Addr, b: Addr, n: usize) -> Result<(), DeviceError> {
         self.dev.run(k, n, &Elementwise { a, b })
     }
 
@@ -337,11 +351,9 @@ impl DeviceSession {
         self.dev.0.upload(seq, &col(|f| f.seq))?;
         self.dev.0.upload(token, &col(|f| f.token))?;
         self.dev.0.upload(pos, &col(|f| f.pos))?;
-        let mut cs = Vec::new();
         let mut flat = Vec::with_capacity(n * hd);
         for f in feeds {
-            rope_cs(&self.inv_freq, f.pos as f64, &mut cs);
-            flat.extend(cs.iter().flat_map(|&(c, s)| [c, s]));
+            rope_flat(&self.inv_freq, f.pos as f64, &mut flat);
         }
         self.dev.0.upload(self.b.cs, &f32_bytes(&flat))?;
         let e = Embed {
@@ -375,12 +387,12 @@ impl DeviceSession {
         self.quant(h, nw * d)?;
         let output = self.output.unwrap_or(self.embd);
         self.mul(&output, nw, self.b.logits)?;
-        let mut bytes = vec![0u8; nw * c.vocab * 4];
-        self.dev.0.download(self.b.logits, &mut bytes)?;
-        self.logits = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        // Into the kept buffer: at many streams a fresh one costs page faults over
+        // hundreds of MB a step (the CPU session keeps its buffers for the same reason).
+        self.logits.resize(nw * c.vocab, 0.0);
+        self.dev
+            .0
+            .download(self.b.logits, f32_bytes_mut(&mut self.logits))?;
         Ok(())
     }
 
@@ -392,73 +404,71 @@ impl DeviceSession {
         let (d, kvd, hd, ff) = (c.dim, c.kv_dim(), c.head_dim, c.ff);
         let half = (hd / 2) as u32;
         let ctx = self.window.ctx;
-        {
-            self.norm(x, l.attn_norm, h, 0, n)?;
-            self.quant(h, n * d)?;
-            self.mul(&l.wq, n, q)?;
-            self.mul(&l.wk, n, k)?;
-            self.mul(&l.wv, n, v)?;
-            let rq = Rope {
-                x: q,
-                cs: self.b.cs,
-                heads: c.heads as u32,
-                half,
-            };
-            self.dev.run(Kernel::Rope, n * d / 2, &rq)?;
-            let rk = Rope {
-                x: k,
-                heads: c.kv_heads as u32,
-                ..rq
-            };
-            self.dev.run(Kernel::Rope, n * kvd / 2, &rk)?;
-            let st = Store {
-                k,
-                v,
-                kc: self.b.kc,
-                vc: self.b.vc,
-                seq: self.b.seq,
-                pos: self.b.pos,
-                kvd: kvd as u32,
-                hd: hd as u32,
-                ctx,
-                layer: li as u32,
-                layers: c.layers as u32,
-                _pad: 0,
-            };
-            self.dev.run(Kernel::Store, n * kvd, &st)?;
-            let at = Attend {
-                q,
-                kc: self.b.kc,
-                vc: self.b.vc,
-                seq: self.b.seq,
-                pos: self.b.pos,
-                w: self.b.w,
-                out: att,
-                heads: c.heads as u32,
-                kvh: c.kv_heads as u32,
-                hd: hd as u32,
-                ctx,
-                layer: li as u32,
-                layers: c.layers as u32,
-                scale: 1.0f32 / (hd as f32).sqrt(),
-                _pad: 0,
-            };
-            self.dev
-                .run(Kernel::Scores, n * c.heads * ctx as usize, &at)?;
-            self.dev.run(Kernel::Softmax, n * c.heads, &at)?;
-            self.dev.run(Kernel::Mix, n * d, &at)?;
-            self.quant(att, n * d)?;
-            self.mul(&l.wo, n, o)?;
-            self.add(Kernel::Add, x, o, n * d)?;
-            self.norm(x, l.ffn_norm, h, 0, n)?;
-            self.quant(h, n * d)?;
-            self.mul(&l.gate, n, g)?;
-            self.mul(&l.up, n, u)?;
-            self.add(Kernel::SiluMul, g, u, n * ff)?;
-            self.quant(g, n * ff)?;
-            self.mul(&l.down, n, o)?;
-            self.add(Kernel::Add, x, o, n * d)?;
-        }
+        self.norm(x, l.attn_norm, h, 0, n)?;
+        self.quant(h, n * d)?;
+        self.mul(&l.wq, n, q)?;
+        self.mul(&l.wk, n, k)?;
+        self.mul(&l.wv, n, v)?;
+        let rq = Rope {
+            x: q,
+            cs: self.b.cs,
+            heads: c.heads as u32,
+            half,
+        };
+        self.dev.run(Kernel::Rope, n * d / 2, &rq)?;
+        let rk = Rope {
+            x: k,
+            heads: c.kv_heads as u32,
+            ..rq
+        };
+        self.dev.run(Kernel::Rope, n * kvd / 2, &rk)?;
+        let st = Store {
+            k,
+            v,
+            kc: self.b.kc,
+            vc: self.b.vc,
+            seq: self.b.seq,
+            pos: self.b.pos,
+            kvd: kvd as u32,
+            hd: hd as u32,
+            ctx,
+            layer: li as u32,
+            layers: c.layers as u32,
+            _pad: 0,
+        };
+        self.dev.run(Kernel::Store, n * kvd, &st)?;
+        let at = Attend {
+            q,
+            kc: self.b.kc,
+            vc: self.b.vc,
+            seq: self.b.seq,
+            pos: self.b.pos,
+            w: self.b.w,
+            out: att,
+            heads: c.heads as u32,
+            kvh: c.kv_heads as u32,
+            hd: hd as u32,
+            ctx,
+            layer: li as u32,
+            layers: c.layers as u32,
+            scale: 1.0f32 / (hd as f32).sqrt(),
+            _pad: 0,
+        };
+        self.dev
+            .run(Kernel::Scores, n * c.heads * ctx as usize, &at)?;
+        self.dev.run(Kernel::Softmax, n * c.heads, &at)?;
+        self.dev.run(Kernel::Mix, n * d, &at)?;
+        self.quant(att, n * d)?;
+        self.mul(&l.wo, n, o)?;
+        self.elementwise(Kernel::Add, x, o, n * d)?;
+        self.norm(x, l.ffn_norm, h, 0, n)?;
+        self.quant(h, n * d)?;
+        self.mul(&l.gate, n, g)?;
+        self.mul(&l.up, n, u)?;
+        self.elementwise(Kernel::SiluMul, g, u, n * ff)?;
+        self.quant(g, n * ff)?;
+        self.mul(&l.down, n, o)?;
+        self.elementwise(Kernel::Add, x, o, n * d)?;
         Ok(())
     }
 }
