@@ -9,34 +9,41 @@ use std::ffi::c_void;
 
 type HostKernel = unsafe extern "C" fn(start: u32, end: u32, params: *const c_void);
 
-/// Declares each build's entry points and the table from [`Kernel`] to them.
+/// Declares both builds' entry points (`nc_host_<name>`, the spec's, and
+/// `nc_fused_<name>`, with fused multiply-adds) and the table from [`Kernel`] to them,
+/// from one list.
 macro_rules! entries {
-    ($table:ident, $($kernel:ident => $f:ident),* $(,)?) => {
-        extern "C" {
-            $(fn $f(start: u32, end: u32, params: *const c_void);)*
+    ($($kernel:ident => $name:literal),* $(,)?) => {
+        #[allow(non_snake_case)]
+        mod spec {
+            use std::ffi::c_void;
+            extern "C" {
+                $(#[link_name = concat!("nc_host_", $name)]
+                pub fn $kernel(start: u32, end: u32, params: *const c_void);)*
+            }
         }
-        fn $table(k: Kernel) -> HostKernel {
-            match k {
-                $(Kernel::$kernel => $f,)*
+        #[allow(non_snake_case)]
+        mod fused {
+            use std::ffi::c_void;
+            extern "C" {
+                $(#[link_name = concat!("nc_fused_", $name)]
+                pub fn $kernel(start: u32, end: u32, params: *const c_void);)*
+            }
+        }
+        fn entry(k: Kernel, with_fma: bool) -> HostKernel {
+            match (k, with_fma) {
+                $((Kernel::$kernel, false) => spec::$kernel,
+                  (Kernel::$kernel, true) => fused::$kernel,)*
             }
         }
     };
 }
 
-entries!(spec,
-    Embed => nc_host_embed, RmsNorm => nc_host_rms_norm, Quant => nc_host_quant,
-    MatMul => nc_host_matmul, Rope => nc_host_rope, Store => nc_host_store,
-    Scores => nc_host_scores, Softmax => nc_host_softmax, Mix => nc_host_mix,
-    Add => nc_host_add, SiluMul => nc_host_silu_mul, SlideOut => nc_host_slide_out,
-    SlideIn => nc_host_slide_in,
-);
-
-entries!(fused,
-    Embed => nc_fused_embed, RmsNorm => nc_fused_rms_norm, Quant => nc_fused_quant,
-    MatMul => nc_fused_matmul, Rope => nc_fused_rope, Store => nc_fused_store,
-    Scores => nc_fused_scores, Softmax => nc_fused_softmax, Mix => nc_fused_mix,
-    Add => nc_fused_add, SiluMul => nc_fused_silu_mul, SlideOut => nc_fused_slide_out,
-    SlideIn => nc_fused_slide_in,
+entries!(
+    Embed => "embed", RmsNorm => "rms_norm", Quant => "quant", MatMul => "matmul",
+    Rope => "rope", Store => "store", Scores => "scores", Softmax => "softmax",
+    Mix => "mix", Add => "add", SiluMul => "silu_mul", SlideOut => "slide_out",
+    SlideIn => "slide_in",
 );
 
 /// An allocation of the host as a device, freed when the device is dropped.
@@ -129,11 +136,7 @@ impl Backend for Host {
     }
 
     fn launch(&mut self, kernel: Kernel, n: u32, params: &[u8]) -> Result<(), DeviceError> {
-        let f = if self.fused {
-            fused(kernel)
-        } else {
-            spec(kernel)
-        };
+        let f = entry(kernel, self.fused);
         let p = Params(params.as_ptr() as *const c_void);
         // Each index writes only its own outputs, so ranges run in any order.
         let per = 1024u32;
