@@ -78,10 +78,8 @@ pub struct Session<'m> {
     caches: Vec<Cache>,
     /// RoPE's inverse frequencies, one per pair of a head's dims.
     inv_freq: Vec<f64>,
-    /// The last step's logits, a row per feed that asked for them.
-    logits: Vec<f32>,
-    /// For each feed of the last step, its row in `logits`.
-    rows: Vec<Option<usize>>,
+    /// The last step's logits.
+    out: Outputs,
     /// The step's activations, kept between steps: allocated afresh, buffers this size
     /// come from mmap and their zeroed pages cost more than a step's arithmetic at 64
     /// streams.
@@ -144,8 +142,7 @@ impl Model {
             positions: Positions::new(n_seq, window),
             caches,
             inv_freq,
-            logits: Vec::new(),
-            rows: Vec::new(),
+            out: Outputs::default(),
             buf: Box::new(Buffers::new(c, n_seq as usize)),
         }
     }
@@ -204,6 +201,41 @@ impl Positions {
     pub(crate) fn clear(&mut self, seq: u32) {
         if let Some(p) = self.next.get_mut(seq as usize) {
             *p = 0;
+        }
+    }
+}
+
+/// The last step's logits, a row for each feed that asked for them: what every
+/// implementation of a session keeps, so they answer `logits(i)` alike.
+#[derive(Default)]
+pub(crate) struct Outputs {
+    /// `[row][vocab]`, written by the step.
+    pub(crate) logits: Vec<f32>,
+    /// For each feed of the last step, its row in `logits`.
+    rows: Vec<Option<usize>>,
+}
+
+impl Outputs {
+    /// Forgets the last step's rows (a step that fails or has no feeds has none).
+    pub(crate) fn clear(&mut self) {
+        self.rows.clear();
+    }
+
+    /// The feeds of a step that want logits, in order; each gets the next row.
+    pub(crate) fn plan(&mut self, feeds: &[Feed]) -> Vec<usize> {
+        let want: Vec<usize> = (0..feeds.len()).filter(|&i| feeds[i].logits).collect();
+        self.rows = vec![None; feeds.len()];
+        for (r, &i) in want.iter().enumerate() {
+            self.rows[i] = Some(r);
+        }
+        want
+    }
+
+    /// The logits after feed `i` of the last step (empty when it did not ask for them).
+    pub(crate) fn get(&self, i: usize, vocab: usize) -> &[f32] {
+        match self.rows.get(i).copied().flatten() {
+            Some(r) => &self.logits[r * vocab..(r + 1) * vocab],
+            None => &[],
         }
     }
 }
@@ -291,11 +323,7 @@ impl Session<'_> {
     /// Logits after the `i`-th feed of the last [`Session::decode`] (which must have
     /// asked for them; empty otherwise).
     pub fn logits(&self, i: usize) -> &[f32] {
-        let v = self.model.cfg.vocab;
-        match self.rows.get(i).copied().flatten() {
-            Some(r) => &self.logits[r * v..(r + 1) * v],
-            None => &[],
-        }
+        self.out.get(i, self.model.cfg.vocab)
     }
 
     /// Drops positions `1..1 + slide` of sequence `i` (position 0, the BOS, stays as
@@ -333,7 +361,7 @@ impl Session<'_> {
         let c = &m.cfg;
         let n = feeds.len();
         check(feeds, self.n_seq, c.vocab)?;
-        self.rows.clear();
+        self.out.clear();
         if n == 0 {
             return Ok(());
         }
@@ -434,8 +462,7 @@ impl Session<'_> {
         }
 
         // The output layer, only for the feeds that want logits.
-        let want: Vec<usize> = (0..n).filter(|&i| feeds[i].logits).collect();
-        self.rows = vec![None; n];
+        let want = self.out.plan(feeds);
         if want.is_empty() {
             return Ok(());
         }
@@ -447,12 +474,11 @@ impl Session<'_> {
                 c.eps,
                 &mut hw[r * d..(r + 1) * d],
             );
-            self.rows[i] = Some(r);
         }
         let mut act_out = QuantAct::new(want.len(), d);
         act_out.set(&hw, isa);
-        self.logits.resize(want.len() * c.vocab, 0.0);
-        m.output().mul(&act_out, &mut self.logits, isa);
+        self.out.logits.resize(want.len() * c.vocab, 0.0);
+        m.output().mul(&act_out, &mut self.out.logits, isa);
         Ok(())
     }
 }

@@ -5,7 +5,7 @@ use super::params::{self, Attend, Elementwise, Embed, MatMul, Quant, RmsNorm, Ro
 use super::{Addr, Device, DeviceError, Kernel};
 use crate::model::Model;
 use crate::quant::{Matrix, BLOCK};
-use crate::session::{check, inv_freq, rope_cs, Positions};
+use crate::session::{check, inv_freq, rope_cs, Outputs, Positions};
 use crate::{Config, Feed, StepError};
 use nc06::Window;
 
@@ -90,8 +90,7 @@ pub struct DeviceSession {
     out_norm: Addr,
     layers: Vec<LayerW>,
     b: Bufs,
-    logits: Vec<f32>,
-    rows: Vec<Option<usize>>,
+    out: Outputs,
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -216,8 +215,7 @@ impl DeviceSession {
             out_norm,
             layers,
             b,
-            logits: Vec::new(),
-            rows: Vec::new(),
+            out: Outputs::default(),
         })
     }
 
@@ -253,11 +251,7 @@ impl DeviceSession {
     /// Logits after the `i`-th feed of the last [`DeviceSession::decode`] (empty when
     /// it did not ask for them).
     pub fn logits(&self, i: usize) -> &[f32] {
-        let v = self.cfg.vocab;
-        match self.rows.get(i).copied().flatten() {
-            Some(r) => &self.logits[r * v..(r + 1) * v],
-            None => &[],
-        }
+        self.out.get(i, self.cfg.vocab)
     }
 
     fn slide(&mut self, seq: u32) -> Result<(), DeviceError> {
@@ -339,7 +333,7 @@ impl DeviceSession {
     pub fn decode(&mut self, feeds: &[Feed]) -> Result<(), DeviceStepError> {
         let c = self.cfg.clone();
         check(feeds, self.n_seq, c.vocab)?;
-        self.rows.clear();
+        self.out.clear();
         let n = feeds.len();
         if n == 0 {
             return Ok(());
@@ -371,15 +365,9 @@ impl DeviceSession {
         }
 
         // The output layer, for the feeds that want logits.
-        let want: Vec<u32> = (0..n as u32)
-            .filter(|&i| feeds[i as usize].logits)
-            .collect();
-        self.rows = vec![None; n];
+        let want: Vec<u32> = self.out.plan(feeds).iter().map(|&i| i as u32).collect();
         if want.is_empty() {
             return Ok(());
-        }
-        for (r, &i) in want.iter().enumerate() {
-            self.rows[i as usize] = Some(r);
         }
         let nw = want.len();
         self.dev.0.upload(self.b.rows, &u32_bytes(&want))?;
@@ -389,10 +377,10 @@ impl DeviceSession {
         self.mul(&output, nw, self.b.logits)?;
         // Into the kept buffer: at many streams a fresh one costs page faults over
         // hundreds of MB a step (the CPU session keeps its buffers for the same reason).
-        self.logits.resize(nw * c.vocab, 0.0);
+        self.out.logits.resize(nw * c.vocab, 0.0);
         self.dev
             .0
-            .download(self.b.logits, f32_bytes_mut(&mut self.logits))?;
+            .download(self.b.logits, f32_bytes_mut(&mut self.out.logits))?;
         Ok(())
     }
 
