@@ -111,6 +111,8 @@ pub enum Value {
     Str(String),
     /// An array of strings (the vocabulary).
     Strings(Vec<String>),
+    /// An array of integers (the token types).
+    Ints(Vec<i128>),
     /// An array of anything else, by length.
     Array(u64),
 }
@@ -233,15 +235,24 @@ impl<'a> Cursor<'a> {
             }
             return Ok(Value::Strings(v));
         }
+        let mut ints = Vec::with_capacity((n as usize).min(1 << 16));
         for _ in 0..n {
-            if self.scalar(ety)?.is_none() {
-                return Err(GgufError::ValueType {
-                    key: key.into(),
-                    ty: ety,
-                });
+            match self.scalar(ety)? {
+                Some(Value::Int(i)) => ints.push(i),
+                Some(_) => {}
+                None => {
+                    return Err(GgufError::ValueType {
+                        key: key.into(),
+                        ty: ety,
+                    })
+                }
             }
         }
-        Ok(Value::Array(n))
+        Ok(if matches!(ety, 6 | 12) {
+            Value::Array(n)
+        } else {
+            Value::Ints(ints)
+        })
     }
 }
 
