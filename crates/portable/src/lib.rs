@@ -6,7 +6,7 @@
 //! - [`gguf`]: the GGUF reader;
 //! - [`num`]: f16 conversions and our own exp, ln, sin, cos, SiLU;
 //! - [`quant`]: the quantized matrices and 8-bit activations, the integer dot products;
-//! - [`Vocab`]: each token's bytes, from the GGUF vocabulary;
+//! - [`Vocab`]: the tokenizer and each token's bytes, from the GGUF vocabulary alone;
 //! - [`Model`] and [`Session`]: the llama architecture (SmolLM2), stepped over many
 //!   sequences at once, each with its own f16 key/value cache and sliding window.
 //!
@@ -21,11 +21,11 @@ mod model;
 pub mod num;
 pub mod quant;
 mod session;
-mod vocab;
+mod tokenizer;
 
 pub use model::{Config, LoadError, Model};
 pub use session::{Feed, Session, StepError};
-pub use vocab::Vocab;
+pub use tokenizer::Vocab;
 
 /// The version of the arithmetic in docs/ENGINE.md. Anything that changes a bit of the
 /// logits bumps it, and it is part of every fingerprint this engine gives.

@@ -3,7 +3,7 @@
 
 use crate::gguf::{Gguf, GgufError, TensorType};
 use crate::quant::{Matrix, BLOCK};
-use crate::vocab::Vocab;
+use crate::tokenizer::Vocab;
 use std::path::Path;
 
 /// What can go wrong loading a model.
@@ -189,6 +189,15 @@ impl Model {
     /// The model in a parsed GGUF file.
     pub fn from_gguf(g: &Gguf) -> Result<Model, GgufError> {
         let c = Config::of(g)?;
+        let vocab = Vocab::from_gguf(g)?;
+        if vocab.len() != c.vocab || c.bos as usize >= c.vocab {
+            return Err(GgufError::Unsupported(format!(
+                "{} tokens for {} embeddings; BOS token {}",
+                vocab.len(),
+                c.vocab,
+                c.bos
+            )));
+        }
         let (d, kv, ff) = (c.dim, c.kv_dim(), c.ff);
         // Grown layer by layer: a count from the file sizes nothing before its tensors
         // are found.
@@ -216,7 +225,7 @@ impl Model {
             output,
             out_norm: vector(g, "output_norm.weight", d)?,
             layers,
-            vocab: Vocab::from_gguf(g)?,
+            vocab,
             cfg: c,
         })
     }
@@ -226,7 +235,7 @@ impl Model {
         &self.cfg
     }
 
-    /// Each token's bytes.
+    /// The tokenizer and each token's bytes.
     pub fn vocab(&self) -> &Vocab {
         &self.vocab
     }

@@ -115,3 +115,34 @@ fn the_logits_of_a_fixed_stream_are_golden_everywhere() {
         );
     }
 }
+
+/// The SHA-256 of the tokens of a fixed text (tests/data's English and many scripts,
+/// and edge cases of the pre-tokenizer): the tokenizer decides what the encoder codes,
+/// so it must split a text the same way on every machine. (tests/tokenizer.rs holds it
+/// to llama.cpp's tokens.)
+const GOLDEN_TOKENS: &str = "fb2737375ec2bcda40c9d45cac54194016f2868b0ec276f49aaaa7d32da6d627";
+
+#[test]
+fn the_tokens_of_a_fixed_text_are_golden_everywhere() {
+    let path = model_path();
+    if !path.is_file() {
+        eprintln!("skipped: no model at {}", path.display());
+        return;
+    }
+    let m = Model::load(&path).expect("the model loads");
+    let mut text = Vec::new();
+    text.extend_from_slice(include_bytes!("../../../tests/data/english.txt"));
+    text.extend_from_slice(include_bytes!("../../../tests/data/multilingual.txt"));
+    text.extend_from_slice(
+        "it's 2024'S\u{3000}\u{3000}x  \n\n\t² ٣ e\u{301}😀 <|endoftext|>".as_bytes(),
+    );
+    text.extend_from_slice(b"\xff\xc3(\xed\xa0\x80\xc1\x81");
+    let tokens = m.vocab().tokenize(&text);
+    let mut h = Sha256::new();
+    for t in &tokens {
+        h.update(t.to_le_bytes());
+    }
+    let sha: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    eprintln!("{} tokens: {sha}", tokens.len());
+    assert_eq!(sha, GOLDEN_TOKENS, "the tokenizer changed");
+}
