@@ -8,8 +8,8 @@
 //! decodes alone to the same bytes; but they depend on the build.
 //!
 //! The portable engine (`nacrithfs-portable`, docs/ENGINE.md) computes the same bits on
-//! every machine. llama.cpp then only tokenizes (its vocabulary alone is loaded); the
-//! bytes of decoded tokens come from the portable engine's own vocabulary.
+//! every machine, and tokenizes with its own tokenizer (the same tokens as llama.cpp's):
+//! with it llama.cpp is not used at all.
 
 use super::{Backend, BackendChoice};
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -83,16 +83,6 @@ pub enum ModelError {
         /// Why (boxed: it is large, and rare).
         #[source]
         source: Box<nacrithfs_portable::LoadError>,
-    },
-    /// The portable engine and llama.cpp see vocabularies of different sizes.
-    #[error("model {}: the portable engine has {portable} tokens, llama.cpp's tokenizer {llama}", .path.display())]
-    VocabMismatch {
-        /// The model file.
-        path: PathBuf,
-        /// The portable engine's count.
-        portable: usize,
-        /// llama.cpp's count.
-        llama: usize,
     },
     /// The portable engine's threads could not be started.
     #[error("cannot start the portable engine's threads")]
@@ -221,11 +211,8 @@ fn backend() -> Result<&'static LlamaBackend, ModelError> {
 
 /// A loaded GGUF model, shared by every session and worker.
 pub struct Model {
-    /// llama.cpp's model: the weights, or with the portable backend the vocabulary
-    /// alone (for the tokenizer).
-    inner: LlamaModel,
-    /// The portable engine's model, when it is the backend.
-    portable: Option<nacrithfs_portable::Model>,
+    /// The weights, and the engine that runs them.
+    weights: Weights,
     path: PathBuf,
     fingerprint: Fingerprint,
     descriptor: String,
@@ -238,6 +225,14 @@ pub struct Model {
     /// Where the portable engine's sessions run when not on the CPU engine, and what
     /// that device is.
     device: Option<(Place, String)>,
+}
+
+/// A model's weights in the engine that computes its logits (and tokenizes).
+enum Weights {
+    /// llama.cpp.
+    Llama(LlamaModel),
+    /// The portable engine; llama.cpp is not used.
+    Portable(Box<nacrithfs_portable::Model>),
 }
 
 /// Environment variable giving [`DeviceChoice`]'s default.
@@ -303,39 +298,38 @@ impl Model {
     /// Loads the GGUF file at `path` and fingerprints it (its SHA-256 and this build).
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Model, ModelError> {
         let digest = sha256_file(path)?;
-        let backend = backend()?;
-        let portable = portable_for(path, opts.backend)?;
-        let params = match portable {
-            Some(_) => LlamaModelParams::default().with_vocab_only(true),
-            None => LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers),
-        };
-        let inner = LlamaModel::load_from_file(backend, path, &params).map_err(|source| {
-            ModelError::Load {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-        let vocab = inner.vocab();
-        let n_vocab = vocab.n_tokens().max(0) as usize;
-        let bos = vocab.bos().0.max(0) as u32;
-        if let Some(p) = &portable {
-            if p.config().vocab != n_vocab || p.vocab().len() != n_vocab {
-                return Err(ModelError::VocabMismatch {
-                    path: path.to_path_buf(),
-                    portable: p.config().vocab,
-                    llama: n_vocab,
-                });
-            }
-        }
-        let (descriptor, offloaded, device) = match &portable {
+        let (weights, descriptor, offloaded, device) = match portable_for(path, opts.backend)? {
             Some(p) => {
-                let device = portable_device(p, opts.device)?;
+                let device = portable_device(&p, opts.device)?;
                 let gpu = matches!(device, Some((Place::Cuda, _)));
-                (portable_descriptor(), gpu, device)
+                (
+                    Weights::Portable(Box::new(p)),
+                    portable_descriptor(),
+                    gpu,
+                    device,
+                )
             }
             None => {
+                let backend = backend()?;
+                let params = LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers);
+                let m = LlamaModel::load_from_file(backend, path, &params).map_err(|source| {
+                    ModelError::Load {
+                        path: path.to_path_buf(),
+                        source,
+                    }
+                })?;
                 let (d, o) = build_descriptor(backend, opts);
-                (d, o, None)
+                (Weights::Llama(m), d, o, None)
+            }
+        };
+        let (n_vocab, bos) = match &weights {
+            Weights::Portable(p) => (p.config().vocab, p.config().bos),
+            Weights::Llama(m) => {
+                let vocab = m.vocab();
+                (
+                    vocab.n_tokens().max(0) as usize,
+                    vocab.bos().0.max(0) as u32,
+                )
             }
         };
         let threads = if opts.threads == 0 {
@@ -347,8 +341,7 @@ impl Model {
         };
         Ok(Model {
             fingerprint: Fingerprint::new(&digest, &descriptor),
-            inner,
-            portable,
+            weights,
             path: path.to_path_buf(),
             descriptor,
             bos,
@@ -382,10 +375,9 @@ impl Model {
 
     /// Which engine computes the logits.
     pub fn backend(&self) -> Backend {
-        if self.portable.is_some() {
-            Backend::Portable
-        } else {
-            Backend::Llama
+        match self.weights {
+            Weights::Portable(_) => Backend::Portable,
+            Weights::Llama(_) => Backend::Llama,
         }
     }
 
@@ -407,9 +399,12 @@ impl Model {
 
     /// Tokenizes plain text (special-token syntax is treated as text).
     pub fn tokenize(&self, text: &[u8]) -> Vec<u32> {
-        self.inner
-            .vocab()
-            .tokenize(text, false, false)
+        let m = match &self.weights {
+            Weights::Portable(p) => return p.vocab().tokenize(text),
+            Weights::Llama(m) => m,
+        };
+        m.vocab()
+            .tokenize(&llama_safe(text), false, false)
             .into_iter()
             .map(|t| t.0 as u32)
             .collect()
@@ -417,10 +412,11 @@ impl Model {
 
     /// Appends the bytes of `tokens` to `out`.
     pub fn detokenize_into(&self, tokens: &[u32], out: &mut Vec<u8>) {
-        if let Some(p) = &self.portable {
-            return p.vocab().detokenize_into(tokens, out);
-        }
-        let vocab = self.inner.vocab();
+        let m = match &self.weights {
+            Weights::Portable(p) => return p.vocab().detokenize_into(tokens, out),
+            Weights::Llama(m) => m,
+        };
+        let vocab = m.vocab();
         for &t in tokens {
             if (t as usize) < self.n_vocab {
                 vocab.token_to_piece_into(LlamaToken(t as i32), out, false, None);
@@ -463,33 +459,36 @@ impl Model {
     ) -> Result<Session<'_>, ModelError> {
         let threads = threads.clamp(1, 256) as i32;
         let n_seq = n_seq.max(1);
-        if let (Some(p), Some((place, _))) = (&self.portable, &self.device) {
-            let dev = place.open()?;
-            let s = nacrithfs_portable::device::DeviceSession::new(p, dev, n_seq, window)
-                .map_err(ModelError::Device)?;
-            return Ok(Session {
-                inner: Inner::Device { s: Box::new(s) },
-                window,
-                n_seq,
-                threads: threads as usize,
-            });
-        }
-        if let Some(p) = &self.portable {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads as usize)
-                .thread_name(|i| format!("portable-{i}"))
-                .build()
-                .map_err(ModelError::Threads)?;
-            return Ok(Session {
-                inner: Inner::Portable {
-                    s: p.session(n_seq, window, nc06::simd::isa()),
-                    pool,
-                },
-                window,
-                n_seq,
-                threads: threads as usize,
-            });
-        }
+        let llama = match (&self.weights, &self.device) {
+            (Weights::Portable(p), Some((place, _))) => {
+                let dev = place.open()?;
+                let s = nacrithfs_portable::device::DeviceSession::new(p, dev, n_seq, window)
+                    .map_err(ModelError::Device)?;
+                return Ok(Session {
+                    inner: Inner::Device { s: Box::new(s) },
+                    window,
+                    n_seq,
+                    threads: threads as usize,
+                });
+            }
+            (Weights::Portable(p), None) => {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads as usize)
+                    .thread_name(|i| format!("portable-{i}"))
+                    .build()
+                    .map_err(ModelError::Threads)?;
+                return Ok(Session {
+                    inner: Inner::Portable {
+                        s: p.session(n_seq, window, nc06::simd::isa()),
+                        pool,
+                    },
+                    window,
+                    n_seq,
+                    threads: threads as usize,
+                });
+            }
+            (Weights::Llama(m), _) => m,
+        };
         let n_ctx = n_seq.saturating_mul(window.ctx);
         let err = |source| ModelError::Context {
             n_seq,
@@ -510,7 +509,7 @@ impl Model {
         static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let ctx = {
             let _guard = CREATE.lock().unwrap_or_else(|p| p.into_inner());
-            self.inner.new_context(backend()?, params).map_err(err)?
+            llama.new_context(backend()?, params).map_err(err)?
         };
         Ok(Session {
             inner: Inner::Llama {
@@ -557,6 +556,28 @@ fn build_descriptor(backend: &LlamaBackend, opts: &ModelOptions) -> (String, boo
         system_info()
     );
     (descriptor, offloaded)
+}
+
+/// `text` as llama.cpp 0.1.160 can take it. Its tokenizer throws a C++ exception, which
+/// aborts the process, on a 4-byte sequence whose value is past U+10FFFF; the lead byte
+/// of each such sequence is replaced by 0xFF, which it decodes to U+FFFD (so the
+/// tokens do not give `text` back, and it takes the binary path).
+fn llama_safe(text: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let bad = |w: &[u8]| {
+        (0xf4..=0xf7).contains(&w[0])
+            && w[1..].iter().all(|&b| b & 0xc0 == 0x80)
+            && (u32::from(w[0] & 7) << 18 | u32::from(w[1] & 0x3f) << 12) > 0x10_ffff
+    };
+    if !text.windows(4).any(bad) {
+        return text.into();
+    }
+    let mut v = text.to_vec();
+    for i in 0..v.len().saturating_sub(3) {
+        if bad(&v[i..i + 4]) {
+            v[i] = 0xff;
+        }
+    }
+    v.into()
 }
 
 /// The fingerprint blobs coded with the model at `path` would record on this build
