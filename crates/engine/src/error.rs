@@ -97,7 +97,7 @@ impl Error {
     /// The errno a filesystem should report for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::Model(ModelError::Context { .. }) => libc::ENOMEM,
+            Error::Model(e) if e.out_of_memory() => libc::ENOMEM,
             Error::Shared(e) => e.errno(),
             _ => libc::EIO,
         }

@@ -2,12 +2,26 @@
 //! which its logits are bit-identical across runs, thread counts and batch compositions,
 //! or the portable engine, whose logits are the same bits on every machine.
 
+mod error;
+#[cfg(feature = "llama")]
 mod llama;
+#[cfg(not(feature = "llama"))]
+#[path = "no_llama.rs"]
+mod llama;
+mod loaded;
+mod options;
+mod portable;
+mod session;
 
-pub use llama::{
-    fingerprint_of, release_threads, DeviceChoice, Feed, Model, ModelError, ModelOptions, Session,
-    DEVICE_ENV,
-};
+pub use error::ModelError;
+pub use llama::release_threads;
+pub use loaded::{fingerprint_of, Model};
+pub use options::{DeviceChoice, ModelOptions, DEVICE_ENV};
+pub use session::{Feed, Session};
+
+/// Version of everything after the logits (softmax, CDF, coder). Part of every backend
+/// descriptor, so changing that code changes the fingerprint.
+const PREDICTOR_VERSION: u32 = 2;
 
 use std::path::PathBuf;
 
@@ -42,8 +56,9 @@ impl Backend {
     pub fn of(fp: &nc06::Fingerprint) -> Backend {
         // The digest is the same for the whole run: hashed once, not per blob opened.
         static PORTABLE: std::sync::OnceLock<[u8; 8]> = std::sync::OnceLock::new();
-        let portable = PORTABLE
-            .get_or_init(|| nc06::Fingerprint::new(&[0; 8], &llama::portable_descriptor()).backend);
+        let portable = PORTABLE.get_or_init(|| {
+            nc06::Fingerprint::new(&[0; 8], &portable::portable_descriptor()).backend
+        });
         if fp.backend == *portable {
             Backend::Portable
         } else {
