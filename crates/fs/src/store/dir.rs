@@ -34,9 +34,10 @@ impl Stat {
     pub fn mode(&self) -> u32 {
         self.0.st_mode
     }
-    /// Hard links.
+    /// Hard links (`nlink_t` is 32 bits on 64-bit Arm, 64 on x86-64).
     pub fn nlink(&self) -> u64 {
-        self.0.st_nlink
+        #[allow(clippy::useless_conversion)]
+        u64::from(self.0.st_nlink)
     }
     /// Owner.
     pub fn uid(&self) -> u32 {
