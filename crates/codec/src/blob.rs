@@ -68,6 +68,8 @@ pub(crate) struct Nc06Blob {
     kinds: Vec<ExtentKind>,
     /// For each of `extents`, where it lies when it is in a raw frame.
     plain: Vec<Option<PlainPiece>>,
+    /// For each of `extents`, its chunk when it is text.
+    chunks: Vec<Option<usize>>,
     /// One bit per frame: its checksum was checked since the blob was opened.
     checked: Vec<AtomicU64>,
     stored_len: u64,
@@ -91,6 +93,7 @@ impl Nc06Blob {
         let extents = index.pieces();
         let kinds = index.kinds();
         let plain = plain_pieces(&blob, &index);
+        let chunks = index.piece_chunks();
         let checked = (0..blob.frames.len().div_ceil(64))
             .map(|_| AtomicU64::new(0))
             .collect();
@@ -108,6 +111,7 @@ impl Nc06Blob {
             extents,
             kinds,
             plain,
+            chunks,
             checked,
             model_decodes,
         }
@@ -145,6 +149,16 @@ impl OpenBlob for Nc06Blob {
 
     fn is_plain(&self, i: usize) -> bool {
         matches!(self.plain.get(i), Some(Some(_)))
+    }
+
+    fn is_original(&self, i: usize, bytes: &[u8]) -> bool {
+        let (Some(&(_, len)), Some(&Some(c))) = (self.extents.get(i), self.chunks.get(i)) else {
+            return false;
+        };
+        let Some(entry) = self.blob.chunks.get(c) else {
+            return false;
+        };
+        bytes.len() as u64 == len && crc32c::crc32c(bytes) == entry.crc
     }
 
     fn read_plain(&self, i: usize, range: Range<u64>, out: &mut Vec<u8>) -> FsResult<()> {

@@ -166,6 +166,14 @@ pub trait OpenBlob: Send + Sync {
         let _ = i;
         false
     }
+    /// Whether `bytes` are piece `i`'s original bytes, by a checksum the blob holds
+    /// of them (NC06: a text chunk's CRC-32C, which its decoding is checked against
+    /// too). A file's own bytes, read from it when it was compressed, may then stand
+    /// for the piece decoded. `false` when the blob cannot tell.
+    fn is_original(&self, i: usize, bytes: &[u8]) -> bool {
+        let _ = (i, bytes);
+        false
+    }
     /// Appends bytes `range` of piece `i` (offsets within the piece, which
     /// [`OpenBlob::is_plain`]) to `out`. The piece's checksum is checked, over all of
     /// it, the first time any of it is read.

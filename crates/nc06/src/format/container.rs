@@ -569,6 +569,19 @@ impl Index {
         out
     }
 
+    /// For each of [`Index::pieces`], its chunk when it is text.
+    pub fn piece_chunks(&self) -> Vec<Option<usize>> {
+        let mut out = Vec::with_capacity(self.extents.len() + self.frame_offsets.len());
+        for e in &self.extents {
+            match e.kind {
+                ExtentKind::Text => out.push(Some(e.chunk)),
+                ExtentKind::Zero => out.push(None),
+                ExtentKind::Binary => self.each_frame_piece(e, |_, _, _| out.push(None)),
+            }
+        }
+        out
+    }
+
     /// For each of [`Index::pieces`], the offset of its first byte in the binary
     /// stream when it is binary: it lies in frame `offset / FRAME_SIZE`, which holds
     /// it whole.
@@ -581,20 +594,26 @@ impl Index {
     /// Calls `f(offset, len, kind, binary_offset)` for each of [`Index::pieces`], in
     /// order; `binary_offset` is set for binary pieces.
     fn each_piece(&self, mut f: impl FnMut(u64, u64, ExtentKind, Option<u64>)) {
-        let frame = super::FRAME_SIZE as u64;
         for e in &self.extents {
             match e.kind {
                 ExtentKind::Text | ExtentKind::Zero => f(e.orig_offset, e.len, e.kind, None),
                 ExtentKind::Binary => {
-                    let mut done = 0;
-                    while done < e.len {
-                        let at = e.binary_offset + done;
-                        let n = (frame - at % frame).min(e.len - done);
-                        f(e.orig_offset + done, n, e.kind, Some(at));
-                        done += n;
-                    }
+                    self.each_frame_piece(e, |offset, n, at| f(offset, n, e.kind, Some(at)))
                 }
             }
+        }
+    }
+
+    /// The pieces of binary extent `e`: (offset, length, offset in the binary stream)
+    /// of each part of it that lies in one frame.
+    fn each_frame_piece(&self, e: &IndexedExtent, mut f: impl FnMut(u64, u64, u64)) {
+        let frame = super::FRAME_SIZE as u64;
+        let mut done = 0;
+        while done < e.len {
+            let at = e.binary_offset + done;
+            let n = (frame - at % frame).min(e.len - done);
+            f(e.orig_offset + done, n, at);
+            done += n;
         }
     }
 }
