@@ -284,6 +284,62 @@ fn a_reader_in_order_finds_the_next_chunks_decoded_ahead() {
 }
 
 #[test]
+fn a_file_read_back_after_its_compression_needs_no_model() {
+    // cp, then diff once the kernel's page cache has let the file go: what was just
+    // coded is cached as decoded, from the plaintext (each piece checked against the
+    // blob's checksum of it), so reading it back does not run the model at about
+    // 1 KB/s. A fresh mount decodes it.
+    model_present();
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let d = dirs();
+    let mut want = ENGLISH.as_bytes().to_vec();
+    want.extend_from_slice(&noise(3000, 11));
+    want.extend_from_slice(MULTILINGUAL.as_bytes());
+    let opts = || Opts {
+        args: vec!["--chunk-size", "256"],
+        ..Default::default()
+    };
+    // O_DIRECT: every read goes to the filesystem, none to the kernel's page cache
+    // (which holds the pages cp wrote).
+    let read_direct = |p: &Path| {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(p)
+            .unwrap();
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    std::fs::write(d.mnt.join("a.txt"), &want).unwrap();
+    m.wait();
+    let blob = nc06::format::Blob::parse(&std::fs::read(d.backing.join("a.txt")).unwrap())
+        .expect("a.txt is a blob");
+    assert!(blob.chunks.len() >= 4, "{} text chunks", blob.chunks.len());
+    assert!(
+        read_direct(&d.mnt.join("a.txt")) == want,
+        "read back differs"
+    );
+    let st = nacrithfs_fs::Status::from_json(&m.status()).expect("status");
+    assert_eq!(
+        st.model_decodes, 0,
+        "a chunk just coded was decoded to read it back"
+    );
+    m.stop();
+    let m = Mount::start_with(&d.backing, &d.mnt, opts());
+    assert!(
+        read_direct(&d.mnt.join("a.txt")) == want,
+        "read back differs"
+    );
+    let st = nacrithfs_fs::Status::from_json(&m.status()).expect("status");
+    assert_eq!(st.model_decodes, blob.chunks.len() as u64);
+    m.stop();
+}
+
+#[test]
 fn a_file_written_again_and_again_is_compressed_once_it_is_left_alone() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let d = dirs();

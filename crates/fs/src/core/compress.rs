@@ -5,15 +5,15 @@
 //! the file's name and tried again later, with backoff ([`RETRY_DELAYS`]); the file
 //! stays plaintext meanwhile, and a change to it starts afresh.
 
-use super::blob_cache::{blob_id, blob_key};
+use super::blob_cache::{blob_id, blob_key, BlobId};
 use super::content::Content;
 use super::status::JobStatus;
 use super::types::{Ino, Kind};
 use super::{lock, Core, Entry, Status};
 use crate::error::{FsError, FsResult, IoContext};
 use crate::store::codec::{BlobOut, Meter, Source};
-use crate::store::AtomicFile;
 use crate::store::{backing, Stat};
+use crate::store::{AtomicFile, OpenBlob};
 use std::os::unix::fs::FileExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -353,8 +353,34 @@ impl Core {
             return self.keep_plain(ino, gen, id, &f, &shown, &why);
         }
         self.backing.seal(&mut tmp, &f, true)?;
-        self.commit_blob(ino, id, gen, tmp, size, blob_len, &job)
-            .map(drop)
+        if let Some(done) = self.commit_blob(ino, id, gen, tmp, size, blob_len, &job)? {
+            // What was just coded is in the cache as decoded, from the plaintext file
+            // (still open here, though the blob replaced it), each piece checked
+            // against the blob's checksum of it.
+            match self.committed_blob(done) {
+                Ok((new, new_key)) => {
+                    let n = self.blobs.seed(&*new, new_key, |off, len| {
+                        let mut buf = vec![0; usize::try_from(len).ok()?];
+                        f.read_exact_at(&mut buf, off).ok().map(|()| buf)
+                    });
+                    log::debug!("{shown}: {n} decoded pieces cached from the plaintext");
+                }
+                Err(e) => log::debug!("{shown}: no decoded pieces cached: {}", e.report()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The blob just installed, opened (it is already if the file is open), with its
+    /// cache key.
+    fn committed_blob(&self, done: Committed) -> FsResult<(Arc<dyn OpenBlob>, BlobId)> {
+        match done.content {
+            Some(Content::Blob { blob, key, .. }) => Ok((blob, key)),
+            _ => self
+                .codec
+                .open(done.file)
+                .map(|b| (b.clone(), blob_id(&done.stat, &*b))),
+        }
     }
 
     /// Runs the codec with `tmp` as the blob's file, and scratch files beside it.
@@ -455,16 +481,8 @@ impl Core {
         self.backing.seal(&mut tmp, &file, true)?;
         drop(file);
         if let Some(done) = self.commit_blob(ino, id, gen, tmp, size, new_len, &job)? {
-            // What was decoded of the old blob and is in the new one stays decoded. The
-            // new blob is opened already if the file is open.
-            let new = match done.content {
-                Some(Content::Blob { blob, key, .. }) => Ok((blob, key)),
-                _ => self
-                    .codec
-                    .open(done.file)
-                    .map(|b| (b.clone(), blob_id(&done.stat, &*b))),
-            };
-            match new {
+            // What was decoded of the old blob and is in the new one stays decoded.
+            match self.committed_blob(done) {
                 Ok((new, new_key)) => {
                     self.blobs
                         .carry_over((&*blob, key), (&*new, new_key), &clean)
