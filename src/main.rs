@@ -75,6 +75,15 @@ fn print_version() {
         nc06::format::VERSION,
         nc06::format::Flags(nc06::format::Flags::KNOWN)
     );
+    println!(
+        "backends: portable (spec {}){}",
+        nacrithfs_engine::model::PORTABLE_SPEC_VERSION,
+        if nacrithfs_engine::model::HAS_LLAMA {
+            ", llama (llama-cpp-sys-2 0.1.160)"
+        } else {
+            "; llama.cpp not built in"
+        }
+    );
     match nacrithfs_engine::model::resolve_model_path(None) {
         Ok(p) => {
             let opts = nacrithfs_engine::model::ModelOptions::default();

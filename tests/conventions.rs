@@ -308,4 +308,6 @@ fn systemd_unit_completions_man_page_and_version() {
         "{v}"
     );
     assert!(v.contains("fingerprint") || v.contains("model "), "{v}");
+    // Which backends this build has: blobs of a missing one cannot be read.
+    assert!(v.contains("backends: portable (spec 1), llama"), "{v}");
 }

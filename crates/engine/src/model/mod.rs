@@ -19,6 +19,13 @@ pub use loaded::{fingerprint_of, Model};
 pub use options::{DeviceChoice, ModelOptions, DEVICE_ENV};
 pub use session::{Feed, Session};
 
+/// Whether this build has llama.cpp (the `llama` feature): without it the portable
+/// engine runs every model, and llama.cpp's blobs cannot be read.
+pub const HAS_LLAMA: bool = cfg!(feature = "llama");
+
+/// The version of the portable engine's arithmetic (docs/ENGINE.md).
+pub use nacrithfs_portable::SPEC_VERSION as PORTABLE_SPEC_VERSION;
+
 /// Version of everything after the logits (softmax, CDF, coder). Part of every backend
 /// descriptor, so changing that code changes the fingerprint.
 const PREDICTOR_VERSION: u32 = 2;
