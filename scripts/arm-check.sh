@@ -42,4 +42,10 @@ $arm compress "$work/in" -o "$work/arm.nc"
 cmp "$work/x86.nc" "$work/arm.nc"
 $x86 decompress "$work/arm.nc" -o "$work/x86.out"
 cmp "$work/in" "$work/x86.out"
+# What it cannot do, it says: --backend llama is an error naming the missing feature.
+if $arm compress --backend llama "$work/in" -o "$work/llama.nc" 2>"$work/err"; then
+    echo "arm-check: --backend llama worked in a build without llama.cpp" >&2
+    exit 1
+fi
+grep -q "built without llama.cpp" "$work/err" || { cat "$work/err" >&2; exit 1; }
 echo "arm-check: a $(stat -c %s "$work/in")-byte file: the x86-64 and aarch64 builds write the same $(stat -c %s "$work/x86.nc")-byte blob, and each decodes the other's"
