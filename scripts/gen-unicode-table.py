@@ -51,27 +51,25 @@ out.append("")
 out.append("use super::unicode::Class::{self, Letter, Number, Other};")
 out.append("")
 out.append("/// Where each run of one class starts; a run lasts to the next start.")
-out.append(f"pub(super) static RUNS: [(u32, Class); {len(runs)}] = [")
+def wrapped(items):
+    """Array items, as many a line as fit in 92 columns."""
+    lines, line = [], "   "
+    for item in items:
+        if len(line) + len(item) > 92:
+            lines.append(line)
+            line = "   "
+        line += item
+    return lines + [line]
+
 names = {"L": "Letter", "N": "Number", "O": "Other"}
-line = "   "
-for start, c in runs:
-    item = f" (0x{start:06X}, {names[c]}),"
-    if len(line) + len(item) > 92:
-        out.append(line)
-        line = "   "
-    line += item
-out.append(line)
+out.append("#[rustfmt::skip]")
+out.append(f"pub(super) static RUNS: [(u32, Class); {len(runs)}] = [")
+out += wrapped(f" (0x{start:06X}, {names[c]})," for start, c in runs)
 out.append("];")
 out.append("")
 out.append("/// The code points that are whitespace (`\\s`).")
+out.append("#[rustfmt::skip]")
 out.append(f"pub(super) static WHITESPACE: [u32; {len(white)}] = [")
-line = "   "
-for w in white:
-    item = f" 0x{w:06X},"
-    if len(line) + len(item) > 92:
-        out.append(line)
-        line = "   "
-    line += item
-out.append(line)
+out += wrapped(f" 0x{w:06X}," for w in white)
 out.append("];")
 print("\n".join(out))
