@@ -70,14 +70,19 @@ fn token(m: &Model, i: u32) -> u32 {
 
 const WINDOW: Window = Window { ctx: 16, slide: 4 };
 
-#[test]
-fn the_logits_of_a_fixed_stream_are_golden_everywhere() {
+/// The model and its path, or `None` (the test skips) where it is not fetched.
+fn model() -> Option<(Model, PathBuf)> {
     let path = model_path();
     if !path.is_file() {
         eprintln!("skipped: no model at {}", path.display());
-        return;
+        return None;
     }
-    let m = Model::load(&path).expect("the model loads");
+    Some((Model::load(&path).expect("the model loads"), path))
+}
+
+#[test]
+fn the_logits_of_a_fixed_stream_are_golden_everywhere() {
+    let Some((m, path)) = model() else { return };
     let mut got = Vec::new();
     let mut all = Vec::new();
     for isa in Isa::available() {
@@ -124,12 +129,7 @@ const GOLDEN_TOKENS: &str = "fb2737375ec2bcda40c9d45cac54194016f2868b0ec276f49aa
 
 #[test]
 fn the_tokens_of_a_fixed_text_are_golden_everywhere() {
-    let path = model_path();
-    if !path.is_file() {
-        eprintln!("skipped: no model at {}", path.display());
-        return;
-    }
-    let m = Model::load(&path).expect("the model loads");
+    let Some((m, _)) = model() else { return };
     let mut text = Vec::new();
     text.extend_from_slice(include_bytes!("../../../tests/data/english.txt"));
     text.extend_from_slice(include_bytes!("../../../tests/data/multilingual.txt"));
