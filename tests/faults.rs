@@ -7,14 +7,12 @@
 #[path = "common/mount.rs"]
 mod mount;
 
-use mount::{bin, dirs, serial, Mount, Opts, Rng};
+use mount::{bin, dirs, serial, Mount, Opts, Rng, Tmpfs};
 use nacrithfs_fs::store::backing::is_blob_path;
 use nc06::format::FRAME_SIZE;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::process::Command;
 
 const ENGLISH: &str = include_str!("data/english.txt");
 
@@ -38,33 +36,6 @@ fn binary(rng: &mut Rng, n: usize) -> Vec<u8> {
 
 fn errno(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(-1)
-}
-
-/// A tmpfs mounted for the life of the value.
-struct Tmpfs<'a>(&'a Path);
-
-impl<'a> Tmpfs<'a> {
-    fn mount(at: &'a Path, size: &str) -> Tmpfs<'a> {
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=755"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs (needs root)");
-        Tmpfs(at)
-    }
-}
-
-impl Drop for Tmpfs<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0).status();
-    }
 }
 
 #[test]

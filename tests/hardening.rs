@@ -6,7 +6,7 @@
 #[path = "common/mount.rs"]
 mod mount;
 
-use mount::{bin, dirs, serial, Mount, Opts};
+use mount::{bin, dirs, serial, Mount, Opts, Tmpfs};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -355,33 +355,6 @@ fn a_panicking_compressor_is_survived_and_the_file_compressed_later() {
         vec![5u8; 30_000]
     );
     m.stop();
-}
-
-/// A tmpfs mounted for the life of the value.
-struct Tmpfs<'a>(&'a Path);
-
-impl<'a> Tmpfs<'a> {
-    fn mount(at: &'a Path, size: &str) -> Tmpfs<'a> {
-        let st = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=755"),
-                "tmpfs",
-            ])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs (needs root)");
-        Tmpfs(at)
-    }
-}
-
-impl Drop for Tmpfs<'_> {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0).status();
-    }
 }
 
 fn is_blob(p: &Path) -> bool {
