@@ -548,6 +548,17 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 m.device()
                     .unwrap_or(if m.offloaded() { "the GPU" } else { "the CPU" })
             );
+            // The tokenizer's own rate (each backend has its own: the portable engine's,
+            // or llama.cpp's), on the whole file.
+            let t = std::time::Instant::now();
+            let n_tokens = m.tokenize(&text).len();
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "tokenizer: {} bytes to {n_tokens} tokens in {:.1} ms ({:.1} MB/s)",
+                text.len(),
+                secs * 1e3,
+                text.len() as f64 / secs.max(1e-9) / 1e6
+            );
             println!();
             println!("| streams | mode | tokens | seconds | tokens/s | KB/s | % of raw | model s | predictor+coder s | bits/byte | RSS MiB |");
             println!("|---|---|---|---|---|---|---|---|---|---|---|");
