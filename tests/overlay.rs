@@ -122,6 +122,23 @@ fn appends_and_overwrites_of_a_compressed_text_decode_only_what_they_touch() {
         1,
         "only the edited chunk was decoded"
     );
+    // The edited chunk is cached as it was just coded: reading it back (past the
+    // kernel's page cache) runs no model.
+    let mut back = vec![0u8; 64];
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&file)
+        .unwrap()
+        .read_exact_at(&mut back, middle.orig_offset)
+        .unwrap();
+    let from = middle.orig_offset as usize;
+    assert_eq!(back, want[from..from + 64]);
+    assert_eq!(
+        status(&m).model_decodes,
+        1,
+        "the edited chunk was decoded to read it back"
+    );
     let third = Blob::parse(&std::fs::read(&backed).unwrap()).unwrap();
     assert!(
         copied_chunks(&second, &third) >= second.chunks.len() - 1,

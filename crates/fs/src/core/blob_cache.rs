@@ -300,11 +300,11 @@ impl BlobCache {
 
     /// Caches the pieces of `blob` that need the model, from the first, as `read`
     /// (offset, length) gives them: the bytes of the file that was just compressed
-    /// into `blob`. A piece is cached only if the blob's own checksum says it is that
-    /// piece ([`OpenBlob::is_original`]), and only up to half the cache, so a large
-    /// file does not push out everything else. Reading a file back after its
-    /// compression then does not run the model for what was just coded, at about
-    /// 1 KB/s. Returns the pieces cached.
+    /// into `blob` (`None`: not this piece). A piece is cached only if the blob's own
+    /// checksum says it is that piece ([`OpenBlob::is_original`]), and only up to half
+    /// the cache, so a large file does not push out everything else. Reading a file
+    /// back after its compression then does not run the model for what was just
+    /// coded, at about 1 KB/s. Returns the pieces cached.
     pub fn seed(
         &self,
         blob: &dyn OpenBlob,
@@ -321,7 +321,7 @@ impl BlobCache {
             if bytes + n > budget {
                 break;
             }
-            let Some(v) = read(offset, len) else { break };
+            let Some(v) = read(offset, len) else { continue };
             if !blob.is_original(i, &v) {
                 // The file is not what was compressed (it could not change meanwhile
                 // through the mount; something wrote the backing file itself).

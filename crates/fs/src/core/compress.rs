@@ -11,7 +11,7 @@ use super::status::JobStatus;
 use super::types::{Ino, Kind};
 use super::{lock, Core, Entry, Status};
 use crate::error::{FsError, FsResult, IoContext};
-use crate::store::codec::{BlobOut, Meter, Source};
+use crate::store::codec::{within, BlobOut, Meter, Source};
 use crate::store::{backing, Stat};
 use crate::store::{AtomicFile, OpenBlob};
 use std::os::unix::fs::FileExt;
@@ -479,11 +479,21 @@ impl Core {
             return self.changed_meanwhile(ino);
         }
         self.backing.seal(&mut tmp, &file, true)?;
-        drop(file);
         if let Some(done) = self.commit_blob(ino, id, gen, tmp, size, new_len, &job)? {
-            // What was decoded of the old blob and is in the new one stays decoded.
             match self.committed_blob(done) {
                 Ok((new, new_key)) => {
+                    // The chunks the change touched, as they were just coded: from the
+                    // old blob's pieces (decoded to code them) and the log, through the
+                    // plan that was coded. Then what was decoded of the old blob and is
+                    // in the new one stays decoded.
+                    let n = self.blobs.seed(&*new, new_key, |off, len| {
+                        if within(&clean, off, off + len) {
+                            return None;
+                        }
+                        self.read_planned(&blob, key, &file, &plan.plan(off, len), false)
+                            .ok()
+                    });
+                    log::debug!("{shown}: {n} changed chunks cached as coded");
                     self.blobs
                         .carry_over((&*blob, key), (&*new, new_key), &clean)
                 }
