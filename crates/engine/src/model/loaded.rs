@@ -44,7 +44,7 @@ impl Model {
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Model, ModelError> {
         let digest = sha256_file(path)?;
         let (weights, descriptor, offloaded, device) = match portable_for(path, opts.backend)? {
-            Some(p) => {
+            Ok(p) => {
                 let device = portable_device(&p, opts.device)?;
                 let gpu = matches!(device, Some((Place::Cuda, _)));
                 (
@@ -54,8 +54,8 @@ impl Model {
                     device,
                 )
             }
-            None => {
-                let (m, d, o) = llama::Weights::load(path, opts)?;
+            Err(why) => {
+                let (m, d, o) = llama::Weights::load(path, opts).map_err(|e| needs(e, why))?;
                 (Weights::Llama(m), d, o, None)
             }
         };
@@ -209,10 +209,18 @@ impl Model {
 pub fn fingerprint_of(path: &Path, opts: &ModelOptions) -> Result<Fingerprint, ModelError> {
     let digest = sha256_file(path)?;
     let descriptor = match portable_for(path, opts.backend)? {
-        Some(_) => portable_descriptor(),
-        None => llama::descriptor(path, opts)?,
+        Ok(_) => portable_descriptor(),
+        Err(why) => llama::descriptor(path, opts).map_err(|e| needs(e, why))?,
     };
     Ok(Fingerprint::new(&digest, &descriptor))
+}
+
+/// `e`, saying `why` llama.cpp was wanted when it is that this build has none.
+fn needs(e: ModelError, why: String) -> ModelError {
+    match e {
+        ModelError::NoLlama { path, .. } => ModelError::NoLlama { path, why },
+        e => e,
+    }
 }
 
 fn sha256_file(path: &Path) -> Result<[u8; 32], ModelError> {

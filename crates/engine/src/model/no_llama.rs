@@ -2,7 +2,7 @@
 //! types have no values, so the code that dispatches between backends needs no
 //! `cfg`; asking for llama.cpp is an error naming the missing feature.
 
-use super::{Backend, BackendChoice, ModelError, ModelOptions};
+use super::{ModelError, ModelOptions};
 use nc06::Window;
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -11,25 +11,20 @@ use std::path::Path;
 /// No model is ever loaded by llama.cpp here.
 pub(super) enum Weights {}
 
-fn missing(path: &Path, opts: &ModelOptions) -> ModelError {
-    let why = match opts.backend {
-        BackendChoice::Only(Backend::Llama) => {
-            "llama.cpp is asked for (--backend llama, or a blob it coded)"
-        }
-        _ => "the portable engine does not run it",
-    };
+/// The error for `path`; the caller says why llama.cpp was wanted.
+fn missing(path: &Path) -> ModelError {
     ModelError::NoLlama {
         path: path.to_path_buf(),
-        why: why.into(),
+        why: "it needs llama.cpp".into(),
     }
 }
 
 impl Weights {
     pub(super) fn load(
         path: &Path,
-        opts: &ModelOptions,
+        _: &ModelOptions,
     ) -> Result<(Weights, String, bool), ModelError> {
-        Err(missing(path, opts))
+        Err(missing(path))
     }
 
     pub(super) fn n_vocab(&self) -> usize {
@@ -53,8 +48,8 @@ impl Weights {
     }
 }
 
-pub(super) fn descriptor(path: &Path, opts: &ModelOptions) -> Result<String, ModelError> {
-    Err(missing(path, opts))
+pub(super) fn descriptor(path: &Path, _: &ModelOptions) -> Result<String, ModelError> {
+    Err(missing(path))
 }
 
 /// No llama.cpp context is ever made here.

@@ -72,25 +72,32 @@ pub(super) fn portable_device(
 /// The portable engine's model of the file at `path` when `choice` has it compute the
 /// logits: always for `portable`, never for `llama`, and for `auto` when the engine
 /// runs the file's architecture, tokenizer and weight types (else llama.cpp does, and
-/// a log line says why). A damaged file is an error under every choice.
+/// a log line says why). Otherwise why llama.cpp is to run it. A damaged file is an
+/// error under every choice.
 pub(super) fn portable_for(
     path: &Path,
     choice: BackendChoice,
-) -> Result<Option<nacrithfs_portable::Model>, ModelError> {
+) -> Result<Result<nacrithfs_portable::Model, String>, ModelError> {
     let err = |source| ModelError::Portable {
         path: path.to_path_buf(),
         source: Box::new(source),
     };
     match choice {
-        BackendChoice::Only(Backend::Llama) => Ok(None),
+        BackendChoice::Only(Backend::Llama) => Ok(Err(
+            "llama.cpp is asked for (--backend llama, or a blob it coded)".into(),
+        )),
         BackendChoice::Only(Backend::Portable) => {
-            nacrithfs_portable::Model::load(path).map(Some).map_err(err)
+            nacrithfs_portable::Model::load(path).map(Ok).map_err(err)
         }
         BackendChoice::Auto => match nacrithfs_portable::Model::load(path) {
-            Ok(m) => Ok(Some(m)),
+            Ok(m) => Ok(Ok(m)),
             Err(e) if e.unsupported() => {
                 log::info!("model {}: llama.cpp codes it ({e})", path.display());
-                Ok(None)
+                let what = match &e {
+                    nacrithfs_portable::LoadError::Gguf { source, .. } => source.to_string(),
+                    e => e.to_string(),
+                };
+                Ok(Err(format!("the portable engine does not run it: {what}")))
             }
             Err(e) => Err(err(e)),
         },
