@@ -306,3 +306,27 @@ fn every_code_point_tokenizes_as_llama_cpp_does() {
         );
     }
 }
+
+#[test]
+fn arbitrary_bytes_never_panic() {
+    // Bytes of any kind, most of them high (lead and continuation bytes in every
+    // order, and values past U+10FFFF): the tokenizer returns, and what it calls exact
+    // gives the bytes back.
+    let vocab = portable().vocab();
+    let mut rng = Rng(0xb17e_5eed);
+    for _ in 0..50_000 {
+        let n = rng.below(40);
+        let t: Vec<u8> = (0..n)
+            .map(|_| match rng.below(4) {
+                0 => b"a '1\n"[rng.below(5)],
+                _ => 0x80 + rng.below(128) as u8,
+            })
+            .collect();
+        let _ = vocab.tokenize(&t);
+        if let Some(tokens) = vocab.tokenize_exact(&t) {
+            let mut back = Vec::new();
+            vocab.detokenize_into(&tokens, &mut back);
+            assert_eq!(back, t);
+        }
+    }
+}
