@@ -71,8 +71,6 @@ struct Cache {
 /// A decoding session over a [`Model`].
 pub struct Session<'m> {
     model: &'m Model,
-    window: Window,
-    n_seq: u32,
     isa: Isa,
     positions: Positions,
     caches: Vec<Cache>,
@@ -136,8 +134,6 @@ impl Model {
         let inv_freq = inv_freq(c);
         Session {
             model: self,
-            window,
-            n_seq,
             isa,
             positions: Positions::new(n_seq, window),
             caches,
@@ -172,6 +168,16 @@ impl Positions {
         }
     }
 
+    /// Sequences there are.
+    pub(crate) fn n_seq(&self) -> u32 {
+        self.next.len() as u32
+    }
+
+    /// The window of every sequence.
+    pub(crate) fn window(&self) -> Window {
+        self.window
+    }
+
     /// The feed of `token` to `seq` at its next position, and whether its window must
     /// slide first (the caller slides it).
     pub(crate) fn feed(
@@ -180,7 +186,7 @@ impl Positions {
         token: u32,
         logits: bool,
     ) -> Result<(Feed, bool), StepError> {
-        let n_seq = self.next.len() as u32;
+        let n_seq = self.n_seq();
         let next = self
             .next
             .get_mut(seq as usize)
@@ -296,12 +302,12 @@ fn rope(x: &mut [f32], hd: usize, cs: &[(f32, f32)]) {
 impl Session<'_> {
     /// Sequences the session holds.
     pub fn n_seq(&self) -> u32 {
-        self.n_seq
+        self.positions.n_seq()
     }
 
     /// The window of every sequence.
     pub fn window(&self) -> Window {
-        self.window
+        self.positions.window()
     }
 
     /// The feed that gives `token` to sequence `seq` at its next position, sliding the
@@ -331,7 +337,8 @@ impl Session<'_> {
     /// back by `slide` positions and rounding it to f16 again.
     fn slide(&mut self, i: usize) {
         let c = &self.model.cfg;
-        let (ctx, s) = (self.window.ctx as usize, self.window.slide as usize);
+        let w = self.window();
+        let (ctx, s) = (w.ctx as usize, w.slide as usize);
         let mut cs = Vec::new();
         rope_cs(&self.inv_freq, -(s as f64), &mut cs);
         let hd = c.head_dim;
@@ -360,13 +367,13 @@ impl Session<'_> {
         let m = self.model;
         let c = &m.cfg;
         let n = feeds.len();
-        check(feeds, self.n_seq, c.vocab)?;
+        check(feeds, self.n_seq(), c.vocab)?;
         self.out.clear();
         if n == 0 {
             return Ok(());
         }
         let (d, kvd, hd, ff) = (c.dim, c.kv_dim(), c.head_dim, c.ff);
-        let ctx = self.window.ctx as usize;
+        let ctx = self.window().ctx as usize;
         let isa = self.isa;
 
         let b = &mut self.buf;

@@ -81,8 +81,6 @@ struct Bufs {
 pub struct DeviceSession {
     dev: Device,
     cfg: Config,
-    window: Window,
-    n_seq: u32,
     positions: Positions,
     inv_freq: Vec<f64>,
     embd: Mat,
@@ -208,8 +206,6 @@ impl DeviceSession {
             positions: Positions::new(n as u32, window),
             dev,
             cfg: c,
-            window,
-            n_seq: n as u32,
             embd,
             output,
             out_norm,
@@ -226,12 +222,12 @@ impl DeviceSession {
 
     /// Sequences the session holds.
     pub fn n_seq(&self) -> u32 {
-        self.n_seq
+        self.positions.n_seq()
     }
 
     /// The window of every sequence.
     pub fn window(&self) -> Window {
-        self.window
+        self.positions.window()
     }
 
     /// As [`crate::Session::feed`]; a slide runs on the device at once.
@@ -256,7 +252,8 @@ impl DeviceSession {
 
     fn slide(&mut self, seq: u32) -> Result<(), DeviceError> {
         let c = &self.cfg;
-        let (ctx, s) = (self.window.ctx, self.window.slide);
+        let w = self.window();
+        let (ctx, s) = (w.ctx, w.slide);
         let mut flat = Vec::new();
         rope_flat(&self.inv_freq, -(s as f64), &mut flat);
         self.dev.0.upload(self.b.slide_cs, &f32_bytes(&flat))?;
@@ -332,7 +329,7 @@ impl DeviceSession {
     /// Runs one step, as [`crate::Session::decode`].
     pub fn decode(&mut self, feeds: &[Feed]) -> Result<(), DeviceStepError> {
         let c = self.cfg.clone();
-        check(feeds, self.n_seq, c.vocab)?;
+        check(feeds, self.n_seq(), c.vocab)?;
         self.out.clear();
         let n = feeds.len();
         if n == 0 {
@@ -391,7 +388,7 @@ impl DeviceSession {
         let (x, h, q, k, v, att, o, g, u) = (b.x, b.h, b.q, b.k, b.v, b.att, b.o, b.g, b.u);
         let (d, kvd, hd, ff) = (c.dim, c.kv_dim(), c.head_dim, c.ff);
         let half = (hd / 2) as u32;
-        let ctx = self.window.ctx;
+        let ctx = self.window().ctx;
         self.norm(x, l.attn_norm, h, 0, n)?;
         self.quant(h, n * d)?;
         self.mul(&l.wq, n, q)?;
