@@ -214,6 +214,26 @@ fn ready_line_summary_and_a_clean_stop_without_warnings() {
     );
     assert!(!nacrithfs_fs::store::backing::is_blob_path(&d.backing.join("hello.txt")).unwrap());
     assert_eq!(std::fs::read(d.mnt.join("hello.txt")).unwrap(), b"hello\n");
+    // What isatty(3) (editors, git) and lsattr ask of a file: "not a terminal", quietly.
+    let f = std::fs::File::open(d.mnt.join("hello.txt")).unwrap();
+    for cmd in [libc::TCGETS, 0x8008_6601 /* FS_IOC_GETFLAGS */] {
+        let mut out = [0u8; 64];
+        // SAFETY: ioctl(2) on an open fd; `out` is larger than either request's result.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                cmd as _,
+                out.as_mut_ptr(),
+            )
+        };
+        let e = std::io::Error::last_os_error();
+        assert_eq!(
+            (r, e.raw_os_error()),
+            (-1, Some(libc::ENOTTY)),
+            "ioctl {cmd:#x}"
+        );
+    }
+    drop(f);
     let text = String::from_utf8_lossy(&bin().arg("status").arg(&d.mnt).output().unwrap().stdout)
         .into_owned();
     assert!(

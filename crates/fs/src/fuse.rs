@@ -6,9 +6,9 @@ use crate::error::FsError;
 use crate::store::Caller;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
@@ -410,6 +410,25 @@ impl Filesystem for NacrithFuse {
     ) {
         log::debug!("fsync({ino}, fh {})", fh.0);
         reply_empty("fsync", self.core.fsync(fh.0, datasync), reply);
+    }
+
+    /// No file here is a device, and the backing file's own flags (chattr) are not the
+    /// mount's to show: every ioctl is "not a terminal", as a regular file on most
+    /// filesystems answers isatty(3). Said here so that fuser does not log a warning
+    /// each time an editor or git asks.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        log::debug!("ioctl({ino}, fh {}, {cmd:#x})", fh.0);
+        reply.error(Errno::from_i32(libc::ENOTTY));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
