@@ -165,13 +165,7 @@ fn a_cuda_gpu_is_batch_invariant_at_64_and_512_streams() {
 fn nvrtc_compiles_the_kernels_with_no_fused_multiply_add() {
     let ptx = match nacrithfs_portable::device::ptx(90) {
         Ok(p) => p,
-        Err(e) if std::env::var("NACRITHFS_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
-            panic!("NVRTC is required: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipped: no NVRTC ({e})");
-            return;
-        }
+        Err(e) => return no_nvrtc(e),
     };
     for k in nacrithfs_portable::device::Kernel::ALL {
         let k = k.name();
@@ -182,6 +176,39 @@ fn nvrtc_compiles_the_kernels_with_no_fused_multiply_add() {
     }
     assert!(!ptx.contains("fma."), "a fused multiply-add in the PTX");
     assert!(ptx.contains("mul.rn.f32") && ptx.contains("add.rn.f32"));
+}
+
+/// A test that needs NVRTC without it: skipped, unless `NACRITHFS_REQUIRE_NVRTC=1`
+/// says it is there. (A GPU machine may run kernels compiled elsewhere, with no NVRTC.)
+fn no_nvrtc(e: nacrithfs_portable::device::DeviceError) {
+    if std::env::var("NACRITHFS_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+        panic!("NVRTC is required: {e}")
+    }
+    eprintln!("skipped: no NVRTC ({e})");
+}
+
+#[test]
+fn the_kernels_compile_to_a_cubin_kept_under_the_hash_of_their_source() {
+    use nacrithfs_portable::device::{install_kernels, kernel_file};
+    let dir = tempfile::tempdir().unwrap();
+    let path = match install_kernels(dir.path(), 90) {
+        Ok(p) => p,
+        Err(e) => return no_nvrtc(e),
+    };
+    assert_eq!(path, kernel_file(dir.path(), 90));
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("kernels-") && name.ends_with("-sm_90.cubin"),
+        "{name}"
+    );
+    assert_ne!(kernel_file(dir.path(), 90), kernel_file(dir.path(), 89));
+    let image = std::fs::read(&path).unwrap();
+    assert!(image.starts_with(b"\x7fELF"), "a cubin is an ELF image");
+    // NVRTC is deterministic, so a kept file is what compiling again would give.
+    install_kernels(dir.path(), 90).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), image);
+    // Only the file: no temporary left beside it.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
 /// `nacrithfs` with `NACRITHFS_DEVICE` set to `device`.

@@ -1,14 +1,30 @@
-//! Prints the PTX that NVRTC makes of the device kernels for a compute capability
-//! (default 90): `cargo run -p nacrithfs-portable --example ptx -- 90`. Needs NVRTC
-//! (`$NACRITHFS_NVRTC`), not a GPU.
+//! The device kernels as NVRTC compiles them; needs NVRTC (`$NACRITHFS_NVRTC`), not a
+//! GPU.
+//! - `cargo run -p nacrithfs-portable --example ptx -- [ARCH]` prints the PTX for a
+//!   compute capability (default 90, for 9.0).
+//! - `... --example ptx -- --install [ARCH]` compiles the cubin for it into the kernel
+//!   cache (`$NACRITHFS_CUDA_CACHE`, else `~/.cache/nacrithfs/cuda`) and prints its
+//!   path: what a GPU machine without NVRTC runs.
+
+use nacrithfs_portable::device;
 
 fn main() {
-    let arch = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(90);
-    match nacrithfs_portable::device::ptx(arch) {
-        Ok(p) => print!("{p}"),
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let install = args.first().is_some_and(|a| a == "--install");
+    if install {
+        args.remove(0);
+    }
+    let arch = args.first().and_then(|a| a.parse().ok()).unwrap_or(90);
+    let r = if install {
+        device::kernel_cache_dir()
+            .ok_or_else(|| "no cache directory: set NACRITHFS_CUDA_CACHE or HOME".to_string())
+            .and_then(|d| device::install_kernels(&d, arch).map_err(|e| e.to_string()))
+            .map(|p| format!("{}\n", p.display()))
+    } else {
+        device::ptx(arch).map_err(|e| e.to_string())
+    };
+    match r {
+        Ok(out) => print!("{out}"),
         Err(e) => {
             eprintln!("ptx: {e}");
             std::process::exit(1);

@@ -5,10 +5,17 @@
 //! NVRTC compiles kernels.cu with `--fmad=false` (no multiply and add fused into an
 //! fma, which would round once where the spec rounds twice), IEEE division and square
 //! root, and denormals kept: the options under which its arithmetic is the spec's.
+//!
+//! It compiles to the GPU's own machine code (a cubin), kept on disk by the hash of the
+//! source and options ([`kernel_file`]), so NVRTC runs once per GPU kind, and a machine
+//! with a driver but no NVRTC runs kernels compiled elsewhere. A cubin, unlike PTX,
+//! also loads on a driver older than the NVRTC that made it (within CUDA 12).
 
 use super::{Addr, Backend, DeviceError, Kernel, SOURCE};
 use libloading::Library;
+use sha2::{Digest, Sha256};
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::path::{Path, PathBuf};
 
 type CuResult = c_int;
 type CuDevice = c_int;
@@ -75,6 +82,8 @@ struct Nvrtc {
     log: unsafe extern "C" fn(Ptr, *mut c_char) -> c_int,
     ptx_size: unsafe extern "C" fn(Ptr, *mut usize) -> c_int,
     ptx: unsafe extern "C" fn(Ptr, *mut c_char) -> c_int,
+    cubin_size: unsafe extern "C" fn(Ptr, *mut usize) -> c_int,
+    cubin: unsafe extern "C" fn(Ptr, *mut c_char) -> c_int,
     destroy: unsafe extern "C" fn(*mut Ptr) -> c_int,
     _lib: Library,
 }
@@ -173,21 +182,32 @@ impl Nvrtc {
             log: sym(&lib, "nvrtcGetProgramLog")?,
             ptx_size: sym(&lib, "nvrtcGetPTXSize")?,
             ptx: sym(&lib, "nvrtcGetPTX")?,
+            cubin_size: sym(&lib, "nvrtcGetCUBINSize")?,
+            cubin: sym(&lib, "nvrtcGetCUBIN")?,
             destroy: sym(&lib, "nvrtcDestroyProgram")?,
             _lib: lib,
         })
     }
 
-    /// kernels.cu as PTX for compute capability `arch` (as 90 for 9.0).
-    fn compile(&self, arch: u32) -> Result<Vec<u8>, DeviceError> {
+    /// kernels.cu compiled for compute capability `arch` (as 90 for 9.0): PTX for the
+    /// virtual architecture, or the cubin of the real one.
+    fn compile(&self, arch: u32, out: Output) -> Result<Vec<u8>, DeviceError> {
         let fail = |what: &str, r: c_int| DeviceError::Compile(format!("{what}: NVRTC error {r}"));
         let src = CString::new(SOURCE).map_err(|e| DeviceError::Compile(e.to_string()))?;
         let mut opts: Vec<CString> = NVRTC_OPTIONS
             .iter()
             .map(|o| CString::new(*o).unwrap_or_default())
             .collect();
-        opts.push(CString::new(format!("--gpu-architecture=compute_{arch}")).unwrap_or_default());
+        let target = match out {
+            Output::Ptx => format!("--gpu-architecture=compute_{arch}"),
+            Output::Cubin => format!("--gpu-architecture=sm_{arch}"),
+        };
+        opts.push(CString::new(target).unwrap_or_default());
         let ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+        let (size, get) = match out {
+            Output::Ptx => (self.ptx_size, self.ptx),
+            Output::Cubin => (self.cubin_size, self.cubin),
+        };
         let mut prog: Ptr = std::ptr::null_mut();
         // SAFETY: NVRTC's documented calls, with NUL-terminated strings that outlive
         // them, buffers of the sizes NVRTC reported, and the program destroyed once.
@@ -216,10 +236,12 @@ impl Nvrtc {
                 ))
             } else {
                 let mut n = 0usize;
-                (self.ptx_size)(prog, &mut n);
-                let mut ptx = vec![0u8; n.max(1)];
-                (self.ptx)(prog, ptx.as_mut_ptr() as *mut c_char);
-                Ok(ptx)
+                let r = size(prog, &mut n);
+                let mut image = vec![0u8; n.max(1)];
+                match (r, get(prog, image.as_mut_ptr() as *mut c_char)) {
+                    (0, 0) => Ok(image),
+                    (0, r) | (r, _) => Err(fail("nvrtcGetPTX/CUBIN", r)),
+                }
             };
             (self.destroy)(&mut prog);
             out
@@ -227,26 +249,113 @@ impl Nvrtc {
     }
 }
 
-/// The PTX for `arch`, compiled once per process (each session opens its own device).
-fn compiled(arch: u32) -> Result<std::sync::Arc<Vec<u8>>, DeviceError> {
+/// What NVRTC is asked for.
+#[derive(Clone, Copy)]
+enum Output {
+    /// PTX, the portable assembly, for a virtual architecture (compute_XX).
+    Ptx,
+    /// Machine code for a real one (sm_XX).
+    Cubin,
+}
+
+/// Where compiled kernels are kept between runs: `$NACRITHFS_CUDA_CACHE`, else
+/// `$XDG_CACHE_HOME/nacrithfs/cuda`, else `~/.cache/nacrithfs/cuda` (beside the model).
+pub fn kernel_cache_dir() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("NACRITHFS_CUDA_CACHE")
+        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("nacrithfs/cuda")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/nacrithfs/cuda")))
+}
+
+/// The file in `dir` that holds kernels.cu compiled for compute capability `arch`: named
+/// by the SHA-256 of the source and NVRTC's options, so a changed kernel or option is
+/// never run from an old file.
+pub fn kernel_file(dir: &Path, arch: u32) -> PathBuf {
+    let mut h = Sha256::new();
+    h.update(SOURCE.as_bytes());
+    for o in NVRTC_OPTIONS {
+        h.update(b"\0");
+        h.update(o.as_bytes());
+    }
+    let key: String = h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    dir.join(format!("kernels-{key}-sm_{arch}.cubin"))
+}
+
+/// Whether `image` looks like a cubin (an ELF file) rather than something else left
+/// at its path.
+fn is_cubin(image: &[u8]) -> bool {
+    image.starts_with(b"\x7fELF")
+}
+
+/// Compiles kernels.cu for `arch` with NVRTC and writes it where [`kernel_file`] says in
+/// `dir` (through a temporary file, so a reader never sees half of one). Returns the
+/// path. Needs NVRTC, not a GPU: `scripts/device-build.sh` makes the file for a machine
+/// that has no NVRTC.
+pub fn install_kernels(dir: &Path, arch: u32) -> Result<PathBuf, DeviceError> {
+    let image = Nvrtc::open()?.compile(arch, Output::Cubin)?;
+    save(dir, arch, &image).map_err(|e| DeviceError::Compile(format!("{}: {e}", dir.display())))
+}
+
+fn save(dir: &Path, arch: u32, image: &[u8]) -> std::io::Result<PathBuf> {
+    let path = kernel_file(dir, arch);
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.{}", std::process::id(), arch));
+    std::fs::write(&tmp, image)?;
+    std::fs::rename(&tmp, &path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })?;
+    Ok(path)
+}
+
+/// Kernels as the driver loads them, and the file they were read from (`None` when
+/// NVRTC made them in this process).
+type Image = (std::sync::Arc<Vec<u8>>, Option<PathBuf>);
+
+/// The kernels for `arch`: once per process; from the disk cache when it has them
+/// (unless `fresh`), else by NVRTC (then kept there, where it can be written).
+fn compiled(arch: u32, fresh: bool) -> Result<Image, DeviceError> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
-    static CACHE: Mutex<Option<HashMap<u32, Arc<Vec<u8>>>>> = Mutex::new(None);
+    static CACHE: Mutex<Option<HashMap<u32, Image>>> = Mutex::new(None);
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     let map = cache.get_or_insert_with(HashMap::new);
-    if let Some(p) = map.get(&arch) {
-        return Ok(p.clone());
+    if let Some(i) = map.get(&arch).filter(|i| !fresh || i.1.is_none()) {
+        return Ok(i.clone());
     }
-    let p = Arc::new(Nvrtc::open()?.compile(arch)?);
-    map.insert(arch, p.clone());
-    Ok(p)
+    let dir = kernel_cache_dir();
+    let kept = dir
+        .as_deref()
+        .filter(|_| !fresh)
+        .map(|d| kernel_file(d, arch))
+        .and_then(|f| Some((std::fs::read(&f).ok().filter(|i| is_cubin(i))?, f)));
+    let image = match kept {
+        Some((i, f)) => (Arc::new(i), Some(f)),
+        None => {
+            let i = Nvrtc::open()?.compile(arch, Output::Cubin)?;
+            if let Some(d) = &dir {
+                if let Err(e) = save(d, arch, &i) {
+                    log::debug!("cuda: kernels not kept in {}: {e}", d.display());
+                }
+            }
+            (Arc::new(i), None)
+        }
+    };
+    map.insert(arch, image.clone());
+    Ok(image)
 }
 
 /// kernels.cu compiled to PTX for compute capability `arch` (90 for 9.0), with the
 /// options that keep its arithmetic the spec's. Needs NVRTC only, not a GPU: the
 /// tests compile the GPU's code where NVRTC is at hand.
 pub fn ptx(arch: u32) -> Result<String, DeviceError> {
-    let ptx = Nvrtc::open()?.compile(arch)?;
+    let ptx = Nvrtc::open()?.compile(arch, Output::Ptx)?;
     Ok(String::from_utf8_lossy(&ptx)
         .trim_end_matches('\0')
         .to_string())
@@ -309,26 +418,45 @@ impl Cuda {
             name,
             arch,
         };
-        let ptx = compiled(arch)?;
         cuda.current()?;
-        // SAFETY: `ptx` is NUL-terminated PTX text from NVRTC; the module's handles are
-        // kept in `cuda`, which unloads it on drop.
+        let (image, kept) = compiled(arch, false)?;
+        if let Err(e) = cuda.load(&image) {
+            // A kept file the driver will not take (damaged, or made for another
+            // driver) is made again, where NVRTC is at hand.
+            let Some(file) = kept else { return Err(e) };
+            log::warn!(
+                "cuda: {} does not load ({e}); compiling the kernels again",
+                file.display()
+            );
+            cuda.load(&compiled(arch, true)?.0)?;
+        }
+        Ok(cuda)
+    }
+
+    /// Loads `image` as the module and looks up every kernel in it.
+    fn load(&mut self, image: &[u8]) -> Result<(), DeviceError> {
+        // SAFETY: `image` is a whole cubin (an ELF image, which carries its own sizes)
+        // from NVRTC or the kernel cache; the module's handles are kept in `self`, which
+        // unloads it on drop (or here, when a kernel is missing from it).
         unsafe {
-            cuda.drv.check(
+            self.drv.check(
                 "cuModuleLoadData",
-                (cuda.drv.load_data)(&mut cuda.module, ptx.as_ptr() as *const c_void),
+                (self.drv.load_data)(&mut self.module, image.as_ptr() as *const c_void),
             )?;
+            self.funcs.clear();
             for k in Kernel::ALL {
                 let mut f: Ptr = std::ptr::null_mut();
                 let n = CString::new(k.name()).unwrap_or_default();
-                cuda.drv.check(
-                    "cuModuleGetFunction",
-                    (cuda.drv.get_function)(&mut f, cuda.module, n.as_ptr()),
-                )?;
-                cuda.funcs.push(f);
+                let r = (self.drv.get_function)(&mut f, self.module, n.as_ptr());
+                if let Err(e) = self.drv.check("cuModuleGetFunction", r) {
+                    (self.drv.unload)(self.module);
+                    self.module = std::ptr::null_mut();
+                    return Err(e);
+                }
+                self.funcs.push(f);
             }
         }
-        Ok(cuda)
+        Ok(())
     }
 
     fn current(&self) -> Result<(), DeviceError> {

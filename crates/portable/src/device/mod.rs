@@ -17,7 +17,7 @@ mod cuda;
 mod host;
 mod session;
 
-pub use cuda::ptx;
+pub use cuda::{install_kernels, kernel_cache_dir, kernel_file, ptx};
 pub use session::{agrees_with_cpu, DeviceSession, DeviceStepError};
 
 /// The kernels' source: compiled by NVRTC for a GPU, and by the build script for the
