@@ -4,9 +4,11 @@
 #
 #   .devcheck/a/  the first half of the default model (xz)
 #   .devcheck/b/  its second half; the release binary and tests/device.rs's test
-#                 binary (stripped, xz); libgomp; a text to benchmark; and blobs of
-#                 texts made here by the CPU engine, with their sources, for the GPU
-#                 to decode and to make again byte for byte.
+#                 binary (stripped, xz); libgomp; the GPU kernels compiled here by
+#                 NVRTC for compute capabilities 8.0 to 9.0 (cuda/: the device may
+#                 have a driver but no CUDA toolkit); a text to benchmark; and blobs
+#                 of texts made here by the CPU engine, with their sources, for the
+#                 GPU to decode and to make again byte for byte.
 #
 # Then, on the device (the `run` tool carries ignored paths that are named):
 #   1. carry .devcheck/a:  mkdir -p /tmp/devcheck && cp .devcheck/a/* /tmp/devcheck/
@@ -30,6 +32,15 @@ for b in target/release/nacrithfs:nacrithfs "$test_bin":device-test; do
     xz -T2 -6 -f "$D/b/${b##*:}"
 done
 cp "$(ldconfig -p | awk '/libgomp.so.1 .*x86-64/ {print $NF; exit}')" "$D/b/lib/"
+
+# The kernels, compiled here (NVRTC from PyPI unless $NACRITHFS_NVRTC names one), after
+# checking that NVRTC's PTX has no fused multiply-add.
+export NACRITHFS_NVRTC="${NACRITHFS_NVRTC:-$(scripts/fetch-nvrtc.sh)}"
+cargo build --release -p nacrithfs-portable --example ptx
+NACRITHFS_REQUIRE_NVRTC=1 cargo test --release --test device -- nvrtc cubin
+for arch in 80 86 89 90; do
+    NACRITHFS_CUDA_CACHE="$D/b/cuda" target/release/examples/ptx --install "$arch"
+done
 
 model="${XDG_CACHE_HOME:-$HOME/.cache}/nacrithfs/SmolLM2-135M-Instruct.Q4_1.gguf"
 xz -T2 -1 -c "$model" >"$D/model.xz"

@@ -9,7 +9,8 @@
 #      CPU engine's bits alone, in a batch, across slides and after a clear; a stream
 #      alone and inside batches of 64 and 512 gives the same logits; the whole engine
 #      on the GPU makes the CPU engine's blobs byte for byte, and each decodes the
-#      other's; NVRTC's PTX holds no fused multiply-add;
+#      other's (the kernels are the ones device-build.sh compiled, in .devcheck/b/cuda;
+#      NVRTC, if this machine has one, compiles them for another GPU);
 #   2. blobs made on the CPU of the build machine decode on the GPU, and the GPU makes
 #      them again byte for byte (so its blobs decode on that CPU);
 #   3. bench-engine on the GPU at 1 to 1024 streams, and on this machine's CPU at 16.
@@ -74,15 +75,18 @@ if ! ldconfig -p | grep -q 'libcuda.so.1'; then
     cuda=$(find /usr/local/nvidia /usr/lib /usr/lib64 -name 'libcuda.so.1' 2>/dev/null | head -n 1)
     [ -n "$cuda" ] && export LD_LIBRARY_PATH="$(dirname "$cuda"):$LD_LIBRARY_PATH"
 fi
+# The kernels compiled on the build machine, where the engine looks first.
+mkdir -p "$W/cuda" && cp "$B"/cuda/*.cubin "$W/cuda/" 2>/dev/null
+export NACRITHFS_CUDA_CACHE="$W/cuda"
 log ""
-log "NVRTC: ${nvrtc:-not found}"
+log "NVRTC: ${nvrtc:-not found}; kernels compiled on the build machine: $(cd "$W/cuda" && ls 2>/dev/null | tr '\n' ' ')"
 export NACRITHFS_TEST_BIN="$W/bin/nacrithfs"
 [ "$DEVICE" = cuda ] && export NACRITHFS_REQUIRE_GPU=1
 N="$W/bin/nacrithfs"
 
 log ""
 log "## Bit-identity"
-check "tests/device.rs (GPU against the CPU engine, batches of 3, 64 and 512, the engine's blobs, PTX)" \
+check "tests/device.rs (GPU against the CPU engine, batches of 3, 64 and 512, the engine's blobs)" \
     timeout 240 "$W/bin/device-test" --test-threads 1
 grep -E '^test |device:' "$W/out.txt" | sed 's/^/    /' >>"$R"
 for t in "$B"/blobs/*.txt; do
