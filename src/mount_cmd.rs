@@ -1,7 +1,7 @@
 //! `nacrithfs mount` and `umount`, in the foreground or detached (`--daemon`), and the
 //! argument form that mount(8) and mount.fuse3 use, so an fstab line works.
 
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, WindowArgs};
 use crate::error::CliError;
 use clap::Args;
 use nacrithfs_codec::Nc06Codec;
@@ -25,6 +25,8 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
     /// Files compressed at once; their chunks share the model workers' streams.
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
@@ -101,6 +103,7 @@ pub fn mount(mut args: MountArgs) -> Result<(), CliError> {
 fn serve(args: &MountArgs, ready: Option<std::fs::File>) -> Result<(), CliError> {
     // The paths are checked before the model is loaded, so a bad one fails fast, and the
     // model's threads start after the signals are blocked.
+    let window = args.window.window()?;
     let mounting = Mounting::new(&args.backing, &args.mountpoint)?;
     let engine = Arc::new(args.model.engine()?);
     let model = engine.model();
@@ -116,9 +119,10 @@ fn serve(args: &MountArgs, ready: Option<std::fs::File>) -> Result<(), CliError>
         .map(|d| format!(", on {d}"))
         .unwrap_or_default();
     let line = format!(
-        "nacrithfs: serving {} on {mnt} (model {name}, {}{on}; {} worker{} x {} streams, {} compressors, cache {} MiB); stop with `nacrithfs umount {mnt}`",
+        "nacrithfs: serving {} on {mnt} (model {name}, {}{on}; window {}; {} worker{} x {} streams, {} compressors, cache {} MiB); stop with `nacrithfs umount {mnt}`",
         args.backing.display(),
         model.fingerprint(),
+        window.ctx,
         engine.config().workers,
         if engine.config().workers == 1 { "" } else { "s" },
         engine.config().streams,
@@ -147,6 +151,7 @@ fn serve(args: &MountArgs, ready: Option<std::fs::File>) -> Result<(), CliError>
         Arc::new(
             Nc06Codec::new(Arc::new(engines))
                 .with_chunk_size(args.chunk_size as usize)
+                .with_window(window)
                 .with_stream_window((args.window_mb as usize) << 20),
         ),
         &opts,
@@ -385,6 +390,8 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             "settle_ms" => out.extend(flag("settle-ms")?),
             "max_file_mb" => out.extend(flag("max-file-mb")?),
             "chunk_size" => out.extend(flag("chunk-size")?),
+            "ctx" => out.extend(flag("ctx")?),
+            "slide" => out.extend(flag("slide")?),
             "window_mb" => out.extend(flag("window-mb")?),
             "jobs" => out.extend(flag("jobs")?),
             "workers" => out.extend(flag("workers")?),
@@ -401,7 +408,7 @@ fn translate(argv: &[OsString]) -> Result<Vec<OsString>, CliError> {
             k if k.starts_with("x-") || k.starts_with("comment=") => {}
             _ => {
                 return Err(CliError::Usage(format!(
-                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, read_ahead=, settle_ms=, max_file_mb=, chunk_size=, window_mb=, jobs=, workers=, streams=, threads=, model=, backend=, device=, log=, suid, dev)"
+                    "unknown mount option {o:?} (nacrithfs takes allow_other, cache_mb=, read_ahead=, settle_ms=, max_file_mb=, chunk_size=, ctx=, slide=, window_mb=, jobs=, workers=, streams=, threads=, model=, backend=, device=, log=, suid, dev)"
                 )))
             }
         }
@@ -453,7 +460,7 @@ mod tests {
                 "/srv/b",
                 "/mnt/m",
                 "-o",
-                "model=/m.gguf,jobs=2,backend=portable,device=cpu",
+                "model=/m.gguf,jobs=2,backend=portable,device=cpu,ctx=1024,slide=256",
             ]),
             &subs,
         )
@@ -473,6 +480,10 @@ mod tests {
                 "portable",
                 "--device",
                 "cpu",
+                "--ctx",
+                "1024",
+                "--slide",
+                "256",
                 "/srv/b",
                 "/mnt/m"
             ])

@@ -42,6 +42,63 @@ fn write_at(file: &Path, want: &mut [u8], at: u64, bytes: &[u8]) {
 }
 
 #[test]
+fn a_mount_with_another_window_codes_new_files_with_it_and_keeps_each_old_file_s() {
+    let _g = serial();
+    nacrithfs_engine::model::resolve_model_path(None)
+        .expect("model missing: run scripts/fetch-model.sh");
+    let d = dirs();
+    let small = nc06::Window {
+        ctx: 256,
+        slide: 64,
+    };
+    let opts = |args: Vec<&'static str>| Opts {
+        args: [vec!["--chunk-size", "700"], args].concat(),
+        ..Default::default()
+    };
+    let (file, backed) = (d.mnt.join("notes.txt"), d.backing.join("notes.txt"));
+    let mut want = ENGLISH.as_bytes().to_vec();
+    let m = Mount::start_with(
+        &d.backing,
+        &d.mnt,
+        opts(vec!["--ctx", "256", "--slide", "64"]),
+    );
+    std::fs::write(&file, &want).unwrap();
+    m.wait();
+    m.stop();
+    let first = Blob::parse(&std::fs::read(&backed).unwrap()).unwrap();
+    assert_eq!(first.header.window, small);
+    assert!(first.chunks.len() >= 2, "{} chunks", first.chunks.len());
+
+    // A mount with the default window: an append keeps the file's window, so every
+    // old chunk is copied, none coded again.
+    let m = Mount::start_with(&d.backing, &d.mnt, opts(vec![]));
+    let line = b"An appended line.\n";
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap()
+        .write_all(line)
+        .unwrap();
+    want.extend_from_slice(line);
+    std::fs::write(d.mnt.join("new.txt"), ENGLISH).unwrap();
+    m.wait();
+    let second = Blob::parse(&std::fs::read(&backed).unwrap()).unwrap();
+    assert_eq!(second.header.window, small);
+    assert_eq!(copied_chunks(&first, &second), first.chunks.len());
+    let new = Blob::parse(&std::fs::read(d.backing.join("new.txt")).unwrap()).unwrap();
+    assert_eq!(new.header.window, nc06::Window::default());
+    assert_eq!(std::fs::read(&file).unwrap(), want);
+    m.stop();
+    let m = Mount::start(&d.backing, &d.mnt);
+    assert_eq!(std::fs::read(&file).unwrap(), want);
+    assert_eq!(
+        std::fs::read(d.mnt.join("new.txt")).unwrap(),
+        ENGLISH.as_bytes()
+    );
+    m.stop();
+}
+
+#[test]
 fn appends_and_overwrites_of_a_compressed_text_decode_only_what_they_touch() {
     let _g = serial();
     nacrithfs_engine::model::resolve_model_path(None)

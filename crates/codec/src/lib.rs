@@ -59,6 +59,13 @@ impl Nc06Codec {
         self
     }
 
+    /// The same codec coding new text with the model's `window` (each file keeps the
+    /// window it was coded with while its chunks are copied into a new blob).
+    pub fn with_window(mut self, window: nc06::Window) -> Self {
+        self.opts.window = window;
+        self
+    }
+
     /// The same codec aiming for text chunks of `bytes`.
     pub fn with_chunk_size(mut self, bytes: usize) -> Self {
         self.opts.chunk_size = bytes;
@@ -238,10 +245,13 @@ impl Codec for Nc06Codec {
         meter: &Meter,
     ) -> FsResult<u64> {
         let engine = self.engines.default_engine();
-        let opts = self.fs_options();
+        let mut opts = self.fs_options();
         let Some(base) = base.as_any().downcast_ref::<Nc06Blob>() else {
             return self.compress(src, out, meter);
         };
+        // The file keeps the window it was coded with, so its chunks can be copied
+        // under a mount with another --ctx.
+        opts.window = base.blob.header.window;
         if !engine.can_reuse(&base.blob.header, &opts) {
             // Another model's or build's chunks cannot be copied; frames can.
             return self.compress_over(base, src, out, meter);
