@@ -41,6 +41,17 @@ fn write_at(file: &Path, want: &mut [u8], at: u64, bytes: &[u8]) {
     want[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
 }
 
+/// Appends `line` to `file` through the mount, and to `want`.
+fn append(file: &Path, want: &mut Vec<u8>, line: &[u8]) {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .unwrap()
+        .write_all(line)
+        .unwrap();
+    want.extend_from_slice(line);
+}
+
 #[test]
 fn a_mount_with_another_window_codes_new_files_with_it_and_keeps_each_old_file_s() {
     let _g = serial();
@@ -72,14 +83,7 @@ fn a_mount_with_another_window_codes_new_files_with_it_and_keeps_each_old_file_s
     // A mount with the default window: an append keeps the file's window, so every
     // old chunk is copied, none coded again.
     let m = Mount::start_with(&d.backing, &d.mnt, opts(vec![]));
-    let line = b"An appended line.\n";
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&file)
-        .unwrap()
-        .write_all(line)
-        .unwrap();
-    want.extend_from_slice(line);
+    append(&file, &mut want, b"An appended line.\n");
     std::fs::write(d.mnt.join("new.txt"), ENGLISH).unwrap();
     m.wait();
     let second = Blob::parse(&std::fs::read(&backed).unwrap()).unwrap();
@@ -210,14 +214,7 @@ fn appends_and_overwrites_of_a_compressed_text_decode_only_what_they_touch() {
     assert!(read >= third.chunks.len() as u64, "{read} chunks decoded");
     // What was decoded stays decoded through a compression again: an append, then an
     // edit whose compression needs the rest of its chunk, decode nothing more.
-    let line = b"Another line.\n";
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&file)
-        .unwrap()
-        .write_all(line)
-        .unwrap();
-    want.extend_from_slice(line);
+    append(&file, &mut want, b"Another line.\n");
     m.wait();
     write_at(&file, &mut want, at, b"TIDE");
     m.wait();
