@@ -16,10 +16,9 @@ fn main() {
     }
     let arch = args.first().and_then(|a| a.parse().ok()).unwrap_or(90);
     let r = if install {
-        device::kernel_cache_dir()
-            .ok_or_else(|| "no cache directory: set NACRITHFS_CUDA_CACHE or HOME".to_string())
-            .and_then(|d| device::install_kernels(&d, arch).map_err(|e| e.to_string()))
+        device::install_kernels(&device::kernel_cache_dir(), arch)
             .map(|p| format!("{}\n", p.display()))
+            .map_err(|e| e.to_string())
     } else {
         device::ptx(arch).map_err(|e| e.to_string())
     };

@@ -30,3 +30,14 @@ pub use tokenizer::Vocab;
 /// The version of the arithmetic in docs/ENGINE.md. Anything that changes a bit of the
 /// logits bumps it, and it is part of every fingerprint this engine gives.
 pub const SPEC_VERSION: u32 = 1;
+
+/// `$XDG_CACHE_HOME/nacrithfs` or `~/.cache/nacrithfs`: where fetched models are, and
+/// where the device's compiled kernels are kept (`cuda/`).
+pub fn cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cache"));
+    base.join("nacrithfs")
+}

@@ -40,11 +40,7 @@ fn model_path() -> PathBuf {
     if let Some(p) = std::env::var_os("NACRITHFS_MODEL") {
         return p.into();
     }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/root/.cache"));
-    cache.join("nacrithfs/SmolLM2-135M-Instruct.Q4_1.gguf")
+    nacrithfs_portable::cache_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// 40 steps of a fixed token stream in a 16-position window sliding by 4: the SHA-256

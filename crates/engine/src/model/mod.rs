@@ -230,13 +230,7 @@ fn existing(p: PathBuf) -> Result<PathBuf, ModelError> {
 }
 
 /// `$XDG_CACHE_HOME/nacrithfs` or `~/.cache/nacrithfs`: where fetched models are.
-pub fn cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/root/.cache"));
-    base.join("nacrithfs")
-}
+pub use nacrithfs_portable::cache_dir;
 
 /// The default model's path in the cache directory.
 pub fn default_model_path() -> PathBuf {

@@ -258,17 +258,13 @@ enum Output {
     Cubin,
 }
 
-/// Where compiled kernels are kept between runs: `$NACRITHFS_CUDA_CACHE`, else
-/// `$XDG_CACHE_HOME/nacrithfs/cuda`, else `~/.cache/nacrithfs/cuda` (beside the model).
-pub fn kernel_cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("NACRITHFS_CUDA_CACHE")
-        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("nacrithfs/cuda")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache/nacrithfs/cuda")))
+/// Where compiled kernels are kept between runs: `$NACRITHFS_CUDA_CACHE`, else `cuda/`
+/// in the cache directory, beside the model ([`crate::cache_dir`]).
+pub fn kernel_cache_dir() -> PathBuf {
+    std::env::var_os("NACRITHFS_CUDA_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::cache_dir().join("cuda"))
 }
 
 /// The file in `dir` that holds kernels.cu compiled for compute capability `arch`: named
@@ -330,19 +326,17 @@ fn compiled(arch: u32, fresh: bool) -> Result<Image, DeviceError> {
         return Ok(i.clone());
     }
     let dir = kernel_cache_dir();
-    let kept = dir
-        .as_deref()
+    let file = kernel_file(&dir, arch);
+    let kept = Some(&file)
         .filter(|_| !fresh)
-        .map(|d| kernel_file(d, arch))
-        .and_then(|f| Some((std::fs::read(&f).ok().filter(|i| is_cubin(i))?, f)));
+        .and_then(|f| std::fs::read(f).ok())
+        .filter(|i| is_cubin(i));
     let image = match kept {
-        Some((i, f)) => (Arc::new(i), Some(f)),
+        Some(i) => (Arc::new(i), Some(file)),
         None => {
             let i = Nvrtc::open()?.compile(arch, Output::Cubin)?;
-            if let Some(d) = &dir {
-                if let Err(e) = save(d, arch, &i) {
-                    log::debug!("cuda: kernels not kept in {}: {e}", d.display());
-                }
+            if let Err(e) = save(&dir, arch, &i) {
+                log::debug!("cuda: kernels not kept in {}: {e}", dir.display());
             }
             (Arc::new(i), None)
         }
