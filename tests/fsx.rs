@@ -13,7 +13,8 @@
 //! the 1 MiB frames of its blob. Writes, truncates and `fallocate(2)` (punch hole, zero
 //! range, reserve) after a compression point land in the overlay log of a compressed
 //! file, including appends.
-//! `NACRITHFS_FSX_OPS` sets the number of operations (default 10000).
+//! `NACRITHFS_FSX_OPS` sets the number of operations (default 10000);
+//! `NACRITHFS_FSX_TRACE=FILE` writes every operation to FILE.
 
 #[path = "common/mount.rs"]
 mod mount;
@@ -53,6 +54,9 @@ struct Fsx {
     mnt: PathBuf,
     backing: PathBuf,
     log: VecDeque<String>,
+    /// Every operation, written to `NACRITHFS_FSX_TRACE` when that is set: a race
+    /// shows only some runs, and the 40 last operations may not reach back to it.
+    trace: Option<std::io::BufWriter<File>>,
     ops: u64,
     reads_checked: u64,
     bytes_checked: u64,
@@ -62,6 +66,10 @@ struct Fsx {
 
 impl Fsx {
     fn note(&mut self, s: String) {
+        if let Some(t) = &mut self.trace {
+            use std::io::Write;
+            let _ = writeln!(t, "#{} {s}", self.ops);
+        }
         if self.log.len() == 40 {
             self.log.pop_front();
         }
@@ -373,6 +381,8 @@ fn fsx_random_ops_across_compression_and_remounts() {
         mnt: d.mnt.clone(),
         backing: d.backing.clone(),
         log: VecDeque::new(),
+        trace: std::env::var_os("NACRITHFS_FSX_TRACE")
+            .map(|p| std::io::BufWriter::new(File::create(p).expect("NACRITHFS_FSX_TRACE"))),
         ops: 0,
         reads_checked: 0,
         bytes_checked: 0,
