@@ -170,7 +170,9 @@ impl Core {
         t.meta_changed(ino); // a compression in flight would copy stale metadata
         if let Some(n) = t.get_mut(ino) {
             if a.size.is_some() && n.opens == 0 {
-                n.content = None;
+                if let Some(c) = n.content.take() {
+                    c.let_go();
+                }
             }
         }
         if a.uid.is_some() || a.gid.is_some() {

@@ -57,6 +57,17 @@ pub(super) struct Live {
 }
 
 impl Content {
+    /// Lets go of a node's content when no handle holds it. A blob's overlay is
+    /// retired: a change that took it before is made again through the content loaded
+    /// next, which replays every record logged here, and a fold that decoded from it
+    /// does not install what it decoded. Never two live overlays of one file, whose
+    /// records would overwrite each other's.
+    pub fn let_go(self) {
+        if let Content::Blob { overlay, .. } = self {
+            lock(&overlay).retired = true;
+        }
+    }
+
     /// The backing file.
     pub fn file(&self) -> &Arc<File> {
         match self {
@@ -263,12 +274,13 @@ impl Core {
                 .map_err(|e| e.in_file(self.describe(ino)))?;
             let mut t = self.table();
             let mut live = lock(&overlay);
-            // Unchanged: the same blob, and no record logged while it was decoded.
+            // Unchanged: still the node's content (this overlay, not another loaded
+            // over the same blob since), and no record logged while it was decoded.
             let unchanged = !live.retired
                 && live.overlay.log_end() == snapshot.log_end()
                 && matches!(
                     t.get(ino).and_then(|n| n.content.as_ref()),
-                    Some(Content::Blob { key: k, .. }) if *k == key
+                    Some(Content::Blob { overlay: o, .. }) if Arc::ptr_eq(o, &overlay)
                 );
             if unchanged {
                 self.replace_blob_file(&mut t, ino, &like, tmp)?;
@@ -317,7 +329,9 @@ impl Core {
         let r = self.ensure_plain(ino).map(drop);
         if let Some(n) = self.table().get_mut(ino) {
             if n.opens == 0 {
-                n.content = None;
+                if let Some(c) = n.content.take() {
+                    c.let_go();
+                }
             }
         }
         r

@@ -345,7 +345,9 @@ impl Core {
             }
             queue = n.wants_compression();
             if n.opens == 0 {
-                n.content = None;
+                if let Some(c) = n.content.take() {
+                    c.let_go();
+                }
             }
         }
         t.maybe_remove(ino);
