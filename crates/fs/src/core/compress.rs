@@ -137,11 +137,13 @@ impl Core {
     }
 
     /// Runs the queue to empty on the calling thread, exactly as a worker would (for
-    /// tests). Files waiting for a retry are not waited for.
+    /// tests). Files waiting for a retry are not waited for; after [`Core::shutdown`]
+    /// nothing is run.
     pub fn drain(&self) {
         while self.queue.counts().queued > 0 {
-            if let Some(ino) = self.queue.pop() {
-                self.run_job(ino);
+            match self.queue.pop() {
+                Some(ino) => self.run_job(ino),
+                None => break,
             }
         }
     }
