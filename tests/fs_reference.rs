@@ -758,3 +758,106 @@ fn a_fold_into_plaintext_keeps_a_write_made_meanwhile() {
     assert_eq!(h.read_all(a.ino), b"0123456789");
     assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
 }
+
+/// One writer changes a file through handles and by path (truncating it below what is
+/// worth compressing now and then, so the compressor folds it into plaintext), while
+/// the compressor runs all along and two readers open, read and close it without
+/// pause. Every read of the writer sees exactly what it wrote, and so does the file at
+/// the end. Races between a compression or a fold and the contents that handles load
+/// and let go show here as lost writes.
+#[test]
+fn a_writer_keeps_every_byte_while_readers_and_the_compressor_race_it() {
+    let h = Harness::new();
+    let c = &h.core;
+    let ino = h.create_with("f", &[b'a'; 100]).ino;
+    let mut model = vec![b'a'; 100];
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut rng = 0x5eed_u64;
+    let mut next = move |n: u64| {
+        rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    };
+    /// Stops the readers and the compressor however the writer ends (a failed
+    /// assertion too, or the scope would wait for them forever).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        let _stop = Stop(&stop);
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.drain();
+                std::thread::yield_now();
+            }
+        });
+        for _ in 0..2 {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok((fh, _)) = c.open(ino, libc::O_RDONLY) {
+                        let _ = c.read(fh, 0, 400);
+                        c.release(fh);
+                    }
+                }
+            });
+        }
+        let mut fh = None;
+        for i in 0..3000 {
+            match next(10) {
+                0..=4 => {
+                    let w = *fh.get_or_insert_with(|| c.open(ino, libc::O_RDWR).unwrap().0);
+                    // Under MAX_COMPRESS: the file stays worth compressing.
+                    let off = next(model.len().min(200) as u64 + 20) as usize;
+                    let data = vec![b"xyz"[next(3) as usize]; 1 + next(60) as usize];
+                    assert_eq!(c.write(w, off as u64, &data).unwrap() as usize, data.len());
+                    if model.len() < off + data.len() {
+                        model.resize(off + data.len(), 0);
+                    }
+                    model[off..off + data.len()].copy_from_slice(&data);
+                }
+                5 => {
+                    let size = if next(2) == 0 { next(64) } else { next(250) };
+                    c.setattr(
+                        ino,
+                        &SetAttr {
+                            size: Some(size),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+                    model.resize(size as usize, 0);
+                }
+                6 | 7 => {
+                    if let Some(w) = fh.take() {
+                        c.release(w);
+                        // Now and then the next change comes once the compressor has
+                        // started on the file (not after it is done): then they race.
+                        if next(2) == 0 {
+                            while c.status().queued > 0 {
+                                std::thread::yield_now();
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let got = match fh {
+                        Some(w) => c.read(w, 0, 400).unwrap(),
+                        None => h.read_all(ino),
+                    };
+                    assert_eq!(got, model, "read {i}");
+                }
+            }
+        }
+        if let Some(w) = fh.take() {
+            c.release(w);
+        }
+    });
+    c.drain();
+    assert_eq!(h.read_all(ino), model);
+    assert!(c.status().compressed > 0, "{:?}", c.status());
+}

@@ -163,6 +163,7 @@ impl Core {
             ));
         }
         if let Some(size) = a.size {
+            let _writer = Writer::start(self, ino);
             self.truncate(ino, size)?;
         }
         let mut t = self.table();
@@ -239,5 +240,32 @@ impl Core {
             namelen: s.f_namemax as u32,
             frsize: s.f_frsize as u32,
         })
+    }
+}
+
+/// A change made without a handle (a truncate by path) counts as a writer while it
+/// runs, as a handle's write does: a compression that read the file before the change
+/// is done cannot commit over it (the change marks the file modified when it starts,
+/// and a compression that took that mark would otherwise look unchanged). The last
+/// writer's end queues the file, here `setattr`.
+struct Writer<'a> {
+    core: &'a Core,
+    ino: Ino,
+}
+
+impl<'a> Writer<'a> {
+    fn start(core: &'a Core, ino: Ino) -> Writer<'a> {
+        if let Some(n) = core.table().get_mut(ino) {
+            n.writers += 1;
+        }
+        Writer { core, ino }
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.core.table().get_mut(self.ino) {
+            n.writers = n.writers.saturating_sub(1);
+        }
     }
 }
