@@ -5,9 +5,7 @@
 //! layer above the codec; tests/fs_mount.rs runs the real model.
 
 use nacrithfs_fs::core::{Core, CoreConfig, Ino, Kind, SetAttr, ROOT_INO};
-use nacrithfs_fs::error::FsResult;
-use nacrithfs_fs::store::codec::{BlobLens, BlobOut, Meter, Source};
-use nacrithfs_fs::store::{Backing, Caller, Codec, OpenBlob, StandInCodec};
+use nacrithfs_fs::store::{Backing, Caller, Codec, StandInCodec};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -72,7 +70,7 @@ fn split(p: &str) -> (&str, &str) {
 
 impl Harness {
     fn new() -> Harness {
-        Harness::with(Arc::new(StandInCodec { extent: 7 }), 256)
+        Harness::with(Arc::new(StandInCodec::new(7)), 256)
     }
 
     /// A core over `codec`, caching `cache_bytes` of decoded pieces.
@@ -371,7 +369,7 @@ proptest! {
         // Every file that a blob makes smaller is a blob now, the others plaintext
         // (files under 64 bytes or over the maximum are never compressed); the marker
         // is hidden.
-        let codec = StandInCodec { extent: 7 };
+        let codec = StandInCodec::new(7);
         for (p, e) in &h.model {
             if let Entry::File(content) = e {
                 let ino = h.resolve(p).unwrap();
@@ -622,18 +620,13 @@ fn getattr_sees_one_file_while_the_name_changes_hands() {
     assert_eq!(h.read_all(ino), data);
 }
 
-/// The stand-in codec with a gate: once armed, the next decode waits until the test
-/// lets it go, so the core's own operations can run while a compressor is in the
-/// middle of one.
-struct Gated {
-    inner: StandInCodec,
-    gate: Arc<Gate>,
-}
-
+/// A gate for the stand-in codec's decodes: once armed, the next decode waits until
+/// the test opens it, so the core's own operations can run while a compressor is in
+/// the middle of one.
 #[derive(Default)]
 struct Gate {
     armed: std::sync::atomic::AtomicBool,
-    /// (a decode is waiting at the gate, the test let it go)
+    /// (a decode is waiting at the gate, the test opened it)
     state: std::sync::Mutex<(bool, bool)>,
     cv: std::sync::Condvar,
 }
@@ -664,55 +657,6 @@ impl Gate {
     }
 }
 
-impl Codec for Gated {
-    fn compress(&self, src: &Source<'_>, out: &BlobOut<'_>, meter: &Meter) -> FsResult<u64> {
-        self.inner.compress(src, out, meter)
-    }
-
-    fn lengths(&self, prefix: &[u8]) -> FsResult<Option<BlobLens>> {
-        self.inner.lengths(prefix)
-    }
-
-    fn open(&self, file: Arc<std::fs::File>) -> FsResult<Arc<dyn OpenBlob>> {
-        Ok(Arc::new(GatedBlob {
-            inner: self.inner.open(file)?,
-            gate: self.gate.clone(),
-        }))
-    }
-}
-
-struct GatedBlob {
-    inner: Arc<dyn OpenBlob>,
-    gate: Arc<Gate>,
-}
-
-impl OpenBlob for GatedBlob {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-
-    fn stored_len(&self) -> u64 {
-        self.inner.stored_len()
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn identity(&self) -> u64 {
-        self.inner.identity()
-    }
-
-    fn extents(&self) -> &[(u64, u64)] {
-        self.inner.extents()
-    }
-
-    fn decode(&self, range: std::ops::Range<usize>) -> FsResult<Vec<u8>> {
-        self.gate.pass();
-        self.inner.decode(range)
-    }
-}
-
 /// A compressor folds a compressed file into plaintext (truncated below what is worth
 /// compressing) while a reader comes and goes and a writer opens the file and writes:
 /// the fold must not install the plaintext it decoded before that write. (The content
@@ -721,9 +665,12 @@ impl OpenBlob for GatedBlob {
 #[test]
 fn a_fold_into_plaintext_keeps_a_write_made_meanwhile() {
     let gate = Arc::new(Gate::default());
-    let codec = Gated {
-        inner: StandInCodec { extent: 7 },
-        gate: gate.clone(),
+    let codec = StandInCodec {
+        extent: 7,
+        before_decode: Some(Arc::new({
+            let gate = gate.clone();
+            move || gate.pass()
+        })),
     };
     // Nothing cached: the fold decodes, and waits at the gate.
     let h = Harness::with(Arc::new(codec), 0);

@@ -51,7 +51,7 @@ fn core_refuses_names_that_leave_their_directory() {
     std::fs::create_dir(&root).unwrap();
     let core = Core::new(
         Backing::open(&root).unwrap(),
-        Arc::new(StandInCodec { extent: 16 }),
+        Arc::new(StandInCodec::new(16)),
         CoreConfig::default(),
     )
     .unwrap();

@@ -628,7 +628,7 @@ mod tests {
 
     /// `data` in pieces of `extent`.
     fn blob_of(data: Vec<u8>, extent: u64, slow: Duration) -> (Vec<u8>, Arc<Counting>) {
-        let codec = StandInCodec { extent };
+        let codec = StandInCodec::new(extent);
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&codec.blob_of(&data).unwrap()).unwrap();
         let inner = crate::store::Codec::open(&codec, Arc::new(f)).unwrap();

@@ -208,12 +208,24 @@ pub fn damaged(message: impl Into<String>) -> FsError {
 
 /// A cheap stand-in codec for tests of the layers above the codec: zstd behind a
 /// `FAKE` magic and the original length, cut into fixed extents of `extent` bytes.
+#[derive(Default)]
 pub struct StandInCodec {
     /// Length of every extent but the last.
     pub extent: u64,
+    /// Called before every decode of a blob it opens: a test holds a decode there to
+    /// run the core's other operations while a compressor is in the middle of one.
+    pub before_decode: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl StandInCodec {
+    /// The stand-in with extents of `extent` bytes.
+    pub fn new(extent: u64) -> StandInCodec {
+        StandInCodec {
+            extent,
+            before_decode: None,
+        }
+    }
+
     /// The blob the stand-in makes of `data`.
     pub fn blob_of(&self, data: &[u8]) -> FsResult<Vec<u8>> {
         let z = zstd::encode_all(data, 3).map_err(|e| FsError::io("zstd", e))?;
@@ -279,6 +291,7 @@ impl Codec for StandInCodec {
             data,
             extents,
             stored: lens.stored,
+            before_decode: self.before_decode.clone(),
         }))
     }
 }
@@ -306,6 +319,7 @@ struct StandInBlob {
     data: Vec<u8>,
     extents: Vec<(u64, u64)>,
     stored: u64,
+    before_decode: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl OpenBlob for StandInBlob {
@@ -330,6 +344,9 @@ impl OpenBlob for StandInBlob {
     }
 
     fn decode(&self, range: Range<usize>) -> FsResult<Vec<u8>> {
+        if let Some(hook) = &self.before_decode {
+            hook();
+        }
         let Some((start, end)) = byte_span(&self.extents, range) else {
             return Ok(Vec::new());
         };
