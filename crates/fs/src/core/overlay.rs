@@ -317,10 +317,14 @@ impl Overlay {
         }
     }
 
-    /// Where the bytes `off..off+len` (cut at the size) come from, in order.
+    /// Where the bytes `off..off+len` (cut at the size) come from, in order; nothing
+    /// at or past the end (a read of a handle that has not seen a truncate yet).
     pub fn plan(&self, off: u64, len: u64) -> Vec<Seg> {
         let end = off.saturating_add(len).min(self.size);
         let mut out = Vec::new();
+        if off >= end {
+            return out;
+        }
         let mut pos = off;
         let first = self
             .map
@@ -443,8 +447,13 @@ mod tests {
 
     /// The bytes the overlay shows, with `base` as the blob's original bytes.
     fn view(f: &File, o: &Overlay, base: &[u8]) -> Vec<u8> {
+        view_at(f, o, base, 0, u64::MAX)
+    }
+
+    /// [`view`] of bytes `off..off+len`.
+    fn view_at(f: &File, o: &Overlay, base: &[u8], off: u64, len: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        for s in o.plan(0, u64::MAX) {
+        for s in o.plan(off, len) {
             match s {
                 Seg::Log { at, len } => {
                     let mut b = vec![0; len as usize];
@@ -465,6 +474,9 @@ mod tests {
         Write(u16, Vec<u8>),
         Size(u16),
         Zero(u16, u16),
+        /// A read anywhere, past the end too (as a handle that has not seen a truncate
+        /// yet asks).
+        Read(u16, u16),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -472,6 +484,7 @@ mod tests {
             3 => (0u16..400, proptest::collection::vec(any::<u8>(), 0..60)).prop_map(|(o, d)| Op::Write(o, d)),
             1 => (0u16..400).prop_map(Op::Size),
             1 => (0u16..400, 0u16..200).prop_map(|(o, l)| Op::Zero(o, l)),
+            1 => (0u16..500, 0u16..200).prop_map(|(o, l)| Op::Read(o, l)),
         ]
     }
 
@@ -501,6 +514,12 @@ mod tests {
                         o.zero(f.as_file(), *off as u64, *len as u64).unwrap();
                         let (from, to) = (*off as usize, (*off as usize + *len as usize).min(model.len()));
                         if from < to { model[from..to].fill(0); }
+                    }
+                    Op::Read(off, len) => {
+                        let from = (*off as usize).min(model.len());
+                        let to = (*off as usize + *len as usize).min(model.len());
+                        let got = view_at(f.as_file(), &o, &base, *off as u64, *len as u64);
+                        prop_assert_eq!(&got[..], &model[from..to.max(from)]);
                     }
                 }
                 prop_assert_eq!(o.size(), model.len() as u64);
