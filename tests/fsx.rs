@@ -13,6 +13,10 @@
 //! the 1 MiB frames of its blob. Writes, truncates and `fallocate(2)` (punch hole, zero
 //! range, reserve) after a compression point land in the overlay log of a compressed
 //! file, including appends.
+//! A bystander thread opens, reads and closes the files all along (as `grep -r` or a
+//! backup would), so handles come and go while the exerciser's changes and the
+//! compressor work on the same files; its reads are not compared (they race the
+//! changes by design), but none may fail.
 //! `NACRITHFS_FSX_OPS` sets the number of operations (default 10000);
 //! `NACRITHFS_FSX_TRACE=FILE` writes every operation to FILE.
 
@@ -350,6 +354,47 @@ impl Fsx {
     }
 }
 
+/// Opens, reads and closes the files under `mnt` until it is stopped (before an
+/// unmount); any error fails the run.
+struct Bystander {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Result<u64, String>>,
+}
+
+impl Bystander {
+    fn start(mnt: &std::path::Path, seed: u64) -> Bystander {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let paths: Vec<PathBuf> = FILES.iter().map(|(rel, _)| mnt.join(rel)).collect();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut rng = Rng(seed ^ 0xb1_57a7d);
+            let mut opens = 0;
+            let mut buf = vec![0u8; 64 << 10];
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let p = &paths[rng.below(paths.len() as u64) as usize];
+                let f = File::open(p).map_err(|e| format!("open {}: {e}", p.display()))?;
+                let size = f.metadata().map_err(|e| format!("fstat: {e}"))?.len();
+                let off = rng.below(size + 1);
+                f.read_at(&mut buf, off)
+                    .map_err(|e| format!("read {} at {off}: {e}", p.display()))?;
+                opens += 1;
+            }
+            Ok(opens)
+        });
+        Bystander { stop, thread }
+    }
+
+    /// Stops it; how many files it opened.
+    fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => panic!("bystander: {e}"),
+            Err(_) => panic!("bystander panicked"),
+        }
+    }
+}
+
 fn ops_wanted() -> u64 {
     std::env::var("NACRITHFS_FSX_OPS")
         .ok()
@@ -395,6 +440,8 @@ fn fsx_random_ops_across_compression_and_remounts() {
     }
     let t0 = Instant::now();
     let (mut peak_rss, mut counts) = (0u64, [0u64; 8]);
+    let mut bystander = Bystander::start(&d.mnt, seed);
+    let mut bystander_opens = 0;
     while x.ops < total {
         x.ops += 1;
         let i = x.rng.below(FILES.len() as u64) as usize;
@@ -460,14 +507,17 @@ fn fsx_random_ops_across_compression_and_remounts() {
                 m.wait();
             }
             peak_rss = peak_rss.max(m.rss_kib().1);
+            bystander_opens += bystander.finish();
             m.stop();
             m = Mount::start(&d.backing, &d.mnt);
+            bystander = Bystander::start(&d.mnt, seed + x.ops);
             x.remounts += 1;
             counts[6] += 1;
             x.check_all("after remount");
         }
     }
     x.close_all();
+    bystander_opens += bystander.finish();
     m.wait();
     x.check_compressed();
     x.check_all("final");
@@ -482,7 +532,7 @@ fn fsx_random_ops_across_compression_and_remounts() {
     assert_eq!(tmp, 0, "temporary files left behind");
     eprintln!(
         "fsx: seed {seed}: {} ops (writes {}, fallocates {}, truncates {}, reads {}, whole-file checks {}, closes {}, fsyncs {}), \
-         {} compression points, {} remounts, {} reads compared ({} bytes), 0 mismatches, {:.1} s, daemon peak RSS {} MiB",
+         {} compression points, {} remounts, {} reads compared ({} bytes), 0 mismatches, {} bystander opens, {:.1} s, daemon peak RSS {} MiB",
         x.ops,
         counts[0],
         counts[7],
@@ -495,6 +545,7 @@ fn fsx_random_ops_across_compression_and_remounts() {
         x.remounts + 1,
         x.reads_checked,
         x.bytes_checked,
+        bystander_opens,
         t0.elapsed().as_secs_f64(),
         peak_rss / 1024
     );
