@@ -4,7 +4,7 @@
 //! codec is a cheap stand-in (zstd in a fake header, tiny extents) — this tests the
 //! layer above the codec; tests/fs_mount.rs runs the real model.
 
-use nacrithfs_fs::core::{Core, CoreConfig, Ino, Kind, SetAttr, ROOT_INO};
+use nacrithfs_fs::core::{Allocate, Core, CoreConfig, Ino, Kind, SetAttr, ROOT_INO};
 use nacrithfs_fs::store::{Backing, Caller, Codec, StandInCodec};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -765,7 +765,7 @@ fn a_writer_keeps_every_byte_while_readers_and_the_compressor_race_it() {
             if t0.elapsed() > std::time::Duration::from_secs(8) {
                 break;
             }
-            match next(10) {
+            match next(12) {
                 0..=4 => {
                     let w = *fh.get_or_insert_with(|| c.open(ino, libc::O_RDWR).unwrap().0);
                     // Under MAX_COMPRESS: the file stays worth compressing.
@@ -776,6 +776,21 @@ fn a_writer_keeps_every_byte_while_readers_and_the_compressor_race_it() {
                         model.resize(off + data.len(), 0);
                     }
                     model[off..off + data.len()].copy_from_slice(&data);
+                }
+                10 => {
+                    // A hard link folds a compressed file into plaintext on this
+                    // thread, racing the compressor's own folds and commits.
+                    c.link(ino, ROOT_INO, OsStr::new("g")).unwrap();
+                    c.unlink(ROOT_INO, OsStr::new("g")).unwrap();
+                }
+                11 => {
+                    let w = *fh.get_or_insert_with(|| c.open(ino, libc::O_RDWR).unwrap().0);
+                    let (off, len) = (next(250), 1 + next(80));
+                    c.fallocate(w, off, len, Allocate::PunchHole).unwrap();
+                    let to = ((off + len) as usize).min(model.len());
+                    if (off as usize) < to {
+                        model[off as usize..to].fill(0);
+                    }
                 }
                 5 => {
                     let size = if next(2) == 0 { next(64) } else { next(250) };
