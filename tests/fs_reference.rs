@@ -781,6 +781,9 @@ fn a_writer_keeps_every_byte_while_readers_and_the_compressor_race_it() {
                     // A hard link folds a compressed file into plaintext on this
                     // thread, racing the compressor's own folds and commits.
                     c.link(ino, ROOT_INO, OsStr::new("g")).unwrap();
+                    let g = c.backing().path(std::path::Path::new("g"));
+                    let raw = std::fs::read(g).unwrap();
+                    assert!(!raw.starts_with(b"FAKE"), "a blob with two links ({i})");
                     c.unlink(ROOT_INO, OsStr::new("g")).unwrap();
                 }
                 11 => {

@@ -7,7 +7,7 @@ use super::inode::noent;
 use super::types::{Attr, DirEntry, Ino, Kind, ROOT_INO, STATUS_INO, STATUS_NAME};
 use super::{Core, Entry};
 use crate::error::{FsError, FsResult};
-use crate::store::backing::INTERNAL_DIR;
+use crate::store::backing::{is_blob_at, INTERNAL_DIR};
 use crate::store::{Caller, Dir};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -164,22 +164,27 @@ impl Core {
     /// not follow.
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> FsResult<Attr> {
         check_new_name(newparent, newname)?;
-        if self.is_blob(ino)? {
-            self.make_plain(ino)?;
-        }
-        let dst = {
+        let dst = loop {
+            if self.is_blob(ino)? {
+                self.make_plain(ino)?;
+            }
             let mut t = self.table();
             let src = self.entry(&t, ino)?;
+            // A compression may have committed a blob since the fold (commits take the
+            // table lock, as this does): fold it again rather than link a blob.
+            if is_blob_at(&src.dir, &src.name)? {
+                continue;
+            }
             let ddir = self.dir_of(&t, newparent)?;
             src.dir.link(&src.name, &ddir, newname)?;
             t.add_link(ino, newparent, newname);
             if let Some(n) = t.get_mut(ino) {
                 n.lookups += 1;
             }
-            Entry {
+            break Entry {
                 dir: ddir,
                 name: newname.to_owned(),
-            }
+            };
         };
         self.attr_at(ino, dst)
     }
