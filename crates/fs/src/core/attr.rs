@@ -170,10 +170,8 @@ impl Core {
         let target = self.target(&t, ino)?;
         t.meta_changed(ino); // a compression in flight would copy stale metadata
         if let Some(n) = t.get_mut(ino) {
-            if a.size.is_some() && n.opens == 0 {
-                if let Some(c) = n.content.take() {
-                    c.let_go();
-                }
+            if a.size.is_some() {
+                n.let_go_if_closed();
             }
         }
         if a.uid.is_some() || a.gid.is_some() {

@@ -328,11 +328,7 @@ impl Core {
     pub(super) fn make_plain(&self, ino: Ino) -> FsResult<()> {
         let r = self.ensure_plain(ino).map(drop);
         if let Some(n) = self.table().get_mut(ino) {
-            if n.opens == 0 {
-                if let Some(c) = n.content.take() {
-                    c.let_go();
-                }
-            }
+            n.let_go_if_closed();
         }
         r
     }

@@ -344,11 +344,7 @@ impl Core {
                 n.writers = n.writers.saturating_sub(1);
             }
             queue = n.wants_compression();
-            if n.opens == 0 {
-                if let Some(c) = n.content.take() {
-                    c.let_go();
-                }
-            }
+            n.let_go_if_closed();
         }
         t.maybe_remove(ino);
         drop(t);

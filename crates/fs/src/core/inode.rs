@@ -85,6 +85,15 @@ impl Node {
     pub fn wants_compression(&self) -> bool {
         self.writers == 0 && self.dirty && !self.links.is_empty()
     }
+
+    /// Lets go of the content if no handle holds it ([`Content::let_go`]).
+    pub fn let_go_if_closed(&mut self) {
+        if self.opens == 0 {
+            if let Some(c) = self.content.take() {
+                c.let_go();
+            }
+        }
+    }
 }
 
 /// Every node the kernel or a compressor can reach.
