@@ -18,7 +18,7 @@ use super::{lock, read_full_at};
 use super::{Core, Entry};
 use crate::error::{FsError, FsResult, IoContext};
 use crate::store::atomic::AtomicFile;
-use crate::store::backing::{self, is_blob_at};
+use crate::store::backing;
 use crate::store::{OpenBlob, Stat};
 use log::Level;
 use std::fs::File;
@@ -228,19 +228,6 @@ impl Core {
             return r
                 .map(Changed::Logged)
                 .map_err(|e| e.in_file(self.describe(ino)));
-        }
-    }
-
-    /// Whether node `ino` is a compressed file.
-    pub(super) fn is_blob(&self, ino: Ino) -> FsResult<bool> {
-        let t = self.table();
-        match t.get(ino).and_then(|n| n.content.as_ref()) {
-            Some(c) => Ok(matches!(c, Content::Blob { .. })),
-            None if t.node(ino)?.kind == super::Kind::File => {
-                let e = self.entry(&t, ino)?;
-                is_blob_at(&e.dir, &e.name)
-            }
-            None => Ok(false),
         }
     }
 

@@ -165,14 +165,13 @@ impl Core {
     pub fn link(&self, ino: Ino, newparent: Ino, newname: &OsStr) -> FsResult<Attr> {
         check_new_name(newparent, newname)?;
         let dst = loop {
-            if self.is_blob(ino)? {
-                self.make_plain(ino)?;
-            }
             let mut t = self.table();
             let src = self.entry(&t, ino)?;
-            // A compression may have committed a blob since the fold (commits take the
-            // table lock, as this does): fold it again rather than link a blob.
+            // Checked under the table lock, which commits take too: no compression can
+            // commit a blob between this check and the link.
             if is_blob_at(&src.dir, &src.name)? {
+                drop(t);
+                self.make_plain(ino)?;
                 continue;
             }
             let ddir = self.dir_of(&t, newparent)?;
