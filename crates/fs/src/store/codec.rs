@@ -208,7 +208,6 @@ pub fn damaged(message: impl Into<String>) -> FsError {
 
 /// A cheap stand-in codec for tests of the layers above the codec: zstd behind a
 /// `FAKE` magic and the original length, cut into fixed extents of `extent` bytes.
-#[derive(Default)]
 pub struct StandInCodec {
     /// Length of every extent but the last.
     pub extent: u64,

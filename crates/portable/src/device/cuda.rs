@@ -327,10 +327,11 @@ fn compiled(arch: u32, fresh: bool) -> Result<Image, DeviceError> {
     }
     let dir = kernel_cache_dir();
     let file = kernel_file(&dir, arch);
-    let kept = Some(&file)
-        .filter(|_| !fresh)
-        .and_then(|f| std::fs::read(f).ok())
-        .filter(|i| is_cubin(i));
+    let kept = if fresh {
+        None
+    } else {
+        std::fs::read(&file).ok().filter(|i| is_cubin(i))
+    };
     let image = match kept {
         Some(i) => (Arc::new(i), Some(file)),
         None => {
